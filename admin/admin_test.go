@@ -1,0 +1,142 @@
+package admin
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/proxy"
+)
+
+type fixedSource struct{ snap *proxy.Snapshot }
+
+func (f fixedSource) Snapshot() *proxy.Snapshot { return f.snap }
+
+func newTestAdmin(t *testing.T) (*Server, *httptest.Server) {
+	t.Helper()
+	cfg, err := config.Parse("a.yaml", []byte(`
+version: 1
+spool: {jetstream: {password: hunter2}}
+upstreams:
+  inv: {endpoints: ["http://127.0.0.1:8080", "http://127.0.0.1:8081"], load_balancing: least_request}
+policies:
+  default: {timeout: 3s, per_try_timeout: 1s}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: reads, match: {path_prefix: /items, methods: [GET], headers: {authorization: Bearer-secret}}, upstream: inv}
+`), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	snap, err := proxy.Build(cfg, nil, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(fixedSource{snap}, logger)
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+	return s, ts
+}
+
+func call(t *testing.T, ts *httptest.Server, path, host string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", ts.URL+path, nil)
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestHealthAndReadiness(t *testing.T) {
+	s, ts := newTestAdmin(t)
+	if code, _ := call(t, ts, "/healthz", ""); code != 200 {
+		t.Errorf("/healthz = %d, want 200", code)
+	}
+	if code, _ := call(t, ts, "/readyz", ""); code != 503 {
+		t.Errorf("/readyz before ready = %d, want 503", code)
+	}
+	s.SetReady(true)
+	if code, _ := call(t, ts, "/readyz", ""); code != 200 {
+		t.Errorf("/readyz when ready = %d, want 200", code)
+	}
+	s.SetReady(false)
+	if code, _ := call(t, ts, "/readyz", ""); code != 503 {
+		t.Errorf("/readyz while draining = %d, want 503", code)
+	}
+}
+
+func TestConfigIsRedacted(t *testing.T) {
+	_, ts := newTestAdmin(t)
+	code, body := call(t, ts, "/v1/config", "")
+	if code != 200 {
+		t.Fatalf("/v1/config = %d", code)
+	}
+	for _, secret := range []string{"hunter2", "Bearer-secret"} {
+		if strings.Contains(body, secret) {
+			t.Errorf("/v1/config shows secret %q:\n%s", secret, body)
+		}
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal([]byte(body), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg["shutdown_grace"] != "15s" || cfg["version"] != 1.0 {
+		t.Errorf("/v1/config lacks effective defaults: %v %v", cfg["shutdown_grace"], cfg["version"])
+	}
+}
+
+func TestRoutes(t *testing.T) {
+	_, ts := newTestAdmin(t)
+	code, body := call(t, ts, "/v1/routes", "")
+	var got struct {
+		Routes []struct {
+			Name, Listener, Upstream, Policy string
+			Timeout                          string `json:"timeout"`
+			PerTry                           string `json:"per_try_timeout"`
+			LB                               string `json:"load_balancing"`
+			Match                            map[string]any
+			Endpoints                        []struct {
+				URL      string `json:"url"`
+				InFlight int64  `json:"in_flight"`
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &got); code != 200 || err != nil || len(got.Routes) != 1 {
+		t.Fatalf("/v1/routes = %d %s (%v)", code, body, err)
+	}
+	r := got.Routes[0]
+	if r.Name != "reads" || r.Listener != "app" || r.Upstream != "inv" || r.Policy != "default" || r.Timeout != "3s" || r.PerTry != "1s" || r.LB != "least_request" || len(r.Endpoints) != 2 || r.Match["path_prefix"] != "/items" {
+		t.Errorf("/v1/routes route = %+v", r)
+	}
+	if strings.Contains(body, "Bearer-secret") {
+		t.Errorf("/v1/routes shows a credential header's value: %s", body)
+	}
+}
+
+func TestLoopbackHostOnly(t *testing.T) {
+	_, ts := newTestAdmin(t)
+	for _, host := range []string{"evil.example", "evil.example:9901", "10.0.0.1"} {
+		if code, _ := call(t, ts, "/v1/config", host); code != 403 {
+			t.Errorf("/v1/config with Host %q = %d, want 403", host, code)
+		}
+	}
+	for _, host := range []string{"localhost:9901", "127.0.0.1", "[::1]:9901"} {
+		if code, _ := call(t, ts, "/healthz", host); code != 200 {
+			t.Errorf("/healthz with Host %q = %d, want 200", host, code)
+		}
+	}
+}

@@ -1,0 +1,243 @@
+// Command sidecar is a local reliability proxy: it forwards an app's calls
+// to its dependencies with timeouts, retries, circuit breaking and rate
+// limits set per route in one YAML file.
+//
+// Usage:
+//
+//	sidecar run      -config sidecar.yaml   # the main job
+//	sidecar validate -config sidecar.yaml   # exit 0, or print every error and exit 1
+//	sidecar version
+//
+// Exit codes: 0 success; 1 invalid configuration; 2 bad usage; 3 the
+// sidecar could not start or stopped on an error.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/admin"
+	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/proxy"
+)
+
+// Exit codes a script can rely on.
+const (
+	exitOK        = 0
+	exitConfig    = 1
+	exitUsage     = 2
+	exitFailure   = 3
+	defaultConfig = "sidecar.yaml"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+func main() {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, sigs))
+}
+
+const usage = `usage:
+  sidecar run      -config FILE [-log-format text|json] [-log-level debug|info|warn|error]
+  sidecar validate -config FILE
+  sidecar version
+`
+
+func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet("sidecar "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", defaultConfig, "configuration file")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	switch cmd {
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "sidecar", buildVersion())
+		return exitOK
+	case "run", "validate":
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "sidecar: unknown command %q\n%s", cmd, usage)
+		return exitUsage
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sidecar %s: unexpected argument %q\n", cmd, fs.Arg(0))
+		return exitUsage
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitConfig
+	}
+	if cmd == "validate" {
+		fmt.Fprintf(stdout, "%s: ok\n", *cfgPath)
+		return exitOK
+	}
+	logger, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "sidecar run: %v\n", err)
+		return exitUsage
+	}
+	return serve(cfg, logger, sigs)
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid -log-level %q", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("invalid -log-format %q (want text or json)", format)
+}
+
+// serve runs the sidecar until a signal, then drains.
+func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
+	snap, err := proxy.Build(cfg, nil, logger)
+	if err != nil {
+		logger.Error("invalid configuration", "error", err)
+		return exitConfig
+	}
+	for _, w := range notYetEnforced(cfg) {
+		logger.Warn(w)
+	}
+	srv := proxy.NewServer(snap, logger)
+	adm := admin.New(srv, logger)
+	if err := adm.Listen(cfg.Admin.Address); err != nil {
+		logger.Error("cannot bind the admin listener", "error", err)
+		return exitFailure
+	}
+	if err := srv.Listen(); err != nil {
+		logger.Error("cannot bind a listener", "error", err)
+		return exitFailure
+	}
+	adminDone := make(chan struct{})
+	adm.Serve(func() { close(adminDone) })
+	srv.Serve()
+	adm.SetReady(true)
+	var addrs []string
+	bound := srv.Addrs()
+	for _, l := range snap.Listeners {
+		addrs = append(addrs, l.Name+"="+bound[l.Name].String())
+	}
+	logger.Info("sidecar started", "version", buildVersion(), "listeners", strings.Join(addrs, ","), "admin", adm.Addr().String())
+
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			logger.Warn("SIGHUP received: configuration reload is not available in this version; restart to apply changes")
+			continue
+		}
+		logger.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGrace.D().String())
+		break
+	}
+	adm.SetReady(false)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownDelay.D()+cfg.ShutdownGrace.D())
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() {
+		select {
+		case <-time.After(cfg.ShutdownDelay.D()):
+		case <-ctx.Done():
+		}
+		drained <- srv.Shutdown(ctx)
+	}()
+	for {
+		select {
+		case err := <-drained:
+			adm.Shutdown(context.Background())
+			<-adminDone
+			if err != nil {
+				logger.Warn("shutdown grace ran out; remaining connections closed", "error", err)
+			}
+			logger.Info("stopped")
+			return exitOK
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				continue
+			}
+			logger.Warn("second signal: exiting now", "signal", sig.String())
+			return exitFailure
+		}
+	}
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// notYetEnforced lists settings this version validates but does not act on
+// yet, so nobody mistakes an accepted key for a working one.
+func notYetEnforced(cfg *config.Config) []string {
+	var out []string
+	if cfg.Telemetry.Traces.Exporter != "none" {
+		out = append(out, "telemetry.traces.exporter is not enforced in this version: no traces are exported")
+	}
+	if cfg.Telemetry.AccessLog {
+		out = append(out, "telemetry.access_log is not enforced in this version")
+	}
+	warned := map[string]bool{}
+	for _, l := range cfg.Listeners {
+		for _, r := range l.Routes {
+			if r.Async != nil {
+				out = append(out, fmt.Sprintf("route %s: async is not enforced in this version: the route is served synchronously and nothing is spooled", r.Name))
+			}
+			name := r.Policy
+			if name == "" {
+				name = "default"
+			}
+			p := cfg.Policies[name]
+			if p == nil || warned[name] {
+				continue
+			}
+			warned[name] = true
+			var keys []string
+			if p.Retry.Active() {
+				keys = append(keys, "retry")
+			}
+			if p.CircuitBreaker.Active() {
+				keys = append(keys, "circuit_breaker")
+			}
+			if p.RateLimit.Active() {
+				keys = append(keys, "rate_limit")
+			}
+			if p.MaxInFlight > 0 {
+				keys = append(keys, "max_in_flight")
+			}
+			if len(keys) > 0 {
+				out = append(out, fmt.Sprintf("policy %s: %s not enforced in this version; timeouts are", name, strings.Join(keys, ", ")))
+			}
+		}
+	}
+	return out
+}

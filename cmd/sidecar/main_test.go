@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sidecar-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "sidecar")
+	if out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput(); err != nil {
+		// -race needs cgo; fall back to a plain build.
+		if out2, err2 := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err2 != nil {
+			fmt.Fprintf(os.Stderr, "go build: %v\n%s\n%s", err2, out, out2)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sidecar.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCLIExitCodes(t *testing.T) {
+	bad := writeConfig(t, "version: 1\nlisteners:\n  - name: a\n    adress: x\n")
+	tests := []struct {
+		name       string
+		args       []string
+		want       int
+		wantOutput string
+	}{
+		{"version", []string{"version"}, 0, "sidecar "},
+		{"no command", nil, 2, "usage:"},
+		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"unknown flag", []string{"validate", "-nope"}, 2, "flag provided but not defined"},
+		{"validate ok", []string{"validate", "-config", "../../examples/quickstart.yaml"}, 0, "quickstart.yaml: ok"},
+		{"validate every example", []string{"validate", "-config", "../../examples/full.yaml"}, 0, "ok"},
+		{"validate bad", []string{"validate", "-config", bad}, 1, bad + `:4:5: listeners[0].adress: unknown key (did you mean "address"?)`},
+		{"validate missing file", []string{"validate", "-config", filepath.Join(t.TempDir(), "none.yaml")}, 1, "no such file"},
+		{"run bad config", []string{"run", "-config", bad}, 1, "unknown key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runCLI(t, tt.args...)
+			if code != tt.want || !strings.Contains(stdout+stderr, tt.wantOutput) {
+				t.Errorf("sidecar %v = exit %d, stdout %q, stderr %q; want exit %d with %q", tt.args, code, stdout, stderr, tt.want, tt.wantOutput)
+			}
+		})
+	}
+}
+
+// started is the JSON log line the sidecar prints once it serves.
+type started struct {
+	Msg       string `json:"msg"`
+	Listeners string `json:"listeners"`
+	Admin     string `json:"admin"`
+}
+
+// startBinary runs "sidecar run" and waits for its "sidecar started" line.
+func startBinary(t *testing.T, cfgPath string) (*exec.Cmd, started, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(binary, "run", "-config", cfgPath, "-log-format", "json")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(stderr)
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("sidecar exited before starting")
+			}
+			var s started
+			if json.Unmarshal([]byte(line), &s) == nil && s.Msg == "sidecar started" {
+				go func() {
+					for range lines {
+					}
+				}()
+				return cmd, s, sc
+			}
+		case <-timeout:
+			t.Fatalf("sidecar did not start within 30s")
+		}
+	}
+}
+
+func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "upstream says hi")
+	}))
+	defer up.Close()
+	cfg := writeConfig(t, fmt.Sprintf(`
+version: 1
+shutdown_grace: 5s
+admin: {address: "127.0.0.1:0"}
+upstreams:
+  up: {endpoints: [%q]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, upstream: up}
+`, up.URL))
+	cmd, s, _ := startBinary(t, cfg)
+	addr := strings.TrimPrefix(s.Listeners, "app=")
+
+	resp, err := http.Get("http://" + s.Admin + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /readyz = %v, %v; want 200", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get("http://" + addr + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "upstream says hi" {
+		t.Errorf("GET through the sidecar = %d %q, want 200 %q", resp.StatusCode, body, "upstream says hi")
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	err = cmd.Wait()
+	if err != nil {
+		t.Errorf("sidecar exit after SIGTERM = %v, want 0", err)
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Errorf("listener %s still accepts after shutdown", addr)
+	}
+}
+
+func TestRunFailsWhenAddressInUse(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := writeConfig(t, fmt.Sprintf(`
+version: 1
+admin: {address: "127.0.0.1:0"}
+upstreams:
+  up: {endpoints: ["http://127.0.0.1:1"]}
+listeners:
+  - name: app
+    address: %s
+    routes:
+      - {name: all, upstream: up}
+`, taken.Addr()))
+	code, _, stderr := runCLI(t, "run", "-config", cfg)
+	if code != 3 || !strings.Contains(stderr, "address already in use") {
+		t.Errorf("run on a taken address = exit %d, stderr %q; want exit 3 naming the problem", code, stderr)
+	}
+}

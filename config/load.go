@@ -1,0 +1,79 @@
+// Package config loads the sidecar's YAML configuration into plain structs
+// and validates it. It reports every problem at once, each as
+// file:line:col: key.path: message. It knows nothing of the runtime: the
+// proxy compiles a validated Config into its own objects.
+//
+// Keys are those of the design contract; unknown keys are errors. Durations
+// are Go durations, sizes are bytes or take a binary unit (KiB, MiB, GiB),
+// and ${NAME} in any value is replaced by the environment variable NAME.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// MaxFileSize bounds the configuration file read by Load.
+const MaxFileSize = 4 << 20
+
+// Load reads, parses and validates the file at path, expanding ${NAME}
+// from the process environment.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data, os.LookupEnv)
+}
+
+// Parse parses and validates data read from file; lookup resolves ${NAME}
+// references. The error, if any, is an Errors listing every problem.
+func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	if len(data) > MaxFileSize {
+		return nil, Errors{{File: file, Msg: fmt.Sprintf("file is larger than %d bytes", MaxFileSize)}}
+	}
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, Errors{{File: file, Msg: "file is empty"}}
+		}
+		return nil, Errors{syntaxError(file, err)}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, Errors{{File: file, Line: extra.Line, Col: extra.Column, Msg: "more than one YAML document"}}
+	}
+	d := &decoder{file: file, lookup: lookup, pos: map[string]Pos{}}
+	cfg := &Config{}
+	cfg.setDefaults()
+	d.decode(&root, reflect.ValueOf(cfg).Elem(), "")
+	for _, p := range cfg.Policies {
+		p.finish()
+	}
+	v := &validator{file: file, pos: d.pos, errs: d.errs}
+	v.config(cfg)
+	if len(v.errs) > 0 {
+		v.errs.sort()
+		return nil, v.errs
+	}
+	return cfg, nil
+}
+
+// syntaxError turns yaml.v3's "yaml: line N: msg" into an *Error at line N.
+func syntaxError(file string, err error) *Error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	var line int
+	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
+		_, msg, _ = strings.Cut(msg, ": ")
+		return &Error{File: file, Line: line, Col: 1, Msg: msg}
+	}
+	return &Error{File: file, Msg: msg}
+}

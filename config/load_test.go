@@ -1,0 +1,267 @@
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func noEnv(string) (string, bool) { return "", false }
+
+const minimal = `
+version: 1
+upstreams:
+  inv: {endpoints: ["http://127.0.0.1:8080"]}
+listeners:
+  - name: app
+    address: 127.0.0.1:9001
+    routes:
+      - {name: all, upstream: inv}
+`
+
+func TestExamplesLoad(t *testing.T) {
+	files, err := filepath.Glob("../examples/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no example configs found: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			if _, err := Load(f); err != nil {
+				t.Errorf("Load(%s) = %v, want no error", f, err)
+			}
+		})
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Parse("m.yaml", []byte(minimal+`
+policies:
+  p:
+    timeout: 3s
+    retry: {}
+    circuit_breaker:
+    rate_limit: {rps: 5}
+  q:
+    timeout: 0s
+`), noEnv)
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"shutdown_grace", cfg.ShutdownGrace.D(), 15 * time.Second},
+		{"shutdown_delay", cfg.ShutdownDelay.D(), time.Duration(0)},
+		{"admin.address", cfg.Admin.Address, "127.0.0.1:9901"},
+		{"admin.token_env", cfg.Admin.TokenEnv, "SIDECAR_ADMIN_TOKEN"},
+		{"telemetry.traces.exporter", cfg.Telemetry.Traces.Exporter, "none"},
+		{"telemetry.traces.sample_ratio", cfg.Telemetry.Traces.SampleRatio, 1.0},
+		{"telemetry.metrics.prometheus", cfg.Telemetry.Metrics.Prometheus, true},
+		{"spool.backend", cfg.Spool.Backend, "file"},
+		{"spool.dir", cfg.Spool.Dir, "./data/spool"},
+		{"spool.fsync", cfg.Spool.Fsync, "always"},
+		{"spool.fsync_interval", cfg.Spool.FsyncInterval.D(), 50 * time.Millisecond},
+		{"spool.max_bytes", cfg.Spool.MaxBytes, Size(1 << 30)},
+		{"spool.max_messages", cfg.Spool.MaxMessages, int64(1000000)},
+		{"spool.jetstream.url", cfg.Spool.JetStream.URL, "nats://127.0.0.1:4222"},
+		{"spool.jetstream.create", cfg.Spool.JetStream.Create, true},
+		{"upstreams.inv.protocol", cfg.Upstreams["inv"].Protocol, "http1"},
+		{"upstreams.inv.load_balancing", cfg.Upstreams["inv"].LoadBalancing, "round_robin"},
+		{"upstreams.inv.connect_timeout", cfg.Upstreams["inv"].ConnectTimeout.D(), time.Second},
+		{"listeners[0].protocol", cfg.Listeners[0].Protocol, "auto"},
+		{"p.timeout", cfg.Policies["p"].Timeout.D(), 3 * time.Second},
+		{"p.per_try_timeout follows timeout", cfg.Policies["p"].PerTryTimeout.D(), 3 * time.Second},
+		{"p.retry.attempts", cfg.Policies["p"].Retry.Attempts, 3},
+		{"p.retry.backoff.base", cfg.Policies["p"].Retry.Backoff.Base.D(), 25 * time.Millisecond},
+		{"p.retry.budget.ratio", cfg.Policies["p"].Retry.Budget.Ratio, 0.2},
+		{"p.retry.buffer_limit", cfg.Policies["p"].Retry.BufferLimit, Size(64 << 10)},
+		{"p.retry.idempotency_header", cfg.Policies["p"].Retry.IdempotencyHeader, "Idempotency-Key"},
+		{"p.circuit_breaker (empty block) active", cfg.Policies["p"].CircuitBreaker.Active(), true},
+		{"p.circuit_breaker.open_for", cfg.Policies["p"].CircuitBreaker.OpenFor.D(), 15 * time.Second},
+		{"p.rate_limit.rps", cfg.Policies["p"].RateLimit.RPS, 5.0},
+		{"p.rate_limit.burst", cfg.Policies["p"].RateLimit.Burst, 200},
+		{"q.timeout 0 means none", cfg.Policies["q"].Timeout.D(), time.Duration(0)},
+		{"q.per_try_timeout follows", cfg.Policies["q"].PerTryTimeout.D(), time.Duration(0)},
+		{"q.retry absent is off", cfg.Policies["q"].Retry.Active(), false},
+		{"built-in policy timeout", DefaultPolicy().Timeout.D(), 15 * time.Second},
+		{"built-in policy per_try_timeout", DefaultPolicy().PerTryTimeout.D(), 15 * time.Second},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestAsyncDefaults(t *testing.T) {
+	cfg, err := Parse("a.yaml", []byte(minimal+`
+spool: {dir: ./spool}
+`+"    - {name: ev, upstream: inv, async: {}}\n"), noEnv)
+	if err == nil {
+		t.Fatalf("Parse accepted a route list entry at the wrong level")
+	}
+	cfg, err = Parse("a.yaml", []byte(strings.Replace(minimal, "      - {name: all, upstream: inv}", "      - {name: ev, upstream: inv, async: {}}", 1)+"spool: {dir: ./spool}\n"), noEnv)
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	a := cfg.Listeners[0].Routes[0].Async
+	if a.When != "upstream_down" || a.Ordering != "fifo" || a.MaxAttempts != 100 || a.MaxAge.D() != 72*time.Hour || a.MaxBody != 1<<20 || len(a.SpoolOn) != 7 {
+		t.Errorf("async defaults = %+v", a)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string // substrings, each of a different error
+	}{
+		{"unknown key with suggestion", minimal + "shutdown_grase: 1s\n", []string{`t.yaml:10:1: shutdown_grase: unknown key (did you mean "shutdown_grace"?)`}},
+		{"missing version", strings.Replace(minimal, "version: 1", "", 1), []string{"version: missing key"}},
+		{"bad version", strings.Replace(minimal, "version: 1", "version: 2", 1), []string{"t.yaml:2:10: version: unsupported version 2"}},
+		{"bad duration", minimal + "shutdown_grace: 10\n", []string{`shutdown_grace: invalid duration "10"`}},
+		{"negative duration", minimal + "shutdown_grace: -1s\n", []string{`negative duration`}},
+		{"bad size", minimal + "spool: {max_bytes: 1GB}\n", []string{`t.yaml:10:20: spool.max_bytes: invalid size "1GB"`}},
+		{"wrong shape", minimal + "admin: [a]\n", []string{"admin: want a mapping, got a list"}},
+		{"duplicate key", minimal + "shutdown_grace: 1s\nshutdown_grace: 2s\n", []string{"shutdown_grace: duplicate key"}},
+		{"unknown upstream", strings.Replace(minimal, "upstream: inv}", "upstream: nope}", 1), []string{`listeners[0].routes[0].upstream: unknown upstream "nope" (defined: inv)`}},
+		{"unknown policy", strings.Replace(minimal, "upstream: inv}", "upstream: inv, policy: p}", 1), []string{`unknown policy "p" (none are defined)`}},
+		{"endpoint without scheme", strings.Replace(minimal, `"http://127.0.0.1:8080"`, `"127.0.0.1:8080"`, 1), []string{`upstreams.inv.endpoints[0]: endpoint "127.0.0.1:8080" needs an http:// or https:// scheme`}},
+		{"endpoint without host", strings.Replace(minimal, `"http://127.0.0.1:8080"`, `"http://"`, 1), []string{`has no host`}},
+		{"endpoint with path", strings.Replace(minimal, `"http://127.0.0.1:8080"`, `"http://a/b"`, 1), []string{`no path`}},
+		{"h2c needs http", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{protocol: h2c, endpoints: ["https://a"]}`, 1), []string{`protocol h2c is cleartext`}},
+		{"bad regex", strings.Replace(minimal, "{name: all, upstream: inv}", `{name: all, upstream: inv, match: {path_regex: "("}}`, 1), []string{`match.path_regex: invalid regular expression`}},
+		{"two path kinds", strings.Replace(minimal, "{name: all, upstream: inv}", `{name: all, upstream: inv, match: {path: /a, path_prefix: /b}}`, 1), []string{`set at most one of path`}},
+		{"lower-case method", strings.Replace(minimal, "{name: all, upstream: inv}", `{name: all, upstream: inv, match: {methods: [get]}}`, 1), []string{`invalid method "get"`}},
+		{"duplicate route", strings.Replace(minimal, "      - {name: all, upstream: inv}", "      - {name: all, upstream: inv}\n      - {name: all, upstream: inv}", 1), []string{`duplicate route name "all"`}},
+		{"duplicate address", minimal + "  - {name: b, address: 127.0.0.1:9001, routes: [{name: b, upstream: inv}]}\n", []string{`duplicate address "127.0.0.1:9001"`}},
+		{"duplicate listener", minimal + "  - {name: app, address: 127.0.0.1:9002, routes: [{name: b, upstream: inv}]}\n", []string{`duplicate listener name "app"`}},
+		{"async without spool", strings.Replace(minimal, "upstream: inv}", "upstream: inv, async: {}}", 1), []string{`async: an async route needs a spool`}},
+		{"admin not loopback", minimal + "admin: {address: 0.0.0.0:9901}\n", []string{`is not a loopback address`}},
+		{"per-try longer", minimal + "policies: {p: {timeout: 1s, per_try_timeout: 2s}}\n", []string{`policies.p.per_try_timeout: 2s is longer than timeout 1s`}},
+		{"bad condition", minimal + "policies: {p: {retry: {on: [nope]}}}\n", []string{`policies.p.retry.on[0]: unknown condition "nope"`}},
+		{"bad enum", minimal + "spool: {backend: s3}\n", []string{`spool.backend: invalid value "s3" (want one of file, jetstream)`}},
+		{"unset env", minimal + "admin: {address: \"${NOPE}\"}\n", []string{`admin.address: environment variable NOPE is not set`}},
+		{"syntax error", "version: 1\nlisteners: [\n", []string{"t.yaml:"}},
+		{"empty file", "", []string{"file is empty"}},
+		{"no listeners", "version: 1\n", []string{"listeners: at least one listener is required"}},
+		{"all at once", minimal + "shutdown_grase: 1s\nspool: {backend: s3, fsync: never}\n", []string{"shutdown_grase", "spool.backend", "spool.fsync"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("t.yaml", []byte(tt.yaml), noEnv)
+			if err == nil {
+				t.Fatalf("Parse = nil error, want %q", tt.want)
+			}
+			var es Errors
+			if !errors.As(err, &es) {
+				t.Fatalf("Parse error %T is not Errors", err)
+			}
+			if len(es) < len(tt.want) {
+				t.Errorf("Parse reported %d errors, want at least %d:\n%v", len(es), len(tt.want), err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Parse error =\n%v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestEnvExpansion(t *testing.T) {
+	env := map[string]string{"PORT": "9101", "NAME": "edge"}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	cfg, err := Parse("e.yaml", []byte(strings.Replace(minimal, "address: 127.0.0.1:9001", `address: "127.0.0.1:${PORT}"`, 1)+"telemetry: {service_name: \"$${NAME}-${NAME}\"}\n"), lookup)
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	if got := cfg.Listeners[0].Address; got != "127.0.0.1:9101" {
+		t.Errorf("address = %q, want 127.0.0.1:9101", got)
+	}
+	if got := cfg.Telemetry.ServiceName; got != "${NAME}-edge" {
+		t.Errorf("service_name = %q, want ${NAME}-edge", got)
+	}
+}
+
+func TestUnits(t *testing.T) {
+	sizes := []struct {
+		in   string
+		want Size
+		ok   bool
+	}{
+		{"0", 0, true}, {"512", 512, true}, {"64KiB", 64 << 10, true}, {"1MiB", 1 << 20, true},
+		{"2GiB", 2 << 30, true}, {"1TiB", 1 << 40, true}, {"10B", 10, true},
+		{"1GB", 0, false}, {"-1", 0, false}, {"KiB", 0, false}, {"99999999999TiB", 0, false},
+	}
+	for _, tt := range sizes {
+		got, err := parseSize(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("parseSize(%q) = %v, %v; want %v, ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+	for _, s := range []Size{0, 10, 64 << 10, 1 << 30, 1536} {
+		if back, err := parseSize(s.String()); err != nil || back != s {
+			t.Errorf("parseSize(%q) = %v, %v; want %v", s.String(), back, err, int64(s))
+		}
+	}
+	if _, err := parseDuration("1h2m"); err != nil {
+		t.Errorf("parseDuration(1h2m) = %v", err)
+	}
+}
+
+func TestPublicRedactsSecrets(t *testing.T) {
+	cfg, err := Parse("s.yaml", []byte(strings.Replace(minimal, "upstream: inv}", "upstream: inv, match: {headers: {authorization: Bearer-abc, x-tenant: acme}}}", 1)+
+		"spool: {jetstream: {password: hunter2, token: tok-xyz}}\n"), noEnv)
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	out, err := json.Marshal(Public(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"hunter2", "tok-xyz", "Bearer-abc"} {
+		if strings.Contains(string(out), secret) {
+			t.Errorf("Public(cfg) contains secret %q: %s", secret, out)
+		}
+	}
+	for _, want := range []string{`"x-tenant":"acme"`, `"shutdown_grace":"15s"`, `"max_bytes":"1GiB"`, Redacted} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("Public(cfg) lacks %s: %s", want, out)
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load(missing) = %v, want ErrNotExist", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimal))
+	if data, err := os.ReadFile("../examples/full.yaml"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte("version: 1\nlisteners: [{name: a, routes: [{async: {}}]}]\n"))
+	f.Add([]byte("a: &x {b: *x}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("f.yaml", data, noEnv)
+		if err != nil {
+			var es Errors
+			if !errors.As(err, &es) || len(es) == 0 {
+				t.Fatalf("Parse error %v is not a non-empty Errors", err)
+			}
+			return
+		}
+		if cfg.Version != 1 || len(cfg.Listeners) == 0 {
+			t.Fatalf("Parse accepted an invalid config: %+v", cfg)
+		}
+	})
+}

@@ -1,0 +1,76 @@
+package config
+
+import (
+	"encoding"
+	"net/http"
+	"reflect"
+	"strings"
+)
+
+// Redacted is what /v1/config shows in place of a secret.
+const Redacted = "[redacted]"
+
+// Public returns v, a Config or a part of one, as plain maps and lists
+// keyed by the YAML names, ready for JSON, with every secret replaced by
+// Redacted: fields tagged secret:"true" and match values of credential
+// headers.
+func Public(v any) any { return public(reflect.ValueOf(v), "") }
+
+func public(v reflect.Value, key string) any {
+	if m, ok := v.Interface().(encoding.TextMarshaler); ok && v.Kind() != reflect.Pointer && v.Kind() != reflect.Struct {
+		text, _ := m.MarshalText()
+		return string(text)
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			return nil
+		}
+		return public(v.Elem(), key)
+	case reflect.Struct:
+		out := map[string]any{}
+		t := v.Type()
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			if f.Tag.Get("secret") == "true" {
+				if v.Field(i).String() != "" {
+					out[name] = Redacted
+				} else {
+					out[name] = ""
+				}
+				continue
+			}
+			out[name] = public(v.Field(i), name)
+		}
+		return out
+	case reflect.Map:
+		out := map[string]any{}
+		for _, k := range v.MapKeys() {
+			if key == "headers" && isCredentialHeader(k.String()) {
+				out[k.String()] = Redacted
+				continue
+			}
+			out[k.String()] = public(v.MapIndex(k), "")
+		}
+		return out
+	case reflect.Slice:
+		out := make([]any, v.Len())
+		for i := range out {
+			out[i] = public(v.Index(i), "")
+		}
+		return out
+	}
+	return v.Interface()
+}
+
+func isCredentialHeader(name string) bool {
+	switch http.CanonicalHeaderKey(name) {
+	case "Authorization", "Proxy-Authorization", "Cookie", "X-Api-Key", "X-Auth-Token":
+		return true
+	}
+	return false
+}

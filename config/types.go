@@ -1,0 +1,294 @@
+package config
+
+// Config is the whole sidecar configuration file. Field comments give each
+// key's default; Load fills defaults in, so a loaded Config is complete.
+type Config struct {
+	// Version of the file format. Must be 1.
+	Version int `yaml:"version"`
+	// ShutdownGrace bounds how long in-flight requests may drain on
+	// SIGTERM/SIGINT. Default 15s.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// ShutdownDelay is how long /readyz reports 503 before listeners stop
+	// accepting, so load balancers notice. Default 0s.
+	ShutdownDelay Duration `yaml:"shutdown_delay"`
+
+	Admin     Admin                `yaml:"admin"`
+	Telemetry Telemetry            `yaml:"telemetry"`
+	Spool     Spool                `yaml:"spool"`
+	Upstreams map[string]*Upstream `yaml:"upstreams"`
+	Policies  map[string]*Policy   `yaml:"policies"`
+	Listeners []*Listener          `yaml:"listeners"`
+}
+
+// Admin configures the admin listener.
+type Admin struct {
+	// Address to bind. Default 127.0.0.1:9901. Must be a loopback address.
+	Address string `yaml:"address"`
+	// TokenEnv names the environment variable holding the admin token.
+	// Default SIDECAR_ADMIN_TOKEN. When that variable is set and not empty,
+	// mutating admin calls need "Authorization: Bearer <token>".
+	TokenEnv string `yaml:"token_env"`
+}
+
+// Telemetry configures traces, metrics and the access log.
+type Telemetry struct {
+	// ServiceName reported in traces and metrics. Default "sidecar".
+	ServiceName string  `yaml:"service_name"`
+	Traces      Traces  `yaml:"traces"`
+	Metrics     Metrics `yaml:"metrics"`
+	// AccessLog logs one line per request at info level. Default false.
+	AccessLog bool `yaml:"access_log"`
+}
+
+// Traces configures the trace exporter.
+type Traces struct {
+	// Exporter is otlp, stdout or none. Default none.
+	Exporter string `yaml:"exporter"`
+	// SampleRatio in [0, 1]. Default 1.0.
+	SampleRatio float64 `yaml:"sample_ratio"`
+}
+
+// Metrics configures metric export.
+type Metrics struct {
+	// Prometheus serves metrics at the admin /metrics. Default true.
+	Prometheus bool `yaml:"prometheus"`
+}
+
+// Spool configures durable storage for async routes.
+type Spool struct {
+	// Backend is file or jetstream. Default file.
+	Backend string `yaml:"backend"`
+	// Dir holds the file backend's segments. Default ./data/spool.
+	Dir string `yaml:"dir"`
+	// Fsync is always (every acknowledged message is on disk) or interval.
+	// Default always.
+	Fsync string `yaml:"fsync"`
+	// FsyncInterval is the sync period with fsync: interval. Default 50ms.
+	FsyncInterval Duration `yaml:"fsync_interval"`
+	// MaxBytes bounds the spool's total size. Default 1GiB.
+	MaxBytes Size `yaml:"max_bytes"`
+	// MaxMessages bounds the number of pending messages. Default 1000000.
+	MaxMessages int64     `yaml:"max_messages"`
+	JetStream   JetStream `yaml:"jetstream"`
+}
+
+// JetStream configures the NATS JetStream spool backend.
+type JetStream struct {
+	// URL of the NATS server(s), comma separated. Default nats://127.0.0.1:4222.
+	URL string `yaml:"url"`
+	// Stream name. Default SIDECAR_SPOOL.
+	Stream string `yaml:"stream"`
+	// Replicas of the stream. Default 1.
+	Replicas int `yaml:"replicas"`
+	// Create makes the stream when missing; false only finds it. Default true.
+	Create bool `yaml:"create"`
+	// CredsFile is a NATS credentials file. Default none.
+	CredsFile string `yaml:"creds_file"`
+	// NKeyFile is an NKey seed file. Default none.
+	NKeyFile string `yaml:"nkey_file"`
+	// User and Password authenticate with user/password. Default none.
+	User     string `yaml:"user"`
+	Password string `yaml:"password" secret:"true"`
+	// Token authenticates with a token. Default none.
+	Token string `yaml:"token" secret:"true"`
+	TLS   TLS    `yaml:"tls"`
+}
+
+// Upstream is a named pool of endpoints.
+type Upstream struct {
+	// Endpoints are absolute http:// or https:// URLs with a host. At least one.
+	Endpoints []string `yaml:"endpoints"`
+	// Protocol is http1, h2c, grpc or h2. Default http1 (https:// endpoints
+	// use TLS).
+	Protocol string `yaml:"protocol"`
+	// LoadBalancing is round_robin, least_request or random. Default round_robin.
+	LoadBalancing string `yaml:"load_balancing"`
+	// ConnectTimeout bounds a TCP (and TLS) connect. Default 1s.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// MaxIdleConns bounds pooled idle keep-alive connections per endpoint.
+	// Default 256.
+	MaxIdleConns int `yaml:"max_idle_conns"`
+	// IdleConnTimeout closes pooled connections idle this long. Default 90s.
+	IdleConnTimeout Duration `yaml:"idle_conn_timeout"`
+	TLS             TLS      `yaml:"tls"`
+	// PreserveHost sends the app's Host instead of the endpoint's. Default false.
+	PreserveHost bool `yaml:"preserve_host"`
+}
+
+// TLS configures a TLS client.
+type TLS struct {
+	// CAFile is a PEM bundle of roots. Default: the system roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the client certificate for mTLS. Default none.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name verified. Default: the endpoint's host.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify turns certificate verification off. Default false;
+	// the sidecar logs a warning at start when it is true.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Policy is a named set of reliability settings routes refer to.
+type Policy struct {
+	// Timeout bounds the whole call, response body included; 0 means none.
+	// Default 15s.
+	Timeout Duration `yaml:"timeout"`
+	// PerTryTimeout bounds each attempt until response headers arrive.
+	// Default: Timeout.
+	PerTryTimeout Duration `yaml:"per_try_timeout"`
+	// Retry is off when absent.
+	Retry *Retry `yaml:"retry"`
+	// CircuitBreaker is off when absent.
+	CircuitBreaker *CircuitBreaker `yaml:"circuit_breaker"`
+	// RateLimit is off when absent.
+	RateLimit *RateLimit `yaml:"rate_limit"`
+	// MaxInFlight caps concurrent requests on a route; 0 means no cap.
+	// Default 0.
+	MaxInFlight int `yaml:"max_in_flight"`
+}
+
+// Retry configures retries.
+type Retry struct {
+	// Enabled turns the block off when false. Default true.
+	Enabled bool `yaml:"enabled"`
+	// Attempts counts every attempt, the first included. Default 3.
+	Attempts int `yaml:"attempts"`
+	// Backoff between attempts. Default base 25ms, max 1s.
+	Backoff Backoff `yaml:"backoff"`
+	// On lists retryable outcomes. Default connect_error, reset, timeout,
+	// 502, 503, 504, unavailable.
+	On []string `yaml:"on"`
+	// Budget bounds retries relative to requests.
+	Budget Budget `yaml:"budget"`
+	// BufferLimit is the largest request body buffered for replay.
+	// Default 64KiB.
+	BufferLimit Size `yaml:"buffer_limit"`
+	// IdempotencyHeader marks POST/PATCH requests safe to retry.
+	// Default Idempotency-Key.
+	IdempotencyHeader string `yaml:"idempotency_header"`
+}
+
+// Backoff is exponential back-off with full jitter: min(max, base*2^n).
+type Backoff struct {
+	Base Duration `yaml:"base"`
+	Max  Duration `yaml:"max"`
+}
+
+// Budget is a sliding-window retry budget.
+type Budget struct {
+	// Ratio of retries to requests. Default 0.2.
+	Ratio float64 `yaml:"ratio"`
+	// MinPerSecond retries are always allowed. Default 10.
+	MinPerSecond float64 `yaml:"min_per_second"`
+	// Window of the sliding count. Default 10s.
+	Window Duration `yaml:"window"`
+}
+
+// CircuitBreaker configures per-endpoint breakers.
+type CircuitBreaker struct {
+	// Enabled turns the block off when false. Default true.
+	Enabled bool `yaml:"enabled"`
+	// ConsecutiveFailures trips the breaker. Default 5.
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
+	// FailureRatio trips the breaker once MinRequests were seen in Window.
+	// Default 0.5.
+	FailureRatio float64 `yaml:"failure_ratio"`
+	// MinRequests before FailureRatio applies. Default 20.
+	MinRequests int `yaml:"min_requests"`
+	// Window of the rolling counts. Default 10s.
+	Window Duration `yaml:"window"`
+	// OpenFor is how long a tripped breaker stays open. Default 15s.
+	OpenFor Duration `yaml:"open_for"`
+	// HalfOpenRequests are the probes let through half-open. Default 1.
+	HalfOpenRequests int `yaml:"half_open_requests"`
+	// FailureOn lists outcomes counted as failures. Default connect_error,
+	// reset, timeout, 5xx.
+	FailureOn []string `yaml:"failure_on"`
+}
+
+// RateLimit is a token bucket per route.
+type RateLimit struct {
+	// Enabled turns the block off when false. Default true.
+	Enabled bool `yaml:"enabled"`
+	// RPS is the sustained rate. Default 1000.
+	RPS float64 `yaml:"rps"`
+	// Burst is the bucket size. Default 200.
+	Burst int `yaml:"burst"`
+	// MaxWait queues a request up to this long instead of refusing it.
+	// Default 0s.
+	MaxWait Duration `yaml:"max_wait"`
+}
+
+// Listener is an address the app calls, with its routes.
+type Listener struct {
+	// Name identifies the listener. Required, unique.
+	Name string `yaml:"name"`
+	// Address to bind, host:port. Required, unique.
+	Address string `yaml:"address"`
+	// Protocol is auto, http1 or h2c. Default auto.
+	Protocol string `yaml:"protocol"`
+	// Routes are matched in order; the first match wins.
+	Routes []*Route `yaml:"routes"`
+}
+
+// Route maps matching requests to an upstream under a policy.
+type Route struct {
+	// Name identifies the route. Required, unique across listeners.
+	Name  string `yaml:"name"`
+	Match Match  `yaml:"match"`
+	// Upstream names an entry of upstreams. Required.
+	Upstream string `yaml:"upstream"`
+	// Policy names an entry of policies. Default "default" when defined,
+	// else the built-in defaults.
+	Policy string `yaml:"policy"`
+	// Async makes the route fire-and-forget. Off when absent.
+	Async *Async `yaml:"async"`
+	// WebSocket lets WebSocket upgrades through. Default false: every
+	// protocol upgrade is refused.
+	WebSocket bool `yaml:"websocket"`
+}
+
+// Match selects requests. All present conditions must hold; an empty
+// Match matches everything.
+type Match struct {
+	// PathPrefix matches whole segments; a prefix ending in / is a plain
+	// string prefix.
+	PathPrefix string `yaml:"path_prefix"`
+	// Path matches exactly.
+	Path string `yaml:"path"`
+	// PathRegex must match the whole path (RE2 syntax).
+	PathRegex string `yaml:"path_regex"`
+	// Methods, any of which matches. Default: any method.
+	Methods []string `yaml:"methods"`
+	// Headers that must be present with exactly these values.
+	Headers map[string]string `yaml:"headers"`
+	// Host matches the request's host (port ignored, case-insensitive).
+	Host string `yaml:"host"`
+	// GRPCService and GRPCMethod match gRPC calls (/service/method).
+	GRPCService string `yaml:"grpc_service"`
+	GRPCMethod  string `yaml:"grpc_method"`
+}
+
+// Async makes a route fire-and-forget through the spool.
+type Async struct {
+	// When is upstream_down or always. Default upstream_down.
+	When string `yaml:"when"`
+	// SpoolOn lists the outcomes that spool the request. Default
+	// connect_error, breaker_open, timeout, reset, 502, 503, 504.
+	SpoolOn []string `yaml:"spool_on"`
+	// IdempotencyHeader is stamped on every delivery. Default Idempotency-Key.
+	IdempotencyHeader string `yaml:"idempotency_header"`
+	// Ordering is fifo or none. Default fifo.
+	Ordering string `yaml:"ordering"`
+	// MaxInFlight deliveries with ordering none. Default 1.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// Backoff between deliveries. Default base 1s, max 5m.
+	Backoff Backoff `yaml:"backoff"`
+	// MaxAttempts before dead-lettering. Default 100.
+	MaxAttempts int `yaml:"max_attempts"`
+	// MaxAge before dead-lettering. Default 72h.
+	MaxAge Duration `yaml:"max_age"`
+	// MaxBody is the largest request body spooled. Default 1MiB.
+	MaxBody Size `yaml:"max_body"`
+}

@@ -1,0 +1,424 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/sidecar-proxy/sidecar/policy"
+)
+
+// validator checks a decoded Config, placing each error at the key it is
+// about (or, for a missing key, at its parent).
+type validator struct {
+	file string
+	pos  map[string]Pos
+	errs Errors
+}
+
+func (v *validator) errorf(path, format string, args ...any) {
+	p, ok := v.pos[path]
+	for parent := path; !ok && parent != ""; {
+		parent = parentPath(parent)
+		p, ok = v.pos[parent]
+	}
+	v.errs = append(v.errs, &Error{File: v.file, Line: p.Line, Col: p.Col, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func parentPath(p string) string {
+	i := strings.LastIndexAny(p, ".[")
+	if i < 0 {
+		return ""
+	}
+	return p[:i]
+}
+
+func (v *validator) oneOf(path, got string, allowed ...string) {
+	if !slices.Contains(allowed, got) {
+		v.errorf(path, "invalid value %q (want one of %s)", got, strings.Join(allowed, ", "))
+	}
+}
+
+func (v *validator) positive(path string, d Duration) {
+	if d <= 0 {
+		v.errorf(path, "must be greater than 0")
+	}
+}
+
+func (v *validator) atLeast(path string, got, least int64) {
+	if got < least {
+		v.errorf(path, "must be at least %d, got %d", least, got)
+	}
+}
+
+func (v *validator) ratio(path string, f float64) {
+	if f < 0 || f > 1 {
+		v.errorf(path, "must be between 0 and 1, got %v", f)
+	}
+}
+
+func (v *validator) conditions(path string, list []string) {
+	for i, s := range list {
+		if _, err := policy.ParseCondition(s); err != nil {
+			v.errorf(path+"["+strconv.Itoa(i)+"]", "%v", err)
+		}
+	}
+}
+
+func (v *validator) config(c *Config) {
+	if _, ok := v.pos["version"]; !ok {
+		v.errorf("version", "missing key: version: 1 is required")
+	} else if c.Version != 1 {
+		v.errorf("version", "unsupported version %d (want 1)", c.Version)
+	}
+	v.admin(c.Admin)
+	v.telemetry(c.Telemetry)
+	v.spool(c.Spool)
+	for _, name := range sortedKeys(c.Upstreams) {
+		v.upstream("upstreams."+name, c.Upstreams[name])
+	}
+	for _, name := range sortedKeys(c.Policies) {
+		v.policy("policies."+name, c.Policies[name])
+	}
+	v.listeners(c)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (v *validator) admin(a Admin) {
+	host, _, err := net.SplitHostPort(a.Address)
+	switch {
+	case err != nil:
+		v.errorf("admin.address", "invalid address %q: want host:port", a.Address)
+	case !IsLoopback(host):
+		v.errorf("admin.address", "%q is not a loopback address: the admin API binds to loopback only", a.Address)
+	}
+	if a.TokenEnv != "" && !validEnvName(a.TokenEnv) {
+		v.errorf("admin.token_env", "invalid environment variable name %q", a.TokenEnv)
+	}
+}
+
+// IsLoopback reports whether host (without port) names the loopback
+// interface: localhost or an address in 127.0.0.0/8 or ::1.
+func IsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+func (v *validator) telemetry(t Telemetry) {
+	v.oneOf("telemetry.traces.exporter", t.Traces.Exporter, "otlp", "stdout", "none")
+	v.ratio("telemetry.traces.sample_ratio", t.Traces.SampleRatio)
+}
+
+func (v *validator) spool(s Spool) {
+	v.oneOf("spool.backend", s.Backend, "file", "jetstream")
+	v.oneOf("spool.fsync", s.Fsync, "always", "interval")
+	if s.Backend == "file" && s.Dir == "" {
+		v.errorf("spool.dir", "must not be empty with the file backend")
+	}
+	v.positive("spool.fsync_interval", s.FsyncInterval)
+	v.atLeast("spool.max_bytes", int64(s.MaxBytes), 1)
+	v.atLeast("spool.max_messages", s.MaxMessages, 1)
+	js := s.JetStream
+	if js.URL == "" {
+		v.errorf("spool.jetstream.url", "must not be empty")
+	}
+	for _, u := range strings.Split(js.URL, ",") {
+		if pu, err := url.Parse(strings.TrimSpace(u)); js.URL != "" && (err != nil || pu.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, pu.Scheme)) {
+			v.errorf("spool.jetstream.url", "invalid NATS URL %q (want nats://host:port)", u)
+		}
+	}
+	if js.Stream == "" || strings.ContainsAny(js.Stream, " \t.*>/\\") {
+		v.errorf("spool.jetstream.stream", "invalid stream name %q (no spaces, dots, wildcards or slashes)", js.Stream)
+	}
+	if js.Replicas < 1 || js.Replicas > 5 {
+		v.errorf("spool.jetstream.replicas", "must be between 1 and 5, got %d", js.Replicas)
+	}
+	v.tls("spool.jetstream.tls", js.TLS)
+	v.readable("spool.jetstream.creds_file", js.CredsFile)
+	v.readable("spool.jetstream.nkey_file", js.NKeyFile)
+}
+
+// file checks that a named file, when set, can be read.
+func (v *validator) readable(path, name string) {
+	if name == "" {
+		return
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		v.errorf(path, "cannot read %q: %v", name, unwrapPathError(err))
+		return
+	}
+	f.Close()
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+func (v *validator) tls(path string, t TLS) {
+	v.readable(path+".ca_file", t.CAFile)
+	v.readable(path+".cert_file", t.CertFile)
+	v.readable(path+".key_file", t.KeyFile)
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		v.errorf(path, "cert_file and key_file must be set together")
+	}
+}
+
+func (v *validator) upstream(path string, u *Upstream) {
+	v.oneOf(path+".protocol", u.Protocol, "http1", "h2c", "grpc", "h2")
+	v.oneOf(path+".load_balancing", u.LoadBalancing, "round_robin", "least_request", "random")
+	v.positive(path+".connect_timeout", u.ConnectTimeout)
+	v.atLeast(path+".max_idle_conns", int64(u.MaxIdleConns), 1)
+	v.positive(path+".idle_conn_timeout", u.IdleConnTimeout)
+	v.tls(path+".tls", u.TLS)
+	if len(u.Endpoints) == 0 {
+		v.errorf(path+".endpoints", "at least one endpoint is required")
+	}
+	seen := map[string]bool{}
+	for i, ep := range u.Endpoints {
+		p := path + ".endpoints[" + strconv.Itoa(i) + "]"
+		if err := checkEndpoint(ep, u.Protocol); err != nil {
+			v.errorf(p, "%v", err)
+		}
+		if seen[ep] {
+			v.errorf(p, "duplicate endpoint %q", ep)
+		}
+		seen[ep] = true
+	}
+}
+
+func checkEndpoint(ep, protocol string) error {
+	u, err := url.Parse(ep)
+	switch {
+	case !strings.Contains(ep, "://"):
+		return fmt.Errorf("endpoint %q needs an http:// or https:// scheme", ep)
+	case err != nil:
+		return fmt.Errorf("invalid endpoint URL %q", ep)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("endpoint %q needs an http:// or https:// scheme", ep)
+	case u.Host == "" || u.Hostname() == "":
+		return fmt.Errorf("endpoint %q has no host", ep)
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/"):
+		return fmt.Errorf("endpoint %q must be scheme://host[:port] with no path, query or credentials", ep)
+	case u.Port() != "":
+		if n, err := strconv.Atoi(u.Port()); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("endpoint %q has an invalid port", ep)
+		}
+	}
+	switch {
+	case protocol == "h2" && u.Scheme != "https":
+		return fmt.Errorf("endpoint %q: protocol h2 needs https://", ep)
+	case (protocol == "h2c" || protocol == "grpc") && u.Scheme != "http":
+		return fmt.Errorf("endpoint %q: protocol %s is cleartext and needs http://", ep, protocol)
+	}
+	return nil
+}
+
+func (v *validator) policy(path string, p *Policy) {
+	if p.Timeout > 0 && p.PerTryTimeout > p.Timeout {
+		v.errorf(path+".per_try_timeout", "%v is longer than timeout %v", p.PerTryTimeout.D(), p.Timeout.D())
+	}
+	if p.Timeout > 0 && p.PerTryTimeout == 0 {
+		v.errorf(path+".per_try_timeout", "must be greater than 0 when timeout is set")
+	}
+	v.atLeast(path+".max_in_flight", int64(p.MaxInFlight), 0)
+	if r := p.Retry; r != nil {
+		rp := path + ".retry"
+		v.atLeast(rp+".attempts", int64(r.Attempts), 1)
+		if r.Attempts > 10 {
+			v.errorf(rp+".attempts", "at most 10 attempts, got %d", r.Attempts)
+		}
+		v.backoff(rp+".backoff", r.Backoff)
+		v.conditions(rp+".on", r.On)
+		if r.Budget.Ratio < 0 {
+			v.errorf(rp+".budget.ratio", "must not be negative")
+		}
+		if r.Budget.MinPerSecond < 0 {
+			v.errorf(rp+".budget.min_per_second", "must not be negative")
+		}
+		v.positive(rp+".budget.window", r.Budget.Window)
+		v.headerName(rp+".idempotency_header", r.IdempotencyHeader)
+	}
+	if b := p.CircuitBreaker; b != nil {
+		bp := path + ".circuit_breaker"
+		v.atLeast(bp+".consecutive_failures", int64(b.ConsecutiveFailures), 1)
+		if b.FailureRatio <= 0 || b.FailureRatio > 1 {
+			v.errorf(bp+".failure_ratio", "must be greater than 0 and at most 1, got %v", b.FailureRatio)
+		}
+		v.atLeast(bp+".min_requests", int64(b.MinRequests), 1)
+		v.positive(bp+".window", b.Window)
+		v.positive(bp+".open_for", b.OpenFor)
+		v.atLeast(bp+".half_open_requests", int64(b.HalfOpenRequests), 1)
+		v.conditions(bp+".failure_on", b.FailureOn)
+	}
+	if r := p.RateLimit; r != nil {
+		rp := path + ".rate_limit"
+		if r.RPS <= 0 {
+			v.errorf(rp+".rps", "must be greater than 0, got %v", r.RPS)
+		}
+		v.atLeast(rp+".burst", int64(r.Burst), 1)
+	}
+}
+
+func (v *validator) backoff(path string, b Backoff) {
+	v.positive(path+".base", b.Base)
+	if b.Max < b.Base {
+		v.errorf(path+".max", "%v is shorter than base %v", b.Max.D(), b.Base.D())
+	}
+}
+
+func (v *validator) headerName(path, name string) {
+	if name == "" {
+		v.errorf(path, "must not be empty")
+		return
+	}
+	for _, c := range []byte(name) {
+		if !isTokenChar(c) {
+			v.errorf(path, "invalid header name %q", name)
+			return
+		}
+	}
+}
+
+func isTokenChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+func (v *validator) listeners(c *Config) {
+	if len(c.Listeners) == 0 {
+		v.errorf("listeners", "at least one listener is required")
+	}
+	names, addrs, routes := map[string]string{}, map[string]string{}, map[string]string{}
+	hasSpool := v.pos["spool"] != (Pos{})
+	for i, l := range c.Listeners {
+		lp := "listeners[" + strconv.Itoa(i) + "]"
+		if l.Name == "" {
+			v.errorf(lp+".name", "missing key: every listener needs a name")
+		} else if prev, dup := names[l.Name]; dup {
+			v.errorf(lp+".name", "duplicate listener name %q (also %s)", l.Name, prev)
+		} else {
+			names[l.Name] = lp
+		}
+		// Port 0 asks the kernel for a free port: never a clash.
+		if _, port, err := net.SplitHostPort(l.Address); err != nil || port == "" {
+			v.errorf(lp+".address", "invalid address %q: want host:port", l.Address)
+		} else if prev, dup := addrs[l.Address]; dup && port != "0" {
+			v.errorf(lp+".address", "duplicate address %q (also %s)", l.Address, prev)
+		} else if l.Address == c.Admin.Address && port != "0" {
+			v.errorf(lp+".address", "address %q is also the admin address", l.Address)
+		} else {
+			addrs[l.Address] = lp
+		}
+		v.oneOf(lp+".protocol", l.Protocol, "auto", "http1", "h2c")
+		if len(l.Routes) == 0 {
+			v.errorf(lp+".routes", "at least one route is required")
+		}
+		for j, r := range l.Routes {
+			rp := lp + ".routes[" + strconv.Itoa(j) + "]"
+			if r.Name == "" {
+				v.errorf(rp+".name", "missing key: every route needs a name")
+			} else if prev, dup := routes[r.Name]; dup {
+				v.errorf(rp+".name", "duplicate route name %q (also %s)", r.Name, prev)
+			} else {
+				routes[r.Name] = rp
+			}
+			v.route(rp, r, c, hasSpool)
+		}
+	}
+}
+
+func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
+	switch {
+	case r.Upstream == "":
+		v.errorf(path+".upstream", "missing key: every route needs an upstream")
+	case c.Upstreams[r.Upstream] == nil:
+		v.errorf(path+".upstream", "unknown upstream %q%s", r.Upstream, known(c.Upstreams))
+	}
+	if r.Policy != "" && c.Policies[r.Policy] == nil {
+		v.errorf(path+".policy", "unknown policy %q%s", r.Policy, known(c.Policies))
+	}
+	m, mp := r.Match, path+".match"
+	set := 0
+	for _, s := range []string{m.Path, m.PathPrefix, m.PathRegex} {
+		if s != "" {
+			set++
+		}
+	}
+	if set > 1 {
+		v.errorf(mp, "set at most one of path, path_prefix and path_regex")
+	}
+	if m.Path != "" && m.Path[0] != '/' {
+		v.errorf(mp+".path", "%q must start with /", m.Path)
+	}
+	if m.PathPrefix != "" && m.PathPrefix[0] != '/' {
+		v.errorf(mp+".path_prefix", "%q must start with /", m.PathPrefix)
+	}
+	if m.PathRegex != "" {
+		if _, err := regexp.Compile(m.PathRegex); err != nil {
+			v.errorf(mp+".path_regex", "invalid regular expression: %v", err)
+		}
+	}
+	for i, meth := range m.Methods {
+		if meth == "" || strings.ToUpper(meth) != meth || strings.IndexFunc(meth, func(c rune) bool { return c > 127 || !isTokenChar(byte(c)) }) >= 0 {
+			v.errorf(mp+".methods["+strconv.Itoa(i)+"]", "invalid method %q (want an upper-case token such as GET)", meth)
+		}
+		if meth == "CONNECT" {
+			v.errorf(mp+".methods["+strconv.Itoa(i)+"]", "CONNECT is never proxied")
+		}
+	}
+	for _, name := range sortedKeys(m.Headers) {
+		v.headerName(mp+".headers."+name, name)
+	}
+	if strings.ContainsAny(m.GRPCService, "/ ") || strings.ContainsAny(m.GRPCMethod, "/ ") {
+		v.errorf(mp, "grpc_service and grpc_method take bare names without slashes")
+	}
+	if m.GRPCMethod != "" && m.GRPCService == "" {
+		v.errorf(mp+".grpc_method", "needs grpc_service")
+	}
+	if (m.GRPCService != "") && set > 0 {
+		v.errorf(mp, "grpc_service cannot be combined with path, path_prefix or path_regex")
+	}
+	if a := r.Async; a != nil {
+		ap := path + ".async"
+		if !hasSpool {
+			v.errorf(ap, "an async route needs a spool: add a spool section (for example spool: {dir: ./data/spool})")
+		}
+		v.oneOf(ap+".when", a.When, "upstream_down", "always")
+		v.conditions(ap+".spool_on", a.SpoolOn)
+		v.headerName(ap+".idempotency_header", a.IdempotencyHeader)
+		v.oneOf(ap+".ordering", a.Ordering, "fifo", "none")
+		v.atLeast(ap+".max_in_flight", int64(a.MaxInFlight), 1)
+		v.backoff(ap+".backoff", a.Backoff)
+		v.atLeast(ap+".max_attempts", int64(a.MaxAttempts), 1)
+		v.positive(ap+".max_age", a.MaxAge)
+		v.atLeast(ap+".max_body", int64(a.MaxBody), 1)
+	}
+}
+
+func known[V any](m map[string]V) string {
+	if len(m) == 0 {
+		return " (none are defined)"
+	}
+	return " (defined: " + strings.Join(sortedKeys(m), ", ") + ")"
+}

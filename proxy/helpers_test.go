@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/config"
+)
+
+// upstream is a real loopback HTTP server that counts and records requests.
+type upstream struct {
+	*httptest.Server
+	count atomic.Int64
+	mu    sync.Mutex
+	last  *http.Request
+}
+
+func newUpstream(t testing.TB, h http.HandlerFunc) *upstream {
+	t.Helper()
+	u := &upstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.count.Add(1)
+		u.mu.Lock()
+		u.last = r.Clone(context.Background())
+		u.mu.Unlock()
+		if h != nil {
+			h(w, r)
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "hello from %s", r.URL.Path)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *upstream) lastRequest() *http.Request {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.last
+}
+
+// sidecar is a running Server built from YAML, on loopback ports.
+type sidecar struct {
+	srv  *Server
+	addr map[string]string // listener name -> host:port
+}
+
+// startSidecar builds and serves cfgYAML; "UPSTREAM<n>" in it is replaced
+// by the URL of ups[n].
+func startSidecar(t testing.TB, cfgYAML string, ups ...*upstream) *sidecar {
+	t.Helper()
+	for i, u := range ups {
+		cfgYAML = strings.ReplaceAll(cfgYAML, fmt.Sprintf("UPSTREAM%d", i), u.URL)
+	}
+	cfg, err := config.Parse("test.yaml", []byte(cfgYAML), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatalf("config.Parse:\n%v", err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	snap, err := Build(cfg, nil, logger)
+	if err != nil {
+		t.Fatalf("Build = %v", err)
+	}
+	srv := NewServer(snap, logger)
+	if err := srv.Listen(); err != nil {
+		t.Fatalf("Listen = %v", err)
+	}
+	srv.Serve()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	sc := &sidecar{srv: srv, addr: map[string]string{}}
+	for name, a := range srv.Addrs() {
+		sc.addr[name] = a.String()
+	}
+	return sc
+}
+
+func (s *sidecar) url(path string) string { return "http://" + s.addr["app"] + path }
+
+// oneRoute is a config with one listener "app" forwarding everything to
+// UPSTREAM0 under the policy given (YAML flow mapping).
+func oneRoute(policy string) string {
+	return `
+version: 1
+upstreams:
+  up: {endpoints: ["UPSTREAM0"]}
+policies:
+  p: ` + policy + `
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, match: {path_prefix: /}, upstream: up, policy: p}
+`
+}
+
+// rawRequest sends raw bytes on a new connection and returns the first
+// response and, when the response announced "Connection: close", whether
+// the server then really closed the connection.
+func rawRequest(t *testing.T, addr, req string) (*http.Response, string, bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading response to %q: %v", req, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	closed := false
+	if resp.Close {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = br.ReadByte()
+		closed = err == io.EOF
+	}
+	return resp, string(body), closed
+}
+
+func get(t *testing.T, url string, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if strings.EqualFold(hdr[i], "Host") {
+			req.Host = hdr[i+1]
+			continue
+		}
+		req.Header.Add(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: reading body: %v", url, err)
+	}
+	return resp, string(body)
+}

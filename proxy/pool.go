@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/config"
+)
+
+// Upstream connection limits that are not configurable.
+const (
+	maxResponseHeaderBytes = 1 << 20
+	expectContinueTimeout  = time.Second
+)
+
+// Pool is an upstream's endpoints, their load balancer and the pooled
+// keep-alive transport that reaches them. A Pool lives across reloads while
+// its upstream's config is unchanged.
+type Pool struct {
+	Name      string
+	Endpoints []*Endpoint
+	cfg       config.Upstream
+	pick      func(*Pool) *Endpoint
+	rr        atomic.Uint64
+	transport *http.Transport
+}
+
+// Endpoint is one address of an upstream.
+type Endpoint struct {
+	URL      *url.URL
+	inFlight atomic.Int64
+}
+
+// InFlight returns the number of attempts in progress to e.
+func (e *Endpoint) InFlight() int64 { return e.inFlight.Load() }
+
+func newPool(name string, u *config.Upstream) (*Pool, error) {
+	p := &Pool{Name: name, cfg: *u}
+	for _, raw := range u.Endpoints {
+		ep, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", name, err)
+		}
+		ep.Path = ""
+		p.Endpoints = append(p.Endpoints, &Endpoint{URL: ep})
+	}
+	switch u.LoadBalancing {
+	case "least_request":
+		p.pick = pickLeastRequest
+	case "random":
+		p.pick = pickRandom
+	default:
+		p.pick = pickRoundRobin
+	}
+	t, err := newTransport(u)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", name, err)
+	}
+	p.transport = t
+	return p, nil
+}
+
+func pickRoundRobin(p *Pool) *Endpoint {
+	n := p.rr.Add(1) - 1
+	return p.Endpoints[n%uint64(len(p.Endpoints))]
+}
+
+func pickRandom(p *Pool) *Endpoint {
+	return p.Endpoints[rand.IntN(len(p.Endpoints))]
+}
+
+// pickLeastRequest is the power of two choices: of two endpoints drawn at
+// random, the one with fewer attempts in flight.
+func pickLeastRequest(p *Pool) *Endpoint {
+	n := len(p.Endpoints)
+	if n == 1 {
+		return p.Endpoints[0]
+	}
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
+	if j >= i {
+		j++
+	}
+	a, b := p.Endpoints[i], p.Endpoints[j]
+	if b.inFlight.Load() < a.inFlight.Load() {
+		return b
+	}
+	return a
+}
+
+// LoadBalancing returns the pool's load-balancing policy name.
+func (p *Pool) LoadBalancing() string { return p.cfg.LoadBalancing }
+
+// close drops the pool's idle connections.
+func (p *Pool) close() { p.transport.CloseIdleConnections() }
+
+// dialError marks an error from establishing a connection: the request was
+// never sent, so the outcome is connect_error.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+func newTransport(u *config.Upstream) (*http.Transport, error) {
+	dialer := &net.Dialer{Timeout: u.ConnectTimeout.D(), KeepAlive: 30 * time.Second}
+	t := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, &dialError{err}
+			}
+			return c, nil
+		},
+		MaxIdleConnsPerHost:    u.MaxIdleConns,
+		IdleConnTimeout:        u.IdleConnTimeout.D(),
+		TLSHandshakeTimeout:    u.ConnectTimeout.D(),
+		ExpectContinueTimeout:  expectContinueTimeout,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		DisableCompression:     true, // pass encodings through untouched
+		WriteBufferSize:        16 << 10,
+		ReadBufferSize:         16 << 10,
+	}
+	tlsCfg, err := tlsConfig(u.TLS)
+	if err != nil {
+		return nil, err
+	}
+	t.TLSClientConfig = tlsCfg
+	protos := new(http.Protocols)
+	switch u.Protocol {
+	case "h2c", "grpc":
+		protos.SetUnencryptedHTTP2(true)
+	case "h2":
+		protos.SetHTTP2(true)
+	default:
+		protos.SetHTTP1(true)
+	}
+	t.Protocols = protos
+	return t, nil
+}
+
+func tlsConfig(c config.TLS) (*tls.Config, error) {
+	cfg := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		ServerName:         c.ServerName,
+		InsecureSkipVerify: c.InsecureSkipVerify, //nolint:gosec // opt-in, warned about at start
+	}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.ca_file %s: no PEM certificates found", c.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.cert_file/key_file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}

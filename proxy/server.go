@@ -1,0 +1,151 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/h1guard"
+)
+
+// Limits of the app-facing listeners.
+const (
+	// MaxHeaderBytes bounds a request's header block; larger gets 431.
+	MaxHeaderBytes    = 64 << 10
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 120 * time.Second
+)
+
+// Server runs the app-facing listeners of a snapshot. The snapshot is held
+// in an atomic pointer, so a reload is a Swap.
+type Server struct {
+	log  *slog.Logger
+	snap atomic.Pointer[Snapshot]
+
+	mu      sync.Mutex
+	servers []*http.Server
+	lns     []net.Listener
+	wg      sync.WaitGroup
+}
+
+// NewServer returns a Server for snap; Listen binds it.
+func NewServer(snap *Snapshot, logger *slog.Logger) *Server {
+	s := &Server{log: logger}
+	s.snap.Store(snap)
+	return s
+}
+
+// Snapshot returns the snapshot requests are served with now.
+func (s *Server) Snapshot() *Snapshot { return s.snap.Load() }
+
+// Listen binds every listener of the snapshot. On error nothing stays bound.
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.snap.Load().Listeners {
+		ln, err := net.Listen("tcp", l.Address)
+		if err != nil {
+			for _, bound := range s.lns {
+				bound.Close()
+			}
+			s.lns = nil
+			return fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		s.lns = append(s.lns, h1guard.Listen(ln))
+		s.servers = append(s.servers, s.newHTTPServer(l))
+	}
+	return nil
+}
+
+// Addrs returns the bound addresses, by listener name.
+func (s *Server) Addrs() map[string]net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]net.Addr{}
+	for i, ln := range s.lns {
+		out[s.snap.Load().Listeners[i].Name] = ln.Addr()
+	}
+	return out
+}
+
+func (s *Server) newHTTPServer(l *Listener) *http.Server {
+	protos := new(http.Protocols)
+	switch l.Protocol {
+	case "http1":
+		protos.SetHTTP1(true)
+	case "h2c":
+		protos.SetUnencryptedHTTP2(true)
+	default:
+		protos.SetHTTP1(true)
+		protos.SetUnencryptedHTTP2(true)
+	}
+	return &http.Server{
+		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log},
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ConnContext:       h1guard.ConnContext,
+		Protocols:         protos,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:      1000,
+			MaxReceiveBufferPerStream: 1 << 20,
+		},
+		ErrorLog: log.New(slogWriter{s.log}, "", 0),
+	}
+}
+
+// Serve serves the bound listeners until Shutdown. It returns at once.
+func (s *Server) Serve() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, srv := range s.servers {
+		ln := s.lns[i]
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("listener stopped", "address", ln.Addr().String(), "error", err)
+			}
+		}()
+	}
+}
+
+// Shutdown stops accepting, waits for requests in flight until ctx ends,
+// then closes what remains.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	servers := s.servers
+	s.mu.Unlock()
+	errs := make([]error, len(servers))
+	var wg sync.WaitGroup
+	for i, srv := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Shutdown(ctx); err != nil {
+				srv.Close()
+				errs[i] = err
+			}
+		}()
+	}
+	wg.Wait()
+	s.wg.Wait()
+	s.snap.Load().Close(nil)
+	return errors.Join(errs...)
+}
+
+// slogWriter sends net/http's server log lines (TLS handshake errors,
+// panics) to slog at debug level.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Debug("http server", "msg", string(p))
+	return len(p), nil
+}

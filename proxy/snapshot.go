@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net/http/httputil"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/config"
+)
+
+// Snapshot is the immutable runtime form of a validated Config: compiled
+// routes per listener and upstream pools. A reload builds a new Snapshot
+// and swaps it in whole; requests in flight finish on the one they started
+// with.
+type Snapshot struct {
+	Config    *config.Config
+	Listeners []*Listener      // in file order
+	Routes    []*Route         // every route, in file order
+	Pools     map[string]*Pool // by upstream name
+	byName    map[string]*Listener
+}
+
+// Listener is a listener's compiled routes.
+type Listener struct {
+	Name     string
+	Address  string
+	Protocol string
+	Routes   []*Route // matched in order, first match wins
+}
+
+// Route is a compiled route: its match, upstream pool and policy, and the
+// reverse proxy that forwards to it.
+type Route struct {
+	Name       string
+	Listener   string
+	Upstream   string
+	PolicyName string // "" for the built-in defaults
+	Pool       *Pool
+	Policy     *config.Policy
+	// MatchConfig is the route's match block as configured.
+	MatchConfig config.Match
+
+	match        *matcher
+	timeout      time.Duration // whole call; 0 means none
+	perTry       time.Duration // until response headers; 0 means none
+	preserveHost bool
+	websocket    bool
+	proxy        *httputil.ReverseProxy
+}
+
+// Build compiles cfg. Pools of prev whose upstream config is unchanged are
+// carried over, keeping their connections and counters.
+func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger) (*Snapshot, error) {
+	s := &Snapshot{Config: cfg, Pools: map[string]*Pool{}, byName: map[string]*Listener{}}
+	for name, u := range cfg.Upstreams {
+		if prev != nil {
+			if old := prev.Pools[name]; old != nil && reflect.DeepEqual(old.cfg, *u) {
+				s.Pools[name] = old
+				continue
+			}
+		}
+		p, err := newPool(name, u)
+		if err != nil {
+			return nil, err
+		}
+		if u.TLS.InsecureSkipVerify {
+			logger.Warn("TLS certificate verification is OFF for this upstream: anyone on the path can impersonate it", "upstream", name)
+		}
+		s.Pools[name] = p
+	}
+	errLog := log.New(io.Discard, "", 0)
+	if logger.Enabled(context.Background(), slog.LevelDebug) {
+		errLog = slog.NewLogLogger(logger.Handler(), slog.LevelDebug)
+	}
+	for _, lc := range cfg.Listeners {
+		l := &Listener{Name: lc.Name, Address: lc.Address, Protocol: lc.Protocol}
+		for _, rc := range lc.Routes {
+			r, err := newRoute(cfg, lc.Name, rc, s.Pools[rc.Upstream], logger, errLog)
+			if err != nil {
+				return nil, err
+			}
+			l.Routes = append(l.Routes, r)
+			s.Routes = append(s.Routes, r)
+		}
+		s.Listeners = append(s.Listeners, l)
+		s.byName[l.Name] = l
+	}
+	return s, nil
+}
+
+// Close drops idle connections of the pools that next does not carry over.
+func (s *Snapshot) Close(next *Snapshot) {
+	for name, p := range s.Pools {
+		if next == nil || next.Pools[name] != p {
+			p.close()
+		}
+	}
+}
+
+func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool, logger *slog.Logger, errLog *log.Logger) (*Route, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("route %s: unknown upstream %q", rc.Name, rc.Upstream)
+	}
+	pol, polName := cfg.Policies[rc.Policy], rc.Policy
+	if rc.Policy == "" {
+		pol, polName = cfg.Policies["default"], "default"
+		if pol == nil {
+			pol, polName = config.DefaultPolicy(), ""
+		}
+	}
+	r := &Route{
+		Name:         rc.Name,
+		Listener:     listener,
+		Upstream:     rc.Upstream,
+		PolicyName:   polName,
+		Pool:         pool,
+		Policy:       pol,
+		MatchConfig:  rc.Match,
+		match:        compileMatch(rc.Match),
+		timeout:      pol.Timeout.D(),
+		perTry:       pol.PerTryTimeout.D(),
+		preserveHost: pool.cfg.PreserveHost,
+		websocket:    rc.WebSocket,
+	}
+	r.proxy = &httputil.ReverseProxy{
+		Rewrite:        r.rewrite,
+		Transport:      &attempter{route: r},
+		ModifyResponse: modifyResponse,
+		ErrorHandler:   r.proxyError(logger),
+		BufferPool:     bufferPool{},
+		FlushInterval:  -1, // pass bytes on as they come, as a sidecar must
+		ErrorLog:       errLog,
+	}
+	return r, nil
+}
+
+// bufferPool recycles the 32 KiB buffers ReverseProxy copies bodies with.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (bufferPool) Get() []byte  { return buffers.Get().(*[32 << 10]byte)[:] }
+func (bufferPool) Put(b []byte) { buffers.Put((*[32 << 10]byte)(b)) }

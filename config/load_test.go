@@ -99,13 +99,7 @@ policies:
 }
 
 func TestAsyncDefaults(t *testing.T) {
-	cfg, err := Parse("a.yaml", []byte(minimal+`
-spool: {dir: ./spool}
-`+"    - {name: ev, upstream: inv, async: {}}\n"), noEnv)
-	if err == nil {
-		t.Fatalf("Parse accepted a route list entry at the wrong level")
-	}
-	cfg, err = Parse("a.yaml", []byte(strings.Replace(minimal, "      - {name: all, upstream: inv}", "      - {name: ev, upstream: inv, async: {}}", 1)+"spool: {dir: ./spool}\n"), noEnv)
+	cfg, err := Parse("a.yaml", []byte(strings.Replace(minimal, "      - {name: all, upstream: inv}", "      - {name: ev, upstream: inv, async: {}}", 1)+"spool: {dir: ./spool}\n"), noEnv)
 	if err != nil {
 		t.Fatalf("Parse = %v", err)
 	}

@@ -300,7 +300,7 @@ func TestMalformedRequestsNeverReachUpstream(t *testing.T) {
 		{"Upgrade refused", "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo/1\r\n\r\n", 400, false},
 		{"WebSocket not allowed on the route", "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", 400, false},
 		{"oversized headers", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", MaxHeaderBytes+8192) + "\r\n\r\n", 431, true},
-		{"bad request line", "GET /\r\n\r\n", 400, true},
+		{"bad request line", "GET /x HTTP/1.1 junk\r\nHost: x\r\n\r\n", 400, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

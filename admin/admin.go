@@ -111,20 +111,16 @@ func loopbackOnly(next http.Handler) http.Handler {
 }
 
 type routeView struct {
-	Name          string         `json:"name"`
-	Listener      string         `json:"listener"`
-	Upstream      string         `json:"upstream"`
-	Policy        string         `json:"policy"`
-	Match         any            `json:"match"`
-	Timeout       string         `json:"timeout"`
-	PerTryTimeout string         `json:"per_try_timeout"`
-	LoadBalancing string         `json:"load_balancing"`
-	Endpoints     []endpointView `json:"endpoints"`
-}
-
-type endpointView struct {
-	URL      string `json:"url"`
-	InFlight int64  `json:"in_flight"`
+	Name          string                `json:"name"`
+	Listener      string                `json:"listener"`
+	Upstream      string                `json:"upstream"`
+	Policy        string                `json:"policy"`
+	Match         any                   `json:"match"`
+	Timeout       string                `json:"timeout"`
+	PerTryTimeout string                `json:"per_try_timeout"`
+	LoadBalancing string                `json:"load_balancing"`
+	Stats         proxy.RouteStats      `json:"stats"`
+	Endpoints     []proxy.EndpointStats `json:"endpoints"`
 }
 
 func routes(snap *proxy.Snapshot) []routeView {
@@ -139,9 +135,8 @@ func routes(snap *proxy.Snapshot) []routeView {
 			Timeout:       r.Policy.Timeout.D().String(),
 			PerTryTimeout: r.Policy.PerTryTimeout.D().String(),
 			LoadBalancing: r.Pool.LoadBalancing(),
-		}
-		for _, ep := range r.Pool.Endpoints {
-			v.Endpoints = append(v.Endpoints, endpointView{URL: ep.URL.String(), InFlight: ep.InFlight()})
+			Stats:         r.Stats(),
+			Endpoints:     r.EndpointStats(),
 		}
 		out = append(out, v)
 	}

@@ -25,7 +25,7 @@ spool: {jetstream: {password: hunter2}}
 upstreams:
   inv: {endpoints: ["http://127.0.0.1:8080", "http://127.0.0.1:8081"], load_balancing: least_request}
 policies:
-  default: {timeout: 3s, per_try_timeout: 1s}
+  default: {timeout: 3s, per_try_timeout: 1s, retry: {}, circuit_breaker: {}, rate_limit: {rps: 10, burst: 5}, max_in_flight: 7}
 listeners:
   - name: app
     address: 127.0.0.1:0
@@ -109,9 +109,20 @@ func TestRoutes(t *testing.T) {
 			PerTry                           string `json:"per_try_timeout"`
 			LB                               string `json:"load_balancing"`
 			Match                            map[string]any
-			Endpoints                        []struct {
+			Stats                            struct {
+				InFlight    *int64         `json:"in_flight"`
+				MaxInFlight int64          `json:"max_in_flight"`
+				Attempts    int            `json:"attempts"`
+				Budget      map[string]any `json:"retry_budget"`
+				Tokens      *float64       `json:"rate_limit_tokens"`
+			}
+			Endpoints []struct {
 				URL      string `json:"url"`
 				InFlight int64  `json:"in_flight"`
+				Breaker  struct {
+					State  string         `json:"state"`
+					Counts map[string]any `json:"counts"`
+				} `json:"circuit_breaker"`
 			}
 		}
 	}
@@ -121,6 +132,14 @@ func TestRoutes(t *testing.T) {
 	r := got.Routes[0]
 	if r.Name != "reads" || r.Listener != "app" || r.Upstream != "inv" || r.Policy != "default" || r.Timeout != "3s" || r.PerTry != "1s" || r.LB != "least_request" || len(r.Endpoints) != 2 || r.Match["path_prefix"] != "/items" {
 		t.Errorf("/v1/routes route = %+v", r)
+	}
+	if st := r.Stats; st.InFlight == nil || st.MaxInFlight != 7 || st.Attempts != 3 || st.Budget == nil || st.Tokens == nil || *st.Tokens != 5 {
+		t.Errorf("/v1/routes stats = %+v, want in-flight, cap 7, 3 attempts, budget and 5 tokens", st)
+	}
+	for _, ep := range r.Endpoints {
+		if ep.Breaker.State != "closed" || ep.Breaker.Counts == nil {
+			t.Errorf("/v1/routes endpoint %s breaker = %+v, want closed with counts", ep.URL, ep.Breaker)
+		}
 	}
 	if strings.Contains(body, "Bearer-secret") {
 		t.Errorf("/v1/routes shows a credential header's value: %s", body)

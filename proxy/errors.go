@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/sidecar-proxy/sidecar/policy"
 )
@@ -30,7 +31,9 @@ type UpstreamError struct {
 	Route    string
 	Outcome  policy.Outcome
 	Attempts int
-	Err      error
+	// RetryAfter, when positive, is sent as Retry-After (breaker_open).
+	RetryAfter time.Duration
+	Err        error
 }
 
 func (e *UpstreamError) Error() string {
@@ -103,8 +106,10 @@ type errorBody struct {
 
 // writeError writes the proxy's own error response: a JSON body
 // {"error", "route", "outcome"} with the outcome's status and the
-// Sidecar-Outcome header; attempts > 0 adds Sidecar-Attempts.
-func writeError(w http.ResponseWriter, o policy.Outcome, route string, attempts int, msg string) {
+// Sidecar-Outcome header; attempts > 0 adds Sidecar-Attempts. The 429 and
+// 503 outcomes always carry Retry-After, in whole seconds rounded up, at
+// least 1.
+func writeError(w http.ResponseWriter, o policy.Outcome, route string, attempts int, msg string, retryAfter time.Duration) {
 	h := w.Header()
 	if msg == "" {
 		msg = errorMessages[o]
@@ -115,6 +120,9 @@ func writeError(w http.ResponseWriter, o policy.Outcome, route string, attempts 
 	h.Set(HeaderOutcome, o.String())
 	if attempts > 0 {
 		h.Set(HeaderAttempts, strconv.Itoa(attempts))
+	}
+	if status := statusOf(o); status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", strconv.FormatInt(max(1, int64((retryAfter+time.Second-1)/time.Second)), 10))
 	}
 	body, _ := json.Marshal(errorBody{Error: msg, Route: route, Outcome: o.String()})
 	body = append(body, '\n')

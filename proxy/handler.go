@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,25 +26,61 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if c := h1guard.FromContext(r.Context()); c != nil {
 		if err := c.Next(); err != nil {
 			w.Header().Set("Connection", "close")
-			writeError(w, policy.BadRequest, "", 0, "ambiguous request framing: "+err.Error())
+			writeError(w, policy.BadRequest, "", 0, "ambiguous request framing: "+err.Error(), 0)
 			return
 		}
 	}
 	if r.Method == http.MethodConnect {
-		writeError(w, policy.BadRequest, "", 0, "CONNECT is not proxied")
+		writeError(w, policy.BadRequest, "", 0, "CONNECT is not proxied", 0)
 		return
 	}
 	l := h.snap.Load().byName[h.listener]
 	route := l.route(r, cleanPath(r.URL.Path))
 	if route == nil {
-		writeError(w, policy.NoRoute, "", 0, "")
+		writeError(w, policy.NoRoute, "", 0, "", 0)
 		return
 	}
 	if up := r.Header["Upgrade"]; up != nil && !(route.websocket && isWebSocket(r)) {
-		writeError(w, policy.BadRequest, route.Name, 0, "protocol upgrade refused")
+		writeError(w, policy.BadRequest, route.Name, 0, "protocol upgrade refused", 0)
 		return
 	}
+	// Admission, in this order: rate limit, then the in-flight cap. The
+	// overall deadline and the attempt loop run in the route's transport.
+	if !route.admitRate(w, r) {
+		return
+	}
+	if !route.pol.inFlight.Acquire() {
+		writeError(w, policy.Overloaded, route.Name, 0, "", time.Second)
+		return
+	}
+	defer route.pol.inFlight.Release()
 	route.proxy.ServeHTTP(w, r)
+}
+
+// admitRate applies the route's rate limit: a request over it gets 429 with
+// Retry-After, or waits up to max_wait for a token. It reports whether the
+// request may go on.
+func (rt *Route) admitRate(w http.ResponseWriter, r *http.Request) bool {
+	lim := rt.pol.limiter
+	if lim == nil {
+		return true
+	}
+	res, ok, retryAfter := lim.Reserve()
+	if !ok {
+		writeError(w, policy.RateLimited, rt.Name, 0, "", retryAfter)
+		return false
+	}
+	if d := res.Delay(); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			res.Cancel()
+			return false
+		}
+	}
+	return true
 }
 
 // route returns the first route of l matching r, or nil.
@@ -99,10 +133,7 @@ func forwardedFor(r *http.Request) string {
 	return "for=" + ip + ";proto=http"
 }
 
-var attemptsOne = []string{"1"}
-
 func modifyResponse(resp *http.Response) error {
-	resp.Header[HeaderAttempts] = attemptsOne
 	delete(resp.Header, HeaderOutcome) // only the proxy speaks for itself
 	return nil
 }
@@ -121,93 +152,6 @@ func (rt *Route) proxyError(logger *slog.Logger) func(http.ResponseWriter, *http
 		if ue.Outcome == policy.Canceled {
 			return // the app went away; there is no one to answer
 		}
-		writeError(w, ue.Outcome, rt.Name, ue.Attempts, "")
+		writeError(w, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
 	}
 }
-
-// attempter is the route's transport: it picks an endpoint and makes the
-// attempt under the route's deadlines. The overall timeout covers the whole
-// call, response body included; per_try_timeout covers an attempt until
-// its response headers arrive.
-type attempter struct{ route *Route }
-
-var _ http.RoundTripper = (*attempter)(nil)
-
-func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
-	rt := a.route
-	app := req.Context()
-	ctx, cancel := app, context.CancelFunc(nil)
-	if rt.timeout > 0 {
-		ctx, cancel = context.WithTimeout(app, rt.timeout)
-	}
-	attemptCtx, cancelTry := ctx, context.CancelCauseFunc(nil)
-	var tryTimer *time.Timer
-	if rt.perTry > 0 && (rt.timeout == 0 || rt.perTry < rt.timeout) {
-		attemptCtx, cancelTry = context.WithCancelCause(ctx)
-		tryTimer = time.AfterFunc(rt.perTry, func() { cancelTry(errPerTryTimeout) })
-	}
-	ep := rt.Pool.pick(rt.Pool)
-	out := req.WithContext(attemptCtx)
-	u := *req.URL
-	u.Scheme, u.Host = ep.URL.Scheme, ep.URL.Host
-	out.URL = &u
-
-	ep.inFlight.Add(1)
-	resp, err := rt.Pool.transport.RoundTrip(out)
-	if tryTimer != nil && !tryTimer.Stop() && err == nil {
-		// The per-try deadline passed as the headers came in: the body
-		// would fail anyway, so call it a timeout now.
-		resp.Body.Close()
-		resp, err = nil, errPerTryTimeout
-	}
-	if err != nil {
-		outcome := classify(err, app, attemptCtx)
-		release(ep, cancel, cancelTry)
-		return nil, &UpstreamError{Route: rt.Name, Outcome: outcome, Attempts: 1, Err: err}
-	}
-	body := &attemptBody{ReadCloser: resp.Body, ep: ep, cancel: cancel, cancelTry: cancelTry}
-	if rw, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
-		resp.Body = &upgradedBody{attemptBody: body, w: rw}
-	} else {
-		resp.Body = body
-	}
-	return resp, nil
-}
-
-// release ends an attempt: it frees the endpoint's in-flight slot and the
-// attempt's contexts.
-func release(ep *Endpoint, cancel context.CancelFunc, cancelTry context.CancelCauseFunc) {
-	ep.inFlight.Add(-1)
-	if cancelTry != nil {
-		cancelTry(context.Canceled)
-	}
-	if cancel != nil {
-		cancel()
-	}
-}
-
-// attemptBody ends the attempt when the proxy closes the response body.
-type attemptBody struct {
-	io.ReadCloser
-	ep        *Endpoint
-	cancel    context.CancelFunc
-	cancelTry context.CancelCauseFunc
-	closed    atomic.Bool
-}
-
-func (b *attemptBody) Close() error {
-	err := b.ReadCloser.Close()
-	if !b.closed.Swap(true) {
-		release(b.ep, b.cancel, b.cancelTry)
-	}
-	return err
-}
-
-// upgradedBody keeps a 101 response's body writable, as ReverseProxy needs
-// to splice an upgraded (WebSocket) connection.
-type upgradedBody struct {
-	*attemptBody
-	w io.Writer
-}
-
-func (b *upgradedBody) Write(p []byte) (int, error) { return b.w.Write(p) }

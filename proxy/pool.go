@@ -37,6 +37,7 @@ type Pool struct {
 // Endpoint is one address of an upstream.
 type Endpoint struct {
 	URL      *url.URL
+	index    int // in Pool.Endpoints
 	inFlight atomic.Int64
 }
 
@@ -51,7 +52,7 @@ func newPool(name string, u *config.Upstream) (*Pool, error) {
 			return nil, fmt.Errorf("upstream %s: %w", name, err)
 		}
 		ep.Path = ""
-		p.Endpoints = append(p.Endpoints, &Endpoint{URL: ep})
+		p.Endpoints = append(p.Endpoints, &Endpoint{URL: ep, index: len(p.Endpoints)})
 	}
 	switch u.LoadBalancing {
 	case "least_request":

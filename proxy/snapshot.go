@@ -9,9 +9,9 @@ import (
 	"net/http/httputil"
 	"reflect"
 	"sync"
-	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/policy"
 )
 
 // Snapshot is the immutable runtime form of a validated Config: compiled
@@ -24,6 +24,8 @@ type Snapshot struct {
 	Routes    []*Route         // every route, in file order
 	Pools     map[string]*Pool // by upstream name
 	byName    map[string]*Listener
+	routes    map[string]*Route
+	breakers  *policy.BreakerSet // shared by every snapshot built from this one
 }
 
 // Listener is a listener's compiled routes.
@@ -47,8 +49,7 @@ type Route struct {
 	MatchConfig config.Match
 
 	match        *matcher
-	timeout      time.Duration // whole call; 0 means none
-	perTry       time.Duration // until response headers; 0 means none
+	pol          routePolicy
 	preserveHost bool
 	websocket    bool
 	proxy        *httputil.ReverseProxy
@@ -57,7 +58,14 @@ type Route struct {
 // Build compiles cfg. Pools of prev whose upstream config is unchanged are
 // carried over, keeping their connections and counters.
 func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger) (*Snapshot, error) {
-	s := &Snapshot{Config: cfg, Pools: map[string]*Pool{}, byName: map[string]*Listener{}}
+	s := &Snapshot{Config: cfg, Pools: map[string]*Pool{}, byName: map[string]*Listener{}, routes: map[string]*Route{}}
+	if prev != nil {
+		s.breakers = prev.breakers
+	} else {
+		s.breakers = &policy.BreakerSet{OnChange: func(endpoint string, from, to policy.BreakerState) {
+			logger.Warn("circuit breaker state changed", "endpoint", endpoint, "from", from.String(), "to", to.String())
+		}}
+	}
 	for name, u := range cfg.Upstreams {
 		if prev != nil {
 			if old := prev.Pools[name]; old != nil && reflect.DeepEqual(old.cfg, *u) {
@@ -81,10 +89,15 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger) (*Snapshot, 
 	for _, lc := range cfg.Listeners {
 		l := &Listener{Name: lc.Name, Address: lc.Address, Protocol: lc.Protocol}
 		for _, rc := range lc.Routes {
-			r, err := newRoute(cfg, lc.Name, rc, s.Pools[rc.Upstream], logger, errLog)
+			var old *Route
+			if prev != nil {
+				old = prev.routes[rc.Name]
+			}
+			r, err := newRoute(cfg, lc.Name, rc, s.Pools[rc.Upstream], old, s.breakers, logger, errLog)
 			if err != nil {
 				return nil, err
 			}
+			s.routes[r.Name] = r
 			l.Routes = append(l.Routes, r)
 			s.Routes = append(s.Routes, r)
 		}
@@ -103,7 +116,7 @@ func (s *Snapshot) Close(next *Snapshot) {
 	}
 }
 
-func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool, logger *slog.Logger, errLog *log.Logger) (*Route, error) {
+func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool, prev *Route, breakers *policy.BreakerSet, logger *slog.Logger, errLog *log.Logger) (*Route, error) {
 	if pool == nil {
 		return nil, fmt.Errorf("route %s: unknown upstream %q", rc.Name, rc.Upstream)
 	}
@@ -123,8 +136,7 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 		Policy:       pol,
 		MatchConfig:  rc.Match,
 		match:        compileMatch(rc.Match),
-		timeout:      pol.Timeout.D(),
-		perTry:       pol.PerTryTimeout.D(),
+		pol:          compilePolicy(pol, pool, prev, breakers),
 		preserveHost: pool.cfg.PreserveHost,
 		websocket:    rc.WebSocket,
 	}

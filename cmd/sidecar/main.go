@@ -206,36 +206,10 @@ func notYetEnforced(cfg *config.Config) []string {
 	if cfg.Telemetry.AccessLog {
 		out = append(out, "telemetry.access_log is not enforced in this version")
 	}
-	warned := map[string]bool{}
 	for _, l := range cfg.Listeners {
 		for _, r := range l.Routes {
 			if r.Async != nil {
 				out = append(out, fmt.Sprintf("route %s: async is not enforced in this version: the route is served synchronously and nothing is spooled", r.Name))
-			}
-			name := r.Policy
-			if name == "" {
-				name = "default"
-			}
-			p := cfg.Policies[name]
-			if p == nil || warned[name] {
-				continue
-			}
-			warned[name] = true
-			var keys []string
-			if p.Retry.Active() {
-				keys = append(keys, "retry")
-			}
-			if p.CircuitBreaker.Active() {
-				keys = append(keys, "circuit_breaker")
-			}
-			if p.RateLimit.Active() {
-				keys = append(keys, "rate_limit")
-			}
-			if p.MaxInFlight > 0 {
-				keys = append(keys, "max_in_flight")
-			}
-			if len(keys) > 0 {
-				out = append(out, fmt.Sprintf("policy %s: %s not enforced in this version; timeouts are", name, strings.Join(keys, ", ")))
 			}
 		}
 	}

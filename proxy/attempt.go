@@ -58,7 +58,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return nil, &UpstreamError{Route: rt.Name, Outcome: policy.BreakerOpen, Attempts: n - 1, RetryAfter: retryIn, Err: policy.ErrBreakerOpen}
 		}
-		resp, outcome, err, at := a.try(ctx, app, req, ep, body)
+		resp, outcome, at, err := a.try(ctx, app, req, ep, body)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
@@ -92,7 +92,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // try makes one attempt to ep under the per-try deadline.
-func (a *attempter) try(ctx, app context.Context, req *http.Request, ep *Endpoint, body *replayBody) (*http.Response, policy.Outcome, error, *attempt) {
+func (a *attempter) try(ctx, app context.Context, req *http.Request, ep *Endpoint, body *replayBody) (*http.Response, policy.Outcome, *attempt, error) {
 	p := &a.route.pol
 	at := &attempt{ep: ep}
 	attemptCtx := ctx
@@ -116,12 +116,12 @@ func (a *attempter) try(ctx, app context.Context, req *http.Request, ep *Endpoin
 		resp, err = nil, errPerTryTimeout
 	}
 	if err != nil {
-		return nil, classify(err, app, attemptCtx), err, at
+		return nil, classify(err, app, attemptCtx), at, err
 	}
 	if resp.StatusCode >= 400 {
-		return resp, policy.Status, nil, at
+		return resp, policy.Status, at, nil
 	}
-	return resp, policy.OK, nil, at
+	return resp, policy.OK, at, nil
 }
 
 // retry decides whether attempt n, which ended with outcome, is retried,

@@ -218,29 +218,37 @@ func (b *Breaker) stateChanged(name string, from, to gobreaker.State) {
 	}
 }
 
-// noopDone is the done of a nil Breaker.
-func noopDone(BreakerResult) {}
+// BreakerTicket is a request admitted by Allow; Done records its result.
+// The zero value, which a nil Breaker hands out, records nothing.
+type BreakerTicket struct{ done func(error) }
+
+// Done records the request's result. Call it exactly once, when the result
+// is known; a ticket from before a change of state is dropped, as
+// gobreaker does.
+func (t BreakerTicket) Done(r BreakerResult) {
+	if t.done == nil {
+		return
+	}
+	err := errBreakerFailure
+	if int(r) < len(breakerErrs) {
+		err = breakerErrs[r]
+	}
+	t.done(err)
+}
 
 // Allow asks whether a request may go to the endpoint now. If so it returns
-// done, which the caller must call exactly once with the request's
-// BreakerResult when it is known (a done from before a change of state is
-// dropped, as gobreaker does). If not, it returns ErrBreakerOpen and a nil
-// done: the breaker is open, or half-open with all its probes out.
-func (b *Breaker) Allow() (done func(BreakerResult), err error) {
+// a ticket whose Done the caller must call once with the request's
+// BreakerResult. If not, it returns ErrBreakerOpen: the breaker is open, or
+// half-open with all its probes out. A nil Breaker admits everything.
+func (b *Breaker) Allow() (BreakerTicket, error) {
 	if b == nil {
-		return noopDone, nil
+		return BreakerTicket{}, nil
 	}
 	gdone, err := b.cb.Allow()
 	if err != nil {
-		return nil, ErrBreakerOpen
+		return BreakerTicket{}, ErrBreakerOpen
 	}
-	return func(r BreakerResult) {
-		err := errBreakerFailure
-		if int(r) < len(breakerErrs) {
-			err = breakerErrs[r]
-		}
-		gdone(err)
-	}, nil
+	return BreakerTicket{gdone}, nil
 }
 
 // State returns the breaker's state now; an open breaker whose OpenFor

@@ -35,7 +35,7 @@ func report(t *testing.T, b *Breaker, r BreakerResult) {
 	if err != nil {
 		t.Fatalf("Allow() = %v, want a request allowed before reporting %v", err, r)
 	}
-	done(r)
+	done.Done(r)
 }
 
 // reportAll runs one request per letter of seq: s success, f failure, i ignore.
@@ -155,11 +155,11 @@ func TestBreakerOpenHalfOpenClosed(t *testing.T) {
 		if got := b.RetryIn(); got != 0 {
 			t.Errorf("RetryIn() when half-open = %v, want 0", got)
 		}
-		probe1(BreakerSuccess)
+		probe1.Done(BreakerSuccess)
 		if got := b.State(); got != BreakerStateHalfOpen {
 			t.Errorf("State() after 1 of 2 probes succeeded = %v, want half_open", got)
 		}
-		probe2(BreakerSuccess)
+		probe2.Done(BreakerSuccess)
 		if got := b.State(); got != BreakerStateClosed {
 			t.Errorf("State() after both probes succeeded = %v, want closed", got)
 		}
@@ -223,7 +223,7 @@ func TestBreakerStaleDone(t *testing.T) {
 		reportAll(t, b, "f")
 		time.Sleep(2 * time.Second)
 		reportAll(t, b, "s") // the probe closes the breaker
-		slow(BreakerFailure)
+		slow.Done(BreakerFailure)
 		if got := b.State(); got != BreakerStateClosed {
 			t.Errorf("State() after a stale failure = %v, want closed", got)
 		}
@@ -267,10 +267,10 @@ func TestBreakerDefaultOpenFor(t *testing.T) {
 func TestBreakerNil(t *testing.T) {
 	var b *Breaker
 	done, err := b.Allow()
-	if err != nil || done == nil {
-		t.Fatalf("nil Breaker: Allow() = %p, %v; want a done and nil", done, err)
+	if err != nil {
+		t.Fatalf("nil Breaker: Allow() = %v, %v; want a ticket and nil", done, err)
 	}
-	done(BreakerFailure)
+	done.Done(BreakerFailure)
 	if b.State() != BreakerStateClosed || b.RetryIn() != 0 || b.Counts() != (BreakerCounts{}) {
 		t.Errorf("nil Breaker: State, RetryIn, Counts = %v, %v, %+v; want closed, 0, zero", b.State(), b.RetryIn(), b.Counts())
 	}
@@ -368,7 +368,7 @@ func BenchmarkBreaker(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			done(BreakerSuccess)
+			done.Done(BreakerSuccess)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,93 +42,221 @@ var attemptCounts = func() (v [11][]string) {
 func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt := a.route
 	p := &rt.pol
-	app := req.Context()
-	ctx, cancel := app, context.CancelFunc(nil)
+	c := &call{route: rt, app: req.Context()}
 	if p.timeout > 0 {
-		ctx, cancel = context.WithTimeout(app, p.timeout)
+		c.deadline = time.Now().Add(p.timeout)
 	}
 	body := newReplayBody(req, p)
 	safe := p.attempts > 1 && (idempotent(req.Method) || p.idemHeader != "" && req.Header[p.idemHeader] != nil)
 	p.budget.Request()
 
 	for n := 1; ; n++ {
-		ep, done, retryIn := rt.pick()
+		ep, ticket, retryIn := rt.pick()
 		if ep == nil {
-			if cancel != nil {
-				cancel()
-			}
+			c.stop()
 			return nil, &UpstreamError{Route: rt.Name, Outcome: policy.BreakerOpen, Attempts: n - 1, RetryAfter: retryIn, Err: policy.ErrBreakerOpen}
 		}
-		resp, outcome, at, err := a.try(ctx, app, req, ep, body)
+		resp, outcome, err := c.try(req, ep, &body)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
 		}
-		done(rt.breakerResult(outcome, status))
+		ticket.Done(rt.breakerResult(outcome, status))
 
-		if outcome == policy.OK || !a.retry(ctx, n, outcome, status, resp, safe, body) {
+		if outcome == policy.OK || !c.retry(n, outcome, status, resp, safe, &body) {
 			if err != nil {
-				at.release()
-				if cancel != nil {
-					cancel()
-				}
+				c.release()
+				c.stop()
 				return nil, &UpstreamError{Route: rt.Name, Outcome: outcome, Attempts: n, Err: err}
 			}
-			at.cancel = cancel
-			resp.Body = at.wrap(resp)
 			if n < len(attemptCounts) {
 				resp.Header[HeaderAttempts] = attemptCounts[n]
 			} else {
 				resp.Header.Set(HeaderAttempts, strconv.Itoa(n))
 			}
+			c.body = resp.Body
+			if rw, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+				resp.Body = &upgradedBody{call: c, w: rw}
+			} else {
+				resp.Body = c
+			}
 			return resp, nil
 		}
-		// Retrying: drop this attempt's answer. a.retry has slept.
+		// Retrying: drop this attempt's answer. c.retry has slept.
 		if resp != nil {
 			io.CopyN(io.Discard, resp.Body, 4<<10) // lets the connection be reused
 			resp.Body.Close()
 		}
-		at.release()
+		c.release()
 	}
 }
 
-// try makes one attempt to ep under the per-try deadline.
-func (a *attempter) try(ctx, app context.Context, req *http.Request, ep *Endpoint, body *replayBody) (*http.Response, policy.Outcome, *attempt, error) {
-	p := &a.route.pol
-	at := &attempt{ep: ep}
-	attemptCtx := ctx
-	var tryTimer *time.Timer
-	if p.perTry > 0 && (p.timeout == 0 || p.perTry < p.timeout) {
-		attemptCtx, at.cancelTry = context.WithCancelCause(ctx)
-		tryTimer = time.AfterFunc(p.perTry, func() { at.cancelTry(errPerTryTimeout) })
+// call is one request's trip through the attempt loop. It owns the
+// attempt's context and one timer that enforces both deadlines: armed for
+// min(per_try_timeout, the overall deadline) while an attempt waits for
+// its response headers, then re-armed for the overall deadline while the
+// body streams. Once a response is handed on, call is its body, and Close
+// ends the call.
+type call struct {
+	route    *Route
+	app      context.Context
+	deadline time.Time // overall; zero means none
+
+	mu      sync.Mutex // between the timer's fire and (re)arming
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	timer   *time.Timer
+	headers bool // the current attempt has its response headers
+
+	ep       *Endpoint
+	body     io.ReadCloser
+	released atomic.Bool
+}
+
+// try makes one attempt to ep.
+func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody) (*http.Response, policy.Outcome, error) {
+	p := &c.route.pol
+	c.ep = ep
+	c.released.Store(false)
+	ctx := c.app
+	if d := c.tryDeadline(p.perTry); d > 0 {
+		ctx = c.arm(d)
 	}
-	out := req.WithContext(attemptCtx)
+	out := req.WithContext(ctx)
 	u := *req.URL
 	u.Scheme, u.Host = ep.URL.Scheme, ep.URL.Host
 	out.URL = &u
 	out.Body = body.next()
 
 	ep.inFlight.Add(1)
-	resp, err := a.route.Pool.transport.RoundTrip(out)
-	if tryTimer != nil && !tryTimer.Stop() && err == nil {
+	resp, err := c.route.Pool.rt.RoundTrip(out)
+	if err == nil && !c.gotHeaders() {
 		// The per-try deadline passed as the headers came in: the body
 		// would fail anyway, so call it a timeout now.
 		resp.Body.Close()
 		resp, err = nil, errPerTryTimeout
 	}
 	if err != nil {
-		return nil, classify(err, app, attemptCtx), at, err
+		return nil, classify(err, c.app, ctx), err
 	}
 	if resp.StatusCode >= 400 {
-		return resp, policy.Status, at, nil
+		return resp, policy.Status, nil
 	}
-	return resp, policy.OK, at, nil
+	return resp, policy.OK, nil
 }
+
+// tryDeadline is how long the next attempt may wait for its headers:
+// per_try_timeout capped by what is left of the overall deadline; 0 when
+// neither applies.
+func (c *call) tryDeadline(perTry time.Duration) time.Duration {
+	if c.deadline.IsZero() {
+		return perTry
+	}
+	left := max(time.Until(c.deadline), time.Nanosecond)
+	if perTry > 0 && perTry < left {
+		return perTry
+	}
+	return left
+}
+
+// arm gives the next attempt a fresh context and starts its timer.
+func (c *call) arm(d time.Duration) context.Context {
+	ctx, cancel := context.WithCancelCause(c.app)
+	c.mu.Lock()
+	c.ctx, c.cancel, c.headers = ctx, cancel, false
+	if c.timer == nil {
+		c.timer = time.AfterFunc(d, c.fire)
+	} else {
+		c.timer.Reset(d)
+	}
+	c.mu.Unlock()
+	return ctx
+}
+
+// fire is the timer: before headers it ends the attempt as a per-try (or
+// overall) timeout; after them, only the overall deadline remains.
+func (c *call) fire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cancel == nil {
+		return
+	}
+	if c.headers {
+		c.cancel(context.DeadlineExceeded)
+		return
+	}
+	c.cancel(errPerTryTimeout)
+}
+
+// gotHeaders moves the attempt to its body phase: the per-try deadline no
+// longer applies, the overall one does. It reports false if the attempt's
+// timer had already fired.
+func (c *call) gotHeaders() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cancel == nil {
+		return true
+	}
+	if c.ctx.Err() != nil {
+		return false
+	}
+	c.headers = true
+	if c.deadline.IsZero() {
+		c.timer.Stop()
+	} else {
+		c.timer.Reset(max(time.Until(c.deadline), time.Nanosecond))
+	}
+	return true
+}
+
+// release ends the current attempt: it frees the endpoint's in-flight slot
+// and cancels the attempt's context. It runs once per attempt.
+func (c *call) release() {
+	if c.released.Swap(true) {
+		return
+	}
+	c.ep.inFlight.Add(-1)
+	c.mu.Lock()
+	if c.cancel != nil {
+		c.cancel(context.Canceled)
+		c.cancel = nil
+	}
+	c.mu.Unlock()
+}
+
+// stop stops the timer at the end of the call.
+func (c *call) stop() {
+	c.mu.Lock()
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.mu.Unlock()
+}
+
+// Read reads the response body of the call's last attempt.
+func (c *call) Read(p []byte) (int, error) { return c.body.Read(p) }
+
+// Close closes the response body and ends the call.
+func (c *call) Close() error {
+	err := c.body.Close()
+	c.release()
+	c.stop()
+	return err
+}
+
+// upgradedBody keeps a 101 response's body writable, as ReverseProxy needs
+// to splice an upgraded (WebSocket) connection.
+type upgradedBody struct {
+	*call
+	w io.Writer
+}
+
+func (b *upgradedBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
 // retry decides whether attempt n, which ended with outcome, is retried,
 // and if so waits the back-off. It follows DESIGN's retry rules.
-func (a *attempter) retry(ctx context.Context, n int, outcome policy.Outcome, status int, resp *http.Response, safe bool, body *replayBody) bool {
-	p := &a.route.pol
+func (c *call) retry(n int, outcome policy.Outcome, status int, resp *http.Response, safe bool, body *replayBody) bool {
+	p := &c.route.pol
 	if n >= p.attempts || outcome == policy.Canceled || !p.retryOn.Match(outcome, status, -1) {
 		return false
 	}
@@ -141,7 +270,7 @@ func (a *attempter) retry(ctx context.Context, n int, outcome policy.Outcome, st
 			delay = ra
 		}
 	}
-	if deadline, ok := ctx.Deadline(); ok && now.Add(delay).After(deadline) {
+	if !c.deadline.IsZero() && !now.Add(delay).Before(c.deadline) {
 		return false // no back-off sleeps, and no attempt starts, past the deadline
 	}
 	if !p.budget.TryRetry() {
@@ -152,7 +281,7 @@ func (a *attempter) retry(ctx context.Context, n int, outcome policy.Outcome, st
 		defer t.Stop()
 		select {
 		case <-t.C:
-		case <-ctx.Done():
+		case <-c.app.Done():
 			return false
 		}
 	}
@@ -176,30 +305,28 @@ func (rt *Route) breakerResult(o policy.Outcome, status int) policy.BreakerResul
 
 // pick returns an endpoint whose breaker lets a request through, starting
 // from the load balancer's choice and skipping open breakers, with the
-// function that records the attempt's result. When every breaker is open it
+// ticket that records the attempt's result. When every breaker is open it
 // returns nil and the time until the first probe.
-func (rt *Route) pick() (*Endpoint, func(policy.BreakerResult), time.Duration) {
+func (rt *Route) pick() (*Endpoint, policy.BreakerTicket, time.Duration) {
 	ep := rt.Pool.pick(rt.Pool)
 	brs := rt.pol.breakers
 	if brs == nil {
-		return ep, noBreaker, 0
+		return ep, policy.BreakerTicket{}, 0
 	}
 	eps := rt.Pool.Endpoints
 	var retryIn time.Duration
 	for k := range eps {
 		i := (ep.index + k) % len(eps)
-		done, err := brs[i].Allow()
+		ticket, err := brs[i].Allow()
 		if err == nil {
-			return eps[i], done, 0
+			return eps[i], ticket, 0
 		}
 		if ri := brs[i].RetryIn(); retryIn == 0 || ri < retryIn {
 			retryIn = ri
 		}
 	}
-	return nil, nil, retryIn
+	return nil, policy.BreakerTicket{}, retryIn
 }
-
-func noBreaker(policy.BreakerResult) {}
 
 func idempotent(method string) bool {
 	switch method {
@@ -208,58 +335,6 @@ func idempotent(method string) bool {
 	}
 	return false
 }
-
-// attempt is one round trip's resources: the endpoint's in-flight slot and
-// its contexts, released once.
-type attempt struct {
-	ep        *Endpoint
-	cancel    context.CancelFunc // the overall deadline, owned by the last attempt
-	cancelTry context.CancelCauseFunc
-	released  atomic.Bool
-}
-
-func (at *attempt) release() {
-	if at.released.Swap(true) {
-		return
-	}
-	at.ep.inFlight.Add(-1)
-	if at.cancelTry != nil {
-		at.cancelTry(context.Canceled)
-	}
-	if at.cancel != nil {
-		at.cancel()
-	}
-}
-
-// wrap returns resp's body made to release the attempt on Close. A 101
-// response's body stays writable, as ReverseProxy needs to splice an
-// upgraded (WebSocket) connection.
-func (at *attempt) wrap(resp *http.Response) io.ReadCloser {
-	b := &attemptBody{ReadCloser: resp.Body, at: at}
-	if rw, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
-		return &upgradedBody{attemptBody: b, w: rw}
-	}
-	return b
-}
-
-// attemptBody ends the attempt when the proxy closes the response body.
-type attemptBody struct {
-	io.ReadCloser
-	at *attempt
-}
-
-func (b *attemptBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.at.release()
-	return err
-}
-
-type upgradedBody struct {
-	*attemptBody
-	w io.Writer
-}
-
-func (b *upgradedBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
 // replayBody gives each attempt the request body. Up to buffer_limit it is
 // buffered and replayed; a larger body streams and can be retried only
@@ -272,8 +347,8 @@ type replayBody struct {
 	noRetry bool
 }
 
-func newReplayBody(req *http.Request, p *routePolicy) *replayBody {
-	b := &replayBody{orig: req.Body}
+func newReplayBody(req *http.Request, p *routePolicy) replayBody {
+	b := replayBody{orig: req.Body}
 	switch {
 	case req.Body == nil || req.Body == http.NoBody:
 		b.orig = nil

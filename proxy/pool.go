@@ -32,6 +32,7 @@ type Pool struct {
 	pick      func(*Pool) *Endpoint
 	rr        atomic.Uint64
 	transport *http.Transport
+	rt        http.RoundTripper // transport, or a stand-in in benchmarks
 }
 
 // Endpoint is one address of an upstream.
@@ -66,7 +67,7 @@ func newPool(name string, u *config.Upstream) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", name, err)
 	}
-	p.transport = t
+	p.transport, p.rt = t, t
 	return p, nil
 }
 

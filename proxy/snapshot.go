@@ -146,8 +146,10 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 		ModifyResponse: modifyResponse,
 		ErrorHandler:   r.proxyError(logger),
 		BufferPool:     bufferPool{},
-		FlushInterval:  -1, // pass bytes on as they come, as a sidecar must
-		ErrorLog:       errLog,
+		// FlushInterval 0: streams (text/event-stream, unknown length) are
+		// flushed on every write by ReverseProxy itself; other bodies pass
+		// through the server's 4 KiB write buffer without a timer each.
+		ErrorLog: errLog,
 	}
 	return r, nil
 }

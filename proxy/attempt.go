@@ -50,8 +50,10 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 	safe := p.attempts > 1 && (idempotent(req.Method) || p.idemHeader != "" && req.Header[p.idemHeader] != nil)
 	p.budget.Request()
 
+	var prev *Endpoint
 	for n := 1; ; n++ {
-		ep, ticket, retryIn := rt.pick()
+		ep, ticket, retryIn := rt.pick(prev)
+		prev = ep
 		if ep == nil {
 			c.stop()
 			return nil, &UpstreamError{Route: rt.Name, Outcome: policy.BreakerOpen, Attempts: n - 1, RetryAfter: retryIn, Err: policy.ErrBreakerOpen}
@@ -305,10 +307,14 @@ func (rt *Route) breakerResult(o policy.Outcome, status int) policy.BreakerResul
 
 // pick returns an endpoint whose breaker lets a request through, starting
 // from the load balancer's choice and skipping open breakers, with the
-// ticket that records the attempt's result. When every breaker is open it
-// returns nil and the time until the first probe.
-func (rt *Route) pick() (*Endpoint, policy.BreakerTicket, time.Duration) {
+// ticket that records the attempt's result. A retry avoids the endpoint
+// that just failed (prev) when there is another. When every breaker is open
+// it returns nil and the time until the first probe.
+func (rt *Route) pick(prev *Endpoint) (*Endpoint, policy.BreakerTicket, time.Duration) {
 	ep := rt.Pool.pick(rt.Pool)
+	if ep == prev && len(rt.Pool.Endpoints) > 1 {
+		ep = rt.Pool.Endpoints[(ep.index+1)%len(rt.Pool.Endpoints)]
+	}
 	brs := rt.pol.breakers
 	if brs == nil {
 		return ep, policy.BreakerTicket{}, 0

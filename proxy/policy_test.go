@@ -373,3 +373,16 @@ func TestMaxInFlight(t *testing.T) {
 		t.Errorf("after the slot freed = %d, want 200", resp.StatusCode)
 	}
 }
+
+func TestRetryAvoidsTheFailedEndpoint(t *testing.T) {
+	bad := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) })
+	good := newUpstream(t, nil)
+	cfg := strings.Replace(oneRoute(`{retry: {attempts: 2, backoff: {base: 1ms, max: 1ms}, budget: {min_per_second: 1000}}}`),
+		`up: {endpoints: ["UPSTREAM0"]}`, `up: {endpoints: ["UPSTREAM0", "UPSTREAM1"], load_balancing: random}`, 1)
+	sc := startSidecar(t, cfg, bad, good)
+	for i := range 40 {
+		if resp, _ := send(t, "GET", sc.url("/"), nil); resp.StatusCode != 200 {
+			t.Fatalf("request %d = %d, want 200: a retry must not go back to the endpoint that failed", i, resp.StatusCode)
+		}
+	}
+}

@@ -55,6 +55,25 @@ func (u *upstream) lastRequest() *http.Request {
 type sidecar struct {
 	srv  *Server
 	addr map[string]string // listener name -> host:port
+	logs *syncBuffer       // warn and error logs
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // startSidecar builds and serves cfgYAML; "UPSTREAM<n>" in it is replaced
@@ -68,7 +87,8 @@ func startSidecar(t testing.TB, cfgYAML string, ups ...*upstream) *sidecar {
 	if err != nil {
 		t.Fatalf("config.Parse:\n%v", err)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	snap, err := Build(cfg, nil, logger)
 	if err != nil {
 		t.Fatalf("Build = %v", err)
@@ -83,7 +103,7 @@ func startSidecar(t testing.TB, cfgYAML string, ups ...*upstream) *sidecar {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	sc := &sidecar{srv: srv, addr: map[string]string{}}
+	sc := &sidecar{srv: srv, addr: map[string]string{}, logs: logs}
 	for name, a := range srv.Addrs() {
 		sc.addr[name] = a.String()
 	}

@@ -287,6 +287,12 @@ func TestBreakerLifecycle(t *testing.T) {
 	if n := up.count.Load(); n != 9 {
 		t.Errorf("upstream saw %d requests, want 9", n)
 	}
+	logs := sc.logs.String()
+	for _, change := range []string{"from=closed to=open", "from=open to=half_open", "from=half_open to=closed"} {
+		if !strings.Contains(logs, "circuit breaker state changed") || !strings.Contains(logs, change) {
+			t.Errorf("logs lack the breaker change %q:\n%s", change, logs)
+		}
+	}
 }
 
 func TestBreakerSkipsOpenEndpoint(t *testing.T) {

@@ -1,0 +1,461 @@
+#!/usr/bin/env bash
+# HTTP/1.1 proxy benchmark: sidecar vs a direct call, Go's httputil.ReverseProxy
+# (plain and with a sync.Pool BufferPool), HAProxy and nginx, all in one run on
+# loopback. See bench/README.md for what the numbers mean.
+#
+#   bench/http1.sh                              # full run: 3 rounds of 10 s
+#   ROUNDS=1 DURATION=3s bench/http1.sh         # quick run
+#
+# Knobs (environment):
+#   ROUNDS=3        rounds; every target is measured once per round, targets
+#                   interleaved, and the table shows medians over rounds
+#   DURATION=10s    wrk duration per round (wrk -t1 -c$CONNS -d$DURATION)
+#   RATE=2000       fixed request rate of the latency run
+#   LAT_DURATION    duration of the latency run (default: $DURATION)
+#   WARMUP=2s       unrecorded wrk run before each measurement (0 to skip)
+#   CONNS=64        wrk keep-alive connections
+#   LAT_CONNS=16    latency-run keep-alive connections
+#   SIZE=64         upstream response body size in bytes
+#   TARGETS="direct goproxy goproxy-pool sidecar haproxy nginx"
+#   LOAD_CPU=0      core for wrk, the latency generator and the upstream
+#   PROXY_CPU=1     core for the proxy under test (alone)
+#   PORT_BASE=18000 ports used: PORT_BASE+80 upstream, +1..+5 proxies,
+#                   +1901 sidecar admin
+#   OUT=FILE        also write the markdown report to FILE
+#   KEEP_TMP=1      keep the temp dir (binaries, rendered configs, logs)
+#   WAIT_QUIET=30   before each measurement wait up to this many seconds for
+#                   the machine to be quiet (<10% of a core busy); 0: never
+#
+# Only 127.0.0.1 is ever contacted. Every process this script starts is killed
+# on exit.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+RATE=${RATE:-2000}
+LAT_DURATION=${LAT_DURATION:-$DURATION}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-64}
+LAT_CONNS=${LAT_CONNS:-16}
+SIZE=${SIZE:-64}
+TARGETS=${TARGETS:-"direct goproxy goproxy-pool sidecar haproxy nginx"}
+LOAD_CPU=${LOAD_CPU:-0}
+PROXY_CPU=${PROXY_CPU:-1}
+PORT_BASE=${PORT_BASE:-18000}
+OUT=${OUT:-}
+KEEP_TMP=${KEEP_TMP:-0}
+WAIT_QUIET=${WAIT_QUIET:-30}
+
+export PATH="$PATH:/usr/sbin:/sbin"
+HOST=127.0.0.1
+UP_PORT=$((PORT_BASE + 80))
+ADMIN_PORT=$((PORT_BASE + 1901))
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+COMMAND="ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE LAT_DURATION=$LAT_DURATION WARMUP=$WARMUP CONNS=$CONNS LAT_CONNS=$LAT_CONNS SIZE=$SIZE WAIT_QUIET=$WAIT_QUIET bench/http1.sh"
+
+log() { printf '[http1] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+target_port() {
+	case $1 in
+	direct) echo "$UP_PORT" ;;
+	sidecar) echo $((PORT_BASE + 1)) ;;
+	goproxy) echo $((PORT_BASE + 2)) ;;
+	goproxy-pool) echo $((PORT_BASE + 3)) ;;
+	haproxy) echo $((PORT_BASE + 4)) ;;
+	nginx) echo $((PORT_BASE + 5)) ;;
+	*) die "unknown target $1" ;;
+	esac
+}
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+	local missing=() pkg
+	command -v wrk >/dev/null || missing+=(wrk)
+	command -v haproxy >/dev/null || missing+=(haproxy)
+	command -v nginx >/dev/null || missing+=(nginx)
+	command -v curl >/dev/null || missing+=(curl)
+	command -v taskset >/dev/null || missing+=(util-linux)
+	command -v go >/dev/null || die "go is not on PATH"
+	[ ${#missing[@]} -eq 0 ] && return 0
+	log "installing missing packages: ${missing[*]}"
+	[ "$(id -u)" -eq 0 ] || die "need root to apt-get install ${missing[*]}"
+	# Keep the Debian packages from starting nginx/haproxy as system
+	# services during the install; this script runs its own instances.
+	local policy=/usr/sbin/policy-rc.d made_policy=0
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+	fi
+	local rc=0
+	{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"; } >&2 || rc=$?
+	[ "$made_policy" -eq 1 ] && rm -f "$policy"
+	[ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc)"
+	for pkg in wrk haproxy nginx curl taskset; do
+		command -v "$pkg" >/dev/null || die "$pkg still missing after install"
+	done
+}
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+TMP=""
+STATUS=0
+cleanup() {
+	STATUS=${STATUS:-$?}
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	if [ -n "$TMP" ] && [ -d "$TMP" ]; then
+		if [ "$KEEP_TMP" = 1 ] || [ "$STATUS" -ne 0 ]; then
+			log "temp dir kept: $TMP"
+		else
+			rm -rf "$TMP"
+		fi
+	fi
+}
+trap 'STATUS=$?; cleanup' EXIT
+trap 'STATUS=130; exit 130' INT TERM
+
+# start NAME CPU CMD... : run CMD pinned to CPU in the background; sets $STARTED.
+start() {
+	local name=$1 cpu=$2
+	shift 2
+	taskset -c "$cpu" "$@" >>"$TMP/log/$name.log" 2>&1 &
+	STARTED=$!
+	PIDS+=("$STARTED")
+}
+
+stop() {
+	local pid=$1
+	kill "$pid" 2>/dev/null || true
+	for _ in $(seq 1 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -9 "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	local keep=() p
+	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+	PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# wait_200 URL PID NAME: wait up to 15 s for URL to answer 200; returns 1
+# (after showing the end of NAME's log) if it does not or NAME exits.
+wait_200() {
+	local url=$1 pid=$2 name=$3 code=""
+	for _ in $(seq 1 150); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			tail -20 "$TMP/log/$name.log" >&2
+			log "$name exited during startup"
+			return 1
+		fi
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
+		[ "$code" = 200 ] && return 0
+		sleep 0.1
+	done
+	tail -20 "$TMP/log/$name.log" >&2
+	log "$name: $url did not answer 200 within 15 s (last: $code)"
+	return 1
+}
+
+# ---------------------------------------------------------------- measuring
+CLK_TCK=$(getconf CLK_TCK)
+
+cpu_ticks() { # utime+stime of PID, in clock ticks
+	local stat rest
+	stat=$(cat "/proc/$1/stat")
+	rest=${stat##*) }
+	# shellcheck disable=SC2086
+	set -- $rest
+	echo $((${12} + ${13}))
+}
+
+core_ticks() { # "busy total" ticks of one core from /proc/stat
+	awk -v c="cpu$1" '$1 == c {b=$2+$3+$4+$7+$8+$9; print b, b+$5+$6; exit}' /proc/stat
+}
+
+rss_mib() { awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+median() { # median of the numbers in FILE (mean of the middle two if even)
+	sort -g "$1" | awk '{v[NR]=$1} END {if (NR==0) {print "n/a"; exit} if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
+
+render() { # render TEMPLATE OUT NAME PORT
+	sed -e "s|@LISTEN@|$HOST:$4|g" -e "s|@UPSTREAM@|$HOST:$UP_PORT|g" \
+		-e "s|@ADMIN@|$HOST:$ADMIN_PORT|g" -e "s|@PREFIX@|$TMP/$3|g" "$1" >"$2"
+}
+
+# target_cmd NAME PORT: print the command that starts NAME (one line).
+target_cmd() {
+	local name=$1 port=$2
+	case $name in
+	goproxy) echo "$TMP/bin/goproxy -addr $HOST:$port -upstream http://$HOST:$UP_PORT" ;;
+	goproxy-pool) echo "$TMP/bin/goproxy -addr $HOST:$port -upstream http://$HOST:$UP_PORT -pool" ;;
+	sidecar) echo "$TMP/bin/sidecar run -config $TMP/sidecar.yaml" ;;
+	haproxy) echo "haproxy -db -f $TMP/haproxy.cfg" ;;
+	nginx) echo "nginx -p $TMP/nginx/ -c $TMP/nginx.conf -e stderr" ;;
+	esac
+}
+
+# wait_quiet: wait up to WAIT_QUIET s for the machine to be quiet.
+wait_quiet() {
+	local waited=0 load
+	[ "$WAIT_QUIET" -gt 0 ] || return 0
+	while :; do
+		load=$(background_load)
+		[ "$load" -le 10 ] && return 0
+		waited=$((waited + 1))
+		if [ "$waited" -ge "$WAIT_QUIET" ]; then
+			log "machine still busy (${load}% of a core) after ${WAIT_QUIET}s; measuring anyway"
+			return 0
+		fi
+		[ "$waited" -eq 1 ] && log "waiting for the machine to be quiet (${load}% of a core busy)"
+	done
+}
+
+# measure NAME ROUND
+measure() {
+	local name=$1 round=$2 port url pid="" ready out
+	wait_quiet
+	port=$(target_port "$name")
+	url="http://$HOST:$port/"
+	if [ "$name" != direct ]; then
+		port_free "$port" || die "port $port (for $name) is already in use"
+		# shellcheck disable=SC2046
+		start "$name" "$PROXY_CPU" $(target_cmd "$name" "$port")
+		pid=$STARTED
+		ready=$url
+		[ "$name" = sidecar ] && ready="http://$HOST:$ADMIN_PORT/readyz"
+		if ! wait_200 "$ready" "$pid" "$name" || ! wait_200 "$url" "$pid" "$name"; then
+			stop "$pid"
+			# A sidecar that does not come up is skipped, not fatal: the
+			# baselines are still worth having.
+			[ "$name" = sidecar ] || die "$name did not start"
+			echo "$name round $round: did not start or answer 200 (see log/$name.log); skipped" >>"$TMP/res/notes"
+			echo "$name" >>"$TMP/res/bad"
+			return 0
+		fi
+	fi
+	local body
+	body=$(curl -s --max-time 2 "$url" | wc -c)
+	[ "$body" -eq "$SIZE" ] || die "$name: expected a $SIZE-byte body through $url, got $body bytes"
+
+	if [ "$WARMUP" != 0 ] && [ "$WARMUP" != 0s ]; then
+		taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "$url" >/dev/null
+	fi
+
+	local t0=0 t1=0 lc0 lc1 pc0 pc1
+	lc0=$(core_ticks "$LOAD_CPU")
+	pc0=$(core_ticks "$PROXY_CPU")
+	if [ -n "$pid" ]; then t0=$(cpu_ticks "$pid"); fi
+	out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s "$url")
+	if [ -n "$pid" ]; then t1=$(cpu_ticks "$pid"); fi
+	lc1=$(core_ticks "$LOAD_CPU")
+	pc1=$(core_ticks "$PROXY_CPU")
+	# shellcheck disable=SC2086
+	awk -v a="$lc0" -v b="$lc1" 'BEGIN {split(a, x, " "); split(b, y, " "); t = y[2]-x[2]; printf "%.0f\n", (t > 0 ? 100*(y[1]-x[1])/t : 0)}' >>"$TMP/res/$name.loadbusy"
+	printf '== %s round %s ==\n%s\n' "$name" "$round" "$out" >>"$TMP/log/wrk.log"
+
+	local reqs secs rps errs non2xx
+	reqs=$(awk '/requests in/ {print $1; exit}' <<<"$out")
+	secs=$(awk '/requests in/ {sub(/s,?$/, "", $4); print $4; exit}' <<<"$out")
+	rps=$(awk '/^Requests\/sec:/ {print $2; exit}' <<<"$out")
+	errs=$(awk '/Socket errors:/ {n=0; for (i=3;i<=NF;i++) {gsub(/,/,"",$i); if ($i ~ /^[0-9]+$/) n+=$i} print n; exit}' <<<"$out")
+	non2xx=$(awk '/Non-2xx/ {print $NF; exit}' <<<"$out")
+	if [ -z "$rps" ] || [ -z "$reqs" ]; then die "$name: could not parse wrk output: $out"; fi
+	echo "$rps" >>"$TMP/res/$name.rps"
+	if [ "${errs:-0}" != 0 ] || [ "${non2xx:-0}" != 0 ]; then
+		echo "$name round $round: wrk socket errors ${errs:-0}, non-2xx ${non2xx:-0} (of $reqs)" >>"$TMP/res/notes"
+		echo "$name" >>"$TMP/res/bad"
+	fi
+	if [ -n "$pid" ]; then
+		awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.2f\n", t*1e6/hz/n}' >>"$TMP/res/$name.cpu"
+		awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v s="$secs" 'BEGIN {printf "%.0f\n", 100*t/hz/s}' >>"$TMP/res/$name.busy"
+	fi
+	# CPU time on the proxy core not spent by the proxy: other processes on
+	# the machine disturbing the measurement.
+	local foreign
+	foreign=$(awk -v a="$pc0" -v b="$pc1" -v p="$((t1 - t0))" -v s="$secs" -v hz="$CLK_TCK" \
+		'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.0f", 100*((y[1]-x[1]) - p)/hz/s}')
+	if [ "$foreign" -gt 10 ]; then
+		echo "$name round $round: ${foreign}% of the proxy core went to other processes during wrk (machine not quiet)" >>"$TMP/res/notes"
+	fi
+
+	sleep 0.5
+	local lg
+	lg=$(taskset -c "$LOAD_CPU" "$TMP/bin/loadgen" -url "$url" -rate "$RATE" -duration "$LAT_DURATION" \
+		-warmup 1s -conns "$LAT_CONNS")
+	echo "$name round $round: $lg" >>"$TMP/log/loadgen.log"
+	local p50 p99 lerr
+	p50=$(sed -n 's/.*"p50_us":\([0-9.e+]*\).*/\1/p' <<<"$lg")
+	p99=$(sed -n 's/.*"p99_us":\([0-9.e+]*\).*/\1/p' <<<"$lg")
+	lerr=$(sed -n 's/.*"errors":\([0-9]*\).*/\1/p' <<<"$lg")
+	if [ -z "$p50" ] || [ -z "$p99" ]; then die "$name: could not parse loadgen output: $lg"; fi
+	echo "$p50" >>"$TMP/res/$name.p50"
+	echo "$p99" >>"$TMP/res/$name.p99"
+	if [ "${lerr:-0}" != 0 ]; then
+		echo "$name round $round: latency run errors $lerr ($lg)" >>"$TMP/res/notes"
+		echo "$name" >>"$TMP/res/bad"
+	fi
+
+	if [ -n "$pid" ]; then
+		rss_mib "$pid" >>"$TMP/res/$name.rss"
+		echo >>"$TMP/res/$name.rss"
+		stop "$pid"
+	fi
+	log "$name round $round: rps $rps, p50 ${p50}µs, p99 ${p99}µs"
+}
+
+# background_load: % of one core used by the whole machine over 1 s.
+background_load() {
+	local a b
+	a=$(awk '$1 == "cpu" {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat)
+	sleep 1
+	b=$(awk '$1 == "cpu" {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat)
+	echo $(((b - a) * 100 / CLK_TCK))
+}
+
+# ---------------------------------------------------------------- main
+ensure_tools
+BG_LOAD=$(background_load)
+if [ "$BG_LOAD" -gt 10 ]; then
+	log "WARNING: the machine is not quiet: ${BG_LOAD}% of a core busy before the run; results will be disturbed"
+	ps -eo pid,pcpu,comm --sort=-pcpu | head -5 >&2
+fi
+[ "$(nproc)" -ge 2 ] || log "WARNING: fewer than 2 cores; load generator and proxy will share a core"
+
+TMP=$(mktemp -d /tmp/sidecar-bench.XXXXXX)
+mkdir -p "$TMP/bin" "$TMP/log" "$TMP/res" "$TMP/nginx"
+: >"$TMP/res/notes"
+: >"$TMP/res/bad"
+
+log "building bench binaries into $TMP/bin"
+(cd "$REPO" && go build -o "$TMP/bin/" ./bench/upstream ./bench/goproxy ./bench/loadgen)
+
+SIDECAR_NOTE=""
+RUN_TARGETS=()
+for t in $TARGETS; do
+	if [ "$t" = sidecar ]; then
+		if [ ! -d "$REPO/cmd/sidecar" ]; then
+			SIDECAR_NOTE="sidecar: not measured: ./cmd/sidecar does not exist yet"
+			log "$SIDECAR_NOTE"
+			continue
+		fi
+		if ! (cd "$REPO" && go build -o "$TMP/bin/sidecar" ./cmd/sidecar) >"$TMP/log/sidecar-build.log" 2>&1; then
+			SIDECAR_NOTE="sidecar: not measured: ./cmd/sidecar does not build: $(grep -v "^#" "$TMP/log/sidecar-build.log" | head -1 || true)"
+			log "$SIDECAR_NOTE"
+			continue
+		fi
+	fi
+	target_port "$t" >/dev/null
+	RUN_TARGETS+=("$t")
+done
+[ ${#RUN_TARGETS[@]} -gt 0 ] || die "no targets to run"
+
+render "$BENCH_DIR/haproxy.cfg" "$TMP/haproxy.cfg" haproxy "$(target_port haproxy)"
+render "$BENCH_DIR/nginx.conf" "$TMP/nginx.conf" nginx "$(target_port nginx)"
+render "$BENCH_DIR/sidecar.yaml" "$TMP/sidecar.yaml" sidecar "$(target_port sidecar)"
+mkdir -p "$TMP/nginx/logs"
+
+port_free "$UP_PORT" || die "upstream port $UP_PORT is already in use"
+start upstream "$LOAD_CPU" "$TMP/bin/upstream" -addr "$HOST:$UP_PORT" -size "$SIZE"
+UP_PID=$STARTED
+wait_200 "http://$HOST:$UP_PORT/" "$UP_PID" upstream || die "the upstream did not start"
+
+for r in $(seq 1 "$ROUNDS"); do
+	for t in "${RUN_TARGETS[@]}"; do
+		measure "$t" "$r"
+	done
+done
+
+# ---------------------------------------------------------------- report
+med() { [ -s "$TMP/res/$1.$2" ] && median "$TMP/res/$1.$2" || echo "n/a"; }
+fmt() { awk -v v="$1" -v f="$2" 'BEGIN {if (v == "n/a" || v == "") print "—"; else printf f, v}'; }
+sub_() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "n/a" || b == "n/a") print "n/a"; else print a - b}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.2f", a / b}'; }
+
+REPORT="$TMP/report.md"
+{
+	echo "## HTTP/1.1 benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+	echo
+	echo "- command: \`$COMMAND\`"
+	dirty=""
+	if [ -n "$(cd "$REPO" && git status --porcelain 2>/dev/null)" ]; then dirty=" (dirty tree)"; fi
+	echo "- commit: $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo 'none')$dirty"
+	echo "- machine: $(lscpu | grep 'Model name' | sed 's/  */ /g'), $(nproc) cores, kernel $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+	echo "- $(go version | cut -d' ' -f3-), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d: -f2- | sed 's/^ //')"
+	echo "- background load before the run: ${BG_LOAD}% of one core"
+	echo "- placement: proxy under test alone on core $PROXY_CPU; wrk, loadgen and the Go upstream ($SIZE B bodies) on core $LOAD_CPU"
+	echo "- throughput: \`taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d$DURATION --timeout 5s URL\` after a $WARMUP warm-up; $ROUNDS round(s), targets interleaved, medians"
+	echo "- latency: \`taskset -c $LOAD_CPU loadgen -url URL -rate $RATE -duration $LAT_DURATION -warmup 1s -conns $LAT_CONNS\` (open loop, from scheduled send time)"
+	echo "- targets, each started fresh per round as \`taskset -c $PROXY_CPU CMD\` (configs rendered from bench/*.cfg|conf|yaml):"
+	for t in "${RUN_TARGETS[@]}"; do
+		[ "$t" = direct ] && { echo "  - direct: wrk/loadgen straight to the upstream \`upstream -addr $HOST:$UP_PORT -size $SIZE\`"; continue; }
+		echo "  - $t: \`$(target_cmd "$t" "$(target_port "$t")" | sed "s|$TMP|\$TMP|g")\`"
+	done
+	echo
+	echo "| target | rps (median of $ROUNDS) | CPU µs/req | p50 µs | p99 µs | added p50 vs direct | added p99 vs direct | RSS MiB | proxy core busy % | load core busy % |"
+	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+	D50=$(med direct p50)
+	D99=$(med direct p99)
+	for t in "${RUN_TARGETS[@]}"; do
+		p50=$(med "$t" p50)
+		p99=$(med "$t" p99)
+		if [ "$t" = direct ]; then a50="—"; a99="—"; else
+			a50=$(fmt "$(sub_ "$p50" "$D50")" '%+.0f')
+			a99=$(fmt "$(sub_ "$p99" "$D99")" '%+.0f')
+		fi
+		mark=""
+		grep -qx "$t" "$TMP/res/bad" && mark=" ⚠ errors"
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t$mark" \
+			"$(fmt "$(med "$t" rps)" '%.0f')" "$(fmt "$(med "$t" cpu)" '%.1f')" \
+			"$(fmt "$p50" '%.0f')" "$(fmt "$p99" '%.0f')" "$a50" "$a99" \
+			"$(fmt "$(med "$t" rss)" '%.1f')" "$(fmt "$(med "$t" busy)" '%.0f')" \
+			"$(fmt "$(med "$t" loadbusy)" '%.0f')"
+	done
+	echo
+	if [ -s "$TMP/res/sidecar.rps" ]; then
+		S=$(med sidecar rps)
+		for b in goproxy goproxy-pool haproxy nginx; do
+			if [ -s "$TMP/res/$b.rps" ]; then echo "- sidecar rps / $b rps = $(ratio "$S" "$(med "$b" rps)")"; fi
+		done
+		if grep -qx sidecar "$TMP/res/bad"; then
+			echo "- bar: not assessable: the sidecar answered errors / non-2xx during the run (see Errors seen)"
+		elif [ -s "$TMP/res/goproxy.rps" ]; then
+			R=$(ratio "$S" "$(med goproxy rps)")
+			A=$(sub_ "$(med sidecar p50)" "$D50")
+			echo "- bar: sidecar rps >= goproxy rps: $(awk -v r="$R" 'BEGIN {print (r != "n/a" && r >= 1) ? "PASS" : "FAIL"}') ($R); added p50 < 150 µs: $(awk -v a="$A" 'BEGIN {print (a != "n/a" && a < 150) ? "PASS" : "FAIL"}') ($(fmt "$A" '%.0f') µs)"
+		fi
+	else
+		if [ -z "$SIDECAR_NOTE" ]; then
+			SIDECAR_NOTE="sidecar: not measured (not in TARGETS)"
+			if grep -qx sidecar "$TMP/res/bad"; then SIDECAR_NOTE="sidecar: not measured: it did not start (see Errors seen)"; fi
+		fi
+		echo "- $SIDECAR_NOTE"
+		for b in goproxy-pool haproxy nginx; do
+			if [ -s "$TMP/res/$b.rps" ] && [ -s "$TMP/res/goproxy.rps" ]; then
+				echo "- $b rps / goproxy rps = $(ratio "$(med "$b" rps)" "$(med goproxy rps)")"
+			fi
+		done
+	fi
+	echo
+	echo "A target whose proxy core is well below 100 % busy while the load core is at ~100 % was limited by the load core (wrk + upstream), not by itself: its rps is a lower bound; compare CPU µs/req instead."
+	if [ -s "$TMP/res/notes" ]; then
+		echo
+		echo "Errors seen:"
+		sed 's/^/- /' "$TMP/res/notes"
+	fi
+} >"$REPORT"
+
+cat "$REPORT"
+if [ -n "$OUT" ]; then
+	cp "$REPORT" "$OUT"
+	log "report written to $OUT"
+fi

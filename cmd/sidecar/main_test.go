@@ -204,3 +204,119 @@ listeners:
 		t.Errorf("run on a taken address = exit %d, stderr %q; want exit 3 naming the problem", code, stderr)
 	}
 }
+
+func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-release
+		io.WriteString(w, "finished")
+	}))
+	defer up.Close()
+	defer close(release)
+	cfg := writeConfig(t, fmt.Sprintf(`
+version: 1
+shutdown_grace: 20s
+admin: {address: "127.0.0.1:0"}
+upstreams:
+  up: {endpoints: [%q]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, upstream: up}
+`, up.URL))
+	cmd, s, _ := startBinary(t, cfg)
+	addr := strings.TrimPrefix(s.Listeners, "app=")
+
+	type result struct {
+		body string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := http.Get("http://" + addr + "/slow")
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- result{string(b), err}
+	}()
+	<-started
+	cmd.Process.Signal(syscall.SIGTERM)
+
+	// Draining: readiness turns 503 while the request is still in flight.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.Admin + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 503 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz did not turn 503 after SIGTERM")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	release <- struct{}{}
+	r := <-got
+	if r.err != nil || r.body != "finished" {
+		t.Errorf("in-flight request during shutdown = %q, %v; want it to finish", r.body, r.err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("exit after draining = %v, want 0", err)
+	}
+}
+
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	started := make(chan struct{}, 1)
+	stall := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		<-stall
+	}))
+	defer up.Close()
+	defer close(stall) // before up.Close, which waits for the handler
+	cfg := writeConfig(t, fmt.Sprintf(`
+version: 1
+shutdown_grace: 60s
+admin: {address: "127.0.0.1:0"}
+upstreams:
+  up: {endpoints: [%q]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, upstream: up}
+`, up.URL))
+	cmd, s, _ := startBinary(t, cfg)
+	addr := strings.TrimPrefix(s.Listeners, "app=")
+	go func() {
+		if resp, err := http.Get("http://" + addr + "/stuck"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("sidecar exited (%v) while a request was draining; want it to wait", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-done:
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+			t.Errorf("exit after a second signal = %v, want exit code 3", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sidecar did not exit after a second signal")
+	}
+}

@@ -61,6 +61,24 @@ func writeConfig(t *testing.T, body string) string {
 	return p
 }
 
+// oneRouteConfig writes a config with an admin listener on a free port and
+// one listener at addr forwarding everything to upstream.
+func oneRouteConfig(t *testing.T, upstream, addr, grace string) string {
+	t.Helper()
+	return writeConfig(t, fmt.Sprintf(`
+version: 1
+shutdown_grace: %s
+admin: {address: "127.0.0.1:0"}
+upstreams:
+  up: {endpoints: [%q]}
+listeners:
+  - name: app
+    address: %s
+    routes:
+      - {name: all, upstream: up}
+`, grace, upstream, addr))
+}
+
 func TestCLIExitCodes(t *testing.T) {
 	bad := writeConfig(t, "version: 1\nlisteners:\n  - name: a\n    adress: x\n")
 	tests := []struct {
@@ -142,18 +160,7 @@ func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
 		io.WriteString(w, "upstream says hi")
 	}))
 	defer up.Close()
-	cfg := writeConfig(t, fmt.Sprintf(`
-version: 1
-shutdown_grace: 5s
-admin: {address: "127.0.0.1:0"}
-upstreams:
-  up: {endpoints: [%q]}
-listeners:
-  - name: app
-    address: 127.0.0.1:0
-    routes:
-      - {name: all, upstream: up}
-`, up.URL))
+	cfg := oneRouteConfig(t, up.URL, "127.0.0.1:0", "5s")
 	cmd, s, _ := startBinary(t, cfg)
 	addr := strings.TrimPrefix(s.Listeners, "app=")
 
@@ -188,17 +195,7 @@ func TestRunFailsWhenAddressInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	cfg := writeConfig(t, fmt.Sprintf(`
-version: 1
-admin: {address: "127.0.0.1:0"}
-upstreams:
-  up: {endpoints: ["http://127.0.0.1:1"]}
-listeners:
-  - name: app
-    address: %s
-    routes:
-      - {name: all, upstream: up}
-`, taken.Addr()))
+	cfg := oneRouteConfig(t, "http://127.0.0.1:1", taken.Addr().String(), "15s")
 	code, _, stderr := runCLI(t, "run", "-config", cfg)
 	if code != 3 || !strings.Contains(stderr, "address already in use") {
 		t.Errorf("run on a taken address = exit %d, stderr %q; want exit 3 naming the problem", code, stderr)
@@ -215,18 +212,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	}))
 	defer up.Close()
 	defer close(release)
-	cfg := writeConfig(t, fmt.Sprintf(`
-version: 1
-shutdown_grace: 20s
-admin: {address: "127.0.0.1:0"}
-upstreams:
-  up: {endpoints: [%q]}
-listeners:
-  - name: app
-    address: 127.0.0.1:0
-    routes:
-      - {name: all, upstream: up}
-`, up.URL))
+	cfg := oneRouteConfig(t, up.URL, "127.0.0.1:0", "20s")
 	cmd, s, _ := startBinary(t, cfg)
 	addr := strings.TrimPrefix(s.Listeners, "app=")
 
@@ -282,18 +268,7 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	}))
 	defer up.Close()
 	defer close(stall) // before up.Close, which waits for the handler
-	cfg := writeConfig(t, fmt.Sprintf(`
-version: 1
-shutdown_grace: 60s
-admin: {address: "127.0.0.1:0"}
-upstreams:
-  up: {endpoints: [%q]}
-listeners:
-  - name: app
-    address: 127.0.0.1:0
-    routes:
-      - {name: all, upstream: up}
-`, up.URL))
+	cfg := oneRouteConfig(t, up.URL, "127.0.0.1:0", "60s")
 	cmd, s, _ := startBinary(t, cfg)
 	addr := strings.TrimPrefix(s.Listeners, "app=")
 	go func() {

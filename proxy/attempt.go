@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -26,7 +27,10 @@ import (
 // The overall timeout covers the whole call, response body included;
 // per_try_timeout covers an attempt until its response headers arrive.
 // Once a response is handed to ReverseProxy, bytes may reach the app, so
-// nothing is retried after that.
+// nothing is retried after that. For a gRPC call (isGRPC) the caller's
+// grpc-timeout can shorten the overall deadline, each attempt carries the
+// time left as grpc-timeout, and an error answered at header time
+// (Trailers-Only) is outcome status with its gRPC code.
 type attempter struct{ route *Route }
 
 var _ http.RoundTripper = (*attempter)(nil)
@@ -42,11 +46,22 @@ var attemptCounts = func() (v [11][]string) {
 func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt := a.route
 	p := &rt.pol
-	c := &call{route: rt, app: req.Context()}
+	c := &call{route: rt, app: req.Context(), grpc: isGRPC(req)}
+	now := time.Now()
 	if p.timeout > 0 {
-		c.deadline = time.Now().Add(p.timeout)
+		c.deadline = now.Add(p.timeout)
 	}
-	body := newReplayBody(req, p)
+	if v := req.Header[headerGRPCTimeout]; c.grpc && len(v) > 0 {
+		// The caller's deadline and the route's: the sooner wins.
+		d, err := parseGRPCTimeout(v[0])
+		if err != nil {
+			return nil, &UpstreamError{Route: rt.Name, Outcome: policy.BadRequest, Err: err}
+		}
+		if dl := now.Add(d); c.deadline.IsZero() || dl.Before(c.deadline) {
+			c.deadline = dl
+		}
+	}
+	body := newReplayBody(req, p, c.grpc)
 	safe := p.attempts > 1 && (idempotent(req.Method) || p.idemHeader != "" && req.Header[p.idemHeader] != nil)
 	p.budget.Request()
 
@@ -58,14 +73,14 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 			c.stop()
 			return nil, &UpstreamError{Route: rt.Name, Outcome: policy.BreakerOpen, Attempts: n - 1, RetryAfter: retryIn, Err: policy.ErrBreakerOpen}
 		}
-		resp, outcome, err := c.try(req, ep, &body)
+		resp, outcome, code, err := c.try(req, ep, &body)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
 		}
-		ticket.Done(rt.breakerResult(outcome, status))
+		ticket.Done(rt.breakerResult(outcome, status, code))
 
-		if outcome == policy.OK || !c.retry(n, outcome, status, resp, safe, &body) {
+		if outcome == policy.OK || !c.retry(n, outcome, status, code, resp, safe, &body) {
 			if err != nil {
 				c.release()
 				c.stop()
@@ -102,7 +117,8 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 type call struct {
 	route    *Route
 	app      context.Context
-	deadline time.Time // overall; zero means none
+	deadline time.Time // overall, the route's or the gRPC caller's; zero means none
+	grpc     bool      // a gRPC call (isGRPC)
 
 	mu      sync.Mutex // between the timer's fire and (re)arming
 	ctx     context.Context
@@ -115,8 +131,11 @@ type call struct {
 	released atomic.Bool
 }
 
-// try makes one attempt to ep.
-func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody) (*http.Response, policy.Outcome, error) {
+// try makes one attempt to ep. For a gRPC call it sends the time left
+// until the overall deadline as grpc-timeout and returns the answer's gRPC
+// code (grpcAnswerCode): a non-zero code at header time makes the outcome
+// status; otherwise, and for plain HTTP, the code is -1.
+func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody) (*http.Response, policy.Outcome, int, error) {
 	p := &c.route.pol
 	c.ep = ep
 	c.released.Store(false)
@@ -125,6 +144,10 @@ func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody) (*http.Res
 		ctx = c.arm(d)
 	}
 	out := req.WithContext(ctx)
+	if c.grpc && !c.deadline.IsZero() {
+		out.Header = req.Header.Clone()
+		out.Header[headerGRPCTimeout] = []string{formatGRPCTimeout(time.Until(c.deadline))}
+	}
 	u := *req.URL
 	u.Scheme, u.Host = ep.URL.Scheme, ep.URL.Host
 	out.URL = &u
@@ -139,12 +162,16 @@ func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody) (*http.Res
 		resp, err = nil, errPerTryTimeout
 	}
 	if err != nil {
-		return nil, classify(err, c.app, ctx), err
+		return nil, classify(err, c.app, ctx), -1, err
 	}
-	if resp.StatusCode >= 400 {
-		return resp, policy.Status, nil
+	code := -1
+	if c.grpc {
+		code = grpcAnswerCode(resp)
 	}
-	return resp, policy.OK, nil
+	if resp.StatusCode >= 400 || code > 0 {
+		return resp, policy.Status, code, nil
+	}
+	return resp, policy.OK, code, nil
 }
 
 // tryDeadline is how long the next attempt may wait for its headers:
@@ -255,14 +282,19 @@ type upgradedBody struct {
 
 func (b *upgradedBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
-// retry decides whether attempt n, which ended with outcome, is retried,
-// and if so waits the back-off. It follows DESIGN's retry rules.
-func (c *call) retry(n int, outcome policy.Outcome, status int, resp *http.Response, safe bool, body *replayBody) bool {
+// retry decides whether attempt n, which ended with outcome, HTTP status
+// and gRPC code, is retried, and if so waits the back-off. It follows
+// DESIGN's retry rules. A gRPC call, whatever its method, is safe to retry
+// after an error answer at header time (Trailers-Only or a non-200
+// status: the upstream sent no message), as grpc-go's own retry is; a
+// grpc-retry-pushback-ms in that answer replaces the back-off, and a
+// negative or malformed one stops retrying.
+func (c *call) retry(n int, outcome policy.Outcome, status, code int, resp *http.Response, safe bool, body *replayBody) bool {
 	p := &c.route.pol
-	if n >= p.attempts || outcome == policy.Canceled || !p.retryOn.Match(outcome, status, -1) {
+	if n >= p.attempts || outcome == policy.Canceled || !p.retryOn.Match(outcome, status, code) {
 		return false
 	}
-	if !(safe || outcome == policy.ConnectError) || !body.replayable(outcome) {
+	if !(safe || outcome == policy.ConnectError || c.grpc && outcome == policy.Status) || !body.replayable(outcome) {
 		return false
 	}
 	now := time.Now()
@@ -270,6 +302,13 @@ func (c *call) retry(n int, outcome policy.Outcome, status int, resp *http.Respo
 	if resp != nil {
 		if ra, ok := policy.ParseRetryAfter(resp.Header.Get("Retry-After"), now); ok {
 			delay = ra
+		}
+		if v := resp.Header[headerGRPCPushback]; c.grpc && len(v) > 0 {
+			pb, ok := policy.ParseGRPCPushback(v[0])
+			if !ok {
+				return false // the upstream asks not to retry
+			}
+			delay = pb
 		}
 	}
 	if !c.deadline.IsZero() && !now.Add(delay).Before(c.deadline) {
@@ -291,15 +330,15 @@ func (c *call) retry(n int, outcome policy.Outcome, status int, resp *http.Respo
 }
 
 // breakerResult says how an attempt counts for the endpoint's breaker: a
-// failure when failure_on lists it, never for the app's own cancellation
-// or a 4xx answer.
-func (rt *Route) breakerResult(o policy.Outcome, status int) policy.BreakerResult {
+// failure when failure_on lists it, never for the app's own cancellation,
+// a 4xx answer or a gRPC code that blames the caller (grpcClientCode).
+func (rt *Route) breakerResult(o policy.Outcome, status, code int) policy.BreakerResult {
 	switch {
 	case o == policy.Canceled:
 		return policy.BreakerIgnore
-	case status >= 400 && status < 500:
+	case status >= 400 && status < 500, code >= 0 && grpcClientCode(code):
 		return policy.BreakerSuccess
-	case rt.pol.failureOn.Match(o, status, -1):
+	case rt.pol.failureOn.Match(o, status, code):
 		return policy.BreakerFailure
 	}
 	return policy.BreakerSuccess
@@ -344,16 +383,19 @@ func idempotent(method string) bool {
 
 // replayBody gives each attempt the request body. Up to buffer_limit it is
 // buffered and replayed; a larger body streams and can be retried only
-// after a connect_error that read none of it. The server closes the app's
-// body when the handler returns.
+// after a connect_error that read none of it. A gRPC call's body is never
+// read ahead, as a bidi stream may wait for answers between messages: it
+// streams through a teeBody, which keeps up to buffer_limit for replay.
+// The server closes the app's body when the handler returns.
 type replayBody struct {
 	orig    io.ReadCloser // nil when the request has no body
 	buf     []byte        // the whole body, when buffered
 	stream  *countingBody // the body streamed with a byte count, when retries are on
+	tee     *teeBody      // a gRPC call's body, when retries are on
 	noRetry bool
 }
 
-func newReplayBody(req *http.Request, p *routePolicy) replayBody {
+func newReplayBody(req *http.Request, p *routePolicy, grpc bool) replayBody {
 	b := replayBody{orig: req.Body}
 	switch {
 	case req.Body == nil || req.Body == http.NoBody:
@@ -361,6 +403,10 @@ func newReplayBody(req *http.Request, p *routePolicy) replayBody {
 		return b
 	case p.attempts <= 1:
 		b.noRetry = true // one attempt: the body streams as it is
+		return b
+	case grpc:
+		b.tee = &teeBody{orig: req.Body, limit: p.bufferLimit}
+		b.tee.cond.L = &b.tee.mu
 		return b
 	}
 	if req.ContentLength <= p.bufferLimit {
@@ -393,6 +439,8 @@ func (b *replayBody) next() io.ReadCloser {
 		return nil
 	case b.buf != nil:
 		return io.NopCloser(bytes.NewReader(b.buf))
+	case b.tee != nil:
+		return b.tee.next()
 	case b.stream == nil:
 		return b.orig
 	}
@@ -404,6 +452,8 @@ func (b *replayBody) replayable(o policy.Outcome) bool {
 	switch {
 	case b.orig == nil || b.buf != nil:
 		return true
+	case b.tee != nil:
+		return b.tee.replayable()
 	case b.noRetry:
 		return false
 	}
@@ -430,3 +480,96 @@ func (c *countingBody) Close() error { return nil }
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// errStaleAttempt ends reads of the request body by an attempt that a
+// retry has replaced.
+var errStaleAttempt = errors.New("request body: attempt superseded by a retry")
+
+// teeBody streams a request body to the current attempt and keeps what it
+// read, up to limit bytes, so that the next attempt can replay it and then
+// go on reading. Only one reader reads the original at a time, outside the
+// lock, into a scratch buffer; the bytes land in buf, where every reader
+// of the current attempt finds them, so a superseded attempt that was
+// blocked in a read loses nothing for its successor. Past the limit, no
+// replay is possible and consumed bytes are dropped.
+type teeBody struct {
+	orig  io.Reader
+	limit int64
+
+	mu      sync.Mutex
+	cond    sync.Cond // L is &mu; signalled when a read of orig ends
+	buf     []byte    // bytes of orig from offset base on
+	base    int64     // > 0 once consumed bytes were dropped
+	total   int64     // bytes read from orig
+	err     error     // orig's error, io.EOF included; sticky
+	reading bool      // a reader is in orig.Read
+	gen     int64     // the current attempt's reader
+	scratch []byte
+}
+
+// next returns a reader of the whole body for the next attempt; earlier
+// readers fail from now on.
+func (t *teeBody) next() io.ReadCloser {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.gen++
+	t.cond.Broadcast()
+	return &teeReader{t: t, gen: t.gen}
+}
+
+// replayable reports whether every byte read so far is kept and the
+// original has not failed.
+func (t *teeBody) replayable() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.base == 0 && t.total <= t.limit && (t.err == nil || t.err == io.EOF)
+}
+
+// teeReader is one attempt's view of a teeBody.
+type teeReader struct {
+	t   *teeBody
+	gen int64
+	pos int64 // offset in the body
+}
+
+func (r *teeReader) Read(p []byte) (int, error) {
+	t := r.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for {
+		switch {
+		case r.gen != t.gen:
+			return 0, errStaleAttempt
+		case r.pos < t.base+int64(len(t.buf)):
+			n := copy(p, t.buf[r.pos-t.base:])
+			r.pos += int64(n)
+			if t.total > t.limit && r.pos == t.base+int64(len(t.buf)) {
+				// No replay is possible any more: drop what was consumed.
+				t.base, t.buf = r.pos, t.buf[:0]
+			}
+			return n, nil
+		case t.err != nil:
+			return 0, t.err
+		case t.reading:
+			t.cond.Wait()
+			continue
+		}
+		if t.scratch == nil {
+			t.scratch = make([]byte, 16<<10)
+		}
+		t.reading = true
+		t.mu.Unlock()
+		n, err := t.orig.Read(t.scratch)
+		t.mu.Lock()
+		t.reading = false
+		t.buf = append(t.buf, t.scratch[:n]...)
+		t.total += int64(n)
+		if err != nil {
+			t.err = err
+		}
+		t.cond.Broadcast()
+	}
+}
+
+// Close does nothing: the server closes the app's body.
+func (r *teeReader) Close() error { return nil }

@@ -84,6 +84,34 @@ func statusOf(o policy.Outcome) int {
 	return http.StatusBadGateway
 }
 
+// grpcStatusOf maps a proxy-made outcome to the gRPC status code a gRPC
+// caller gets instead of statusOf's HTTP status, per DESIGN's table.
+func grpcStatusOf(o policy.Outcome) int {
+	switch o {
+	case policy.Timeout:
+		return 4 // DEADLINE_EXCEEDED
+	case policy.ConnectError, policy.Reset, policy.BreakerOpen, policy.Overloaded, policy.SpoolFull, policy.SpoolError:
+		return 14 // UNAVAILABLE
+	case policy.RateLimited, policy.TooLarge:
+		return 8 // RESOURCE_EXHAUSTED
+	case policy.NoRoute:
+		return 12 // UNIMPLEMENTED
+	case policy.BadRequest:
+		return 13 // INTERNAL
+	case policy.Canceled:
+		return 1 // CANCELLED; never reaches the app, which went away
+	}
+	return 14
+}
+
+// grpcStatusValues are the grpc-status header values, shared read-only.
+var grpcStatusValues = func() (v [17][]string) {
+	for i := range v {
+		v[i] = []string{strconv.Itoa(i)}
+	}
+	return v
+}()
+
 var errorMessages = map[policy.Outcome]string{
 	policy.Timeout:      "upstream timed out",
 	policy.ConnectError: "upstream unreachable",
@@ -104,26 +132,47 @@ type errorBody struct {
 	Outcome string `json:"outcome"`
 }
 
-// writeError writes the proxy's own error response: a JSON body
+// writeError writes the proxy's own error response to r: a JSON body
 // {"error", "route", "outcome"} with the outcome's status and the
 // Sidecar-Outcome header; attempts > 0 adds Sidecar-Attempts. The 429 and
 // 503 outcomes always carry Retry-After, in whole seconds rounded up, at
-// least 1.
-func writeError(w http.ResponseWriter, o policy.Outcome, route string, attempts int, msg string, retryAfter time.Duration) {
+// least 1. A gRPC call (see isGRPC) gets a gRPC error instead: a
+// Trailers-Only response, HTTP 200 with grpc-status (grpcStatusOf) and a
+// percent-encoded grpc-message in the headers and no body, with the same
+// Sidecar-* headers and Retry-After, plus grpc-retry-pushback-ms where
+// Retry-After applies (the same delay in milliseconds, at least 1000).
+func writeError(w http.ResponseWriter, r *http.Request, o policy.Outcome, route string, attempts int, msg string, retryAfter time.Duration) {
 	h := w.Header()
 	if msg == "" {
 		msg = errorMessages[o]
 	}
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set(HeaderOutcome, o.String())
 	if attempts > 0 {
 		h.Set(HeaderAttempts, strconv.Itoa(attempts))
 	}
+	pushback := false
 	if status := statusOf(o); status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", strconv.FormatInt(max(1, int64((retryAfter+time.Second-1)/time.Second)), 10))
+		pushback = true
 	}
+	if r != nil && isGRPC(r) {
+		if route != "" {
+			msg = "sidecar route " + route + ": " + msg
+		} else {
+			msg = "sidecar: " + msg
+		}
+		h.Set("Content-Type", "application/grpc")
+		h[headerGRPCStatus] = grpcStatusValues[grpcStatusOf(o)]
+		h.Set(headerGRPCMessage, grpcPercentEncode(msg))
+		if pushback {
+			h.Set(headerGRPCPushback, strconv.FormatInt(max(1000, int64((retryAfter+time.Millisecond-1)/time.Millisecond)), 10))
+		}
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
 	body, _ := json.Marshal(errorBody{Error: msg, Route: route, Outcome: o.String()})
 	body = append(body, '\n')
 	h.Set("Content-Length", strconv.Itoa(len(body)))

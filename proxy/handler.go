@@ -26,22 +26,22 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if c := h1guard.FromContext(r.Context()); c != nil {
 		if err := c.Next(); err != nil {
 			w.Header().Set("Connection", "close")
-			writeError(w, policy.BadRequest, "", 0, "ambiguous request framing: "+err.Error(), 0)
+			writeError(w, r, policy.BadRequest, "", 0, "ambiguous request framing: "+err.Error(), 0)
 			return
 		}
 	}
 	if r.Method == http.MethodConnect {
-		writeError(w, policy.BadRequest, "", 0, "CONNECT is not proxied", 0)
+		writeError(w, r, policy.BadRequest, "", 0, "CONNECT is not proxied", 0)
 		return
 	}
 	l := h.snap.Load().byName[h.listener]
 	route := l.route(r, cleanPath(r.URL.Path))
 	if route == nil {
-		writeError(w, policy.NoRoute, "", 0, "", 0)
+		writeError(w, r, policy.NoRoute, "", 0, "", 0)
 		return
 	}
 	if up := r.Header["Upgrade"]; up != nil && !(route.websocket && isWebSocket(r)) {
-		writeError(w, policy.BadRequest, route.Name, 0, "protocol upgrade refused", 0)
+		writeError(w, r, policy.BadRequest, route.Name, 0, "protocol upgrade refused", 0)
 		return
 	}
 	// Admission, in this order: rate limit, then the in-flight cap. The
@@ -50,7 +50,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !route.pol.inFlight.Acquire() {
-		writeError(w, policy.Overloaded, route.Name, 0, "", time.Second)
+		writeError(w, r, policy.Overloaded, route.Name, 0, "", time.Second)
 		return
 	}
 	defer route.pol.inFlight.Release()
@@ -67,7 +67,7 @@ func (rt *Route) admitRate(w http.ResponseWriter, r *http.Request) bool {
 	}
 	res, ok, retryAfter := lim.Reserve()
 	if !ok {
-		writeError(w, policy.RateLimited, rt.Name, 0, "", retryAfter)
+		writeError(w, r, policy.RateLimited, rt.Name, 0, "", retryAfter)
 		return false
 	}
 	if d := res.Delay(); d > 0 {
@@ -152,6 +152,6 @@ func (rt *Route) proxyError(logger *slog.Logger) func(http.ResponseWriter, *http
 		if ue.Outcome == policy.Canceled {
 			return // the app went away; there is no one to answer
 		}
-		writeError(w, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
+		writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
 	}
 }

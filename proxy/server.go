@@ -20,7 +20,34 @@ const (
 	// MaxHeaderBytes bounds a request's header block; larger gets 431.
 	MaxHeaderBytes    = 64 << 10
 	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 120 * time.Second
+	// idleTimeout closes an idle connection, HTTP/1.1 keep-alive or
+	// HTTP/2 alike: net/http applies it to both.
+	idleTimeout = 120 * time.Second
+)
+
+// HTTP/2 limits of the app-facing listeners (h2c). Go 1.26's bundled
+// HTTP/2 server carries the rapid-reset mitigation (CVE-2023-44487: no
+// more handlers than MaxConcurrentStreams run per connection, further
+// streams queue, and a connection that queues too many is closed) and the
+// CONTINUATION-flood one (CVE-2023-45288: headers past MaxHeaderBytes,
+// which it advertises as SETTINGS_MAX_HEADER_LIST_SIZE, are not stored,
+// and a peer that keeps sending them loses the connection); these settings
+// bound the rest deliberately.
+const (
+	// h2MaxConcurrentStreams is per connection: one app may multiplex
+	// many gRPC calls over one connection.
+	h2MaxConcurrentStreams = 1000
+	// h2HeaderTableSize is the HPACK dynamic table, both ways: RFC 9113's
+	// default of 4 KiB, so a peer cannot make it cost more per connection.
+	h2HeaderTableSize = 4 << 10
+	// h2MaxReadFrameSize is RFC 9113's initial SETTINGS_MAX_FRAME_SIZE: what
+	// HTTP/2 clients, gRPC's included, send anyway; a larger one would only
+	// let a peer make the server hold larger frame buffers.
+	h2MaxReadFrameSize = 16 << 10
+	// h2MaxReceiveBufferPerStream and ...PerConnection are the flow-control
+	// windows: what an app may send before the upstream reads.
+	h2MaxReceiveBufferPerStream     = 1 << 20
+	h2MaxReceiveBufferPerConnection = 4<<20 - 1
 )
 
 // Server runs the app-facing listeners of a snapshot. The snapshot is held
@@ -94,8 +121,12 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 		ConnContext:       h1guard.ConnContext,
 		Protocols:         protos,
 		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams:      1000,
-			MaxReceiveBufferPerStream: 1 << 20,
+			MaxConcurrentStreams:          h2MaxConcurrentStreams,
+			MaxDecoderHeaderTableSize:     h2HeaderTableSize,
+			MaxEncoderHeaderTableSize:     h2HeaderTableSize,
+			MaxReadFrameSize:              h2MaxReadFrameSize,
+			MaxReceiveBufferPerStream:     h2MaxReceiveBufferPerStream,
+			MaxReceiveBufferPerConnection: h2MaxReceiveBufferPerConnection,
 		},
 		ErrorLog: log.New(slogWriter{s.log}, "", 0),
 	}

@@ -93,6 +93,9 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			c.body = resp.Body
 			if rw, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+				// The timeout covered the handshake; a tunnel lives as
+				// long as both sides keep it.
+				c.stop()
 				resp.Body = &upgradedBody{call: c, w: rw}
 			} else {
 				resp.Body = c

@@ -44,10 +44,15 @@ func TestWebSocketUpgradeWhenAllowed(t *testing.T) {
 		}
 		defer c.Close()
 		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		line, _ := brw.ReadString('\n')
-		io.WriteString(c, "echo: "+line)
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "echo: "+line)
+		}
 	})
-	cfg := strings.Replace(oneRoute("{}"), "upstream: up, policy: p}", "upstream: up, policy: p, websocket: true}", 1)
+	cfg := strings.Replace(oneRoute("{timeout: 100ms}"), "upstream: up, policy: p}", "upstream: up, policy: p, websocket: true}", 1)
 	sc := startSidecar(t, cfg, up)
 	c, err := net.Dial("tcp", sc.addr["app"])
 	if err != nil {
@@ -68,5 +73,11 @@ func TestWebSocketUpgradeWhenAllowed(t *testing.T) {
 	line, err := br.ReadString('\n')
 	if err != nil || line != "echo: ping\n" {
 		t.Errorf("tunnel read = %q, %v; want the upstream's echo", line, err)
+	}
+	// The route's 100ms timeout covers the handshake, not the tunnel.
+	time.Sleep(300 * time.Millisecond)
+	io.WriteString(c, "again\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "echo: again\n" {
+		t.Errorf("tunnel read after the route timeout = %q, %v; want the tunnel still open", line, err)
 	}
 }

@@ -384,17 +384,18 @@ func idempotent(method string) bool {
 	return false
 }
 
-// replayBody gives each attempt the request body. Up to buffer_limit it is
-// buffered and replayed; a larger body streams and can be retried only
-// after a connect_error that read none of it. A gRPC call's body is never
-// read ahead, as a bidi stream may wait for answers between messages: it
-// streams through a teeBody, which keeps up to buffer_limit for replay.
+// replayBody gives each attempt the request body. A body of known length up
+// to buffer_limit is buffered and replayed; a larger one streams and can be
+// retried only after a connect_error that read none of it. A body of
+// unknown length (chunked, or an HTTP/2 stream such as a gRPC call) is
+// never read ahead, as its sender may wait for answers between messages:
+// it streams through a teeBody, which keeps up to buffer_limit for replay.
 // The server closes the app's body when the handler returns.
 type replayBody struct {
 	orig    io.ReadCloser // nil when the request has no body
 	buf     []byte        // the whole body, when buffered
 	stream  *countingBody // the body streamed with a byte count, when retries are on
-	tee     *teeBody      // a gRPC call's body, when retries are on
+	tee     *teeBody      // a body of unknown length, when retries are on
 	noRetry bool
 }
 
@@ -407,7 +408,7 @@ func newReplayBody(req *http.Request, p *routePolicy, grpc bool) replayBody {
 	case p.attempts <= 1:
 		b.noRetry = true // one attempt: the body streams as it is
 		return b
-	case grpc:
+	case grpc || req.ContentLength < 0:
 		b.tee = &teeBody{orig: req.Body, limit: p.bufferLimit}
 		b.tee.cond.L = &b.tee.mu
 		return b

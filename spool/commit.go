@@ -1,0 +1,199 @@
+package spool
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// request is one record queued for the writer.
+type request struct {
+	rec  *record
+	buf  []byte
+	seg  *segment
+	off  int64
+	done chan error
+}
+
+// enqueue hands req to the writer. s.mu is held, so records are queued in
+// the order their checks were made.
+func (s *FileStore) enqueue(req *request) {
+	s.qmu.Lock()
+	s.queue = append(s.queue, req)
+	s.qmu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run is the writer goroutine: it takes everything queued, writes it in
+// one write per segment, syncs once, applies it to the index and wakes the
+// waiters. It stops when Close closes s.stop, after draining the queue.
+func (s *FileStore) run() {
+	defer close(s.done)
+	var tick <-chan time.Time
+	if s.opts.Fsync == FsyncInterval {
+		t := time.NewTicker(s.opts.Interval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-s.wake:
+			s.commit(s.take())
+		case <-tick:
+			s.syncDirty()
+		case <-s.stop:
+			s.commit(s.take())
+			s.syncDirty()
+			return
+		}
+	}
+}
+
+func (s *FileStore) take() []*request {
+	s.qmu.Lock()
+	q := s.queue
+	s.queue = nil
+	s.qmu.Unlock()
+	return q
+}
+
+func (s *FileStore) syncDirty() {
+	if !s.dirty {
+		return
+	}
+	s.dirty = false
+	seg := s.segs[len(s.segs)-1]
+	if err := s.syncFile(seg); err != nil {
+		s.fail(err)
+	}
+}
+
+func (s *FileStore) syncFile(seg *segment) error {
+	if err := seg.f.Sync(); err != nil {
+		s.syncErrs.Add(1)
+		return fmt.Errorf("%w: fsync %s: %v", ErrFailed, seg.path, err)
+	}
+	s.syncs.Add(1)
+	return nil
+}
+
+// fail marks the store failed: it refuses writes until reopened.
+func (s *FileStore) fail(err error) {
+	s.mu.Lock()
+	first := !s.failed
+	s.failed = true
+	s.mu.Unlock()
+	if first {
+		s.log.Error("spool: write failed; refusing writes until reopened", "dir", s.dir, "err", err)
+	}
+}
+
+// commit writes, syncs and applies reqs. Only the writer goroutine calls it,
+// and only it changes s.segs, under s.mu.
+func (s *FileStore) commit(reqs []*request) {
+	if len(reqs) == 0 {
+		return
+	}
+	s.mu.Lock()
+	failed := s.failed
+	s.mu.Unlock()
+	err := ErrFailed
+	if !failed {
+		err = s.write(reqs)
+	}
+	s.mu.Lock()
+	for _, r := range reqs {
+		if r.rec.typ == recMessage {
+			s.resMsgs--
+			s.resBytes -= int64(len(r.buf))
+			delete(s.inflight, r.rec.id)
+		}
+		if err == nil {
+			s.applyLocked(r.rec, r.seg, r.off, int64(len(r.buf)))
+		}
+	}
+	if err == nil {
+		s.collectLocked()
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.fail(err)
+		err = ErrFailed
+	}
+	for _, r := range reqs {
+		if err == nil && r.rec.typ == recMessage {
+			s.appends.Add(1)
+		}
+		r.done <- err
+	}
+}
+
+// write places reqs in segments, rotating when one is full, and writes and
+// syncs them.
+func (s *FileStore) write(reqs []*request) error {
+	seg := s.segs[len(s.segs)-1]
+	buf := s.wbuf[:0]
+	defer func() {
+		if cap(buf) <= maxKeptBuffer {
+			s.wbuf = buf[:0]
+		}
+	}()
+	for _, r := range reqs {
+		end := seg.size + int64(len(buf))
+		if end > 0 && end+int64(len(r.buf)) > s.opts.SegmentSize {
+			if err := s.flush(seg, buf, true); err != nil {
+				return err
+			}
+			buf = buf[:0]
+			next, err := s.rotate(seg)
+			if err != nil {
+				return err
+			}
+			seg = next
+		}
+		r.seg, r.off = seg, seg.size+int64(len(buf))
+		buf = append(buf, r.buf...)
+	}
+	return s.flush(seg, buf, s.opts.Fsync == FsyncAlways)
+}
+
+func (s *FileStore) flush(seg *segment, buf []byte, sync bool) error {
+	if len(buf) > 0 {
+		n, err := seg.f.Write(buf)
+		seg.size += int64(n)
+		if err != nil {
+			s.writeErrs.Add(1)
+			return fmt.Errorf("%w: write %s: %v", ErrFailed, seg.path, err)
+		}
+		s.dirty = true
+	}
+	if sync && s.dirty {
+		s.dirty = false
+		return s.syncFile(seg)
+	}
+	return nil
+}
+
+// rotate creates the segment after cur and fsyncs the directory.
+func (s *FileStore) rotate(cur *segment) (*segment, error) {
+	seq := cur.seq + 1
+	name := filepath.Join(s.dir, segmentName(seq))
+	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		s.writeErrs.Add(1)
+		return nil, fmt.Errorf("%w: create %s: %v", ErrFailed, name, err)
+	}
+	if err := s.syncDir(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: fsync dir %s: %v", ErrFailed, s.dir, err)
+	}
+	seg := newSegment(s.dir, seq, f, 0)
+	s.mu.Lock()
+	s.segs = append(s.segs, seg)
+	s.mu.Unlock()
+	return seg, nil
+}

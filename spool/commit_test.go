@@ -1,0 +1,149 @@
+package spool
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestWriteFailures(t *testing.T) {
+	tests := []struct {
+		name     string
+		writeErr error
+		syncErr  error
+	}{
+		{"failing write", errors.New("injected write error"), nil},
+		{"failing fsync", nil, errors.New("injected fsync error")},
+		{"disk full", syscall.ENOSPC, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ffs := &faultFS{}
+			s := open(t, dir, FileOptions{FS: ffs})
+			good := appendN(t, s, "r", 2, 100)
+
+			ffs.fail(tt.writeErr, tt.syncErr)
+			var wg sync.WaitGroup
+			errs := make([]error, 8)
+			for i := range errs {
+				wg.Go(func() { errs[i] = s.Append(t.Context(), testMessage("r", 10+i, 100)) })
+			}
+			wg.Wait()
+			for i, err := range errs {
+				if !errors.Is(err, ErrFailed) {
+					t.Errorf("Append(%d) with %s = %v, want %v", i, tt.name, err, ErrFailed)
+				}
+			}
+			ffs.fail(nil, nil)
+			if err := s.Append(t.Context(), testMessage("r", 50, 100)); !errors.Is(err, ErrFailed) {
+				t.Errorf("Append() after failure = %v, want %v (fail closed)", err, ErrFailed)
+			}
+			if err := s.Ack(good[0]); !errors.Is(err, ErrFailed) {
+				t.Errorf("Ack() after failure = %v, want %v", err, ErrFailed)
+			}
+			if st := s.Stats(); !st.Failed || st.WriteErrors+st.FsyncErrors == 0 || st.Appends != 2 {
+				t.Errorf("Stats() = %+v, want failed, errors counted, 2 appends", st)
+			}
+			if _, ok, err := s.Next("r", testEpoch); !ok || err != nil {
+				t.Errorf("Next() after failure = %v, %v, want true, nil (reads still work)", ok, err)
+			}
+
+			s = reopen(t, s, FileOptions{FS: ffs})
+			got := ids(t, s, Pending)
+			for _, g := range good {
+				if !slices.Contains(got, g) {
+					t.Errorf("after reopen: List() = %v, want it to hold acknowledged %s", got, g)
+				}
+			}
+			if err := s.Append(t.Context(), testMessage("r", 60, 100)); err != nil {
+				t.Errorf("Append() after reopen = %v, want nil", err)
+			}
+		})
+	}
+}
+
+func TestGroupCommit(t *testing.T) {
+	const producers, each = 64, 20
+	ffs := &faultFS{}
+	s := open(t, t.TempDir(), FileOptions{FS: ffs})
+	before := ffs.syncs.Load()
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			for i := range each {
+				if err := s.Append(t.Context(), &Message{Route: "r", Body: make([]byte, 1024)}); err != nil {
+					t.Errorf("Append(producer %d, %d) = %v, want nil", p, i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	syncs := ffs.syncs.Load() - before
+	if appends := int64(producers * each); syncs*4 > appends {
+		t.Errorf("%d concurrent Appends took %d syncs, want at most %d", appends, syncs, appends/4)
+	}
+	if n := len(ids(t, s, Pending)); n != producers*each {
+		t.Errorf("List() = %d messages, want %d", n, producers*each)
+	}
+	t.Logf("%d appends, %d syncs", producers*each, syncs)
+}
+
+func TestFsyncInterval(t *testing.T) {
+	dir := t.TempDir()
+	ffs := &faultFS{}
+	opts := FileOptions{FS: ffs, Fsync: FsyncInterval, Interval: time.Hour}
+	s := open(t, dir, opts)
+	before := ffs.syncs.Load()
+	id := appendN(t, s, "r", 10, 100)
+	if got := ffs.syncs.Load() - before; got != 0 {
+		t.Errorf("syncs after 10 Appends with a 1h interval = %d, want 0", got)
+	}
+	s = reopen(t, s, FileOptions{FS: ffs})
+	if got := ffs.syncs.Load() - before; got < 1 {
+		t.Errorf("syncs after Close = %d, want >= 1", got)
+	}
+	if got := ids(t, s, Pending); !slices.Equal(got, id) {
+		t.Errorf("List() after reopen = %v, want %v", got, id)
+	}
+	s.Close()
+
+	// A failing periodic sync fails the store closed.
+	s = open(t, dir, FileOptions{FS: ffs, Fsync: FsyncInterval, Interval: time.Millisecond})
+	ffs.fail(nil, errors.New("injected fsync error"))
+	if err := s.Append(t.Context(), testMessage("r", 20, 10)); err != nil {
+		t.Fatalf("Append() = %v, want nil (written, not yet synced)", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !s.Stats().Failed && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	ffs.fail(nil, nil)
+	if err := s.Append(t.Context(), testMessage("r", 21, 10)); !errors.Is(err, ErrFailed) {
+		t.Errorf("Append() after failed periodic sync = %v, want %v", err, ErrFailed)
+	}
+}
+
+func TestAppendTooLarge(t *testing.T) {
+	big := make([]byte, maxField+1)
+	tests := []struct {
+		name string
+		m    *Message
+	}{
+		{"body", &Message{Route: "r", Body: big}},
+		{"header value", &Message{Route: "r", Header: map[string][]string{"X": {string(big)}}}},
+	}
+	s := open(t, t.TempDir(), FileOptions{})
+	for _, tt := range tests {
+		if err := s.Append(t.Context(), tt.m); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("Append(%s over 64 MiB) = %v, want %v", tt.name, err, ErrTooLarge)
+		}
+	}
+	if st := s.Stats(); st.Total.Pending != 0 {
+		t.Errorf("Stats().Total.Pending = %d, want 0", st.Total.Pending)
+	}
+}

@@ -1,0 +1,299 @@
+package spool
+
+import (
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"net/http"
+	"slices"
+	"time"
+)
+
+// recordType says what a record holds. The values are part of the on-disk
+// format: never renumber them.
+type recordType uint8
+
+const (
+	recMessage recordType = 1 // a whole Message
+	recAck     recordType = 2 // id: delivered, settled
+	recRetry   recordType = 3 // id, next attempt, attempts: pending again
+	recDead    recordType = 4 // id, attempts, reason: dead-lettered
+	recReplay  recordType = 5 // id: dead -> pending, attempts reset
+	recDelete  recordType = 6 // id: removed, settled
+)
+
+const (
+	headerSize    = 12       // crc(4) length(4) type(1) version(1) reserved(2)
+	recordVersion = 1        // current payload encoding version
+	maxPayload    = 1 << 30  // sanity bound on a record's payload length
+	maxField      = 64 << 20 // sanity bound on one decoded string or body
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+var (
+	// errTruncated means the bytes end before the record does.
+	errTruncated = errors.New("spool: truncated record")
+	// errCorrupt means the record is complete but fails its checks.
+	errCorrupt = errors.New("spool: corrupt record")
+)
+
+// record is one decoded log record. Which fields are set depends on typ.
+type record struct {
+	typ      recordType
+	id       string
+	msg      *Message  // recMessage
+	at       time.Time // recRetry: next attempt
+	attempts int       // recRetry, recDead
+	reason   string    // recDead
+}
+
+// appendRecord appends the framed record (header and payload) to dst.
+func appendRecord(dst []byte, typ recordType, payload []byte) []byte {
+	start := len(dst)
+	var h [headerSize]byte
+	binary.LittleEndian.PutUint32(h[4:8], uint32(len(payload)))
+	h[8] = byte(typ)
+	h[9] = recordVersion
+	dst = append(dst, h[:]...)
+	dst = append(dst, payload...)
+	crc := crc32.Checksum(dst[start+4:], crcTable)
+	binary.LittleEndian.PutUint32(dst[start:start+4], crc)
+	return dst
+}
+
+// encodeRecord returns the framed bytes of r.
+func encodeRecord(r *record) []byte {
+	var p []byte
+	switch r.typ {
+	case recMessage:
+		p = encodeMessage(r.msg)
+	case recAck, recReplay, recDelete:
+		p = appendString(nil, r.id)
+	case recRetry:
+		p = appendString(nil, r.id)
+		p = binary.AppendVarint(p, timeToNanos(r.at))
+		p = binary.AppendUvarint(p, uint64(r.attempts))
+	case recDead:
+		p = appendString(nil, r.id)
+		p = binary.AppendUvarint(p, uint64(r.attempts))
+		p = appendString(p, r.reason)
+	}
+	return appendRecord(make([]byte, 0, headerSize+len(p)), r.typ, p)
+}
+
+// decodeRecord decodes the record at the start of b and returns it with its
+// framed size. It returns errTruncated if b ends inside the record and
+// errCorrupt if the header, checksum or payload is invalid. It never panics.
+func decodeRecord(b []byte) (*record, int, error) {
+	if len(b) < headerSize {
+		return nil, 0, errTruncated
+	}
+	typ := recordType(b[8])
+	if b[9] != recordVersion || typ < recMessage || typ > recDelete || b[10] != 0 || b[11] != 0 {
+		return nil, 0, errCorrupt
+	}
+	n := binary.LittleEndian.Uint32(b[4:8])
+	if n > maxPayload {
+		return nil, 0, errCorrupt
+	}
+	size := headerSize + int(n)
+	if len(b) < size {
+		return nil, 0, errTruncated
+	}
+	if crc32.Checksum(b[4:size], crcTable) != binary.LittleEndian.Uint32(b[0:4]) {
+		return nil, 0, errCorrupt
+	}
+	r, err := decodePayload(typ, b[headerSize:size])
+	if err != nil {
+		return nil, 0, errCorrupt
+	}
+	return r, size, nil
+}
+
+func decodePayload(typ recordType, p []byte) (*record, error) {
+	d := decoder{b: p}
+	r := &record{typ: typ}
+	switch typ {
+	case recMessage:
+		m := d.message()
+		if d.err == nil {
+			r.msg, r.id = m, m.ID
+		}
+	case recAck, recReplay, recDelete:
+		r.id = d.string()
+	case recRetry:
+		r.id = d.string()
+		r.at = nanosToTime(d.varint())
+		r.attempts = d.int()
+	case recDead:
+		r.id = d.string()
+		r.attempts = d.int()
+		r.reason = d.string()
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.err = errCorrupt
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return r, nil
+}
+
+// encodeMessage encodes m as a version-1 message payload: the strings ID,
+// Route, Method, Target, IdempotencyKey, TraceParent; Arrived as varint unix
+// nanoseconds (0 for the zero time); Attempts as uvarint; the header as a
+// uvarint count of keys, each a key string, a uvarint count of values and
+// the value strings, keys sorted; then the body as a string. A string is a
+// uvarint length followed by its bytes.
+func encodeMessage(m *Message) []byte {
+	n := 64 + len(m.ID) + len(m.Route) + len(m.Method) + len(m.Target) +
+		len(m.IdempotencyKey) + len(m.TraceParent) + len(m.Body)
+	keys := make([]string, 0, len(m.Header))
+	for k, vs := range m.Header {
+		keys = append(keys, k)
+		n += 8 + len(k)
+		for _, v := range vs {
+			n += 4 + len(v)
+		}
+	}
+	slices.Sort(keys)
+	p := make([]byte, 0, n)
+	for _, s := range []string{m.ID, m.Route, m.Method, m.Target, m.IdempotencyKey, m.TraceParent} {
+		p = appendString(p, s)
+	}
+	p = binary.AppendVarint(p, timeToNanos(m.Arrived))
+	p = binary.AppendUvarint(p, uint64(max(m.Attempts, 0)))
+	p = binary.AppendUvarint(p, uint64(len(keys)))
+	for _, k := range keys {
+		p = appendString(p, k)
+		vs := m.Header[k]
+		p = binary.AppendUvarint(p, uint64(len(vs)))
+		for _, v := range vs {
+			p = appendString(p, v)
+		}
+	}
+	p = binary.AppendUvarint(p, uint64(len(m.Body)))
+	return append(p, m.Body...)
+}
+
+func appendString(p []byte, s string) []byte {
+	p = binary.AppendUvarint(p, uint64(len(s)))
+	return append(p, s...)
+}
+
+func timeToNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func nanosToTime(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// decoder reads payload fields; the first error sticks and later reads
+// return zero values.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = errCorrupt
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = errCorrupt
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) int() int {
+	v := d.uvarint()
+	if v > 1<<31-1 {
+		d.err = errCorrupt
+		return 0
+	}
+	return int(v)
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > maxField || n > uint64(len(d.b)) {
+		d.err = errCorrupt
+		return nil
+	}
+	b := d.b[:n:n]
+	d.b = d.b[n:]
+	return b
+}
+
+func (d *decoder) string() string { return string(d.bytes()) }
+
+func (d *decoder) message() *Message {
+	m := &Message{
+		ID:             d.string(),
+		Route:          d.string(),
+		Method:         d.string(),
+		Target:         d.string(),
+		IdempotencyKey: d.string(),
+		TraceParent:    d.string(),
+		Arrived:        nanosToTime(d.varint()),
+		Attempts:       d.int(),
+	}
+	nk := d.uvarint()
+	if nk > uint64(len(d.b)) { // every key takes at least one byte
+		d.err = errCorrupt
+	}
+	if d.err != nil {
+		return nil
+	}
+	if nk > 0 {
+		m.Header = make(http.Header, nk)
+	}
+	for i := uint64(0); i < nk && d.err == nil; i++ {
+		k := d.string()
+		nv := d.uvarint()
+		if nv > uint64(len(d.b)) {
+			d.err = errCorrupt
+			break
+		}
+		vs := make([]string, 0, nv)
+		for j := uint64(0); j < nv && d.err == nil; j++ {
+			vs = append(vs, d.string())
+		}
+		m.Header[k] = vs
+	}
+	body := d.bytes()
+	if d.err != nil {
+		return nil
+	}
+	if len(body) > 0 {
+		m.Body = append([]byte(nil), body...)
+	}
+	return m
+}

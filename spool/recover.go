@@ -1,0 +1,118 @@
+package spool
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+)
+
+// recover reads every segment in order and rebuilds the index. A damaged
+// region followed by a valid record is skipped and counted in
+// CorruptRecords. A damaged region that runs to the end of the last segment
+// is a torn tail, left by a crash during a write, and is truncated. A
+// damaged region at the end of an earlier segment is counted as corrupt.
+func (s *FileStore) recover() error {
+	des, err := s.fs.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	var seqs []uint64
+	for _, de := range des {
+		if seq, ok := parseSegmentName(de.Name()); ok && de.Type().IsRegular() {
+			seqs = append(seqs, seq)
+		}
+	}
+	slices.Sort(seqs)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, seq := range seqs {
+		if err := s.recoverSegment(seq, i == len(seqs)-1); err != nil {
+			return err
+		}
+	}
+	if len(s.segs) == 0 {
+		name := filepath.Join(s.dir, segmentName(1))
+		f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("spool: create %s: %w", name, err)
+		}
+		s.segs = append(s.segs, newSegment(s.dir, 1, f, 0))
+		if err := s.syncDir(); err != nil {
+			return fmt.Errorf("spool: fsync dir %s: %w", s.dir, err)
+		}
+	}
+	s.collectLocked()
+	if s.failed {
+		return fmt.Errorf("%w: fsync dir %s during recovery", ErrFailed, s.dir)
+	}
+	return nil
+}
+
+func (s *FileStore) recoverSegment(seq uint64, last bool) error {
+	name := filepath.Join(s.dir, segmentName(seq))
+	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool: open %s: %w", name, err)
+	}
+	seg := newSegment(s.dir, seq, f, 0)
+	s.segs = append(s.segs, seg)
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("spool: stat %s: %w", name, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := s.fs.Chmod(name, 0o600); err != nil {
+			return fmt.Errorf("spool: chmod %s: %w", name, err)
+		}
+	}
+	// A whole segment is read at once: SegmentSize bounds it, except for a
+	// segment holding one oversized record.
+	data := make([]byte, fi.Size())
+	if _, err := f.ReadAt(data, 0); err != nil && err != io.EOF {
+		return fmt.Errorf("spool: read %s: %w", name, err)
+	}
+	off := 0
+	for off < len(data) {
+		rec, n, err := decodeRecord(data[off:])
+		if err == nil {
+			s.applyLocked(rec, seg, int64(off), int64(n))
+			off += n
+			continue
+		}
+		next := resync(data, off+1)
+		if next < 0 && last {
+			if err := f.Truncate(int64(off)); err != nil {
+				return fmt.Errorf("spool: truncate torn tail of %s: %w", name, err)
+			}
+			if err := f.Sync(); err != nil {
+				return fmt.Errorf("spool: fsync %s: %w", name, err)
+			}
+			s.torn = true
+			s.log.Warn("spool: truncated torn tail", "path", name, "offset", off, "bytes", len(data)-off)
+			data = data[:off]
+			break
+		}
+		s.corrupt++
+		end := next
+		if next < 0 {
+			end = len(data)
+		}
+		s.log.Error("spool: skipped corrupt region", "path", name, "offset", off, "bytes", end-off, "err", err)
+		off = end
+	}
+	seg.size = int64(len(data))
+	return nil
+}
+
+// resync returns the offset of the first valid record at or after from, or
+// -1 if there is none.
+func resync(data []byte, from int) int {
+	for i := from; i+headerSize <= len(data); i++ {
+		if _, _, err := decodeRecord(data[i:]); err == nil {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,6 +1,6 @@
 // Package admin serves the sidecar's admin API on a loopback listener:
-// health and readiness, the effective configuration (secrets redacted) and
-// the routes with their live figures.
+// health and readiness, the effective configuration (secrets redacted),
+// the routes with their live figures and the spool's depth.
 package admin
 
 import (
@@ -15,11 +15,18 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/proxy"
+	"github.com/sidecar-proxy/sidecar/spool"
 )
 
 // Source gives the admin API the snapshot being served.
 type Source interface {
 	Snapshot() *proxy.Snapshot
+}
+
+// SpoolSource is a Source with a spool (proxy.Server is one); Spool
+// returns nil when no route is async.
+type SpoolSource interface {
+	Spool() spool.Store
 }
 
 // Server is the admin API.
@@ -91,6 +98,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"routes": routes(s.src.Snapshot())})
 	})
+	mux.HandleFunc("GET /v1/spool", s.spoolStats)
 	return loopbackOnly(mux)
 }
 
@@ -150,4 +158,57 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// spoolRouteView is one route's spool figures: messages waiting for
+// delivery (depth), dead letters, their encoded size in bytes, and the
+// age of the oldest waiting message ("" and 0 when none waits).
+type spoolRouteView struct {
+	Depth            int64   `json:"depth"`
+	Dead             int64   `json:"dead"`
+	Bytes            int64   `json:"bytes"`
+	OldestAge        string  `json:"oldest_age,omitempty"`
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+}
+
+func newSpoolRouteView(rs spool.RouteStats, now time.Time) spoolRouteView {
+	v := spoolRouteView{Depth: rs.Pending, Dead: rs.Dead, Bytes: rs.Bytes}
+	if !rs.Oldest.IsZero() {
+		age := max(now.Sub(rs.Oldest), 0)
+		v.OldestAge = age.Round(time.Millisecond).String()
+		v.OldestAgeSeconds = age.Seconds()
+	}
+	return v
+}
+
+// spoolStats serves GET /v1/spool: per route (every async route, and any
+// other route with stored messages) and in total, with the store's health.
+func (s *Server) spoolStats(w http.ResponseWriter, r *http.Request) {
+	var st spool.Store
+	if ss, ok := s.src.(SpoolSource); ok {
+		st = ss.Spool()
+	}
+	if st == nil {
+		writeJSON(w, http.StatusNotFound, map[string]any{"error": "no spool: no route is async"})
+		return
+	}
+	stats := st.Stats()
+	now := time.Now()
+	routes := map[string]spoolRouteView{}
+	for _, rt := range s.src.Snapshot().Routes {
+		if rt.Async() {
+			routes[rt.Name] = spoolRouteView{}
+		}
+	}
+	for name, rs := range stats.Routes {
+		routes[name] = newSpoolRouteView(rs, now)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"routes":          routes,
+		"total":           newSpoolRouteView(stats.Total, now),
+		"segments":        stats.Segments,
+		"failed":          stats.Failed,
+		"corrupt_records": stats.CorruptRecords,
+		"torn_tail":       stats.TornTail,
+	})
 }

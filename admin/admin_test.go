@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -8,9 +9,11 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/proxy"
+	"github.com/sidecar-proxy/sidecar/spool"
 )
 
 type fixedSource struct{ snap *proxy.Snapshot }
@@ -157,5 +160,75 @@ func TestLoopbackHostOnly(t *testing.T) {
 		if code, _ := call(t, ts, "/healthz", host); code != 200 {
 			t.Errorf("/healthz with Host %q = %d, want 200", host, code)
 		}
+	}
+}
+
+type spoolSource struct {
+	fixedSource
+	st spool.Store
+}
+
+func (s spoolSource) Spool() spool.Store { return s.st }
+
+func TestSpoolStats(t *testing.T) {
+	cfg, err := config.Parse("a.yaml", []byte(`
+version: 1
+spool: {dir: ./unused}
+upstreams:
+  up: {endpoints: ["http://127.0.0.1:8080"]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: ev, match: {path_prefix: /ev}, upstream: up, async: {}}
+      - {name: idle, match: {path_prefix: /idle}, upstream: up, async: {}}
+`), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	snap, err := proxy.Build(cfg, nil, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := spool.OpenFile(t.TempDir(), spool.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ctx := context.Background()
+	for range 3 {
+		if err := st.Append(ctx, &spool.Message{Route: "ev", Method: "POST", Target: "/ev", Arrived: time.Now().Add(-time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, _, _ := st.Next("ev", time.Now())
+	if err := st.DeadLetter(m.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+
+	ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, logger).Handler())
+	t.Cleanup(ts.Close)
+	code, body := call(t, ts, "/v1/spool", "")
+	var got struct {
+		Routes map[string]struct {
+			Depth, Dead, Bytes int64
+			OldestAgeSeconds   float64 `json:"oldest_age_seconds"`
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &got); code != 200 || err != nil {
+		t.Fatalf("GET /v1/spool = %d %s (%v), want 200 JSON", code, body, err)
+	}
+	ev, idle := got.Routes["ev"], got.Routes["idle"]
+	if ev.Depth != 2 || ev.Dead != 1 || ev.Bytes <= 0 || ev.OldestAgeSeconds < 59 {
+		t.Errorf("route ev = %+v, want depth 2, dead 1, bytes > 0, oldest age about 60s", ev)
+	}
+	if _, ok := got.Routes["idle"]; !ok || idle.Depth != 0 {
+		t.Errorf("route idle = %+v (listed %v), want listed with depth 0", idle, ok)
+	}
+
+	_, ts2 := newTestAdmin(t)
+	if code, _ := call(t, ts2, "/v1/spool", ""); code != http.StatusNotFound {
+		t.Errorf("GET /v1/spool without a spool = %d, want 404", code)
 	}
 }

@@ -86,6 +86,15 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 				c.stop()
 				return nil, &UpstreamError{Route: rt.Name, Outcome: outcome, Attempts: n, Err: err}
 			}
+			if rt.async != nil && outcome == policy.Status && rt.async.spoolOn.Match(outcome, status, code) && req.Context().Value(spoolKey{}) != nil {
+				// An upstream_down request: this answer is not passed on,
+				// the request is spooled (see Route.proxyError).
+				io.CopyN(io.Discard, resp.Body, 4<<10)
+				resp.Body.Close()
+				c.release()
+				c.stop()
+				return nil, &UpstreamError{Route: rt.Name, Outcome: outcome, Attempts: n, Err: &spoolStatusError{status: status}}
+			}
 			if n < len(attemptCounts) {
 				resp.Header[HeaderAttempts] = attemptCounts[n]
 			} else {

@@ -15,11 +15,14 @@ import (
 )
 
 // handler serves one listener: it checks framing, matches a route in the
-// current snapshot and hands the request to the route's reverse proxy.
+// current snapshot and hands the request to the route's reverse proxy, or,
+// on an async route when the server has a spool, to serveAsync (gRPC calls
+// and upgrades on an async route are served synchronously).
 type handler struct {
 	listener string
 	snap     *atomic.Pointer[Snapshot]
 	log      *slog.Logger
+	spool    *spooler // nil without a store: async routes are served synchronously
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -54,6 +57,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer route.pol.inFlight.Release()
+	if route.async != nil && h.spool != nil && !isGRPC(r) && r.Header["Upgrade"] == nil {
+		h.serveAsync(w, r, route)
+		return
+	}
 	route.proxy.ServeHTTP(w, r)
 }
 
@@ -151,6 +158,13 @@ func (rt *Route) proxyError(logger *slog.Logger) func(http.ResponseWriter, *http
 		logger.Debug("upstream request failed", "route", rt.Name, "outcome", ue.Outcome.String(), "error", ue.Err)
 		if ue.Outcome == policy.Canceled {
 			return // the app went away; there is no one to answer
+		}
+		if ps, ok := r.Context().Value(spoolKey{}).(*pendingSpool); ok {
+			var se *spoolStatusError
+			if errors.As(ue.Err, &se) || rt.async.spoolOn.Match(ue.Outcome, 0, -1) {
+				ps.sp.enqueue(w, r, rt, ps.msg, ue.Attempts)
+				return
+			}
 		}
 		writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
 	}

@@ -80,6 +80,12 @@ func (s *syncBuffer) String() string {
 // by the URL of ups[n].
 func startSidecar(t testing.TB, cfgYAML string, ups ...*upstream) *sidecar {
 	t.Helper()
+	return startSidecarWith(t, cfgYAML, nil, ups...)
+}
+
+// startSidecarWith is startSidecar with options for NewServer.
+func startSidecarWith(t testing.TB, cfgYAML string, opts []Option, ups ...*upstream) *sidecar {
+	t.Helper()
 	for i, u := range ups {
 		cfgYAML = strings.ReplaceAll(cfgYAML, fmt.Sprintf("UPSTREAM%d", i), u.URL)
 	}
@@ -93,7 +99,7 @@ func startSidecar(t testing.TB, cfgYAML string, ups ...*upstream) *sidecar {
 	if err != nil {
 		t.Fatalf("Build = %v", err)
 	}
-	srv := NewServer(snap, logger)
+	srv := NewServer(snap, logger, opts...)
 	if err := srv.Listen(); err != nil {
 		t.Fatalf("Listen = %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/internal/h1guard"
+	"github.com/sidecar-proxy/sidecar/spool"
 )
 
 // Limits of the app-facing listeners.
@@ -56,17 +57,54 @@ type Server struct {
 	log  *slog.Logger
 	snap atomic.Pointer[Snapshot]
 
+	spool      *spooler // nil without WithSpool
+	deliverers []*deliverer
+	stopDeliv  context.CancelFunc
+	delivWG    sync.WaitGroup
+
 	mu      sync.Mutex
 	servers []*http.Server
 	lns     []net.Listener
 	wg      sync.WaitGroup
 }
 
+// Option configures NewServer.
+type Option func(*Server)
+
+// WithSpool gives the server the store of its async routes: their requests
+// are spooled to it and delivered from it in the background, by one
+// deliverer per async route that Serve starts and Shutdown stops. The
+// caller opens the store before and closes it after the Server's life.
+// Without it, async routes are served synchronously.
+func WithSpool(store spool.Store) Option {
+	return func(s *Server) {
+		s.spool = &spooler{store: store, wakes: map[string]chan struct{}{}}
+	}
+}
+
 // NewServer returns a Server for snap; Listen binds it.
-func NewServer(snap *Snapshot, logger *slog.Logger) *Server {
+func NewServer(snap *Snapshot, logger *slog.Logger, opts ...Option) *Server {
 	s := &Server{log: logger}
 	s.snap.Store(snap)
+	for _, o := range opts {
+		o(s)
+	}
+	if s.spool != nil {
+		for _, rt := range snap.Routes {
+			if rt.async != nil {
+				s.spool.wakes[rt.Name] = make(chan struct{}, 1)
+			}
+		}
+	}
 	return s
+}
+
+// Spool returns the store given with WithSpool, or nil.
+func (s *Server) Spool() spool.Store {
+	if s.spool == nil {
+		return nil
+	}
+	return s.spool.store
 }
 
 // Snapshot returns the snapshot requests are served with now.
@@ -114,7 +152,7 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 		protos.SetUnencryptedHTTP2(true)
 	}
 	return &http.Server{
-		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log},
+		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: s.spool},
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
@@ -132,10 +170,25 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 	}
 }
 
-// Serve serves the bound listeners until Shutdown. It returns at once.
+// Serve serves the bound listeners until Shutdown, and starts the
+// deliverers of the async routes. It returns at once.
 func (s *Server) Serve() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.spool != nil && s.deliverers == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopDeliv = cancel
+		stop := make(chan struct{})
+		for name, wake := range s.spool.wakes {
+			d := &deliverer{route: name, store: s.spool.store, snap: s.snap.Load, log: s.log, wake: wake, stop: stop, ctx: ctx}
+			s.deliverers = append(s.deliverers, d)
+			s.delivWG.Add(1)
+			go func() {
+				defer s.delivWG.Done()
+				d.run()
+			}()
+		}
+	}
 	for i, srv := range s.servers {
 		ln := s.lns[i]
 		s.wg.Add(1)
@@ -168,8 +221,37 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.wg.Wait()
+	errs = append(errs, s.stopDeliverers(ctx))
 	s.snap.Load().Close(nil)
 	return errors.Join(errs...)
+}
+
+// stopDeliverers stops the deliverers after the listeners have drained:
+// no new delivery starts, and those in flight may finish until ctx ends;
+// then they are canceled, and their messages stay pending.
+func (s *Server) stopDeliverers(ctx context.Context) error {
+	s.mu.Lock()
+	ds, cancel := s.deliverers, s.stopDeliv
+	s.deliverers = nil
+	s.mu.Unlock()
+	if len(ds) == 0 {
+		return nil
+	}
+	close(ds[0].stop) // shared by all
+	done := make(chan struct{})
+	go func() {
+		s.delivWG.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("spool deliveries canceled: %w", ctx.Err())
+	}
+	cancel()
+	<-done
+	return err
 }
 
 // slogWriter sends net/http's server log lines (TLS handshake errors,

@@ -52,8 +52,12 @@ type Route struct {
 	pol          routePolicy
 	preserveHost bool
 	websocket    bool
+	async        *asyncPolicy // nil: not an async route
 	proxy        *httputil.ReverseProxy
 }
+
+// Async reports whether the route is async (fire-and-forget).
+func (rt *Route) Async() bool { return rt.async != nil }
 
 // Build compiles cfg. Pools of prev whose upstream config is unchanged are
 // carried over, keeping their connections and counters.
@@ -139,6 +143,7 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 		pol:          compilePolicy(pol, pool, prev, breakers),
 		preserveHost: pool.cfg.PreserveHost,
 		websocket:    rc.WebSocket,
+		async:        compileAsync(rc.Async),
 	}
 	r.proxy = &httputil.ReverseProxy{
 		Rewrite:        r.rewrite,

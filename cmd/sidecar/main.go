@@ -28,6 +28,7 @@ import (
 	"github.com/sidecar-proxy/sidecar/admin"
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/proxy"
+	"github.com/sidecar-proxy/sidecar/spool"
 )
 
 // Exit codes a script can rely on.
@@ -126,7 +127,25 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
 	for _, w := range notYetEnforced(cfg) {
 		logger.Warn(w)
 	}
-	srv := proxy.NewServer(snap, logger)
+	if cfg.Spool.Backend != "file" {
+		logger.Error("spool.backend: " + cfg.Spool.Backend + " is not implemented in this version; use spool.backend: file")
+		return exitConfig
+	}
+	var opts []proxy.Option
+	if hasAsync(cfg) {
+		store, err := openSpool(cfg.Spool, logger)
+		if err != nil {
+			logger.Error("cannot open the spool", "dir", cfg.Spool.Dir, "error", err)
+			return exitFailure
+		}
+		defer func() {
+			if err := store.Close(); err != nil {
+				logger.Error("closing the spool", "error", err)
+			}
+		}()
+		opts = append(opts, proxy.WithSpool(store))
+	}
+	srv := proxy.NewServer(snap, logger, opts...)
 	adm := admin.New(srv, logger)
 	if err := adm.Listen(cfg.Admin.Address); err != nil {
 		logger.Error("cannot bind the admin listener", "error", err)
@@ -206,12 +225,31 @@ func notYetEnforced(cfg *config.Config) []string {
 	if cfg.Telemetry.AccessLog {
 		out = append(out, "telemetry.access_log is not enforced in this version")
 	}
+	return out
+}
+
+// hasAsync reports whether any route is async, so that the spool is needed.
+func hasAsync(cfg *config.Config) bool {
 	for _, l := range cfg.Listeners {
 		for _, r := range l.Routes {
 			if r.Async != nil {
-				out = append(out, fmt.Sprintf("route %s: async is not enforced in this version: the route is served synchronously and nothing is spooled", r.Name))
+				return true
 			}
 		}
 	}
-	return out
+	return false
+}
+
+// openSpool opens the file spool that cfg describes.
+func openSpool(cfg config.Spool, logger *slog.Logger) (*spool.FileStore, error) {
+	opts := spool.FileOptions{
+		MaxBytes:    int64(cfg.MaxBytes),
+		MaxMessages: cfg.MaxMessages,
+		Interval:    cfg.FsyncInterval.D(),
+		Logger:      logger,
+	}
+	if cfg.Fsync == "interval" {
+		opts.Fsync = spool.FsyncInterval
+	}
+	return spool.OpenFile(cfg.Dir, opts)
 }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/spool"
 )
 
 var binary string
@@ -293,5 +295,71 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("sidecar did not exit after a second signal")
+	}
+}
+
+// asyncConfig writes a config with one async route and the given spool
+// block (YAML flow mapping body).
+func asyncConfig(t *testing.T, spoolBlock string) string {
+	t.Helper()
+	return writeConfig(t, fmt.Sprintf(`
+version: 1
+admin: {address: "127.0.0.1:0"}
+spool: {%s}
+upstreams:
+  up: {endpoints: ["http://127.0.0.1:1"]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: ev, upstream: up, async: {when: always}}
+`, spoolBlock))
+}
+
+func TestRunRefusesJetStream(t *testing.T) {
+	cfg := asyncConfig(t, `backend: jetstream, jetstream: {url: "nats://127.0.0.1:4222"}`)
+	code, _, stderr := runCLI(t, "run", "-config", cfg)
+	if code != 1 || !strings.Contains(stderr, "jetstream") || !strings.Contains(stderr, "not implemented") {
+		t.Errorf("sidecar run with spool.backend jetstream = exit %d, stderr %q; want exit 1 naming jetstream as not implemented", code, stderr)
+	}
+}
+
+func TestRunFailsWhenSpoolLocked(t *testing.T) {
+	dir := t.TempDir()
+	st, err := spool.OpenFile(dir, spool.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	code, _, stderr := runCLI(t, "run", "-config", asyncConfig(t, fmt.Sprintf("dir: %q", dir)))
+	if code != 3 || !strings.Contains(stderr, "cannot open the spool") || !strings.Contains(stderr, "locked") {
+		t.Errorf("sidecar run on a locked spool dir = exit %d, stderr %q; want exit 3 saying the spool is locked", code, stderr)
+	}
+}
+
+func TestRunSpoolsAndClosesTheStoreOnSIGTERM(t *testing.T) {
+	dir := t.TempDir()
+	cmd, s, _ := startBinary(t, asyncConfig(t, fmt.Sprintf("dir: %q", dir)))
+	addr := strings.TrimPrefix(s.Listeners, "app=")
+	resp, err := http.Post("http://"+addr+"/e", "text/plain", strings.NewReader("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || resp.Header.Get("Sidecar-Spool-Id") == "" {
+		t.Fatalf("POST to an async route = %d, spool id %q; want 202 with an id", resp.StatusCode, resp.Header.Get("Sidecar-Spool-Id"))
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("sidecar exit after SIGTERM = %v, want 0", err)
+	}
+	// The store was closed (its lock released) and keeps the message.
+	st, err := spool.OpenFile(dir, spool.FileOptions{})
+	if err != nil {
+		t.Fatalf("OpenFile after the sidecar stopped = %v", err)
+	}
+	defer st.Close()
+	if _, _, err := st.Get(resp.Header.Get("Sidecar-Spool-Id")); err != nil {
+		t.Errorf("Get(spooled message) after restart = %v, want it pending", err)
 	}
 }

@@ -1,0 +1,248 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/policy"
+	"github.com/sidecar-proxy/sidecar/spool"
+)
+
+// HeaderSpoolID is on a 202 answer of an async route: the spooled
+// message's ID.
+const HeaderSpoolID = "Sidecar-Spool-Id"
+
+// spoolFullRetryAfter is the Retry-After of a spool_full or spool_error
+// answer.
+const spoolFullRetryAfter = 5 * time.Second
+
+// asyncPolicy is a route's compiled async block.
+type asyncPolicy struct {
+	always      bool // when: always; else upstream_down
+	spoolOn     policy.Conditions
+	idemHeader  string // canonical
+	fifo        bool
+	maxInFlight int // deliveries at once with ordering none; at least 1
+	backoff     policy.Backoff
+	maxAttempts int           // 0: no limit
+	maxAge      time.Duration // 0: no limit
+	maxBody     int64
+}
+
+func compileAsync(a *config.Async) *asyncPolicy {
+	if a == nil {
+		return nil
+	}
+	on, _ := policy.ParseConditions(a.SpoolOn) // validated by config
+	return &asyncPolicy{
+		always:      a.When == "always",
+		spoolOn:     on,
+		idemHeader:  http.CanonicalHeaderKey(a.IdempotencyHeader),
+		fifo:        a.Ordering != "none",
+		maxInFlight: max(a.MaxInFlight, 1),
+		backoff:     policy.Backoff{Base: a.Backoff.Base.D(), Max: a.Backoff.Max.D()},
+		maxAttempts: a.MaxAttempts,
+		maxAge:      a.MaxAge.D(),
+		maxBody:     int64(a.MaxBody),
+	}
+}
+
+// spooler connects the listeners' handlers to the store and the
+// deliverers: a handler appends, then wakes the route's deliverer.
+type spooler struct {
+	store spool.Store
+	wakes map[string]chan struct{} // by route name; buffered 1
+}
+
+// wake signals the route's deliverer that a message was appended.
+func (sp *spooler) wake(route string) {
+	if c := sp.wakes[route]; c != nil {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// spoolKey is the context key of a request that may be spooled.
+type spoolKey struct{}
+
+// pendingSpool is an async request between its synchronous attempt and
+// the spool: the ErrorHandler stores msg when the attempt loop ends in
+// one of spool_on.
+type pendingSpool struct {
+	sp  *spooler
+	msg *spool.Message
+}
+
+// spoolStatusError ends the attempt loop of an upstream_down request whose
+// last answer was a status in spool_on: the answer was discarded, and the
+// request is spooled instead.
+type spoolStatusError struct{ status int }
+
+func (e *spoolStatusError) Error() string {
+	return "upstream answered " + strconv.Itoa(e.status) + "; request spooled"
+}
+
+// serveAsync serves a request on an async route: it reads the body up to
+// max_body, stamps the idempotency key, then either spools at once (when:
+// always) or tries the upstream first and spools on a spool_on outcome
+// (when: upstream_down).
+func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route) {
+	a := rt.async
+	if r.ContentLength > a.maxBody {
+		writeError(w, r, policy.TooLarge, rt.Name, 0, "request body over async.max_body", 0)
+		return
+	}
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(io.LimitReader(r.Body, a.maxBody+1))
+		if err != nil {
+			if r.Context().Err() == nil {
+				writeError(w, r, policy.BadRequest, rt.Name, 0, "reading the request body: "+err.Error(), 0)
+			}
+			return
+		}
+		if int64(len(b)) > a.maxBody {
+			writeError(w, r, policy.TooLarge, rt.Name, 0, "request body over async.max_body", 0)
+			return
+		}
+		body = b
+	}
+	msg := newMessage(r, rt, body)
+	if a.always {
+		h.spool.enqueue(w, r, rt, msg, 0)
+		return
+	}
+	out := r.Clone(context.WithValue(r.Context(), spoolKey{}, &pendingSpool{sp: h.spool, msg: msg}))
+	out.Header.Set(a.idemHeader, msg.IdempotencyKey)
+	out.ContentLength = int64(len(body))
+	out.Body = http.NoBody
+	if body != nil {
+		out.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	rt.proxy.ServeHTTP(w, out)
+}
+
+// enqueue appends msg and answers 202 once it is durable, or the error that
+// kept it from being stored.
+func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, msg *spool.Message, attempts int) {
+	msg.Attempts = attempts
+	err := sp.store.Append(r.Context(), msg)
+	switch {
+	case err == nil:
+	case r.Context().Err() != nil:
+		return // the app went away: nothing acknowledged, nobody to answer
+	case errors.Is(err, spool.ErrFull):
+		writeError(w, r, policy.SpoolFull, rt.Name, attempts, "", spoolFullRetryAfter)
+		return
+	case errors.Is(err, spool.ErrTooLarge):
+		writeError(w, r, policy.TooLarge, rt.Name, attempts, "request too large to spool", 0)
+		return
+	default:
+		writeError(w, r, policy.SpoolError, rt.Name, attempts, "", spoolFullRetryAfter)
+		return
+	}
+	sp.wake(rt.Name)
+	body, _ := json.Marshal(struct {
+		Spooled bool   `json:"spooled"`
+		ID      string `json:"id"`
+	}{true, msg.ID})
+	body = append(body, '\n')
+	hd := w.Header()
+	hd.Set(HeaderSpoolID, msg.ID)
+	if attempts > 0 {
+		hd.Set(HeaderAttempts, strconv.Itoa(attempts))
+	}
+	hd.Set("Content-Type", "application/json")
+	hd.Set("Cache-Control", "no-store")
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusAccepted)
+	w.Write(body)
+}
+
+// newMessage is what the spool keeps of r: method, the target as it is
+// forwarded (cleaned path and query), the end-to-end headers without
+// Sidecar-* ones, with X-Forwarded-For appended as a proxied request gets
+// it, the body, and the idempotency key (the app's, or a new random one).
+func newMessage(r *http.Request, rt *Route, body []byte) *spool.Message {
+	a := rt.async
+	hd := r.Header.Clone()
+	removeHopByHop(hd)
+	for k := range hd {
+		if strings.HasPrefix(k, "Sidecar-") {
+			delete(hd, k)
+		}
+	}
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := hd["X-Forwarded-For"]; len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		hd.Set("X-Forwarded-For", ip)
+	}
+	if rt.preserveHost {
+		hd.Set("Host", r.Host)
+	}
+	key := hd.Get(a.idemHeader)
+	if key == "" {
+		key = newIdempotencyKey()
+		hd.Set(a.idemHeader, key)
+	}
+	target := r.URL.RequestURI()
+	if p := cleanPath(r.URL.Path); p != r.URL.Path {
+		u := *r.URL
+		u.Path, u.RawPath = p, ""
+		target = u.RequestURI()
+	}
+	return &spool.Message{
+		Route:          rt.Name,
+		Method:         r.Method,
+		Target:         target,
+		Header:         hd,
+		Body:           body,
+		IdempotencyKey: key,
+		TraceParent:    r.Header.Get("Traceparent"),
+		Arrived:        time.Now(),
+	}
+}
+
+// newIdempotencyKey returns 32 random hex digits.
+func newIdempotencyKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// hopByHop are the headers that only concern one connection (RFC 9110
+// section 7.6.1), as httputil.ReverseProxy removes them.
+var hopByHop = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// removeHopByHop deletes the hop-by-hop headers of h and those Connection
+// names.
+func removeHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, k := range hopByHop {
+		delete(h, k)
+	}
+}

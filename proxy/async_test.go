@@ -1,0 +1,385 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/spool"
+)
+
+// asyncRoute is a config with one listener "app" whose only route "ev" is
+// async with the given block (YAML flow mapping body) to UPSTREAM0.
+func asyncRoute(async string) string {
+	return `
+version: 1
+spool: {dir: ./unused}
+upstreams:
+  up: {endpoints: ["UPSTREAM0"]}
+policies:
+  p: {timeout: 5s}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: ev, match: {path_prefix: /}, upstream: up, policy: p, async: {` + async + `}}
+`
+}
+
+// openStore opens a file store in dir, closed when the test ends (after
+// any sidecar started later has shut down).
+func openStore(t *testing.T, dir string, opts spool.FileOptions) *spool.FileStore {
+	t.Helper()
+	st, err := spool.OpenFile(dir, opts)
+	if err != nil {
+		t.Fatalf("OpenFile(%s) = %v", dir, err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// deadUpstream is an upstream address where nothing listens.
+func deadUpstream(t *testing.T) *upstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	u := newUpstream(t, nil)
+	u.URL = "http://" + addr
+	return u
+}
+
+// recorder is an upstream that records each request's path, idempotency
+// key and body, and answers with answer(n) for the n-th request (from 0).
+type recorder struct {
+	*upstream
+	mu   sync.Mutex
+	reqs []recorded
+}
+
+type recorded struct{ path, key, body string }
+
+func newRecorder(t *testing.T, answer func(n int, w http.ResponseWriter)) *recorder {
+	rec := &recorder{}
+	rec.upstream = newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		rec.mu.Lock()
+		n := len(rec.reqs)
+		rec.reqs = append(rec.reqs, recorded{r.URL.RequestURI(), r.Header.Get("Idempotency-Key"), string(b)})
+		rec.mu.Unlock()
+		if answer != nil {
+			answer(n, w)
+		}
+	})
+	return rec
+}
+
+func (r *recorder) got() []recorded {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.reqs)
+}
+
+// waitFor polls cond until it holds, failing the test after 10s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// spooled checks a 202 answer and returns its spool ID.
+func spooled(t *testing.T, resp *http.Response, body string) string {
+	t.Helper()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("status = %d (%s), want 202", resp.StatusCode, body)
+	}
+	var got struct {
+		Spooled bool   `json:"spooled"`
+		ID      string `json:"id"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil || !got.Spooled || got.ID == "" {
+		t.Fatalf("body = %q (%v), want {\"spooled\": true, \"id\": ...}", body, err)
+	}
+	if h := resp.Header.Get(HeaderSpoolID); h != got.ID {
+		t.Fatalf("%s = %q, want the body's id %q", HeaderSpoolID, h, got.ID)
+	}
+	return got.ID
+}
+
+func depth(st spool.Store) int64 { return st.Stats().Total.Pending }
+
+func TestAsyncUpstreamDownSpoolsThenDelivers(t *testing.T) {
+	// The upstream answers 503 three times (the synchronous attempt and
+	// two deliveries), then 200.
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) {
+		if n < 3 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "down")
+		}
+	})
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`spool_on: ["503"], backoff: {base: 1ms, max: 5ms}`), []Option{WithSpool(st)}, rec.upstream)
+
+	resp, body := send(t, "POST", sc.url("/events?x=1"), []byte("payload"))
+	id := spooled(t, resp, body)
+	if strings.Contains(body, "down") {
+		t.Fatalf("the upstream's 503 answer reached the app: %q", body)
+	}
+	waitFor(t, "delivery", func() bool { return len(rec.got()) >= 4 && depth(st) == 0 })
+	got := rec.got()
+	if len(got) != 4 {
+		t.Fatalf("upstream got %d requests, want 4 (1 synchronous, 3 deliveries)", len(got))
+	}
+	for i, r := range got {
+		if r.key == "" || r.key != got[0].key {
+			t.Errorf("request %d Idempotency-Key = %q, want %q on every attempt", i, r.key, got[0].key)
+		}
+		if r.path != "/events?x=1" || r.body != "payload" {
+			t.Errorf("request %d = %s %q, want /events?x=1 \"payload\"", i, r.path, r.body)
+		}
+	}
+	if _, _, err := st.Get(id); err != spool.ErrNotFound {
+		t.Errorf("Get(%s) after delivery = %v, want ErrNotFound (acknowledged)", id, err)
+	}
+}
+
+func TestAsyncConnectErrorSpools(t *testing.T) {
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`backoff: {base: 1h, max: 1h}`), []Option{WithSpool(st)}, deadUpstream(t))
+	resp, body := send(t, "POST", sc.url("/e"), []byte("x"), "Idempotency-Key", "app-key")
+	id := spooled(t, resp, body)
+	if got := resp.Header.Get(HeaderAttempts); got != "1" {
+		t.Errorf("%s = %q, want 1", HeaderAttempts, got)
+	}
+	m, _, err := st.Get(id)
+	if err != nil {
+		t.Fatalf("Get(%s) = %v", id, err)
+	}
+	if m.IdempotencyKey != "app-key" || m.Method != "POST" || m.Target != "/e" || string(m.Body) != "x" {
+		t.Errorf("stored %+v, want POST /e body x with the app's key", m)
+	}
+}
+
+func TestAsyncAlwaysDelivers(t *testing.T) {
+	rec := newRecorder(t, nil)
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always`), []Option{WithSpool(st)}, rec.upstream)
+	resp, body := send(t, "PUT", sc.url("/a"), []byte("one"), "Connection", "X-Drop", "X-Drop", "1", "Sidecar-Debug", "1")
+	id := spooled(t, resp, body)
+	waitFor(t, "delivery", func() bool { return len(rec.got()) == 1 && depth(st) == 0 })
+	if r := rec.got()[0]; r.path != "/a" || r.body != "one" || r.key == "" {
+		t.Errorf("delivered %+v, want /a \"one\" with an idempotency key", r)
+	}
+	last := rec.lastRequest()
+	for _, h := range []string{"X-Drop", "Sidecar-Debug"} {
+		if v := last.Header.Get(h); v != "" {
+			t.Errorf("delivered request has %s: %q, want it removed", h, v)
+		}
+	}
+	_ = id
+}
+
+func TestAsyncFIFOAcrossFailingHead(t *testing.T) {
+	// The first delivery fails with Retry-After: 1; the others succeed.
+	// While the head waits, the later messages must wait too.
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) {
+		if n == 0 {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always`), []Option{WithSpool(st)}, rec.upstream)
+	for _, p := range []string{"/1", "/2", "/3"} {
+		resp, body := send(t, "POST", sc.url(p), nil)
+		spooled(t, resp, body)
+	}
+	waitFor(t, "delivery", func() bool { return len(rec.got()) == 4 && depth(st) == 0 })
+	var paths []string
+	for _, r := range rec.got() {
+		paths = append(paths, r.path)
+	}
+	if want := []string{"/1", "/1", "/2", "/3"}; !slices.Equal(paths, want) {
+		t.Errorf("delivery order = %v, want %v", paths, want)
+	}
+}
+
+func TestAsyncPermanentFailureDeadLetters(t *testing.T) {
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) { w.WriteHeader(http.StatusBadRequest) })
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always, backoff: {base: 1ms, max: 1ms}`), []Option{WithSpool(st)}, rec.upstream)
+	resp, body := send(t, "POST", sc.url("/bad"), []byte("x"))
+	id := spooled(t, resp, body)
+	var dead []spool.Info
+	waitFor(t, "dead letter", func() bool {
+		dead, _ = st.List("ev", spool.Dead, "", 0)
+		return len(dead) == 1
+	})
+	if dead[0].ID != id || dead[0].Attempts != 1 || !strings.Contains(dead[0].DeadReason, "400") {
+		t.Errorf("dead letter = %+v, want %s with 1 attempt and a reason naming 400", dead[0], id)
+	}
+	if n := len(rec.got()); n != 1 {
+		t.Errorf("upstream got %d deliveries, want 1", n)
+	}
+}
+
+func TestAsyncMaxAttemptsDeadLetters(t *testing.T) {
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) { w.WriteHeader(http.StatusBadGateway) })
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always, max_attempts: 3, backoff: {base: 1ms, max: 1ms}`), []Option{WithSpool(st)}, rec.upstream)
+	resp, body := send(t, "POST", sc.url("/x"), nil)
+	spooled(t, resp, body)
+	var dead []spool.Info
+	waitFor(t, "dead letter", func() bool {
+		dead, _ = st.List("ev", spool.Dead, "", 0)
+		return len(dead) == 1
+	})
+	if dead[0].Attempts != 3 || len(rec.got()) != 3 {
+		t.Errorf("dead after %d attempts, %d deliveries; want 3 and 3", dead[0].Attempts, len(rec.got()))
+	}
+}
+
+func TestAsyncOverMaxBody(t *testing.T) {
+	rec := newRecorder(t, nil)
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always, max_body: 10`), []Option{WithSpool(st)}, rec.upstream)
+	tests := []struct {
+		name string
+		body io.Reader
+	}{
+		{"content-length", strings.NewReader("12345678901")},
+		{"chunked", io.MultiReader(strings.NewReader("123456"), strings.NewReader("78901"))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", sc.url("/big"), tt.body)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Header.Get(HeaderOutcome) != "too_large" {
+				t.Errorf("POST 11 bytes = %d %s, want 413 too_large", resp.StatusCode, resp.Header.Get(HeaderOutcome))
+			}
+		})
+	}
+	if s := st.Stats(); s.Appends != 0 || s.Total.Pending != 0 {
+		t.Errorf("store after 413s: %d appends, %d pending; want nothing stored", s.Appends, s.Total.Pending)
+	}
+	resp, body := send(t, "POST", sc.url("/ok"), []byte("1234567890"))
+	spooled(t, resp, body)
+}
+
+func TestAsyncSpoolFull(t *testing.T) {
+	st := openStore(t, t.TempDir(), spool.FileOptions{MaxMessages: 2})
+	sc := startSidecarWith(t, asyncRoute(`when: always, backoff: {base: 1h, max: 1h}`), []Option{WithSpool(st)}, deadUpstream(t))
+	for i := range 2 {
+		resp, body := send(t, "POST", sc.url("/m"), nil)
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("message %d: status %d %s, want 202", i, resp.StatusCode, body)
+		}
+	}
+	resp, body := send(t, "POST", sc.url("/m"), nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderOutcome) != "spool_full" || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("third message = %d %s Retry-After %q (%s), want 503 spool_full with Retry-After",
+			resp.StatusCode, resp.Header.Get(HeaderOutcome), resp.Header.Get("Retry-After"), body)
+	}
+}
+
+func TestAsyncRestartDeliversStored(t *testing.T) {
+	dir := t.TempDir()
+	st1, err := spool.OpenFile(dir, spool.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc1 := startSidecarWith(t, asyncRoute(`when: always, backoff: {base: 1ms, max: 20ms}`), []Option{WithSpool(st1)}, deadUpstream(t))
+	for _, p := range []string{"/1", "/2", "/3"} {
+		resp, body := send(t, "POST", sc1.url(p), []byte(p))
+		spooled(t, resp, body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := sc1.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	if err := st1.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+
+	rec := newRecorder(t, nil)
+	st2 := openStore(t, dir, spool.FileOptions{})
+	if d := depth(st2); d != 3 {
+		t.Fatalf("reopened store holds %d pending, want 3", d)
+	}
+	startSidecarWith(t, asyncRoute(`when: always, backoff: {base: 1ms, max: 20ms}`), []Option{WithSpool(st2)}, rec.upstream)
+	waitFor(t, "delivery after restart", func() bool { return len(rec.got()) == 3 && depth(st2) == 0 })
+	for i, r := range rec.got() {
+		if want := []string{"/1", "/2", "/3"}[i]; r.path != want || r.body != want {
+			t.Errorf("delivery %d = %s %q, want %s", i, r.path, r.body, want)
+		}
+	}
+}
+
+func TestAsyncOrderingNoneDeliversInParallel(t *testing.T) {
+	// Each delivery is held until three are in flight at once: with one
+	// at a time, the first would wait out its 2s and the test would see
+	// a 409 and be dead-lettered instead of delivered.
+	var mu sync.Mutex
+	inFlight := 0
+	all := make(chan struct{})
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) {
+		mu.Lock()
+		inFlight++
+		if inFlight == 3 {
+			close(all)
+		}
+		mu.Unlock()
+		select {
+		case <-all:
+		case <-time.After(2 * time.Second):
+			w.WriteHeader(http.StatusConflict) // permanent: dead-lettered
+		}
+	})
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always, ordering: none, max_in_flight: 3`), []Option{WithSpool(st)}, rec.upstream)
+	for _, p := range []string{"/1", "/2", "/3"} {
+		resp, body := send(t, "POST", sc.url(p), nil)
+		spooled(t, resp, body)
+	}
+	waitFor(t, "deliveries", func() bool { return len(rec.got()) == 3 && depth(st) == 0 })
+	if s := st.Stats(); s.Total.Dead != 0 {
+		t.Errorf("%d dead letters, want 0: deliveries did not run in parallel", s.Total.Dead)
+	}
+}
+
+func TestAsyncTimeoutSpools(t *testing.T) {
+	// The synchronous attempt stalls past the route's timeout; the
+	// delivery that follows is answered.
+	up := newScripted(t, step{stall: make(chan struct{})})
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	cfg := strings.Replace(asyncRoute(`backoff: {base: 1ms, max: 1ms}`), "p: {timeout: 5s}", "p: {timeout: 200ms}", 1)
+	sc := startSidecarWith(t, cfg, []Option{WithSpool(st)}, up.upstream)
+	resp, body := send(t, "POST", sc.url("/slow"), []byte("z"))
+	spooled(t, resp, body)
+	waitFor(t, "delivery", func() bool { return up.count.Load() == 2 && depth(st) == 0 })
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if k0, k1 := up.headers[0].Get("Idempotency-Key"), up.headers[1].Get("Idempotency-Key"); k0 == "" || k0 != k1 {
+		t.Errorf("Idempotency-Key on the attempt and the delivery = %q, %q; want one key on both", k0, k1)
+	}
+}

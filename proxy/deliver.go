@@ -1,0 +1,300 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/policy"
+	"github.com/sidecar-proxy/sidecar/spool"
+)
+
+// maxIdle bounds how long a deliverer sleeps without looking at the store:
+// a message made due by something other than an append (a replay, the
+// clock) is found within it.
+const maxIdle = time.Second
+
+// farFuture makes spool.Next return a route's head whatever its due time.
+var farFuture = time.Unix(0, math.MaxInt64)
+
+// deliverer delivers one async route's spooled messages through the
+// route's attempt loop (breakers, retries and deadlines apply), in the
+// background. With ordering fifo one message is in flight and the head of
+// the route blocks the rest until it is settled; with ordering none up to
+// max_in_flight deliveries run at once, in any order.
+//
+// A delivery answered 2xx is acknowledged. 408, 429, 5xx and failures
+// without an answer (connect_error, reset, timeout, breaker_open) are
+// retried later: after the answer's Retry-After if it has one, else a
+// full-jitter back-off min(max, base*2^attempts) from async.backoff.
+// Other answers are permanent: the message is dead-lettered at once, as it
+// is when max_attempts deliveries failed or it is older than max_age.
+type deliverer struct {
+	route string
+	store spool.Store
+	snap  func() *Snapshot // the current snapshot: the route is looked up per delivery
+	log   *slog.Logger
+	wake  chan struct{}
+	stop  chan struct{} // closed by Shutdown: start no more deliveries
+	ctx   context.Context
+	wg    sync.WaitGroup // deliveries in flight (ordering none)
+	slots chan struct{}  // one per delivery in flight (ordering none)
+}
+
+// run is the deliverer's loop; it returns once stop is closed and its
+// deliveries have ended.
+func (d *deliverer) run() {
+	defer d.wg.Wait()
+	for !d.stopped() {
+		rt := d.snap().routes[d.route]
+		if rt == nil || rt.async == nil {
+			d.idle(maxIdle)
+			continue
+		}
+		if rt.async.fifo {
+			d.fifoStep()
+		} else {
+			d.parallelStep(rt.async.maxInFlight)
+		}
+	}
+}
+
+func (d *deliverer) stopped() bool {
+	select {
+	case <-d.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// idle waits up to wait for an append, or until stop.
+func (d *deliverer) idle(wait time.Duration) {
+	t := time.NewTimer(min(max(wait, time.Millisecond), maxIdle))
+	defer t.Stop()
+	select {
+	case <-d.wake:
+	case <-t.C:
+	case <-d.stop:
+	}
+}
+
+// sleep waits for wait (at most maxIdle), or until stop; appends do not
+// end it.
+func (d *deliverer) sleep(wait time.Duration) {
+	t := time.NewTimer(min(max(wait, time.Millisecond), maxIdle))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-d.stop:
+	}
+}
+
+// fifoStep delivers the route's head message if it is due. spool.Next
+// skips a head that is not due yet, so the head is leased whatever its due
+// time (farFuture) and held until it is due: later messages wait.
+func (d *deliverer) fifoStep() {
+	m, ok, err := d.store.Next(d.route, farFuture)
+	if !d.nextOK(err) || !ok {
+		d.idle(maxIdle)
+		return
+	}
+	for {
+		_, info, err := d.store.Get(m.ID)
+		if err != nil {
+			// Deleted while held (look again), damaged on disk since
+			// (dead-lettered by nextOK), or the store closed.
+			if !errors.Is(err, spool.ErrNotFound) && !d.nextOK(err) {
+				d.sleep(maxIdle)
+			}
+			return
+		}
+		wait := time.Until(info.NextAttempt)
+		if wait <= 0 {
+			break
+		}
+		d.sleep(wait)
+		if d.stopped() {
+			return // the lease is not durable: the message is pending at reopen
+		}
+	}
+	d.deliver(m)
+}
+
+// parallelStep starts one delivery of a due message once fewer than
+// limit are running (ordering none), or waits for an append when none is
+// due. Next skips leased messages, so no message is delivered twice at
+// once.
+func (d *deliverer) parallelStep(limit int) {
+	if d.slots == nil {
+		d.slots = make(chan struct{}, limit) // fixed for the deliverer's life
+	}
+	select {
+	case d.slots <- struct{}{}:
+	case <-d.stop:
+		return
+	}
+	m, ok, err := d.store.Next(d.route, time.Now())
+	if !d.nextOK(err) || !ok {
+		<-d.slots
+		d.idle(maxIdle)
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer func() { <-d.slots }()
+		d.deliver(m)
+	}()
+}
+
+// nextOK handles an error of Next: a damaged message is dead-lettered.
+func (d *deliverer) nextOK(err error) bool {
+	if err == nil {
+		return true
+	}
+	var de *spool.DamagedError
+	if errors.As(err, &de) {
+		d.log.Error("spool: message damaged on disk; dead-lettered", "route", d.route, "id", de.ID, "error", err)
+		if err := d.store.DeadLetter(de.ID, "damaged on disk"); err != nil {
+			d.log.Warn("spool: dead-letter failed", "route", d.route, "id", de.ID, "error", err)
+		}
+		return false
+	}
+	if !errors.Is(err, spool.ErrClosed) {
+		d.log.Warn("spool: next failed", "route", d.route, "error", err)
+	}
+	return false
+}
+
+// deliver makes one delivery of m and settles it in the store.
+func (d *deliverer) deliver(m *spool.Message) {
+	rt := d.snap().routes[d.route]
+	if rt == nil || rt.async == nil {
+		d.settle(m, retryLater, 0, "", 0)
+		return
+	}
+	a := rt.async
+	if a.maxAge > 0 && time.Since(m.Arrived) > a.maxAge {
+		d.settle(m, deadLetter, 0, "max_age "+a.maxAge.String()+" passed", 0)
+		return
+	}
+	status, retryAfter, outcome := d.attempt(rt, m)
+	if outcome == policy.Canceled {
+		return // shutting down: the message stays pending
+	}
+	switch {
+	case outcome == policy.OK && status >= 200 && status < 300:
+		if err := d.store.Ack(m.ID); err != nil && !errors.Is(err, spool.ErrNotFound) {
+			d.log.Warn("spool: ack failed; the message may be delivered again", "route", d.route, "id", m.ID, "error", err)
+		}
+		return
+	case outcome == policy.OK || outcome == policy.Status:
+		if !(status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500) {
+			d.settle(m, deadLetter, 1, "upstream answered "+strconv.Itoa(status), 0)
+			return
+		}
+	case outcome == policy.BadRequest:
+		d.settle(m, deadLetter, 1, "bad request", 0)
+		return
+	}
+	if a.maxAttempts > 0 && m.Attempts+1 >= a.maxAttempts {
+		d.settle(m, deadLetter, 1, "max_attempts "+strconv.Itoa(a.maxAttempts)+" reached", 0)
+		return
+	}
+	wait := retryAfter
+	if wait <= 0 {
+		wait = a.backoff.Delay(m.Attempts, nil)
+	}
+	d.settle(m, retryLater, 1, "", wait)
+}
+
+const (
+	retryLater = iota
+	deadLetter
+)
+
+// settle records the end of a delivery of m: made adds to its attempts;
+// retryLater makes it due after wait, deadLetter moves it to the dead
+// letters with reason.
+func (d *deliverer) settle(m *spool.Message, how, made int, reason string, wait time.Duration) {
+	attempts := m.Attempts + made
+	var err error
+	switch how {
+	case retryLater:
+		err = d.store.RetryLater(m.ID, time.Now().Add(wait), attempts)
+	case deadLetter:
+		if made > 0 {
+			// Record the attempt count first, then the dead state. The
+			// message is not due in between, so no other delivery takes
+			// it; a crash in between leaves it pending, due in a minute.
+			err = d.store.RetryLater(m.ID, time.Now().Add(time.Minute), attempts)
+		}
+		if err == nil {
+			err = d.store.DeadLetter(m.ID, reason)
+		}
+		if err == nil {
+			d.log.Warn("spool: message dead-lettered", "route", d.route, "id", m.ID, "attempts", attempts, "reason", reason)
+		}
+	}
+	if err != nil && !errors.Is(err, spool.ErrNotFound) {
+		d.log.Warn("spool: cannot record a delivery", "route", d.route, "id", m.ID, "error", err)
+	}
+}
+
+// attempt sends m through the route's attempt loop and reads the answer.
+// It returns the answer's status and Retry-After, and the outcome: OK or
+// Status with an answer, else how the attempt loop failed.
+func (d *deliverer) attempt(rt *Route, m *spool.Message) (int, time.Duration, policy.Outcome) {
+	ep := rt.Pool.Endpoints[0].URL
+	req, err := http.NewRequestWithContext(d.ctx, m.Method, ep.Scheme+"://"+ep.Host+m.Target, nil)
+	if err != nil {
+		return 0, 0, policy.BadRequest
+	}
+	req.Header = m.Header.Clone()
+	if req.Header == nil {
+		req.Header = http.Header{}
+	}
+	if h := req.Header.Get("Host"); h != "" {
+		req.Host = h
+		req.Header.Del("Host")
+	}
+	req.Header.Set(rt.async.idemHeader, m.IdempotencyKey)
+	if m.TraceParent != "" && req.Header.Get("Traceparent") == "" {
+		req.Header.Set("Traceparent", m.TraceParent)
+	}
+	req.ContentLength = int64(len(m.Body))
+	if len(m.Body) > 0 {
+		req.Body = io.NopCloser(bytes.NewReader(m.Body))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(m.Body)), nil }
+	}
+	resp, err := (&attempter{route: rt}).RoundTrip(req)
+	if err != nil {
+		var ue *UpstreamError
+		if errors.As(err, &ue) {
+			return 0, ue.RetryAfter, ue.Outcome
+		}
+		if d.ctx.Err() != nil {
+			return 0, 0, policy.Canceled
+		}
+		return 0, 0, policy.Reset
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	var ra time.Duration
+	if v, ok := policy.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+		ra = v
+	}
+	outcome := policy.OK
+	if resp.StatusCode >= 400 {
+		outcome = policy.Status
+	}
+	return resp.StatusCode, ra, outcome
+}

@@ -1,10 +1,13 @@
 // Package admin serves the sidecar's admin API on a loopback listener:
 // health and readiness, the effective configuration (secrets redacted),
-// the routes with their live figures and the spool's depth.
+// the routes with their live figures, the spool's depth and its messages
+// (list, show, replay, delete, purge). Mutating calls (POST, DELETE) need
+// "Authorization: Bearer <token>" when the Server has a token (WithToken).
 package admin
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -36,11 +39,32 @@ type Server struct {
 	ready atomic.Bool
 	srv   *http.Server
 	ln    net.Listener
+	// tokenSum is the SHA-256 of the admin token; zero when there is none.
+	tokenSum [sha256.Size]byte
+	hasToken bool
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithToken makes mutating calls (POST, DELETE) require
+// "Authorization: Bearer <token>". An empty token requires nothing. The
+// Server keeps only the token's SHA-256 and never logs it.
+func WithToken(token string) Option {
+	return func(s *Server) {
+		if token != "" {
+			s.tokenSum = sha256.Sum256([]byte(token))
+			s.hasToken = true
+		}
+	}
 }
 
 // New returns an admin Server for src. It is not ready until SetReady(true).
-func New(src Source, logger *slog.Logger) *Server {
+func New(src Source, logger *slog.Logger, opts ...Option) *Server {
 	s := &Server{src: src, log: logger}
+	for _, o := range opts {
+		o(s)
+	}
 	s.srv = &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -49,6 +73,9 @@ func New(src Source, logger *slog.Logger) *Server {
 	}
 	return s
 }
+
+// TokenRequired reports whether mutating calls need a bearer token.
+func (s *Server) TokenRequired() bool { return s.hasToken }
 
 // SetReady sets what /readyz reports.
 func (s *Server) SetReady(ready bool) { s.ready.Store(ready) }
@@ -99,6 +126,11 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"routes": routes(s.src.Snapshot())})
 	})
 	mux.HandleFunc("GET /v1/spool", s.spoolStats)
+	mux.HandleFunc("GET /v1/spool/messages", s.spoolList)
+	mux.HandleFunc("GET /v1/spool/messages/{id}", s.spoolShow)
+	mux.Handle("POST /v1/spool/messages/{id}/replay", s.authorized(s.spoolReplay))
+	mux.Handle("DELETE /v1/spool/messages/{id}", s.authorized(s.spoolDelete))
+	mux.Handle("POST /v1/spool/purge", s.authorized(s.spoolPurge))
 	return loopbackOnly(mux)
 }
 
@@ -184,12 +216,8 @@ func newSpoolRouteView(rs spool.RouteStats, now time.Time) spoolRouteView {
 // spoolStats serves GET /v1/spool: per route (every async route, and any
 // other route with stored messages) and in total, with the store's health.
 func (s *Server) spoolStats(w http.ResponseWriter, r *http.Request) {
-	var st spool.Store
-	if ss, ok := s.src.(SpoolSource); ok {
-		st = ss.Spool()
-	}
+	st := s.store(w)
 	if st == nil {
-		writeJSON(w, http.StatusNotFound, map[string]any{"error": "no spool: no route is async"})
 		return
 	}
 	stats := st.Stats()

@@ -6,10 +6,12 @@
 //
 //	sidecar run      -config sidecar.yaml   # the main job
 //	sidecar validate -config sidecar.yaml   # exit 0, or print every error and exit 1
+//	sidecar spool stats|list|show ID|replay ID|delete ID|purge [-dead] [-admin 127.0.0.1:9901]
 //	sidecar version
 //
 // Exit codes: 0 success; 1 invalid configuration; 2 bad usage; 3 the
-// sidecar could not start or stopped on an error.
+// sidecar could not start or stopped on an error. For "sidecar spool": 1
+// the admin API answered an error, 3 it could not be reached.
 package main
 
 import (
@@ -52,6 +54,10 @@ func main() {
 const usage = `usage:
   sidecar run      -config FILE [-log-format text|json] [-log-level debug|info|warn|error]
   sidecar validate -config FILE
+  sidecar spool    stats|list|show ID|replay ID|delete ID|purge [-dead]
+                   [-admin 127.0.0.1:9901] [-route NAME] [-state pending|dead]
+                   [-after ID] [-limit N] [-token-env SIDECAR_ADMIN_TOKEN]
+                   (flags may also follow the subcommand and its ID)
   sidecar version
 `
 
@@ -61,6 +67,9 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		return exitUsage
 	}
 	cmd, args := args[0], args[1:]
+	if cmd == "spool" {
+		return runSpool(args, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("sidecar "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", defaultConfig, "configuration file")
@@ -146,7 +155,12 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
 		opts = append(opts, proxy.WithSpool(store))
 	}
 	srv := proxy.NewServer(snap, logger, opts...)
-	adm := admin.New(srv, logger)
+	// The token is read once, at start; only its hash is kept.
+	token := ""
+	if cfg.Admin.TokenEnv != "" {
+		token = os.Getenv(cfg.Admin.TokenEnv)
+	}
+	adm := admin.New(srv, logger, admin.WithToken(token))
 	if err := adm.Listen(cfg.Admin.Address); err != nil {
 		logger.Error("cannot bind the admin listener", "error", err)
 		return exitFailure
@@ -164,7 +178,7 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
 	for _, l := range snap.Listeners {
 		addrs = append(addrs, l.Name+"="+bound[l.Name].String())
 	}
-	logger.Info("sidecar started", "version", buildVersion(), "listeners", strings.Join(addrs, ","), "admin", adm.Addr().String())
+	logger.Info("sidecar started", "version", buildVersion(), "listeners", strings.Join(addrs, ","), "admin", adm.Addr().String(), "admin_token_required", adm.TokenRequired())
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {

@@ -55,8 +55,9 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 COMMAND="ROUNDS=$ROUNDS DURATION=$DURATION RATE=$RATE LAT_DURATION=$LAT_DURATION WARMUP=$WARMUP CONNS=$CONNS LAT_CONNS=$LAT_CONNS SIZE=$SIZE WAIT_QUIET=$WAIT_QUIET bench/http1.sh"
 
-log() { printf '[http1] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=http1
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$BENCH_DIR/lib.sh"
 
 target_port() {
 	case $1 in
@@ -72,120 +73,10 @@ target_port() {
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
-	local missing=() pkg
-	command -v wrk >/dev/null || missing+=(wrk)
-	command -v haproxy >/dev/null || missing+=(haproxy)
-	command -v nginx >/dev/null || missing+=(nginx)
-	command -v curl >/dev/null || missing+=(curl)
-	command -v taskset >/dev/null || missing+=(util-linux)
-	command -v go >/dev/null || die "go is not on PATH"
-	[ ${#missing[@]} -eq 0 ] && return 0
-	log "installing missing packages: ${missing[*]}"
-	[ "$(id -u)" -eq 0 ] || die "need root to apt-get install ${missing[*]}"
-	# Keep the Debian packages from starting nginx/haproxy as system
-	# services during the install; this script runs its own instances.
-	local policy=/usr/sbin/policy-rc.d made_policy=0
-	if [ ! -e "$policy" ]; then
-		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
-	fi
-	local rc=0
-	{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"; } >&2 || rc=$?
-	[ "$made_policy" -eq 1 ] && rm -f "$policy"
-	[ "$rc" -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc)"
-	for pkg in wrk haproxy nginx curl taskset; do
-		command -v "$pkg" >/dev/null || die "$pkg still missing after install"
-	done
+	ensure_packages wrk:wrk haproxy:haproxy nginx:nginx curl:curl taskset:util-linux
 }
 
-# ---------------------------------------------------------------- processes
-PIDS=()
-TMP=""
-STATUS=0
-cleanup() {
-	STATUS=${STATUS:-$?}
-	local pid
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	if [ -n "$TMP" ] && [ -d "$TMP" ]; then
-		if [ "$KEEP_TMP" = 1 ] || [ "$STATUS" -ne 0 ]; then
-			log "temp dir kept: $TMP"
-		else
-			rm -rf "$TMP"
-		fi
-	fi
-}
-trap 'STATUS=$?; cleanup' EXIT
-trap 'STATUS=130; exit 130' INT TERM
-
-# start NAME CPU CMD... : run CMD pinned to CPU in the background; sets $STARTED.
-start() {
-	local name=$1 cpu=$2
-	shift 2
-	taskset -c "$cpu" "$@" >>"$TMP/log/$name.log" 2>&1 &
-	STARTED=$!
-	PIDS+=("$STARTED")
-}
-
-stop() {
-	local pid=$1
-	kill "$pid" 2>/dev/null || true
-	for _ in $(seq 1 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -9 "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	local keep=() p
-	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-	PIDS=("${keep[@]+"${keep[@]}"}")
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-# wait_200 URL PID NAME: wait up to 15 s for URL to answer 200; returns 1
-# (after showing the end of NAME's log) if it does not or NAME exits.
-wait_200() {
-	local url=$1 pid=$2 name=$3 code=""
-	for _ in $(seq 1 150); do
-		if ! kill -0 "$pid" 2>/dev/null; then
-			tail -20 "$TMP/log/$name.log" >&2
-			log "$name exited during startup"
-			return 1
-		fi
-		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-		[ "$code" = 200 ] && return 0
-		sleep 0.1
-	done
-	tail -20 "$TMP/log/$name.log" >&2
-	log "$name: $url did not answer 200 within 15 s (last: $code)"
-	return 1
-}
-
-# ---------------------------------------------------------------- measuring
-CLK_TCK=$(getconf CLK_TCK)
-
-cpu_ticks() { # utime+stime of PID, in clock ticks
-	local stat rest
-	stat=$(cat "/proc/$1/stat")
-	rest=${stat##*) }
-	# shellcheck disable=SC2086
-	set -- $rest
-	echo $((${12} + ${13}))
-}
-
-core_ticks() { # "busy total" ticks of one core from /proc/stat
-	awk -v c="cpu$1" '$1 == c {b=$2+$3+$4+$7+$8+$9; print b, b+$5+$6; exit}' /proc/stat
-}
-
-rss_mib() { awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
-
-median() { # median of the numbers in FILE (mean of the middle two if even)
-	sort -g "$1" | awk '{v[NR]=$1} END {if (NR==0) {print "n/a"; exit} if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
-}
+# Process handling (start, stop, traps), /proc readers and medians: lib.sh.
 
 render() { # render TEMPLATE OUT NAME PORT
 	sed -e "s|@LISTEN@|$HOST:$4|g" -e "s|@UPSTREAM@|$HOST:$UP_PORT|g" \
@@ -202,22 +93,6 @@ target_cmd() {
 	haproxy) echo "haproxy -db -f $TMP/haproxy.cfg" ;;
 	nginx) echo "nginx -p $TMP/nginx/ -c $TMP/nginx.conf -e stderr" ;;
 	esac
-}
-
-# wait_quiet: wait up to WAIT_QUIET s for the machine to be quiet.
-wait_quiet() {
-	local waited=0 load
-	[ "$WAIT_QUIET" -gt 0 ] || return 0
-	while :; do
-		load=$(background_load)
-		[ "$load" -le 10 ] && return 0
-		waited=$((waited + 1))
-		if [ "$waited" -ge "$WAIT_QUIET" ]; then
-			log "machine still busy (${load}% of a core) after ${WAIT_QUIET}s; measuring anyway"
-			return 0
-		fi
-		[ "$waited" -eq 1 ] && log "waiting for the machine to be quiet (${load}% of a core busy)"
-	done
 }
 
 # measure NAME ROUND
@@ -313,23 +188,9 @@ measure() {
 	log "$name round $round: rps $rps, p50 ${p50}µs, p99 ${p99}µs"
 }
 
-# background_load: % of one core used by the whole machine over 1 s.
-background_load() {
-	local a b
-	a=$(awk '$1 == "cpu" {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat)
-	sleep 1
-	b=$(awk '$1 == "cpu" {print $2+$3+$4+$7+$8+$9; exit}' /proc/stat)
-	echo $(((b - a) * 100 / CLK_TCK))
-}
-
 # ---------------------------------------------------------------- main
 ensure_tools
-BG_LOAD=$(background_load)
-if [ "$BG_LOAD" -gt 10 ]; then
-	log "WARNING: the machine is not quiet: ${BG_LOAD}% of a core busy before the run; results will be disturbed"
-	ps -eo pid,pcpu,comm --sort=-pcpu | head -5 >&2
-fi
-[ "$(nproc)" -ge 2 ] || log "WARNING: fewer than 2 cores; load generator and proxy will share a core"
+check_quiet_start
 
 TMP=$(mktemp -d /tmp/sidecar-bench.XXXXXX)
 mkdir -p "$TMP/bin" "$TMP/log" "$TMP/res" "$TMP/nginx"
@@ -376,10 +237,6 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # ---------------------------------------------------------------- report
-med() { [ -s "$TMP/res/$1.$2" ] && median "$TMP/res/$1.$2" || echo "n/a"; }
-fmt() { awk -v v="$1" -v f="$2" 'BEGIN {if (v == "n/a" || v == "") print "—"; else printf f, v}'; }
-sub_() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "n/a" || b == "n/a") print "n/a"; else print a - b}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.2f", a / b}'; }
 
 REPORT="$TMP/report.md"
 {

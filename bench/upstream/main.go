@@ -2,6 +2,9 @@
 // request with a fixed body of -size bytes (64 by default) and status 200.
 //
 //	go run ./bench/upstream -addr 127.0.0.1:18080 -size 64
+//
+// With -h2c it also serves HTTP/2 with prior knowledge (cleartext) on the
+// same port, for bench/h2.sh's direct h2load run.
 package main
 
 import (
@@ -18,6 +21,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:18080", "listen address")
 	size := flag.Int("size", 64, "response body size in bytes")
+	h2c := flag.Bool("h2c", false, "also serve HTTP/2 with prior knowledge (h2c)")
 	flag.Parse()
 
 	if *size < 0 {
@@ -47,6 +51,12 @@ func main() {
 		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
+	}
+	if *h2c {
+		p := new(http.Protocols)
+		p.SetHTTP1(true)
+		p.SetUnencryptedHTTP2(true)
+		srv.Protocols = p
 	}
 	log.Printf("upstream: listening on %s, body %d bytes", ln.Addr(), len(body))
 	log.Fatal(srv.Serve(ln))

@@ -88,8 +88,9 @@ func parseState(v, def string) (spool.State, bool) {
 	return 0, false
 }
 
-// infoView is a message's metadata as JSON.
-type infoView struct {
+// MessageInfo is a spooled message's metadata as the admin API shows it
+// in JSON; the CLI decodes the same type.
+type MessageInfo struct {
 	ID          string `json:"id"`
 	Route       string `json:"route"`
 	State       string `json:"state"`
@@ -101,8 +102,8 @@ type infoView struct {
 	DeadReason  string `json:"dead_reason,omitempty"`
 }
 
-func newInfoView(in spool.Info) infoView {
-	v := infoView{
+func newInfoView(in spool.Info) MessageInfo {
+	v := MessageInfo{
 		ID:         in.ID,
 		Route:      in.Route,
 		State:      in.State.String(),
@@ -146,7 +147,7 @@ func (s *Server) spoolList(w http.ResponseWriter, r *http.Request) {
 		writeStoreError(w, err)
 		return
 	}
-	msgs := make([]infoView, 0, len(infos))
+	msgs := make([]MessageInfo, 0, len(infos))
 	for _, in := range infos {
 		msgs = append(msgs, newInfoView(in))
 	}
@@ -210,7 +211,7 @@ func (s *Server) spoolShow(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, struct {
-		infoView
+		MessageInfo
 		Message messageView `json:"message"`
 	}{newInfoView(in), newMessageView(m)})
 }

@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/admin"
 	"github.com/sidecar-proxy/sidecar/config"
 )
 
@@ -274,17 +275,8 @@ func (c *spoolCmd) list() int {
 		q.Set("after", c.after)
 	}
 	var v struct {
-		Messages []struct {
-			ID          string `json:"id"`
-			Route       string `json:"route"`
-			State       string `json:"state"`
-			Size        int64  `json:"size"`
-			Arrived     string `json:"arrived"`
-			Attempts    int    `json:"attempts"`
-			NextAttempt string `json:"next_attempt"`
-			DeadReason  string `json:"dead_reason"`
-		} `json:"messages"`
-		NextAfter string `json:"next_after"`
+		Messages  []admin.MessageInfo `json:"messages"`
+		NextAfter string              `json:"next_after"`
 	}
 	if _, err := c.call("GET", "/v1/spool/messages?"+q.Encode(), false, &v); err != nil {
 		return c.fail(err)

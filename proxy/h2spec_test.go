@@ -36,7 +36,7 @@ func TestH2Spec(t *testing.T) {
 		t.Skip("h2spec not on PATH; go install github.com/summerwind/h2spec/cmd/h2spec@latest to run it")
 	}
 	if testing.Short() {
-		t.Skip("h2spec takes about 10s; skipped in -short mode")
+		t.Skip("h2spec takes about 20s; skipped in -short mode")
 	}
 	up := newUpstream(t, nil)
 	cfg := strings.Replace(oneRoute("{timeout: 5s}"), "address: 127.0.0.1:0", "address: 127.0.0.1:0\n    protocol: h2c", 1)
@@ -45,7 +45,7 @@ func TestH2Spec(t *testing.T) {
 	report := filepath.Join(t.TempDir(), "h2spec.xml")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, _ := exec.CommandContext(ctx, bin, "-h", host, "-p", port, "-o", "1", "-j", report).CombinedOutput()
+	out, _ := exec.CommandContext(ctx, bin, "-h", host, "-p", port, "-o", "3", "-j", report).CombinedOutput()
 	if i := strings.LastIndex(string(out), "Finished in"); i >= 0 {
 		t.Logf("h2spec: %s", strings.TrimSpace(string(out[i:])))
 	}

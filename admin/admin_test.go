@@ -4,15 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/proxy"
+	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -22,7 +21,7 @@ func (f fixedSource) Snapshot() *proxy.Snapshot { return f.snap }
 
 func newTestAdmin(t *testing.T) (*Server, *httptest.Server) {
 	t.Helper()
-	cfg, err := config.Parse("a.yaml", []byte(`
+	snap := proxytest.Snapshot(t, `
 version: 1
 spool: {jetstream: {password: hunter2}}
 upstreams:
@@ -34,15 +33,8 @@ listeners:
     address: 127.0.0.1:0
     routes:
       - {name: reads, match: {path_prefix: /items, methods: [GET], headers: {authorization: Bearer-secret}}, upstream: inv}
-`), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	snap, err := proxy.Build(cfg, nil, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
+	logger := proxytest.Discard
 	s := New(fixedSource{snap}, logger)
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
@@ -171,7 +163,7 @@ type spoolSource struct {
 func (s spoolSource) Spool() spool.Store { return s.st }
 
 func TestSpoolStats(t *testing.T) {
-	cfg, err := config.Parse("a.yaml", []byte(`
+	snap := proxytest.Snapshot(t, `
 version: 1
 spool: {dir: ./unused}
 upstreams:
@@ -182,15 +174,8 @@ listeners:
     routes:
       - {name: ev, match: {path_prefix: /ev}, upstream: up, async: {}}
       - {name: idle, match: {path_prefix: /idle}, upstream: up, async: {}}
-`), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	snap, err := proxy.Build(cfg, nil, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
+	logger := proxytest.Discard
 	st, err := spool.OpenFile(t.TempDir(), spool.FileOptions{})
 	if err != nil {
 		t.Fatal(err)

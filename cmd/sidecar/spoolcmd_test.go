@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"regexp"
@@ -16,6 +14,7 @@ import (
 	"github.com/sidecar-proxy/sidecar/admin"
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/proxy"
+	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -36,7 +35,7 @@ const spoolCmdTokenEnv = "SIDECAR_SPOOLCMD_TEST_TOKEN"
 // and the IDs in order.
 func spoolCmdAdmin(t *testing.T, token string) (string, spool.Store, []string) {
 	t.Helper()
-	cfg, err := config.Parse("a.yaml", []byte(`
+	snap := proxytest.Snapshot(t, `
 version: 1
 spool: {dir: ./unused}
 upstreams:
@@ -47,15 +46,8 @@ listeners:
     routes:
       - {name: ev, match: {path_prefix: /ev}, upstream: up, async: {}}
       - {name: other, match: {path_prefix: /other}, upstream: up, async: {}}
-`), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	snap, err := proxy.Build(cfg, nil, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
+	logger := proxytest.Discard
 	st, err := spool.OpenFile(t.TempDir(), spool.FileOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -286,15 +278,8 @@ func TestSpoolCLIUnreachableAndUsage(t *testing.T) {
 // spoolCmdNoSpool starts an admin API whose source has no spool.
 func spoolCmdNoSpool(t *testing.T) (*admin.Server, string) {
 	t.Helper()
-	cfg, err := config.Parse("a.yaml", []byte("version: 1\nupstreams:\n  up: {endpoints: [\"http://127.0.0.1:8080\"]}\nlisteners:\n  - {name: app, address: \"127.0.0.1:0\", routes: [{name: r, upstream: up}]}\n"), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	snap, err := proxy.Build(cfg, nil, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := proxytest.Snapshot(t, "version: 1\nupstreams:\n  up: {endpoints: [\"http://127.0.0.1:8080\"]}\nlisteners:\n  - {name: app, address: \"127.0.0.1:0\", routes: [{name: r, upstream: up}]}\n")
+	logger := proxytest.Discard
 	adm := admin.New(spoolCmdSource{snap, nil}, logger)
 	if err := adm.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/policy"
@@ -46,6 +47,66 @@ type deliverer struct {
 	ctx   context.Context
 	wg    sync.WaitGroup // deliveries in flight (ordering none)
 	slots chan struct{}  // one per delivery in flight (ordering none)
+
+	// Figures for Server.Deliveries, read without locks.
+	delivered, retried, dead atomic.Int64
+	head                     atomic.Pointer[HeadStatus] // fifo: the held head; nil when none
+}
+
+// DeliveryStatus is a snapshot of one async route's deliverer. The counts
+// are since the Server started.
+type DeliveryStatus struct {
+	// Delivered counts deliveries the upstream answered 2xx.
+	Delivered int64
+	// Retried counts failed deliveries made due again later.
+	Retried int64
+	// DeadLettered counts messages the deliverer moved to the dead
+	// letters: permanent answers, max_attempts, max_age, damaged records.
+	DeadLettered int64
+	// Head is the message at the head of an ordering fifo route while the
+	// deliverer holds it; nil when none is held or the route is not fifo.
+	Head *HeadStatus
+}
+
+// HeadStatus is the head message of an ordering fifo route, which every
+// later message of the route waits behind.
+type HeadStatus struct {
+	// ID is the message's ID.
+	ID string
+	// Attempts is the number of delivery attempts made so far.
+	Attempts int
+	// NextAttempt is when the message is due; zero means now.
+	NextAttempt time.Time
+	// Blocked reports that a delivery of the message has failed and it
+	// waits for its retry (or is being retried): the route is stuck
+	// behind it until it is delivered or dead-lettered.
+	Blocked bool
+}
+
+// status returns the deliverer's figures.
+func (d *deliverer) status() DeliveryStatus {
+	return DeliveryStatus{
+		Delivered:    d.delivered.Load(),
+		Retried:      d.retried.Load(),
+		DeadLettered: d.dead.Load(),
+		Head:         d.head.Load(),
+	}
+}
+
+// setHead publishes the held head of a fifo route; a nil info clears it.
+func (d *deliverer) setHead(info *spool.Info) {
+	if info == nil {
+		d.head.Store(nil)
+		return
+	}
+	d.head.Store(&HeadStatus{
+		ID:          info.ID,
+		Attempts:    info.Attempts,
+		NextAttempt: info.NextAttempt,
+		// Only RetryLater sets a due time, so one is set once a
+		// delivery has failed; Replay clears it.
+		Blocked: !info.NextAttempt.IsZero(),
+	})
 }
 
 // run is the deliverer's loop; it returns once stop is closed and its
@@ -103,6 +164,7 @@ func (d *deliverer) sleep(wait time.Duration) {
 func (d *deliverer) fifoStep() {
 	m, ok, err := d.store.Next(d.route, farFuture)
 	if !d.nextOK(err) || !ok {
+		d.setHead(nil)
 		d.idle(maxIdle)
 		return
 	}
@@ -111,11 +173,13 @@ func (d *deliverer) fifoStep() {
 		if err != nil {
 			// Deleted while held (look again), damaged on disk since
 			// (dead-lettered by nextOK), or the store closed.
+			d.setHead(nil)
 			if !errors.Is(err, spool.ErrNotFound) && !d.nextOK(err) {
 				d.sleep(maxIdle)
 			}
 			return
 		}
+		d.setHead(&info)
 		wait := time.Until(info.NextAttempt)
 		if wait <= 0 {
 			break
@@ -125,7 +189,9 @@ func (d *deliverer) fifoStep() {
 			return // the lease is not durable: the message is pending at reopen
 		}
 	}
-	d.deliver(m)
+	if d.deliver(m) {
+		d.setHead(nil)
+	}
 }
 
 // parallelStep starts one delivery of a due message once fewer than
@@ -165,6 +231,8 @@ func (d *deliverer) nextOK(err error) bool {
 		d.log.Error("spool: message damaged on disk; dead-lettered", "route", d.route, "id", de.ID, "error", err)
 		if err := d.store.DeadLetter(de.ID, "damaged on disk"); err != nil {
 			d.log.Warn("spool: dead-letter failed", "route", d.route, "id", de.ID, "error", err)
+		} else {
+			d.dead.Add(1)
 		}
 		return false
 	}
@@ -174,46 +242,49 @@ func (d *deliverer) nextOK(err error) bool {
 	return false
 }
 
-// deliver makes one delivery of m and settles it in the store.
-func (d *deliverer) deliver(m *spool.Message) {
+// deliver makes one delivery of m and settles it in the store. It
+// reports whether m left the pending messages: delivered or dead-lettered.
+func (d *deliverer) deliver(m *spool.Message) (settled bool) {
 	rt := d.snap().routes[d.route]
 	if rt == nil || rt.async == nil {
 		d.settle(m, retryLater, 0, "", 0)
-		return
+		return false
 	}
 	a := rt.async
 	if a.maxAge > 0 && time.Since(m.Arrived) > a.maxAge {
 		d.settle(m, deadLetter, 0, "max_age "+a.maxAge.String()+" passed", 0)
-		return
+		return true
 	}
 	status, retryAfter, outcome := d.attempt(rt, m)
 	if outcome == policy.Canceled {
-		return // shutting down: the message stays pending
+		return false // shutting down: the message stays pending
 	}
 	switch {
 	case outcome == policy.OK && status >= 200 && status < 300:
+		d.delivered.Add(1)
 		if err := d.store.Ack(m.ID); err != nil && !errors.Is(err, spool.ErrNotFound) {
 			d.log.Warn("spool: ack failed; the message may be delivered again", "route", d.route, "id", m.ID, "error", err)
 		}
-		return
+		return true
 	case outcome == policy.OK || outcome == policy.Status:
 		if !(status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500) {
 			d.settle(m, deadLetter, 1, "upstream answered "+strconv.Itoa(status), 0)
-			return
+			return true
 		}
 	case outcome == policy.BadRequest:
 		d.settle(m, deadLetter, 1, "bad request", 0)
-		return
+		return true
 	}
 	if a.maxAttempts > 0 && m.Attempts+1 >= a.maxAttempts {
 		d.settle(m, deadLetter, 1, "max_attempts "+strconv.Itoa(a.maxAttempts)+" reached", 0)
-		return
+		return true
 	}
 	wait := retryAfter
 	if wait <= 0 {
 		wait = a.backoff.Delay(m.Attempts, nil)
 	}
 	d.settle(m, retryLater, 1, "", wait)
+	return false
 }
 
 const (
@@ -229,6 +300,9 @@ func (d *deliverer) settle(m *spool.Message, how, made int, reason string, wait 
 	var err error
 	switch how {
 	case retryLater:
+		if made > 0 {
+			d.retried.Add(1)
+		}
 		err = d.store.RetryLater(m.ID, time.Now().Add(wait), attempts)
 	case deadLetter:
 		if made > 0 {
@@ -241,6 +315,7 @@ func (d *deliverer) settle(m *spool.Message, how, made int, reason string, wait 
 			err = d.store.DeadLetter(m.ID, reason)
 		}
 		if err == nil {
+			d.dead.Add(1)
 			d.log.Warn("spool: message dead-lettered", "route", d.route, "id", m.ID, "attempts", attempts, "reason", reason)
 		}
 	}

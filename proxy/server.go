@@ -107,6 +107,20 @@ func (s *Server) Spool() spool.Store {
 	return s.spool.store
 }
 
+// Deliveries returns the status of each async route's deliverer, by route
+// name, while Serve runs them (empty before Serve and after Shutdown). It
+// takes no lock on the delivery path: the figures are atomics.
+func (s *Server) Deliveries() map[string]DeliveryStatus {
+	s.mu.Lock()
+	ds := s.deliverers
+	s.mu.Unlock()
+	out := make(map[string]DeliveryStatus, len(ds))
+	for _, d := range ds {
+		out[d.route] = d.status()
+	}
+	return out
+}
+
 // Snapshot returns the snapshot requests are served with now.
 func (s *Server) Snapshot() *Snapshot { return s.snap.Load() }
 

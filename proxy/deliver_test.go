@@ -1,0 +1,56 @@
+package proxy
+
+import (
+	"net/http"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sidecar-proxy/sidecar/spool"
+)
+
+func TestDeliveriesHeadBlockedUntilDelivered(t *testing.T) {
+	var up atomic.Bool
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) {
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always, backoff: {base: 5ms, max: 20ms}`), []Option{WithSpool(st)}, rec.upstream)
+	if got := sc.srv.Deliveries(); len(got) != 1 {
+		t.Fatalf("Deliveries() = %v, want one entry, for route ev", got)
+	}
+	var ids []string
+	for _, p := range []string{"/1", "/2"} {
+		resp, body := send(t, "POST", sc.url(p), nil)
+		ids = append(ids, spooled(t, resp, body))
+	}
+	var ds DeliveryStatus
+	waitFor(t, "a blocked head", func() bool {
+		ds = sc.srv.Deliveries()["ev"]
+		return ds.Head != nil && ds.Head.Blocked && ds.Retried >= 2
+	})
+	if ds.Head.ID != ids[0] || ds.Head.Attempts < 1 || ds.Head.NextAttempt.IsZero() || ds.Delivered != 0 {
+		t.Errorf("Deliveries()[ev] while down = %+v head %+v, want head %s blocked with attempts and a due time, none delivered", ds, *ds.Head, ids[0])
+	}
+	up.Store(true)
+	waitFor(t, "delivery of both", func() bool {
+		ds = sc.srv.Deliveries()["ev"]
+		return ds.Delivered == 2 && ds.Head == nil && depth(st) == 0
+	})
+	if ds.DeadLettered != 0 {
+		t.Errorf("Deliveries()[ev] after recovery = %+v, want nothing dead-lettered", ds)
+	}
+}
+
+func TestDeliveriesCountsDeadLetters(t *testing.T) {
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) { w.WriteHeader(http.StatusBadRequest) })
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always, ordering: none, max_in_flight: 2`), []Option{WithSpool(st)}, rec.upstream)
+	resp, body := send(t, "POST", sc.url("/bad"), nil)
+	spooled(t, resp, body)
+	waitFor(t, "a dead letter counted", func() bool { return sc.srv.Deliveries()["ev"].DeadLettered == 1 })
+	if ds := sc.srv.Deliveries()["ev"]; ds.Delivered != 0 || ds.Retried != 0 || ds.Head != nil {
+		t.Errorf("Deliveries()[ev] = %+v, want only one dead letter and no head (ordering none)", ds)
+	}
+}

@@ -1,7 +1,8 @@
 // Package admin serves the sidecar's admin API on a loopback listener:
 // health and readiness, the effective configuration (secrets redacted),
 // the routes with their live figures, the spool's depth and its messages
-// (list, show, replay, delete, purge). Mutating calls (POST, DELETE) need
+// (list, show, replay, delete, purge), and the metrics for Prometheus
+// at /metrics (see metrics.go). Mutating calls (POST, DELETE) need
 // "Authorization: Bearer <token>" when the Server has a token (WithToken).
 package admin
 
@@ -42,6 +43,11 @@ type Server struct {
 	// tokenSum is the SHA-256 of the admin token; zero when there is none.
 	tokenSum [sha256.Size]byte
 	hasToken bool
+	// metrics serves /metrics (telemetry.metrics.prometheus).
+	metrics bool
+	// lossWindow is the spool's fsync loss window (see fsyncLossWindow).
+	lossWindow time.Duration
+	now        func() time.Time
 }
 
 // Option configures a Server.
@@ -60,8 +66,15 @@ func WithToken(token string) Option {
 }
 
 // New returns an admin Server for src. It is not ready until SetReady(true).
+// Whether /metrics is served and the spool's fsync loss window it reports
+// come from the configuration of src's snapshot at New, the one the spool
+// was opened with.
 func New(src Source, logger *slog.Logger, opts ...Option) *Server {
-	s := &Server{src: src, log: logger}
+	s := &Server{src: src, log: logger, now: time.Now}
+	if cfg := src.Snapshot().Config; cfg != nil {
+		s.metrics = cfg.Telemetry.Metrics.Prometheus
+		s.lossWindow = fsyncLossWindow(cfg.Spool)
+	}
 	for _, o := range opts {
 		o(s)
 	}
@@ -119,6 +132,7 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"ready": true})
 	})
+	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, config.Public(s.src.Snapshot().Config))
 	})
@@ -201,6 +215,36 @@ type spoolRouteView struct {
 	Bytes            int64   `json:"bytes"`
 	OldestAge        string  `json:"oldest_age,omitempty"`
 	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+	// Delivery is the route's background deliverer; absent from the
+	// total, and for a route no deliverer serves.
+	Delivery *deliveryView `json:"delivery,omitempty"`
+}
+
+// deliveryView is a route's deliverer: its counts since start and, for
+// ordering fifo, the head message every later one waits behind.
+// HeadBlocked is true while the head has failed a delivery and waits for
+// (or is in) its retry; the head fields are absent when no head is held.
+type deliveryView struct {
+	Delivered              int64   `json:"delivered"`
+	Retried                int64   `json:"retried"`
+	DeadLettered           int64   `json:"dead_lettered"`
+	HeadBlocked            bool    `json:"head_blocked"`
+	HeadID                 string  `json:"head_id,omitempty"`
+	HeadAttempts           int     `json:"head_attempts,omitempty"`
+	HeadNextAttempt        string  `json:"head_next_attempt,omitempty"`
+	HeadNextAttemptSeconds float64 `json:"head_next_attempt_in_seconds,omitempty"`
+}
+
+func newDeliveryView(d proxy.DeliveryStatus, now time.Time) *deliveryView {
+	v := &deliveryView{Delivered: d.Delivered, Retried: d.Retried, DeadLettered: d.DeadLettered}
+	if h := d.Head; h != nil {
+		v.HeadBlocked, v.HeadID, v.HeadAttempts = h.Blocked, h.ID, h.Attempts
+		if !h.NextAttempt.IsZero() {
+			v.HeadNextAttempt = h.NextAttempt.UTC().Format(time.RFC3339Nano)
+			v.HeadNextAttemptSeconds = max(h.NextAttempt.Sub(now), 0).Seconds()
+		}
+	}
+	return v
 }
 
 func newSpoolRouteView(rs spool.RouteStats, now time.Time) spoolRouteView {
@@ -221,7 +265,7 @@ func (s *Server) spoolStats(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stats := st.Stats()
-	now := time.Now()
+	now := s.now()
 	routes := map[string]spoolRouteView{}
 	for _, rt := range s.src.Snapshot().Routes {
 		if rt.Async() {
@@ -230,6 +274,13 @@ func (s *Server) spoolStats(w http.ResponseWriter, r *http.Request) {
 	}
 	for name, rs := range stats.Routes {
 		routes[name] = newSpoolRouteView(rs, now)
+	}
+	if ds, ok := s.src.(DeliverySource); ok {
+		for name, d := range ds.Deliveries() {
+			v := routes[name]
+			v.Delivery = newDeliveryView(d, now)
+			routes[name] = v
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"routes":          routes,

@@ -51,10 +51,7 @@ func (s *Server) authorized(next http.HandlerFunc) http.Handler {
 
 // store returns the spool, or answers 404 and returns nil when there is none.
 func (s *Server) store(w http.ResponseWriter) spool.Store {
-	var st spool.Store
-	if ss, ok := s.src.(SpoolSource); ok {
-		st = ss.Spool()
-	}
+	st := s.spoolStore()
 	if st == nil {
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": "no spool: no route is async"})
 	}

@@ -1,0 +1,407 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/proxy"
+	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
+	"github.com/sidecar-proxy/sidecar/spool"
+	"github.com/sidecar-proxy/sidecar/telemetry"
+	"github.com/sidecar-proxy/sidecar/telemetry/telemetrytest"
+)
+
+// metricsConfig is a config with async routes ev and idle (ordering
+// fifo) to UPSTREAM, and the spool and telemetry blocks given (YAML flow
+// mapping bodies).
+func metricsConfig(upstream, spoolBlock, telemetryBlock string) string {
+	return `
+version: 1
+spool: {dir: ./unused, ` + spoolBlock + `}
+telemetry: {` + telemetryBlock + `}
+upstreams:
+  up: {endpoints: ["` + upstream + `"]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: ev, match: {path_prefix: /ev}, upstream: up, async: {when: always, backoff: {base: 5ms, max: 20ms}}}
+      - {name: idle, match: {path_prefix: /idle}, upstream: up, async: {}}
+`
+}
+
+// scrape GETs /metrics, checks the answer's format and returns it parsed.
+func scrape(t *testing.T, url string) *telemetrytest.Exposition {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET /metrics = %d %s, want 200", resp.StatusCode, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != telemetry.ContentType {
+		t.Errorf("GET /metrics Content-Type = %q, want %q", ct, telemetry.ContentType)
+	}
+	e, err := telemetrytest.Parse(string(body))
+	if err != nil {
+		t.Fatalf("GET /metrics: %v in\n%s", err, body)
+	}
+	return e
+}
+
+// value returns a sample of e, failing t when it is missing.
+func value(t *testing.T, e *telemetrytest.Exposition, name string, labels ...string) float64 {
+	t.Helper()
+	v, ok := e.Value(name, labels...)
+	if !ok {
+		t.Fatalf("no sample %s in the scrape", telemetrytest.Key(name, labels...))
+	}
+	return v
+}
+
+func openTestStore(t *testing.T, opts spool.FileOptions) *spool.FileStore {
+	t.Helper()
+	st, err := spool.OpenFile(t.TempDir(), opts)
+	if err != nil {
+		t.Fatalf("OpenFile = %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func TestMetricsSpoolDepth(t *testing.T) {
+	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
+	st := openTestStore(t, spool.FileOptions{})
+	s := New(spoolSource{fixedSource{snap}, st}, proxytest.Discard)
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(ts.Close)
+
+	e := scrape(t, ts.URL)
+	for _, name := range []string{
+		"sidecar_ready", "sidecar_route_in_flight", "sidecar_spool_messages", "sidecar_spool_bytes",
+		"sidecar_spool_oldest_pending_age_seconds", "sidecar_spool_failed", "sidecar_spool_torn_tail_truncated",
+		"sidecar_spool_segments", "sidecar_spool_fsync_loss_window_seconds",
+	} {
+		if e.Types[name] != "gauge" {
+			t.Errorf("TYPE of %s = %q, want gauge", name, e.Types[name])
+		}
+	}
+	for _, name := range []string{
+		"sidecar_spool_appends_total", "sidecar_spool_fsyncs_total", "sidecar_spool_write_errors_total",
+		"sidecar_spool_fsync_errors_total", "sidecar_spool_corrupt_records_total",
+	} {
+		if e.Types[name] != "counter" {
+			t.Errorf("TYPE of %s = %q, want counter", name, e.Types[name])
+		}
+	}
+	for _, route := range []string{"ev", "idle"} {
+		if v := value(t, e, "sidecar_spool_messages", "route", route, "state", "pending"); v != 0 {
+			t.Errorf("empty spool: %s pending = %v, want 0", route, v)
+		}
+	}
+
+	ctx := context.Background()
+	for range 3 {
+		m := &spool.Message{Route: "ev", Method: "POST", Target: "/ev", Body: []byte("x"), Arrived: time.Now().Add(-time.Minute)}
+		if err := st.Append(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e = scrape(t, ts.URL)
+	if v := value(t, e, "sidecar_spool_messages", "route", "ev", "state", "pending"); v != 3 {
+		t.Errorf("after 3 appends: ev pending = %v, want 3", v)
+	}
+	if v := value(t, e, "sidecar_spool_appends_total"); v != 3 {
+		t.Errorf("after 3 appends: appends_total = %v, want 3", v)
+	}
+	if v := value(t, e, "sidecar_spool_fsyncs_total"); v < 1 {
+		t.Errorf("after 3 appends with fsync always: fsyncs_total = %v, want at least 1", v)
+	}
+	if v := value(t, e, "sidecar_spool_bytes", "route", "ev"); v <= 0 {
+		t.Errorf("after 3 appends: ev bytes = %v, want > 0", v)
+	}
+	if v := value(t, e, "sidecar_spool_oldest_pending_age_seconds", "route", "ev"); v < 59 {
+		t.Errorf("oldest pending age = %v, want about 60s", v)
+	}
+	if v := value(t, e, "sidecar_spool_segments"); v < 1 {
+		t.Errorf("segments = %v, want at least 1", v)
+	}
+
+	m, _, _ := st.Next("ev", time.Now())
+	if err := st.Ack(m.ID); err != nil {
+		t.Fatal(err)
+	}
+	m, _, _ = st.Next("ev", time.Now())
+	if err := st.DeadLetter(m.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	e = scrape(t, ts.URL)
+	if p, d := value(t, e, "sidecar_spool_messages", "route", "ev", "state", "pending"), value(t, e, "sidecar_spool_messages", "route", "ev", "state", "dead"); p != 1 || d != 1 {
+		t.Errorf("after an ack and a dead letter: ev pending %v dead %v, want 1 and 1", p, d)
+	}
+	if v := value(t, e, "sidecar_spool_messages", "route", "idle", "state", "pending"); v != 0 {
+		t.Errorf("idle pending = %v, want 0", v)
+	}
+	if v := value(t, e, "sidecar_ready"); v != 0 {
+		t.Errorf("sidecar_ready before SetReady = %v, want 0", v)
+	}
+	s.SetReady(true)
+	if v := value(t, scrape(t, ts.URL), "sidecar_ready"); v != 1 {
+		t.Errorf("sidecar_ready after SetReady(true) = %v, want 1", v)
+	}
+}
+
+func TestMetricsFsyncLossWindow(t *testing.T) {
+	tests := []struct {
+		name   string
+		spool  string
+		opts   spool.FileOptions
+		window float64
+	}{
+		{"always", "fsync: always", spool.FileOptions{}, 0},
+		{"default is always", "", spool.FileOptions{}, 0},
+		{"interval", "fsync: interval, fsync_interval: 200ms", spool.FileOptions{Fsync: spool.FsyncInterval, Interval: 200 * time.Millisecond}, 0.2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", tt.spool, ""))
+			st := openTestStore(t, tt.opts)
+			ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
+			t.Cleanup(ts.Close)
+			if v := value(t, scrape(t, ts.URL), "sidecar_spool_fsync_loss_window_seconds"); v != tt.window {
+				t.Errorf("spool {%s}: fsync_loss_window_seconds = %v, want %v", tt.spool, v, tt.window)
+			}
+		})
+	}
+}
+
+// failingFS is the real file system whose file syncs fail once failing
+// is set, like a disk that has gone bad.
+type failingFS struct {
+	spool.OSFS
+	failing atomic.Bool
+}
+
+func (f *failingFS) OpenFile(name string, flag int, perm fs.FileMode) (spool.File, error) {
+	file, err := f.OSFS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &failingFile{File: file, fs: f}, nil
+}
+
+type failingFile struct {
+	spool.File
+	fs *failingFS
+}
+
+func (f *failingFile) Sync() error {
+	if f.fs.failing.Load() {
+		return errors.New("injected: input/output error")
+	}
+	return f.File.Sync()
+}
+
+func TestMetricsSpoolFailed(t *testing.T) {
+	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
+	ffs := &failingFS{}
+	st := openTestStore(t, spool.FileOptions{FS: ffs})
+	ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
+	t.Cleanup(ts.Close)
+	ctx := context.Background()
+	if err := st.Append(ctx, &spool.Message{Route: "ev", Method: "POST", Target: "/ev"}); err != nil {
+		t.Fatal(err)
+	}
+	e := scrape(t, ts.URL)
+	if v := value(t, e, "sidecar_spool_failed"); v != 0 {
+		t.Errorf("healthy store: sidecar_spool_failed = %v, want 0", v)
+	}
+	ffs.failing.Store(true)
+	if err := st.Append(ctx, &spool.Message{Route: "ev", Method: "POST", Target: "/ev"}); err == nil {
+		t.Fatal("Append with failing fsync = nil, want an error")
+	}
+	e = scrape(t, ts.URL)
+	if v := value(t, e, "sidecar_spool_failed"); v != 1 {
+		t.Errorf("after a failed fsync: sidecar_spool_failed = %v, want 1", v)
+	}
+	if v := value(t, e, "sidecar_spool_fsync_errors_total"); v < 1 {
+		t.Errorf("after a failed fsync: fsync_errors_total = %v, want at least 1", v)
+	}
+	if v := value(t, e, "sidecar_spool_appends_total"); v != 1 {
+		t.Errorf("appends_total = %v, want 1 (the failed append is not counted)", v)
+	}
+}
+
+func TestMetricsOff(t *testing.T) {
+	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", "metrics: {prometheus: false}"))
+	ts := httptest.NewServer(New(fixedSource{snap}, proxytest.Discard).Handler())
+	t.Cleanup(ts.Close)
+	resp, err := http.Get(ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /metrics with telemetry.metrics.prometheus false = %d, want 404", resp.StatusCode)
+	}
+}
+
+func TestMetricsWithoutSpool(t *testing.T) {
+	_, ts := newTestAdmin(t)
+	e := scrape(t, ts.URL)
+	if _, ok := e.Types["sidecar_spool_messages"]; ok {
+		t.Errorf("no spool: the scrape has spool metrics: %v", e.Types)
+	}
+	if v := value(t, e, "sidecar_route_in_flight", "route", "reads"); v != 0 {
+		t.Errorf("idle route: in_flight = %v, want 0", v)
+	}
+}
+
+// sidecarWithAdmin serves cfg with a real file store, and its admin API;
+// it returns the app listener's and the admin API's base URLs.
+func sidecarWithAdmin(t *testing.T, cfg string) (app, adm string) {
+	t.Helper()
+	snap := proxytest.Snapshot(t, cfg)
+	st := openTestStore(t, spool.FileOptions{})
+	srv := proxy.NewServer(snap, proxytest.Discard, proxy.WithSpool(st))
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Serve()
+	a := New(srv, proxytest.Discard)
+	if err := a.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	a.Serve(func() { close(done) })
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		a.Shutdown(ctx)
+		<-done
+		srv.Shutdown(ctx)
+	})
+	return "http://" + srv.Addrs()["app"].String(), "http://" + a.Addr().String()
+}
+
+// waitUntil polls cond until it holds, failing t after 10s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestMetricsFIFOHeadBlocked(t *testing.T) {
+	var up atomic.Bool
+	var hits atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(upstream.Close)
+	app, adm := sidecarWithAdmin(t, metricsConfig(upstream.URL, "", ""))
+
+	for i := range 2 {
+		resp, err := http.Post(fmt.Sprintf("%s/ev/%d", app, i), "text/plain", strings.NewReader("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST /ev/%d = %d, want 202", i, resp.StatusCode)
+		}
+	}
+	var e *telemetrytest.Exposition
+	waitUntil(t, "head_blocked 1", func() bool {
+		e = scrape(t, adm)
+		v, _ := e.Value("sidecar_spool_head_blocked", "route", "ev")
+		r, _ := e.Value("sidecar_spool_deliveries_total", "route", "ev", "result", "retried")
+		return v == 1 && r >= 2
+	})
+	if v := value(t, e, "sidecar_spool_head_attempts", "route", "ev"); v < 1 {
+		t.Errorf("blocked head: head_attempts = %v, want at least 1", v)
+	}
+	if v := value(t, e, "sidecar_spool_messages", "route", "ev", "state", "pending"); v != 2 {
+		t.Errorf("blocked head: ev pending = %v, want 2", v)
+	}
+	if v := value(t, e, "sidecar_spool_head_blocked", "route", "idle"); v != 0 {
+		t.Errorf("idle route: head_blocked = %v, want 0", v)
+	}
+	if v := value(t, e, "sidecar_spool_deliveries_total", "route", "ev", "result", "delivered"); v != 0 {
+		t.Errorf("upstream down: delivered = %v, want 0", v)
+	}
+
+	sv := spoolView(t, adm)
+	ev := sv.Routes["ev"]
+	if ev.Depth != 2 || ev.Delivery == nil || !ev.Delivery.HeadBlocked || ev.Delivery.HeadID == "" ||
+		ev.Delivery.HeadAttempts < 1 || ev.Delivery.HeadNextAttempt == "" || ev.Delivery.Retried < 2 || ev.Delivery.Delivered != 0 {
+		t.Errorf("GET /v1/spool route ev with a blocked head = %+v delivery %+v, want depth 2, head_blocked with id, attempts, next attempt, retries", ev, ev.Delivery)
+	}
+
+	up.Store(true)
+	waitUntil(t, "delivery after recovery", func() bool {
+		e = scrape(t, adm)
+		b, _ := e.Value("sidecar_spool_head_blocked", "route", "ev")
+		d, _ := e.Value("sidecar_spool_deliveries_total", "route", "ev", "result", "delivered")
+		return b == 0 && d == 2
+	})
+	if v := value(t, e, "sidecar_spool_messages", "route", "ev", "state", "pending"); v != 0 {
+		t.Errorf("after recovery: ev pending = %v, want 0", v)
+	}
+	if v := value(t, e, "sidecar_spool_head_next_attempt_seconds", "route", "ev"); v != 0 {
+		t.Errorf("after recovery: head_next_attempt_seconds = %v, want 0", v)
+	}
+	if d := spoolView(t, adm).Routes["ev"].Delivery; d == nil || d.HeadBlocked || d.HeadID != "" || d.Delivered != 2 {
+		t.Errorf("GET /v1/spool route ev after recovery: delivery %+v, want not blocked, no head, 2 delivered", d)
+	}
+}
+
+// spoolAnswer is GET /v1/spool as a client decodes it.
+type spoolAnswer struct {
+	Routes map[string]struct {
+		Depth    int64 `json:"depth"`
+		Delivery *struct {
+			Delivered       int64  `json:"delivered"`
+			Retried         int64  `json:"retried"`
+			DeadLettered    int64  `json:"dead_lettered"`
+			HeadBlocked     bool   `json:"head_blocked"`
+			HeadID          string `json:"head_id"`
+			HeadAttempts    int    `json:"head_attempts"`
+			HeadNextAttempt string `json:"head_next_attempt"`
+		} `json:"delivery"`
+	} `json:"routes"`
+}
+
+func spoolView(t *testing.T, adm string) spoolAnswer {
+	t.Helper()
+	resp, err := http.Get(adm + "/v1/spool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got spoolAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&got); resp.StatusCode != 200 || err != nil {
+		t.Fatalf("GET /v1/spool = %d (%v), want 200 JSON", resp.StatusCode, err)
+	}
+	return got
+}

@@ -1,8 +1,8 @@
 // Package admin serves the sidecar's admin API on a loopback listener:
 // health and readiness, the effective configuration (secrets redacted),
 // the routes with their live figures, the spool's depth and its messages
-// (list, show, replay, delete, purge), and the metrics for Prometheus
-// at /metrics (see metrics.go). Mutating calls (POST, DELETE) need
+// (list, show, replay, delete, purge), and metrics for Prometheus at
+// /metrics. Mutating calls (POST, DELETE) need
 // "Authorization: Bearer <token>" when the Server has a token (WithToken).
 package admin
 
@@ -223,16 +223,17 @@ type spoolRouteView struct {
 // deliveryView is a route's deliverer: its counts since start and, for
 // ordering fifo, the head message every later one waits behind.
 // HeadBlocked is true while the head has failed a delivery and waits for
-// (or is in) its retry; the head fields are absent when no head is held.
+// (or is in) its retry; HeadID and HeadNextAttempt are absent, and the
+// other head figures 0, when no head is held.
 type deliveryView struct {
 	Delivered              int64   `json:"delivered"`
 	Retried                int64   `json:"retried"`
 	DeadLettered           int64   `json:"dead_lettered"`
 	HeadBlocked            bool    `json:"head_blocked"`
 	HeadID                 string  `json:"head_id,omitempty"`
-	HeadAttempts           int     `json:"head_attempts,omitempty"`
+	HeadAttempts           int     `json:"head_attempts"`
 	HeadNextAttempt        string  `json:"head_next_attempt,omitempty"`
-	HeadNextAttemptSeconds float64 `json:"head_next_attempt_in_seconds,omitempty"`
+	HeadNextAttemptSeconds float64 `json:"head_next_attempt_in_seconds"`
 }
 
 func newDeliveryView(d proxy.DeliveryStatus, now time.Time) *deliveryView {

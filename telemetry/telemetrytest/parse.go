@@ -37,12 +37,16 @@ func Key(name string, labels ...string) string {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		v := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(labels[i+1])
-		fmt.Fprintf(&b, `%s="%s"`, labels[i], v)
+		fmt.Fprintf(&b, `%s="%s"`, labels[i], labelEscaper.Replace(labels[i+1]))
 	}
 	b.WriteByte('}')
 	return b.String()
 }
+
+// labelEscaper escapes label values as the text format wants; written
+// here again rather than taken from telemetry, so tests check the writer
+// against an independent reading of the format.
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 
 var (
 	helpLine   = regexp.MustCompile(`^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (?:[^\\]|\\\\|\\n)*$`)

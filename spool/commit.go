@@ -10,6 +10,7 @@ import (
 // request is one record queued for the writer.
 type request struct {
 	rec  *record
+	key  uint64 // of a message record
 	buf  []byte
 	seg  *segment
 	off  int64
@@ -108,12 +109,20 @@ func (s *FileStore) commit(reqs []*request) {
 	s.mu.Lock()
 	for _, r := range reqs {
 		if r.rec.typ == recMessage {
+			size := int64(len(r.buf))
 			s.resMsgs--
-			s.resBytes -= int64(len(r.buf))
+			s.resBytes -= size
+			_, ri, _ := s.routeLocked(r.rec.msg.Route) // made by Append
+			ri.resMsgs--
+			ri.resBytes -= size
 			delete(s.inflight, r.rec.id)
 		}
 		if err == nil {
-			s.applyLocked(r.rec, r.seg, r.off, int64(len(r.buf)))
+			// Append checked what could fail here: the route's index
+			// exists and SegmentSize keeps offsets in range.
+			if aerr := s.applyLocked(r.rec, r.seg, r.off, int64(len(r.buf)), r.key); aerr != nil {
+				s.log.Error("spool: record written but not indexed", "id", r.rec.id, "err", aerr)
+			}
 		}
 	}
 	if err == nil {

@@ -3,11 +3,10 @@ package spool
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,9 +38,11 @@ type FileOptions struct {
 	MaxBytes int64
 	// MaxMessages bounds the number of unsettled messages; 0 means no bound.
 	MaxMessages int64
+	// Routes holds per-route bounds, checked as well as the store's.
+	Routes map[string]Limits
 	// SegmentSize is the size in bytes at which a new segment file is
-	// started; 0 means 64 MiB. A single record larger than it gets a
-	// segment of its own.
+	// started; 0 means 64 MiB, and more than 1 GiB means 1 GiB. A single
+	// record larger than it gets a segment of its own.
 	SegmentSize int64
 	// Fsync is the sync mode; the zero value is FsyncAlways.
 	Fsync FsyncMode
@@ -57,13 +58,20 @@ type FileOptions struct {
 	Logger *slog.Logger
 }
 
+// Limits bounds one route's unsettled messages; a zero field means no bound.
+type Limits struct {
+	MaxMessages int64
+	MaxBytes    int64
+}
+
 // ErrLocked is returned by OpenFile when another FileStore, in this or
 // another process, holds the directory.
 var ErrLocked = errors.New("spool: directory is locked by another store")
 
 const (
-	lockName      = "LOCK"
-	maxKeptBuffer = 4 << 20 // the writer keeps a batch buffer up to this size
+	lockName       = "LOCK"
+	maxKeptBuffer  = 4 << 20 // the writer keeps a batch buffer up to this size
+	maxSegmentSize = 1 << 30
 )
 
 // FileStore is the file-backed Store: segmented append-only log files in one
@@ -77,24 +85,28 @@ type FileStore struct {
 	log  *slog.Logger
 	lock *os.File
 
-	lastID atomic.Int64
-
 	appends, syncs, writeErrs, syncErrs atomic.Int64
 
-	mu       sync.Mutex
-	segs     []*segment // in sequence order; the last is written to
-	byID     map[string]*entry
-	routes   map[string]*routeIndex
-	inflight map[string]bool // IDs of queued Appends
-	seq      uint64          // log order of message records
-	count    int64           // unsettled messages
-	bytes    int64           // their encoded size
-	resMsgs  int64           // reserved by queued Appends
-	resBytes int64
-	corrupt  int64
-	torn     bool
-	closed   bool
-	failed   bool
+	mu         sync.Mutex
+	segs       []*segment // in sequence order; the last is written to
+	slab       slab       // unsettled messages in key order
+	lastKey    uint64     // the largest key given to a message
+	otherIDs   map[string]uint64
+	otherByKey map[uint64]string
+	farArrived map[uint64]int64  // Arrived of slots with flagFarArrived
+	reasons    map[uint64]string // dead-letter reasons
+	routeList  []*routeIndex     // indexed by slot.route
+	routeIdx   map[string]uint16
+	inflight   map[string]bool // caller-given IDs of queued Appends
+	count      int64           // unsettled messages
+	bytes      int64           // their encoded size
+	resMsgs    int64           // reserved by queued Appends
+	resBytes   int64
+	corrupt    int64
+	torn       bool
+	closed     bool
+	failed     bool
+	recovering bool
 
 	qmu   sync.Mutex
 	queue []*request
@@ -113,17 +125,20 @@ var _ Store = (*FileStore)(nil)
 // Segment files are created 0600.
 func OpenFile(dir string, opts FileOptions) (*FileStore, error) {
 	s := &FileStore{
-		dir:      dir,
-		opts:     opts,
-		fs:       opts.FS,
-		now:      opts.Now,
-		log:      opts.Logger,
-		byID:     map[string]*entry{},
-		routes:   map[string]*routeIndex{},
-		inflight: map[string]bool{},
-		wake:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		dir:        dir,
+		opts:       opts,
+		fs:         opts.FS,
+		now:        opts.Now,
+		log:        opts.Logger,
+		otherIDs:   map[string]uint64{},
+		otherByKey: map[uint64]string{},
+		farArrived: map[uint64]int64{},
+		reasons:    map[uint64]string{},
+		routeIdx:   map[string]uint16{},
+		inflight:   map[string]bool{},
+		wake:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	if s.fs == nil {
 		s.fs = OSFS{}
@@ -137,6 +152,7 @@ func OpenFile(dir string, opts FileOptions) (*FileStore, error) {
 	if s.opts.SegmentSize <= 0 {
 		s.opts.SegmentSize = 64 << 20
 	}
+	s.opts.SegmentSize = min(s.opts.SegmentSize, maxSegmentSize)
 	if s.opts.Interval <= 0 {
 		s.opts.Interval = 50 * time.Millisecond
 	}
@@ -208,25 +224,14 @@ func (s *FileStore) syncDir() error {
 	return err
 }
 
-// newID returns a time-ordered unique ID: 16 hex digits of Unix
-// nanoseconds, strictly increasing within the store, and 8 random ones.
-func (s *FileStore) newID() string {
-	n := s.now().UnixNano()
-	for {
-		last := s.lastID.Load()
-		if n <= last {
-			n = last + 1
-		}
-		if s.lastID.CompareAndSwap(last, n) {
-			break
-		}
-	}
-	var b [12]byte
-	for i := range 8 {
-		b[i] = byte(uint64(n) >> (56 - 8*i))
-	}
-	_, _ = rand.Read(b[8:])
-	return hex.EncodeToString(b[:])
+// newIDLocked returns a time-ordered unique ID and its key: 16 hex digits
+// of Unix nanoseconds, strictly increasing within the store, and 8 random
+// ones.
+func (s *FileStore) newIDLocked() (string, uint64) {
+	key := max(uint64(max(s.now().UnixNano(), 1)), s.lastKey+1)
+	s.lastKey = key
+	lo := rand.Uint32()
+	return formatID(key, lo), key
 }
 
 // Append implements Store. It sets m.ID if empty and m.Arrived to Now if
@@ -241,37 +246,71 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 	if tooLarge(m) {
 		return ErrTooLarge
 	}
-	if m.ID == "" {
-		m.ID = s.newID()
-	}
 	if m.Arrived.IsZero() {
 		m.Arrived = s.now()
 	}
-	rec := &record{typ: recMessage, id: m.ID, msg: &Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts}}
+	given := m.ID != ""
+	if !given {
+		m.ID = idPlaceholder
+	}
+	// The record is encoded before taking s.mu; a generated ID is patched
+	// in under it, so that keys increase in the order the writer takes the
+	// queue.
 	buf := appendRecord(nil, recMessage, encodeMessage(m))
 	size := int64(len(buf))
-	req := &request{rec: rec, buf: buf, done: make(chan error, 1)}
-
 	s.mu.Lock()
-	if err := s.writableLocked(); err != nil {
+	key, err := s.reserveLocked(m, given, size)
+	if err != nil {
 		s.mu.Unlock()
+		if !given {
+			m.ID = ""
+		}
 		return err
 	}
-	if s.byID[m.ID] != nil || s.inflight[m.ID] {
-		s.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrExists, m.ID)
+	if !given {
+		patchID(buf, m.ID)
 	}
-	if (s.opts.MaxMessages > 0 && s.count+s.resMsgs+1 > s.opts.MaxMessages) ||
-		(s.opts.MaxBytes > 0 && s.bytes+s.resBytes+size > s.opts.MaxBytes) {
-		s.mu.Unlock()
-		return ErrFull
-	}
-	s.resMsgs++
-	s.resBytes += size
-	s.inflight[m.ID] = true
+	rec := &record{typ: recMessage, id: m.ID, msg: &Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts}}
+	req := &request{rec: rec, key: key, buf: buf, done: make(chan error, 1)}
 	s.enqueue(req)
 	s.mu.Unlock()
 	return <-req.done
+}
+
+// reserveLocked checks that m can be appended, fixes its ID and key, and
+// reserves its room.
+func (s *FileStore) reserveLocked(m *Message, given bool, size int64) (uint64, error) {
+	if err := s.writableLocked(); err != nil {
+		return 0, err
+	}
+	if given && (s.lookupLocked(m.ID) != nil || s.inflight[m.ID]) {
+		return 0, fmt.Errorf("%w: %s", ErrExists, m.ID)
+	}
+	_, ri, err := s.routeLocked(m.Route)
+	if err != nil {
+		return 0, err
+	}
+	if full(s.opts.MaxMessages, s.opts.MaxBytes, s.count+s.resMsgs, s.bytes+s.resBytes, size) ||
+		full(ri.limits.MaxMessages, ri.limits.MaxBytes, ri.pending+ri.dead+ri.resMsgs, ri.bytes+ri.resBytes, size) {
+		return 0, ErrFull
+	}
+	var key uint64
+	if given {
+		key, _, _ = s.assignKeyLocked(m.ID)
+		s.inflight[m.ID] = true
+	} else {
+		m.ID, key = s.newIDLocked()
+	}
+	s.resMsgs++
+	s.resBytes += size
+	ri.resMsgs++
+	ri.resBytes += size
+	return key, nil
+}
+
+// full reports whether one more message of size would pass a bound.
+func full(maxMsgs, maxBytes, msgs, bytes, size int64) bool {
+	return (maxMsgs > 0 && msgs+1 > maxMsgs) || (maxBytes > 0 && bytes+size > maxBytes)
 }
 
 // tooLarge reports whether m has a field the decoder would refuse.
@@ -318,23 +357,20 @@ func (s *FileStore) Next(route string, now time.Time) (*Message, bool, error) {
 	if s.closed {
 		return nil, false, ErrClosed
 	}
-	ri := s.routes[route]
-	if ri == nil {
+	r, ok := s.routeIdx[route]
+	if !ok {
 		return nil, false, nil
 	}
-	t := now.UnixNano()
-	for _, e := range ri.pending {
-		if e.leased || e.next > t {
-			continue
-		}
-		m, err := s.readLocked(e)
-		if err != nil {
-			return nil, false, err
-		}
-		e.leased = true
-		return m, true, nil
+	sl := s.nextLocked(r, s.routeList[r], now.UnixNano())
+	if sl == nil {
+		return nil, false, nil
 	}
-	return nil, false, nil
+	m, err := s.readLocked(sl)
+	if err != nil {
+		return nil, false, err
+	}
+	sl.flags |= flagLeased
+	return m, true, nil
 }
 
 // Get implements Store.
@@ -344,15 +380,15 @@ func (s *FileStore) Get(id string) (*Message, Info, error) {
 	if s.closed {
 		return nil, Info{}, ErrClosed
 	}
-	e := s.byID[id]
-	if e == nil {
+	sl := s.lookupLocked(id)
+	if sl == nil {
 		return nil, Info{}, ErrNotFound
 	}
-	m, err := s.readLocked(e)
+	m, err := s.readLocked(sl)
 	if err != nil {
 		return nil, Info{}, err
 	}
-	return m, e.info(), nil
+	return m, s.info(sl), nil
 }
 
 // List implements Store. A limit of 0 or less means no limit.
@@ -362,10 +398,28 @@ func (s *FileStore) List(route string, state State, after string, limit int) ([]
 	if s.closed {
 		return nil, ErrClosed
 	}
+	match := s.matcher(route, state)
+	if match == nil {
+		return nil, nil
+	}
+	// Generated IDs sort as their keys do: scan from after's key and stop
+	// at limit. IDs kept as strings are few; they are merged in.
 	var out []Info
-	for _, e := range s.byID {
-		if (route == "" || e.route == route) && e.state == state && e.id > after {
-			out = append(out, e.info())
+	start := 0
+	if key, _, ok := parseID(after); ok {
+		start = s.slab.search(key)
+	}
+	for p := start; p < s.slab.len() && (limit <= 0 || len(out) < limit); p++ {
+		sl := s.slab.at(p)
+		if sl.flags&flagOtherID == 0 && match(sl) {
+			if info := s.info(sl); info.ID > after {
+				out = append(out, info)
+			}
+		}
+	}
+	for id, key := range s.otherIDs {
+		if sl := s.slab.find(key); id > after && sl != nil && match(sl) {
+			out = append(out, s.info(sl))
 		}
 	}
 	slices.SortFunc(out, func(a, b Info) int { return cmp.Compare(a.ID, b.ID) })
@@ -375,21 +429,38 @@ func (s *FileStore) List(route string, state State, after string, limit int) ([]
 	return out, nil
 }
 
-// change queues a state record for id after check accepts its entry, and
+// matcher returns a test for live slots of route ("" for all) in state,
+// or nil if the route has none.
+func (s *FileStore) matcher(route string, state State) func(*slot) bool {
+	want := uint8(0)
+	if state == Dead {
+		want = flagDead
+	}
+	if route == "" {
+		return func(sl *slot) bool { return sl.flags&(flagSettled|flagDead) == want }
+	}
+	r, ok := s.routeIdx[route]
+	if !ok {
+		return nil
+	}
+	return func(sl *slot) bool { return sl.route == r && sl.flags&(flagSettled|flagDead) == want }
+}
+
+// change queues a state record for id after check accepts its slot, and
 // waits for it to be committed.
-func (s *FileStore) change(id string, check func(*entry) error, rec *record) error {
+func (s *FileStore) change(id string, check func(*slot) error, rec *record) error {
 	s.mu.Lock()
 	if err := s.writableLocked(); err != nil {
 		s.mu.Unlock()
 		return err
 	}
-	e := s.byID[id]
-	if e == nil {
+	sl := s.lookupLocked(id)
+	if sl == nil {
 		s.mu.Unlock()
 		return ErrNotFound
 	}
 	if check != nil {
-		if err := check(e); err != nil {
+		if err := check(sl); err != nil {
 			s.mu.Unlock()
 			return err
 		}
@@ -401,10 +472,14 @@ func (s *FileStore) change(id string, check func(*entry) error, rec *record) err
 	return <-req.done
 }
 
-func wantState(st State) func(*entry) error {
-	return func(e *entry) error {
-		if e.state != st {
-			return fmt.Errorf("%w: %s is %v, want %v", ErrState, e.id, e.state, st)
+func wantState(st State) func(*slot) error {
+	return func(sl *slot) error {
+		have := Pending
+		if sl.flags&flagDead != 0 {
+			have = Dead
+		}
+		if have != st {
+			return fmt.Errorf("%w: message is %v, want %v", ErrState, have, st)
 		}
 		return nil
 	}
@@ -424,11 +499,11 @@ func (s *FileStore) RetryLater(id string, at time.Time, attempts int) error {
 // attempt count is kept.
 func (s *FileStore) DeadLetter(id string, reason string) error {
 	rec := &record{typ: recDead, reason: reason}
-	return s.change(id, func(e *entry) error {
-		if err := wantState(Pending)(e); err != nil {
+	return s.change(id, func(sl *slot) error {
+		if err := wantState(Pending)(sl); err != nil {
 			return err
 		}
-		rec.attempts = e.attempts
+		rec.attempts = int(sl.attempts)
 		return nil
 	}, rec)
 }
@@ -451,10 +526,12 @@ func (s *FileStore) Purge(route string, state State) (int, error) {
 		return 0, err
 	}
 	var reqs []*request
-	for _, e := range s.byID {
-		if (route == "" || e.route == route) && e.state == state {
-			rec := &record{typ: recDelete, id: e.id}
-			reqs = append(reqs, &request{rec: rec, buf: encodeRecord(rec), done: make(chan error, 1)})
+	if match := s.matcher(route, state); match != nil {
+		for p := range s.slab.len() {
+			if sl := s.slab.at(p); match(sl) {
+				rec := &record{typ: recDelete, id: s.idOf(sl)}
+				reqs = append(reqs, &request{rec: rec, buf: encodeRecord(rec), done: make(chan error, 1)})
+			}
 		}
 	}
 	for _, r := range reqs {
@@ -478,7 +555,7 @@ func (s *FileStore) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{
-		Routes:         make(map[string]RouteStats, len(s.routes)),
+		Routes:         make(map[string]RouteStats),
 		Segments:       len(s.segs),
 		Appends:        s.appends.Load(),
 		Syncs:          s.syncs.Load(),
@@ -488,12 +565,13 @@ func (s *FileStore) Stats() Stats {
 		TornTail:       s.torn,
 		Failed:         s.failed,
 	}
-	for name, ri := range s.routes {
-		rs := RouteStats{Pending: int64(len(ri.pending)), Dead: ri.dead, Bytes: ri.bytes}
-		if len(ri.pending) > 0 {
-			rs.Oldest = nanosToTime(ri.pending[0].arrived)
+	for r, ri := range s.routeList {
+		if ri.pending == 0 && ri.dead == 0 {
+			continue
 		}
-		st.Routes[name] = rs
+		rs := RouteStats{Pending: ri.pending, Dead: ri.dead, Bytes: ri.bytes,
+			Oldest: nanosToTime(s.oldestLocked(uint16(r), ri))}
+		st.Routes[ri.name] = rs
 		st.Total.Pending += rs.Pending
 		st.Total.Dead += rs.Dead
 		st.Total.Bytes += rs.Bytes

@@ -86,29 +86,39 @@ func encodeRecord(r *record) []byte {
 // framed size. It returns errTruncated if b ends inside the record and
 // errCorrupt if the header, checksum or payload is invalid. It never panics.
 func decodeRecord(b []byte) (*record, int, error) {
-	if len(b) < headerSize {
-		return nil, 0, errTruncated
+	size, err := checkFrame(b)
+	if err != nil {
+		return nil, 0, err
 	}
-	typ := recordType(b[8])
-	if b[9] != recordVersion || typ < recMessage || typ > recDelete || b[10] != 0 || b[11] != 0 {
-		return nil, 0, errCorrupt
-	}
-	n := binary.LittleEndian.Uint32(b[4:8])
-	if n > maxPayload {
-		return nil, 0, errCorrupt
-	}
-	size := headerSize + int(n)
-	if len(b) < size {
-		return nil, 0, errTruncated
-	}
-	if crc32.Checksum(b[4:size], crcTable) != binary.LittleEndian.Uint32(b[0:4]) {
-		return nil, 0, errCorrupt
-	}
-	r, err := decodePayload(typ, b[headerSize:size])
+	r, err := decodePayload(recordType(b[8]), b[headerSize:size])
 	if err != nil {
 		return nil, 0, errCorrupt
 	}
 	return r, size, nil
+}
+
+// checkFrame checks the header and checksum of the record at the start of
+// b and returns its framed size.
+func checkFrame(b []byte) (int, error) {
+	if len(b) < headerSize {
+		return 0, errTruncated
+	}
+	typ := recordType(b[8])
+	if b[9] != recordVersion || typ < recMessage || typ > recDelete || b[10] != 0 || b[11] != 0 {
+		return 0, errCorrupt
+	}
+	n := binary.LittleEndian.Uint32(b[4:8])
+	if n > maxPayload {
+		return 0, errCorrupt
+	}
+	size := headerSize + int(n)
+	if len(b) < size {
+		return 0, errTruncated
+	}
+	if crc32.Checksum(b[4:size], crcTable) != binary.LittleEndian.Uint32(b[0:4]) {
+		return 0, errCorrupt
+	}
+	return size, nil
 }
 
 func decodePayload(typ recordType, p []byte) (*record, error) {
@@ -175,6 +185,72 @@ func encodeMessage(m *Message) []byte {
 	}
 	p = binary.AppendUvarint(p, uint64(len(m.Body)))
 	return append(p, m.Body...)
+}
+
+// idPlaceholder stands for a generated ID while a message is encoded;
+// patchID replaces it.
+const idPlaceholder = "000000000000000000000000"
+
+// patchID writes id, of the placeholder's length, over the placeholder in
+// the framed message record buf and recomputes the checksum.
+func patchID(buf []byte, id string) {
+	copy(buf[headerSize+1:headerSize+1+len(idPlaceholder)], id)
+	binary.LittleEndian.PutUint32(buf[0:4], crc32.Checksum(buf[4:], crcTable))
+}
+
+// messageMeta is what recovery needs of a message record.
+type messageMeta struct {
+	id, route string
+	arrived   int64
+	attempts  int
+}
+
+// decodeMeta checks the framed record at the start of b as decodeRecord
+// does, but of a message record decodes only its metadata, without
+// copying headers or body. meta is set for a message record, rec for
+// others.
+func decodeMeta(b []byte) (typ recordType, meta messageMeta, rec *record, size int, err error) {
+	if len(b) >= headerSize && recordType(b[8]) != recMessage {
+		rec, size, err = decodeRecord(b)
+		if err != nil {
+			return 0, meta, nil, 0, err
+		}
+		return rec.typ, meta, rec, size, nil
+	}
+	size, err = checkFrame(b)
+	if err != nil {
+		return 0, meta, nil, 0, err
+	}
+	d := decoder{b: b[headerSize:size]}
+	meta.id = d.string()
+	meta.route = d.string()
+	for range 4 { // Method, Target, IdempotencyKey, TraceParent
+		d.bytes()
+	}
+	meta.arrived = d.varint()
+	meta.attempts = d.int()
+	nk := d.uvarint()
+	if nk > uint64(len(d.b)) {
+		d.err = errCorrupt
+	}
+	for i := uint64(0); i < nk && d.err == nil; i++ {
+		d.bytes()
+		nv := d.uvarint()
+		if nv > uint64(len(d.b)) {
+			d.err = errCorrupt
+		}
+		for j := uint64(0); j < nv && d.err == nil; j++ {
+			d.bytes()
+		}
+	}
+	d.bytes()
+	if d.err == nil && len(d.b) != 0 {
+		d.err = errCorrupt
+	}
+	if d.err != nil {
+		return 0, meta, nil, 0, errCorrupt
+	}
+	return recMessage, meta, nil, size, nil
 }
 
 func appendString(p []byte, s string) []byte {

@@ -87,6 +87,21 @@ func FuzzDecode(f *testing.F) {
 		for typ := recMessage; typ <= recDelete; typ++ {
 			_, _ = decodePayload(typ, b)
 		}
+		// Recovery's metadata decoder accepts exactly what the full one
+		// does, and agrees with it.
+		framed := appendRecord(nil, recMessage, b)
+		full, fn, ferr := decodeRecord(framed)
+		_, meta, _, mn, merr := decodeMeta(framed)
+		if (ferr == nil) != (merr == nil) {
+			t.Fatalf("payload %x: decodeRecord = %v, decodeMeta = %v", b, ferr, merr)
+		}
+		if ferr == nil {
+			m := full.msg
+			want := messageMeta{id: m.ID, route: m.Route, arrived: timeToNanos(m.Arrived), attempts: m.Attempts}
+			if meta != want || fn != mn {
+				t.Fatalf("payload %x: decodeMeta = %+v, %d, want %+v, %d", b, meta, mn, want, fn)
+			}
+		}
 		rec, n, err := decodeRecord(b)
 		if err != nil {
 			return

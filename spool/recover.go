@@ -27,11 +27,15 @@ func (s *FileStore) recover() error {
 	slices.Sort(seqs)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.recovering = true
+	var buf []byte
 	for i, seq := range seqs {
-		if err := s.recoverSegment(seq, i == len(seqs)-1); err != nil {
+		if buf, err = s.recoverSegment(seq, i == len(seqs)-1, buf); err != nil {
 			return err
 		}
 	}
+	s.recovering = false
+	s.rebuildQueuesLocked()
 	if len(s.segs) == 0 {
 		name := filepath.Join(s.dir, segmentName(1))
 		f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
@@ -50,44 +54,56 @@ func (s *FileStore) recover() error {
 	return nil
 }
 
-func (s *FileStore) recoverSegment(seq uint64, last bool) error {
+// recoverSegment replays one segment into the index, reading it into buf,
+// which it returns for the next segment.
+func (s *FileStore) recoverSegment(seq uint64, last bool, buf []byte) ([]byte, error) {
 	name := filepath.Join(s.dir, segmentName(seq))
 	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("spool: open %s: %w", name, err)
+		return buf, fmt.Errorf("spool: open %s: %w", name, err)
 	}
 	seg := newSegment(s.dir, seq, f, 0)
 	s.segs = append(s.segs, seg)
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("spool: stat %s: %w", name, err)
+		return buf, fmt.Errorf("spool: stat %s: %w", name, err)
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		if err := s.fs.Chmod(name, 0o600); err != nil {
-			return fmt.Errorf("spool: chmod %s: %w", name, err)
+			return buf, fmt.Errorf("spool: chmod %s: %w", name, err)
 		}
 	}
 	// A whole segment is read at once: SegmentSize bounds it, except for a
 	// segment holding one oversized record.
-	data := make([]byte, fi.Size())
+	if int64(cap(buf)) < fi.Size() {
+		buf = make([]byte, fi.Size())
+	}
+	data := buf[:fi.Size()]
 	if _, err := f.ReadAt(data, 0); err != nil && err != io.EOF {
-		return fmt.Errorf("spool: read %s: %w", name, err)
+		return buf, fmt.Errorf("spool: read %s: %w", name, err)
 	}
 	off := 0
 	for off < len(data) {
-		rec, n, err := decodeRecord(data[off:])
+		typ, meta, rec, n, err := decodeMeta(data[off:])
 		if err == nil {
-			s.applyLocked(rec, seg, int64(off), int64(n))
+			if typ == recMessage {
+				err = s.addLocked(meta, seg, int64(off), int64(n), 0)
+			} else {
+				err = s.applyLocked(rec, seg, int64(off), int64(n), 0)
+			}
+			if err != nil {
+				return buf, err
+			}
 			off += n
 			continue
 		}
 		next := resync(data, off+1)
 		if next < 0 && last {
 			if err := f.Truncate(int64(off)); err != nil {
-				return fmt.Errorf("spool: truncate torn tail of %s: %w", name, err)
+				return buf, fmt.Errorf("spool: truncate torn tail of %s: %w", name, err)
 			}
 			if err := f.Sync(); err != nil {
-				return fmt.Errorf("spool: fsync %s: %w", name, err)
+				return buf, fmt.Errorf("spool: fsync %s: %w", name, err)
 			}
 			s.torn = true
 			s.log.Warn("spool: truncated torn tail", "path", name, "offset", off, "bytes", len(data)-off)
@@ -103,7 +119,7 @@ func (s *FileStore) recoverSegment(seq uint64, last bool) error {
 		off = end
 	}
 	seg.size = int64(len(data))
-	return nil
+	return buf, nil
 }
 
 // resync returns the offset of the first valid record at or after from, or

@@ -291,4 +291,10 @@ type Async struct {
 	MaxAge Duration `yaml:"max_age"`
 	// MaxBody is the largest request body spooled. Default 1MiB.
 	MaxBody Size `yaml:"max_body"`
+	// MaxMessages bounds the route's pending and dead messages in the
+	// spool, within spool.max_messages. Default 0: no bound of its own.
+	MaxMessages int64 `yaml:"max_messages"`
+	// MaxBytes bounds their encoded size, within spool.max_bytes. Default
+	// 0: no bound of its own.
+	MaxBytes Size `yaml:"max_bytes"`
 }

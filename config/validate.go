@@ -413,6 +413,8 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 		v.atLeast(ap+".max_attempts", int64(a.MaxAttempts), 1)
 		v.positive(ap+".max_age", a.MaxAge)
 		v.atLeast(ap+".max_body", int64(a.MaxBody), 1)
+		v.atLeast(ap+".max_messages", a.MaxMessages, 0)
+		v.atLeast(ap+".max_bytes", int64(a.MaxBytes), 0)
 	}
 }
 

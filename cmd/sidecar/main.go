@@ -142,7 +142,7 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
 	}
 	var opts []proxy.Option
 	if hasAsync(cfg) {
-		store, err := openSpool(cfg.Spool, logger)
+		store, err := openSpool(cfg, logger)
 		if err != nil {
 			logger.Error("cannot open the spool", "dir", cfg.Spool.Dir, "error", err)
 			return exitFailure
@@ -254,16 +254,26 @@ func hasAsync(cfg *config.Config) bool {
 	return false
 }
 
-// openSpool opens the file spool that cfg describes.
-func openSpool(cfg config.Spool, logger *slog.Logger) (*spool.FileStore, error) {
+// openSpool opens the file spool that cfg describes, with the async
+// routes' own limits.
+func openSpool(cfg *config.Config, logger *slog.Logger) (*spool.FileStore, error) {
+	sc := cfg.Spool
 	opts := spool.FileOptions{
-		MaxBytes:    int64(cfg.MaxBytes),
-		MaxMessages: cfg.MaxMessages,
-		Interval:    cfg.FsyncInterval.D(),
+		MaxBytes:    int64(sc.MaxBytes),
+		MaxMessages: sc.MaxMessages,
+		Interval:    sc.FsyncInterval.D(),
 		Logger:      logger,
+		Routes:      map[string]spool.Limits{},
 	}
-	if cfg.Fsync == "interval" {
+	if sc.Fsync == "interval" {
 		opts.Fsync = spool.FsyncInterval
 	}
-	return spool.OpenFile(cfg.Dir, opts)
+	for _, l := range cfg.Listeners {
+		for _, r := range l.Routes {
+			if a := r.Async; a != nil && (a.MaxMessages > 0 || a.MaxBytes > 0) {
+				opts.Routes[r.Name] = spool.Limits{MaxMessages: a.MaxMessages, MaxBytes: int64(a.MaxBytes)}
+			}
+		}
+	}
+	return spool.OpenFile(sc.Dir, opts)
 }

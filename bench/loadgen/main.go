@@ -14,9 +14,22 @@
 // The run is bounded by -duration and by -max requests, whichever comes
 // first; stragglers get -timeout to finish and then count as errors. Only
 // loopback targets are accepted. The result is one JSON line on stdout.
+//
+// With -closed it is a closed-loop generator instead: -conns producers each
+// send the next request as soon as the previous one was answered, for
+// -duration after an unrecorded -warmup, and it reports the answers with
+// status -expect per second and their latency:
+//
+//	go run ./bench/loadgen -closed -method POST -body-size 1024 -expect 202 \
+//	    -url http://127.0.0.1:18401/events -conns 16 -duration 10s
+//
+// -method, -body-size (a body of that many bytes, Content-Type
+// application/octet-stream) and -expect (the status that counts as OK,
+// default 200) apply to both modes.
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -72,6 +85,35 @@ type result struct {
 	SvcP99      float64 `json:"svc_p99_us"`
 	LagP99      float64 `json:"send_lag_p99_us"`
 	FirstError  string  `json:"first_error,omitempty"`
+	// Closed-loop mode only.
+	Mode     string         `json:"mode,omitempty"`
+	Method   string         `json:"method,omitempty"`
+	BodySize int            `json:"body_size,omitempty"`
+	Expect   int            `json:"expect,omitempty"`
+	Statuses map[string]int `json:"statuses,omitempty"` // answers other than -expect, by status
+}
+
+// reqSpec is the request every worker sends.
+type reqSpec struct {
+	url    string
+	method string
+	body   []byte
+	expect int
+}
+
+func (r reqSpec) new() (*http.Request, error) {
+	var body io.Reader
+	if len(r.body) > 0 {
+		body = bytes.NewReader(r.body)
+	}
+	req, err := http.NewRequest(r.method, r.url, body)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.body) > 0 {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	return req, nil
 }
 
 func main() {
@@ -83,9 +125,28 @@ func main() {
 	maxReq := flag.Int("max", 1_000_000, "upper bound on measured requests")
 	timeout := flag.Duration("timeout", 2*time.Second, "per-request timeout; also the drain time after the schedule ends")
 	goSleep := flag.Bool("gosleep", false, "pace with time.Sleep instead of nanosleep(2) (coarser; for comparison)")
+	closed := flag.Bool("closed", false, "closed loop: each connection sends its next request when the previous one is answered (-rate is ignored)")
+	method := flag.String("method", http.MethodGet, "request method")
+	bodySize := flag.Int("body-size", 0, "request body size in bytes (0: no body)")
+	expect := flag.Int("expect", http.StatusOK, "the answer status that counts as OK")
 	flag.Parse()
 
-	if err := run(*rawURL, *rate, *duration, *warmup, *conns, *maxReq, *timeout, *goSleep); err != nil {
+	if *bodySize < 0 {
+		fmt.Fprintln(os.Stderr, "loadgen: -body-size must not be negative")
+		os.Exit(2)
+	}
+	body := make([]byte, *bodySize)
+	for i := range body {
+		body[i] = 'a' + byte(i%26)
+	}
+	spec := reqSpec{url: *rawURL, method: *method, body: body, expect: *expect}
+	var err error
+	if *closed {
+		err = runClosed(spec, *duration, *warmup, *conns, *maxReq, *timeout)
+	} else {
+		err = run(spec, *rate, *duration, *warmup, *conns, *maxReq, *timeout, *goSleep)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(2)
 	}
@@ -106,15 +167,34 @@ func checkLoopback(u *url.URL) error {
 	return nil
 }
 
-func run(rawURL string, rate float64, duration, warmup time.Duration, conns, maxReq int, timeout time.Duration, gosleep bool) error {
+func parseTarget(rawURL string) (*url.URL, error) {
 	if rawURL == "" {
-		return fmt.Errorf("-url is required")
+		return nil, fmt.Errorf("-url is required")
 	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := checkLoopback(u); err != nil {
+	return u, checkLoopback(u)
+}
+
+func newTransport(conns int, timeout time.Duration) *http.Transport {
+	return &http.Transport{
+		Proxy:                  nil,
+		DialContext:            (&net.Dialer{Timeout: timeout}).DialContext,
+		MaxIdleConns:           conns,
+		MaxIdleConnsPerHost:    conns,
+		MaxConnsPerHost:        conns,
+		IdleConnTimeout:        time.Minute,
+		ResponseHeaderTimeout:  timeout,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+}
+
+func run(spec reqSpec, rate float64, duration, warmup time.Duration, conns, maxReq int, timeout time.Duration, gosleep bool) error {
+	u, err := parseTarget(spec.url)
+	if err != nil {
 		return err
 	}
 	if rate <= 0 || duration <= 0 || conns <= 0 || maxReq <= 0 || timeout <= 0 {
@@ -130,19 +210,11 @@ func run(rawURL string, rate float64, duration, warmup time.Duration, conns, max
 	// rounding never accumulates).
 	nsPerReq := float64(time.Second) / rate
 
-	tr := &http.Transport{
-		Proxy:                  nil,
-		DialContext:            (&net.Dialer{Timeout: timeout}).DialContext,
-		MaxIdleConns:           conns,
-		MaxIdleConnsPerHost:    conns,
-		MaxConnsPerHost:        conns,
-		IdleConnTimeout:        time.Minute,
-		ResponseHeaderTimeout:  timeout,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: 64 << 10,
-	}
+	tr := newTransport(conns, timeout)
 	defer tr.CloseIdleConnections()
-	req, err := http.NewRequest(http.MethodGet, u.String(), nil)
+	// Without a body one request is shared by every send, as before
+	// -body-size existed; with one each send needs its own reader.
+	shared, err := spec.new()
 	if err != nil {
 		return err
 	}
@@ -184,12 +256,16 @@ func run(rawURL string, rate float64, duration, warmup time.Duration, conns, max
 				if halt {
 					return
 				}
+				req := shared
+				if len(spec.body) > 0 {
+					req, _ = spec.new() // checked above
+				}
 				t0 := time.Now()
 				resp, err := tr.RoundTrip(req)
 				if err == nil {
 					_, err = io.CopyBuffer(io.Discard, resp.Body, buf)
 					resp.Body.Close()
-					if err == nil && resp.StatusCode != http.StatusOK {
+					if err == nil && resp.StatusCode != spec.expect {
 						err = fmt.Errorf("status %d", resp.StatusCode)
 					}
 				}
@@ -269,6 +345,120 @@ func run(rawURL string, rate float64, duration, warmup time.Duration, conns, max
 		res.SvcP50 = pct(okSvc, 0.50)
 		res.SvcP99 = pct(okSvc, 0.99)
 		res.LagP99 = pct(okLag, 0.99)
+	}
+	return printResult(res)
+}
+
+// runClosed is the closed-loop mode: conns workers send back to back; the
+// requests answered spec.expect within the measured window count.
+func runClosed(spec reqSpec, duration, warmup time.Duration, conns, maxReq int, timeout time.Duration) error {
+	u, err := parseTarget(spec.url)
+	if err != nil {
+		return err
+	}
+	if duration <= 0 || conns <= 0 || maxReq <= 0 || timeout <= 0 || warmup < 0 {
+		return fmt.Errorf("-duration, -conns, -max and -timeout must be positive")
+	}
+	if _, err := spec.new(); err != nil {
+		return err
+	}
+	tr := newTransport(conns, timeout)
+	defer tr.CloseIdleConnections()
+
+	type worker struct {
+		lat      []time.Duration
+		statuses map[int]int
+		errs     int64
+		firstErr string
+	}
+	ws := make([]*worker, conns)
+	var measured atomic.Int64 // requests started in the measured window
+	start := time.Now()
+	measureFrom := start.Add(warmup)
+	end := measureFrom.Add(duration)
+	var wg sync.WaitGroup
+	for k := range conns {
+		w := &worker{statuses: map[int]int{}}
+		ws[k] = w
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for {
+				t0 := time.Now()
+				if !t0.Before(end) {
+					return
+				}
+				inWindow := !t0.Before(measureFrom)
+				if inWindow && measured.Add(1) > int64(maxReq) {
+					return
+				}
+				req, _ := spec.new() // checked above
+				resp, err := tr.RoundTrip(req)
+				status := 0
+				if err == nil {
+					status = resp.StatusCode
+					_, err = io.CopyBuffer(io.Discard, resp.Body, buf)
+					resp.Body.Close()
+				}
+				d := time.Since(t0)
+				if !inWindow {
+					continue
+				}
+				switch {
+				case err != nil:
+					w.errs++
+					if w.firstErr == "" {
+						w.firstErr = err.Error()
+					}
+				case status != spec.expect:
+					w.statuses[status]++
+				default:
+					w.lat = append(w.lat, d)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// Requests started before the end and answered after it count, so
+	// the window runs until the last one is answered.
+	elapsed := time.Since(measureFrom)
+
+	res := result{URL: u.String(), DurationS: duration.Seconds(), WarmupS: warmup.Seconds(), Conns: conns,
+		Mode: "closed", Method: spec.method, BodySize: len(spec.body), Expect: spec.expect}
+	var lat []time.Duration
+	for _, w := range ws {
+		lat = append(lat, w.lat...)
+		res.Errors += w.errs
+		if res.FirstError == "" {
+			res.FirstError = w.firstErr
+		}
+		for st, n := range w.statuses {
+			if res.Statuses == nil {
+				res.Statuses = map[string]int{}
+			}
+			res.Statuses[fmt.Sprint(st)] += n
+			res.Failed += int64(n)
+		}
+	}
+	res.OK = len(lat)
+	res.Scheduled = res.OK + int(res.Errors+res.Failed)
+	if elapsed > 0 {
+		res.AchievedRPS = round1(float64(res.OK) / elapsed.Seconds())
+	}
+	if res.OK > 0 {
+		slices.Sort(lat)
+		res.P50 = pct(lat, 0.50)
+		res.P90 = pct(lat, 0.90)
+		res.P99 = pct(lat, 0.99)
+		res.P999 = pct(lat, 0.999)
+		res.Max = us(lat[len(lat)-1])
+		var sum time.Duration
+		for _, d := range lat {
+			sum += d
+		}
+		res.Mean = round1(float64(sum) / float64(len(lat)) / 1e3)
+		res.SvcP50, res.SvcP99 = res.P50, res.P99
 	}
 	return printResult(res)
 }

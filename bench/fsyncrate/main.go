@@ -1,0 +1,127 @@
+// Command fsyncrate measures the raw single-writer durable write rate of a
+// disk: one goroutine appends a record (1 KiB by default) to a file and
+// syncs it (fdatasync by default, or fsync), back to back, for a fixed
+// duration. It is the physical limit a durable queue that syncs every
+// record on its own, without group commit, cannot beat.
+//
+//	go run ./bench/fsyncrate -dir /var/tmp -duration 10s -size 1024
+//
+// The file is created in -dir (which must be on the disk under test) and
+// removed at the end. The result is one JSON
+// line on stdout: syncs per second and the p50/p99/max of one write+sync.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+)
+
+type result struct {
+	Dir       string  `json:"dir"`
+	Size      int     `json:"size"`
+	Sync      string  `json:"sync"`
+	DurationS float64 `json:"duration_s"`
+	Syncs     int     `json:"syncs"`
+	PerSec    float64 `json:"syncs_per_s"`
+	P50       float64 `json:"p50_us"`
+	P99       float64 `json:"p99_us"`
+	Max       float64 `json:"max_us"`
+}
+
+func main() {
+	dir := flag.String("dir", ".", "directory for the test file (on the disk under test)")
+	size := flag.Int("size", 1024, "bytes written before each sync")
+	duration := flag.Duration("duration", 10*time.Second, "measured duration")
+	warmup := flag.Duration("warmup", time.Second, "unrecorded run first")
+	mode := flag.String("sync", "fdatasync", "fdatasync or fsync")
+	maxOps := flag.Int("max", 10_000_000, "upper bound on measured syncs")
+	flag.Parse()
+	if err := run(*dir, *size, *duration, *warmup, *mode, *maxOps); err != nil {
+		fmt.Fprintln(os.Stderr, "fsyncrate:", err)
+		os.Exit(2)
+	}
+}
+
+func run(dir string, size int, duration, warmup time.Duration, mode string, maxOps int) error {
+	if size <= 0 || duration <= 0 || maxOps <= 0 {
+		return fmt.Errorf("-size, -duration and -max must be positive")
+	}
+	var syncFn func(fd int) error
+	switch mode {
+	case "fdatasync":
+		syncFn = syscall.Fdatasync
+	case "fsync":
+		syncFn = syscall.Fsync
+	default:
+		return fmt.Errorf("-sync %q: want fdatasync or fsync", mode)
+	}
+	f, err := os.CreateTemp(dir, "fsyncrate-*.dat")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	fd := int(f.Fd())
+	buf := make([]byte, size)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	// One record: append, then sync; the file grows as a log does, so
+	// each fdatasync also has to persist the new size.
+	op := func() error {
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+		return syncFn(fd)
+	}
+	for end := time.Now().Add(warmup); time.Now().Before(end); {
+		if err := op(); err != nil {
+			return err
+		}
+	}
+	lat := make([]time.Duration, 0, 1<<16)
+	start := time.Now()
+	end := start.Add(duration)
+	for len(lat) < maxOps {
+		t0 := time.Now()
+		if !t0.Before(end) {
+			break
+		}
+		if err := op(); err != nil {
+			return err
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	elapsed := time.Since(start)
+	res := result{Dir: dir, Size: size, Sync: mode, DurationS: round1(elapsed.Seconds()), Syncs: len(lat)}
+	if len(lat) > 0 {
+		res.PerSec = round1(float64(len(lat)) / elapsed.Seconds())
+		slices.Sort(lat)
+		res.P50 = pct(lat, 0.50)
+		res.P99 = pct(lat, 0.99)
+		res.Max = us(lat[len(lat)-1])
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(b))
+	return nil
+}
+
+// pct returns the nearest-rank percentile of sorted d, in microseconds.
+func pct(d []time.Duration, p float64) float64 {
+	idx := int(math.Ceil(p*float64(len(d)))) - 1
+	idx = max(0, min(idx, len(d)-1))
+	return us(d[idx])
+}
+
+func us(d time.Duration) float64 { return round1(float64(d) / 1e3) }
+
+func round1(f float64) float64 { return math.Round(f*10) / 10 }

@@ -7,6 +7,8 @@ import (
 	"time"
 )
 
+const maxReopenDelay = 30 * time.Second
+
 // request is one record queued for the writer.
 type request struct {
 	rec  *record
@@ -40,18 +42,113 @@ func (s *FileStore) run() {
 		defer t.Stop()
 		tick = t.C
 	}
+	// After a failure the writer reopens the store, first after
+	// ReopenDelay, then backing off to maxReopenDelay.
+	var retry <-chan time.Time
+	var timer *time.Timer
+	delay := s.opts.ReopenDelay
 	for {
 		select {
 		case <-s.wake:
 			s.commit(s.take())
 		case <-tick:
 			s.syncDirty()
+		case <-retry:
+			retry = nil
+			if err := s.reopenFiles(); err != nil {
+				s.log.Error("spool: reopen after failure failed; writes still refused", "dir", s.dir, "err", err, "retry_in", delay.String())
+				delay = min(2*delay, maxReopenDelay)
+			} else {
+				delay = s.opts.ReopenDelay
+			}
 		case <-s.stop:
 			s.commit(s.take())
 			s.syncDirty()
+			if timer != nil {
+				timer.Stop()
+			}
 			return
 		}
+		if retry == nil && delay > 0 && s.isFailed() {
+			if timer == nil {
+				timer = time.NewTimer(delay)
+			} else {
+				timer.Reset(delay)
+			}
+			retry = timer.C
+		}
 	}
+}
+
+// reopenFiles brings a failed store back: it fails what is queued, cuts
+// every segment back to what was last fsynced (with FsyncAlways nothing
+// after that was acknowledged, and a page cache that failed to write it
+// must not bring it back), closes the files, recovers the log as OpenFile
+// does and starts a new segment. Leases are kept. Only the writer calls it.
+func (s *FileStore) reopenFiles() error {
+	s.commit(s.take())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || !s.failed {
+		return nil
+	}
+	// s.failed keeps Append and the state methods from queueing anything
+	// while s.mu is released below; the queue is empty.
+	if s.opts.Fsync == FsyncAlways {
+		for _, seg := range s.segs {
+			if seg.size > seg.synced {
+				if err := seg.f.Truncate(seg.synced); err != nil {
+					return fmt.Errorf("spool: truncate %s to its fsynced size: %w", seg.path, err)
+				}
+				if err := seg.f.Sync(); err != nil {
+					return fmt.Errorf("spool: fsync %s: %w", seg.path, err)
+				}
+				s.log.Warn("spool: cut unacknowledged records after a failure", "path", seg.path, "bytes", seg.size-seg.synced)
+			}
+		}
+	}
+	var leased []string
+	for p := range s.slab.len() {
+		if sl := s.slab.at(p); sl.flags&(flagSettled|flagLeased) == flagLeased {
+			leased = append(leased, s.idOf(sl))
+		}
+	}
+	lastKey := s.lastKey
+	for _, seg := range s.segs {
+		seg.f.Close()
+	}
+	s.resetIndexLocked()
+	s.failed = false // recoverLocked reports a failure of its own
+	err := s.recoverLocked()
+	s.failed = true
+	if err != nil {
+		return err
+	}
+	s.lastKey = max(s.lastKey, lastKey)
+	for _, id := range leased {
+		if sl := s.lookupLocked(id); sl != nil {
+			sl.flags |= flagLeased
+		}
+	}
+	// Writes go to a new segment, never to one that failed.
+	last := s.segs[len(s.segs)-1]
+	name := filepath.Join(s.dir, segmentName(last.seq+1))
+	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool: create %s: %w", name, err)
+	}
+	s.segs = append(s.segs, newSegment(s.dir, last.seq+1, f, 0))
+	// The new segment is in s.segs, so a failed reopen closes it and the
+	// next one recovers it (empty) like any other.
+	if err := s.syncDir(); err != nil {
+		return fmt.Errorf("spool: fsync dir %s: %w", s.dir, err)
+	}
+	s.failed = false
+	s.dirty = false
+	s.reopens.Add(1)
+	s.log.Warn("spool: reopened after a failure; writes accepted again", "dir", s.dir,
+		"pending", s.count, "corrupt_records", s.corrupt)
+	return nil
 }
 
 func (s *FileStore) take() []*request {
@@ -74,11 +171,13 @@ func (s *FileStore) syncDirty() {
 }
 
 func (s *FileStore) syncFile(seg *segment) error {
+	size := seg.size
 	if err := seg.f.Sync(); err != nil {
 		s.syncErrs.Add(1)
 		return fmt.Errorf("%w: fsync %s: %v", ErrFailed, seg.path, err)
 	}
 	s.syncs.Add(1)
+	seg.synced = size
 	return nil
 }
 
@@ -89,8 +188,15 @@ func (s *FileStore) fail(err error) {
 	s.failed = true
 	s.mu.Unlock()
 	if first {
-		s.log.Error("spool: write failed; refusing writes until reopened", "dir", s.dir, "err", err)
+		s.log.Error("spool: write failed; refusing writes until the spool is reopened", "dir", s.dir, "err", err)
 	}
+}
+
+// isFailed reports whether the store refuses writes.
+func (s *FileStore) isFailed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed
 }
 
 // commit writes, syncs and applies reqs. Only the writer goroutine calls it,

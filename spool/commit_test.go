@@ -23,7 +23,7 @@ func TestWriteFailures(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			ffs := &faultFS{}
-			s := open(t, dir, FileOptions{FS: ffs})
+			s := open(t, dir, FileOptions{FS: ffs, ReopenDelay: -1})
 			good := appendN(t, s, "r", 2, 100)
 
 			ffs.fail(tt.writeErr, tt.syncErr)
@@ -61,6 +61,72 @@ func TestWriteFailures(t *testing.T) {
 			}
 			if err := s.Append(t.Context(), testMessage("r", 60, 100)); err != nil {
 				t.Errorf("Append() after reopen = %v, want nil", err)
+			}
+		})
+	}
+}
+
+// TestReopenAfterFailure: after a failed write or fsync the store reopens
+// itself once the disk works again. What was acknowledged is kept, what
+// the failed batches wrote is cut (none of it was acknowledged), leases
+// survive, and writes go to a new segment.
+func TestReopenAfterFailure(t *testing.T) {
+	for _, tt := range []struct {
+		name              string
+		writeErr, syncErr error
+	}{
+		{"failing write", errors.New("injected write error"), nil},
+		{"failing fsync", nil, errors.New("injected fsync error")},
+		{"disk full", syscall.ENOSPC, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ffs := &faultFS{}
+			s := open(t, t.TempDir(), FileOptions{FS: ffs, ReopenDelay: 5 * time.Millisecond})
+			good := appendN(t, s, "r", 3, 100)
+			leased, ok, err := s.Next("r", testEpoch)
+			if !ok || err != nil || leased.ID != good[0] {
+				t.Fatalf("Next = %v, %v", ok, err)
+			}
+			segsBefore := s.Stats().Segments
+
+			ffs.fail(tt.writeErr, tt.syncErr)
+			var failed []string
+			for i := range 4 {
+				m := testMessage("r", 20+i, 100)
+				if err := s.Append(t.Context(), m); !errors.Is(err, ErrFailed) {
+					t.Fatalf("Append during failure = %v, want ErrFailed", err)
+				}
+				failed = append(failed, m.ID)
+			}
+			ffs.fail(nil, nil)
+			deadline := time.Now().Add(10 * time.Second)
+			for st := s.Stats(); st.Failed || st.Reopens == 0; st = s.Stats() {
+				if time.Now().After(deadline) {
+					t.Fatalf("store did not reopen: %+v", st)
+				}
+				time.Sleep(5 * time.Millisecond) // polling the store's own timer
+			}
+			got := ids(t, s, Pending)
+			if !slices.Equal(got, good) {
+				t.Errorf("after reopen: pending %v, want the acknowledged %v (failed: %v)", got, good, failed)
+			}
+			if st := s.Stats(); st.Segments <= segsBefore && st.Segments < 2 {
+				t.Errorf("after reopen: %d segments, want writes in a new one", st.Segments)
+			}
+			// good[0] is still leased: Next skips it.
+			if m, ok, err := s.Next("r", testEpoch); !ok || err != nil || m.ID != good[1] {
+				t.Errorf("Next after reopen = %v, %v, want %s", ok, err, good[1])
+			}
+			m := testMessage("r", 60, 100)
+			if err := s.Append(t.Context(), m); err != nil {
+				t.Fatalf("Append after reopen = %v", err)
+			}
+			if err := s.Ack(good[0]); err != nil {
+				t.Fatalf("Ack of the leased message after reopen = %v", err)
+			}
+			s = reopen(t, s, FileOptions{FS: ffs})
+			if got, want := ids(t, s, Pending), []string{good[1], good[2], m.ID}; !slices.Equal(got, want) {
+				t.Errorf("after a clean reopen: pending %v, want %v", got, want)
 			}
 		})
 	}

@@ -48,6 +48,11 @@ type FileOptions struct {
 	Fsync FsyncMode
 	// Interval is the sync period of FsyncInterval; 0 means 50ms.
 	Interval time.Duration
+	// ReopenDelay is how long after a failed write or fsync the store
+	// tries to reopen itself, doubling after each failed try up to 30s;
+	// 0 means 1s, and a negative value means never: the store refuses
+	// writes until it is closed and opened again.
+	ReopenDelay time.Duration
 	// FS performs file operations; nil means OSFS. The directory lock is
 	// always taken on the real file system.
 	FS FS
@@ -85,7 +90,7 @@ type FileStore struct {
 	log  *slog.Logger
 	lock *os.File
 
-	appends, syncs, writeErrs, syncErrs atomic.Int64
+	appends, syncs, writeErrs, syncErrs, reopens atomic.Int64
 
 	mu         sync.Mutex
 	segs       []*segment // in sequence order; the last is written to
@@ -125,20 +130,15 @@ var _ Store = (*FileStore)(nil)
 // Segment files are created 0600.
 func OpenFile(dir string, opts FileOptions) (*FileStore, error) {
 	s := &FileStore{
-		dir:        dir,
-		opts:       opts,
-		fs:         opts.FS,
-		now:        opts.Now,
-		log:        opts.Logger,
-		otherIDs:   map[string]uint64{},
-		otherByKey: map[uint64]string{},
-		farArrived: map[uint64]int64{},
-		reasons:    map[uint64]string{},
-		routeIdx:   map[string]uint16{},
-		inflight:   map[string]bool{},
-		wake:       make(chan struct{}, 1),
-		stop:       make(chan struct{}),
-		done:       make(chan struct{}),
+		dir:      dir,
+		opts:     opts,
+		fs:       opts.FS,
+		now:      opts.Now,
+		log:      opts.Logger,
+		inflight: map[string]bool{},
+		wake:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	if s.fs == nil {
 		s.fs = OSFS{}
@@ -149,12 +149,16 @@ func OpenFile(dir string, opts FileOptions) (*FileStore, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.resetIndexLocked()
 	if s.opts.SegmentSize <= 0 {
 		s.opts.SegmentSize = 64 << 20
 	}
 	s.opts.SegmentSize = min(s.opts.SegmentSize, maxSegmentSize)
 	if s.opts.Interval <= 0 {
 		s.opts.Interval = 50 * time.Millisecond
+	}
+	if s.opts.ReopenDelay == 0 {
+		s.opts.ReopenDelay = time.Second
 	}
 	if err := s.prepareDir(); err != nil {
 		return nil, err
@@ -170,6 +174,21 @@ func OpenFile(dir string, opts FileOptions) (*FileStore, error) {
 	}
 	go s.run()
 	return s, nil
+}
+
+// resetIndexLocked empties the index, before recovery fills it.
+func (s *FileStore) resetIndexLocked() {
+	s.segs = nil
+	s.slab = slab{}
+	s.lastKey = 0
+	s.otherIDs = map[string]uint64{}
+	s.otherByKey = map[uint64]string{}
+	s.farArrived = map[uint64]int64{}
+	s.reasons = map[uint64]string{}
+	s.routeList = nil
+	s.routeIdx = map[string]uint16{}
+	s.count, s.bytes, s.resMsgs, s.resBytes = 0, 0, 0, 0
+	s.corrupt, s.torn = 0, false
 }
 
 func (s *FileStore) prepareDir() error {
@@ -561,6 +580,7 @@ func (s *FileStore) Stats() Stats {
 		Syncs:          s.syncs.Load(),
 		WriteErrors:    s.writeErrs.Load(),
 		FsyncErrors:    s.syncErrs.Load(),
+		Reopens:        s.reopens.Load(),
 		CorruptRecords: s.corrupt,
 		TornTail:       s.torn,
 		Failed:         s.failed,

@@ -14,6 +14,12 @@ import (
 // is a torn tail, left by a crash during a write, and is truncated. A
 // damaged region at the end of an earlier segment is counted as corrupt.
 func (s *FileStore) recover() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recoverLocked()
+}
+
+func (s *FileStore) recoverLocked() error {
 	des, err := s.fs.ReadDir(s.dir)
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
@@ -25,9 +31,8 @@ func (s *FileStore) recover() error {
 		}
 	}
 	slices.Sort(seqs)
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.recovering = true
+	defer func() { s.recovering = false }()
 	var buf []byte
 	for i, seq := range seqs {
 		if buf, err = s.recoverSegment(seq, i == len(seqs)-1, buf); err != nil {
@@ -119,6 +124,7 @@ func (s *FileStore) recoverSegment(seq uint64, last bool, buf []byte) ([]byte, e
 		off = end
 	}
 	seg.size = int64(len(data))
+	seg.synced = seg.size
 	return buf, nil
 }
 

@@ -18,7 +18,9 @@ type segment struct {
 	path string
 	f    File
 	size int64
-	refs int
+	// synced is the size after the last successful fsync of the file.
+	synced int64
+	refs   int
 	// settled counts, per segment holding the ack or delete record, the
 	// settled messages whose message record is in this segment; deleting
 	// this segment releases those refs.

@@ -107,6 +107,8 @@ type Stats struct {
 	// Failed reports whether a write or fsync failed: the store refuses
 	// writes until it is reopened.
 	Failed bool
+	// Reopens counts the times the store reopened itself after a failure.
+	Reopens int64
 }
 
 // Store is a durable spool of messages, kept per route. A message is pending

@@ -107,9 +107,11 @@ func (s *FileStore) reopenFiles() error {
 			}
 		}
 	}
+	// Leases stay, so that a message being delivered is not handed out
+	// twice at once; those whose holder failed to settle them are released.
 	var leased []string
 	for p := range s.slab.len() {
-		if sl := s.slab.at(p); sl.flags&(flagSettled|flagLeased) == flagLeased {
+		if sl := s.slab.at(p); sl.flags&(flagSettled|flagLeased|flagOrphan) == flagLeased {
 			leased = append(leased, s.idOf(sl))
 		}
 	}

@@ -124,6 +124,22 @@ func TestReopenAfterFailure(t *testing.T) {
 			if err := s.Ack(good[0]); err != nil {
 				t.Fatalf("Ack of the leased message after reopen = %v", err)
 			}
+			// A leased message whose Ack failed is released by the
+			// reopen: its holder gave up on it.
+			ffs.fail(tt.writeErr, tt.syncErr)
+			if err := s.Ack(good[1]); !errors.Is(err, ErrFailed) {
+				t.Fatalf("Ack during a failure = %v, want ErrFailed", err)
+			}
+			ffs.fail(nil, nil)
+			for st := s.Stats(); st.Failed || st.Reopens < 2; st = s.Stats() {
+				if time.Now().After(deadline) {
+					t.Fatalf("store did not reopen a second time: %+v", st)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if m, ok, err := s.Next("r", testEpoch); !ok || err != nil || m.ID != good[1] {
+				t.Errorf("Next after the second reopen = %v, %v, want the released %s", ok, err, good[1])
+			}
 			s = reopen(t, s, FileOptions{FS: ffs})
 			if got, want := ids(t, s, Pending), []string{good[1], good[2], m.ID}; !slices.Equal(got, want) {
 				t.Errorf("after a clean reopen: pending %v, want %v", got, want)

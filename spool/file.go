@@ -470,6 +470,7 @@ func (s *FileStore) matcher(route string, state State) func(*slot) bool {
 func (s *FileStore) change(id string, check func(*slot) error, rec *record) error {
 	s.mu.Lock()
 	if err := s.writableLocked(); err != nil {
+		s.orphanLocked(id)
 		s.mu.Unlock()
 		return err
 	}
@@ -488,7 +489,22 @@ func (s *FileStore) change(id string, check func(*slot) error, rec *record) erro
 	req := &request{rec: rec, buf: encodeRecord(rec), done: make(chan error, 1)}
 	s.enqueue(req)
 	s.mu.Unlock()
-	return <-req.done
+	err := <-req.done
+	if err != nil {
+		s.mu.Lock()
+		s.orphanLocked(id)
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// orphanLocked marks a leased message whose state change failed: its
+// holder gave up on it, so a reopen releases it instead of keeping it
+// leased.
+func (s *FileStore) orphanLocked(id string) {
+	if sl := s.lookupLocked(id); sl != nil && sl.flags&flagLeased != 0 {
+		sl.flags |= flagOrphan
+	}
 }
 
 func wantState(st State) func(*slot) error {

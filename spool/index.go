@@ -44,6 +44,7 @@ const (
 	flagSettled                // acknowledged or deleted: a tombstone
 	flagOtherID                // the ID is in FileStore.otherIDs
 	flagFarArrived             // Arrived is in FileStore.farArrived
+	flagOrphan                 // a state change failed while it was leased
 )
 
 const (

@@ -261,10 +261,10 @@ func (d *deliverer) deliver(m *spool.Message) (settled bool) {
 	}
 	switch {
 	case outcome == policy.OK && status >= 200 && status < 300:
-		d.delivered.Add(1)
 		if err := d.store.Ack(m.ID); err != nil && !errors.Is(err, spool.ErrNotFound) {
 			d.log.Warn("spool: ack failed; the message may be delivered again", "route", d.route, "id", m.ID, "error", err)
 		}
+		d.delivered.Add(1) // after the ack, so a reader that sees it sees the ack
 		return true
 	case outcome == policy.OK || outcome == policy.Status:
 		if !(status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500) {
@@ -300,10 +300,10 @@ func (d *deliverer) settle(m *spool.Message, how, made int, reason string, wait 
 	var err error
 	switch how {
 	case retryLater:
+		err = d.store.RetryLater(m.ID, time.Now().Add(wait), attempts)
 		if made > 0 {
 			d.retried.Add(1)
 		}
-		err = d.store.RetryLater(m.ID, time.Now().Add(wait), attempts)
 	case deadLetter:
 		if made > 0 {
 			// Record the attempt count first, then the dead state. The

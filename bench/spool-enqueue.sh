@@ -37,6 +37,10 @@
 #   BENCH_TMPDIR    where the run's temp dir (every spool, stream store and
 #                   fsync file) goes; default $TMPDIR or /var/tmp. It must be
 #                   on the disk under test: a tmpfs is refused
+#   LOADGEN=loadgen the sidecar's load generator: loadgen (Go, closed loop)
+#                   or wrk (C, one connection per producer, a Lua script
+#                   POSTs the body; much cheaper per request, so the sidecar
+#                   rather than the generator is what saturates)
 #   NATS_SERVER=nats-server   the server binary (a newer one can be named)
 #   JS_MSGID=0      1: every JetStream publish carries a unique Nats-Msg-Id
 #   OUT             report file; default bench/results/spool-enqueue-DATE-TIME.md
@@ -60,6 +64,7 @@ SERVER_CPU=${SERVER_CPU:-1}
 PORT_BASE=${PORT_BASE:-18400}
 BENCH_TMPDIR=${BENCH_TMPDIR:-${TMPDIR:-/var/tmp}}
 NATS_SERVER=${NATS_SERVER:-nats-server}
+LOADGEN=${LOADGEN:-loadgen}
 JS_MSGID=${JS_MSGID:-0}
 OUT=${OUT:-}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -74,7 +79,7 @@ NATS_PORT=$((PORT_BASE + 22))
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
-COMMAND="DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS PRODUCERS=\"$PRODUCERS\" SIZE=$SIZE JS_MSGID=$JS_MSGID WAIT_QUIET=$WAIT_QUIET bench/spool-enqueue.sh"
+COMMAND="DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS PRODUCERS=\"$PRODUCERS\" SIZE=$SIZE LOADGEN=$LOADGEN JS_MSGID=$JS_MSGID WAIT_QUIET=$WAIT_QUIET bench/spool-enqueue.sh"
 
 LOG_TAG=spool-enqueue
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -189,6 +194,24 @@ listeners:
 EOF
 }
 
+# wrk_post P: P connections POSTing SIZE bytes for WARMUP (unrecorded), then
+# DURATION; prints loadgen's JSON fields (achieved_rps, p50_us, p99_us, ok,
+# failed, errors).
+wrk_post() {
+	local p=$1 script="$TMP/post.lua" txt
+	printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' "$SIZE" >"$script"
+	taskset -c "$LOAD_CPU" wrk -t1 -c"$p" -d"$WARMUP" -s "$script" "http://$HOST:$APP_PORT/enqueue" >/dev/null 2>&1 || true
+	txt=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$p" -d"$DURATION" --latency --timeout 10s -s "$script" "http://$HOST:$APP_PORT/enqueue")
+	printf '%s\n' "$txt" >>"$TMP/res/wrk.txt"
+	printf '%s\n' "$txt" | awk '
+		function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1000000; return v }
+		/^ +50%/ { p50 = us($2) } /^ +99%/ { p99 = us($2) }
+		/requests in/ { n = $1 } /^Requests\/sec:/ { rps = $2 }
+		/Non-2xx or 3xx responses:/ { bad = $NF }
+		/Socket errors:/ { e = 0; for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) e += $i + 0; errs = e }
+		END { printf "{\"achieved_rps\":%s,\"p50_us\":%.0f,\"p99_us\":%.0f,\"ok\":%d,\"failed\":%d,\"errors\":%d,\"loadgen\":\"wrk\"}\n", rps + 0, p50, p99, n - bad, bad + 0, errs + 0 }'
+}
+
 measure_sidecar() {
 	local r=$1 p=$2
 	local pid out t0 t1 c0 c1 f0 f1 w0 w1 code depth name="sidecar-$p"
@@ -214,8 +237,12 @@ measure_sidecar() {
 	w0=$(now)
 	f0=$(disk_flushes)
 	c0=$(cpu_ticks "$pid")
-	out=$(taskset -c "$LOAD_CPU" "$TMP/bin/loadgen" -closed -method POST -body-size "$SIZE" -expect 202 \
-		-url "http://$HOST:$APP_PORT/enqueue" -conns "$p" -warmup "$WARMUP" -duration "$DURATION" -timeout 10s)
+	if [ "$LOADGEN" = wrk ]; then
+		out=$(wrk_post "$p")
+	else
+		out=$(taskset -c "$LOAD_CPU" "$TMP/bin/loadgen" -closed -method POST -body-size "$SIZE" -expect 202 \
+			-url "http://$HOST:$APP_PORT/enqueue" -conns "$p" -warmup "$WARMUP" -duration "$DURATION" -timeout 10s)
+	fi
 	c1=$(cpu_ticks "$pid")
 	f1=$(disk_flushes)
 	w1=$(now)

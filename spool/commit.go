@@ -11,12 +11,13 @@ const maxReopenDelay = 30 * time.Second
 
 // request is one record queued for the writer.
 type request struct {
-	rec  *record
-	key  uint64 // of a message record
-	buf  []byte
-	seg  *segment
-	off  int64
-	done chan error
+	rec     *record
+	key     uint64 // of a message record
+	patched bool   // buf's ID was patched in: its checksum must be set
+	buf     []byte
+	seg     *segment
+	off     int64
+	done    chan error
 }
 
 // enqueue hands req to the writer. s.mu is held, so records are queued in
@@ -271,6 +272,9 @@ func (s *FileStore) write(reqs []*request) error {
 				return err
 			}
 			seg = next
+		}
+		if r.patched {
+			setChecksum(r.buf)
 		}
 		r.seg, r.off = seg, seg.size+int64(len(buf))
 		buf = append(buf, r.buf...)

@@ -287,10 +287,10 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 		return err
 	}
 	if !given {
-		patchID(buf, m.ID)
+		patchID(buf, m.ID) // the writer sets the checksum, outside s.mu
 	}
 	rec := &record{typ: recMessage, id: m.ID, msg: &Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts}}
-	req := &request{rec: rec, key: key, buf: buf, done: make(chan error, 1)}
+	req := &request{rec: rec, key: key, buf: buf, patched: !given, done: make(chan error, 1)}
 	s.enqueue(req)
 	s.mu.Unlock()
 	return <-req.done

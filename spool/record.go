@@ -192,9 +192,14 @@ func encodeMessage(m *Message) []byte {
 const idPlaceholder = "000000000000000000000000"
 
 // patchID writes id, of the placeholder's length, over the placeholder in
-// the framed message record buf and recomputes the checksum.
+// the framed message record buf; the checksum must be set again with
+// setChecksum.
 func patchID(buf []byte, id string) {
 	copy(buf[headerSize+1:headerSize+1+len(idPlaceholder)], id)
+}
+
+// setChecksum computes the checksum of the framed record buf.
+func setChecksum(buf []byte) {
 	binary.LittleEndian.PutUint32(buf[0:4], crc32.Checksum(buf[4:], crcTable))
 }
 

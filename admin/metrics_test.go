@@ -101,7 +101,7 @@ func TestMetricsSpoolDepth(t *testing.T) {
 	}
 	for _, name := range []string{
 		"sidecar_spool_appends_total", "sidecar_spool_fsyncs_total", "sidecar_spool_write_errors_total",
-		"sidecar_spool_fsync_errors_total", "sidecar_spool_corrupt_records_total",
+		"sidecar_spool_fsync_errors_total", "sidecar_spool_corrupt_records_total", "sidecar_spool_reopens_total",
 	} {
 		if e.Types[name] != "counter" {
 			t.Errorf("TYPE of %s = %q, want counter", name, e.Types[name])
@@ -218,7 +218,7 @@ func (f *failingFile) Sync() error {
 func TestMetricsSpoolFailed(t *testing.T) {
 	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
 	ffs := &failingFS{}
-	st := openTestStore(t, spool.FileOptions{FS: ffs})
+	st := openTestStore(t, spool.FileOptions{FS: ffs, ReopenDelay: -1}) // stays failed
 	ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
 	t.Cleanup(ts.Close)
 	ctx := context.Background()

@@ -245,6 +245,23 @@ func TestMetricsSpoolFailed(t *testing.T) {
 	}
 }
 
+func TestMetricsSpoolReopened(t *testing.T) {
+	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
+	ffs := &failingFS{}
+	st := openTestStore(t, spool.FileOptions{FS: ffs, ReopenDelay: 10 * time.Millisecond})
+	ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
+	t.Cleanup(ts.Close)
+	ffs.failing.Store(true)
+	if err := st.Append(context.Background(), &spool.Message{Route: "ev", Method: "POST", Target: "/ev"}); err == nil {
+		t.Fatal("Append with failing fsync = nil, want an error")
+	}
+	ffs.failing.Store(false)
+	waitUntil(t, "the spool to reopen itself", func() bool {
+		e := scrape(t, ts.URL)
+		return value(t, e, "sidecar_spool_failed") == 0 && value(t, e, "sidecar_spool_reopens_total") >= 1
+	})
+}
+
 func TestMetricsOff(t *testing.T) {
 	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", "metrics: {prometheus: false}"))
 	ts := httptest.NewServer(New(fixedSource{snap}, proxytest.Discard).Handler())

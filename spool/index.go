@@ -488,10 +488,15 @@ func (s *FileStore) nextLocked(r uint16, ri *routeIndex, t int64) *slot {
 			break
 		}
 	}
-	if p < s.slab.len() {
+	// Past the end, the cursor goes just past the last indexed slot, not
+	// past s.lastKey: a message whose key is given but whose record is
+	// still being committed is indexed after the scan, and must not be
+	// skipped.
+	switch n := s.slab.len(); {
+	case p < n:
 		ri.cursor = s.slab.at(p).key
-	} else {
-		ri.cursor = s.lastKey + 1
+	case n > 0:
+		ri.cursor = s.slab.at(n-1).key + 1
 	}
 	switch {
 	case due == nil:

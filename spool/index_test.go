@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -196,5 +198,67 @@ func TestParseID(t *testing.T) {
 		if _, _, ok := parseID(id); ok {
 			t.Errorf("parseID(%q) ok, want not", id)
 		}
+	}
+}
+
+// gateFS holds every fsync at a gate while it is on.
+type gateFS struct {
+	OSFS
+	on      atomic.Bool
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gateFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	f, err := g.OSFS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &gateFile{f, g}, nil
+}
+
+type gateFile struct {
+	File
+	g *gateFS
+}
+
+func (f *gateFile) Sync() error {
+	if f.g.on.Load() {
+		f.g.entered <- struct{}{}
+		<-f.g.gate
+	}
+	return f.File.Sync()
+}
+
+// TestNextDuringCommit: a Next that runs while a message's record is being
+// committed (its key given, not yet indexed) must not move the route's
+// cursor past it.
+func TestNextDuringCommit(t *testing.T) {
+	g := &gateFS{entered: make(chan struct{}, 10), gate: make(chan struct{})}
+	s := open(t, t.TempDir(), FileOptions{FS: g})
+	if err := s.Append(t.Context(), &Message{Route: "ev", Method: "POST", Target: "/a"}); err != nil {
+		t.Fatal(err)
+	}
+	a, ok, err := s.Next("ev", time.Now())
+	if !ok || err != nil {
+		t.Fatalf("Next = %v, %v", ok, err)
+	}
+	g.on.Store(true)
+	done := make(chan error)
+	go func() { done <- s.Append(context.Background(), &Message{Route: "ev", Method: "POST", Target: "/b"}) }()
+	<-g.entered // /b has its ID; its record waits for the fsync
+	if m, ok, _ := s.Next("ev", time.Now()); ok {
+		t.Fatalf("Next during the commit = %s, want none (/a is leased)", m.Target)
+	}
+	close(g.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	g.on.Store(false)
+	if err := s.Ack(a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok, err := s.Next("ev", time.Now()); !ok || err != nil || m.Target != "/b" {
+		t.Fatalf("Next after the commit = %v, %v, want /b", ok, err)
 	}
 }

@@ -210,15 +210,38 @@ func (d *deliverer) parallelStep(limit int) {
 	m, ok, err := d.store.Next(d.route, time.Now())
 	if !d.nextOK(err) || !ok {
 		<-d.slots
-		d.idle(maxIdle)
+		d.idle(d.untilDue())
 		return
 	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		defer func() { <-d.slots }()
-		d.deliver(m)
+		if !d.deliver(m) {
+			// A retry is now scheduled: the loop, perhaps idle since
+			// before, recomputes how long to wait.
+			select {
+			case d.wake <- struct{}{}:
+			default:
+			}
+		}
 	}()
+}
+
+// dueReporter is a store that tells when a route's next retry is due.
+type dueReporter interface {
+	NextDue(route string) (time.Time, bool)
+}
+
+// untilDue is how long to wait, when nothing is due, for the earliest
+// retry of the route to become due: at most maxIdle.
+func (d *deliverer) untilDue() time.Duration {
+	if dr, ok := d.store.(dueReporter); ok {
+		if at, ok := dr.NextDue(d.route); ok {
+			return min(time.Until(at), maxIdle)
+		}
+	}
+	return maxIdle
 }
 
 // nextOK handles an error of Next: a damaged message is dead-lettered.

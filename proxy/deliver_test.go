@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -52,5 +54,37 @@ func TestDeliveriesCountsDeadLetters(t *testing.T) {
 	waitFor(t, "a dead letter counted", func() bool { return sc.srv.Deliveries()["ev"].DeadLettered == 1 })
 	if ds := sc.srv.Deliveries()["ev"]; ds.Delivered != 0 || ds.Retried != 0 || ds.Head != nil {
 		t.Errorf("Deliveries()[ev] = %+v, want only one dead letter and no head (ordering none)", ds)
+	}
+}
+
+// TestParallelRetryHonoursBackoff: with ordering none a retry comes after
+// its back-off, not after the deliverer's idle poll (1s) or the next
+// append.
+func TestParallelRetryHonoursBackoff(t *testing.T) {
+	var mu sync.Mutex
+	var at []time.Time
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) {
+		mu.Lock()
+		at = append(at, time.Now())
+		mu.Unlock()
+		if n == 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always, ordering: none, max_in_flight: 2, backoff: {base: 10ms, max: 20ms}`),
+		[]Option{WithSpool(st)}, rec.upstream)
+	resp, body := send(t, "POST", sc.url("/once"), nil)
+	spooled(t, resp, body)
+	waitFor(t, "the retry delivered", func() bool { return sc.srv.Deliveries()["ev"].Delivered == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(at) != 2 {
+		t.Fatalf("upstream saw %d requests, want 2", len(at))
+	}
+	// The back-off is at most 20ms; the idle poll this must not wait for
+	// is maxIdle.
+	if gap := at[1].Sub(at[0]); gap >= maxIdle*9/10 {
+		t.Errorf("retry came %v after the 503, want about the 20ms back-off, well under %v", gap, maxIdle)
 	}
 }

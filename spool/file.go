@@ -2,6 +2,7 @@ package spool
 
 import (
 	"cmp"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -390,6 +391,27 @@ func (s *FileStore) Next(route string, now time.Time) (*Message, bool, error) {
 	}
 	sl.flags |= flagLeased
 	return m, true, nil
+}
+
+// NextDue returns when the earliest retried message of route that is
+// waiting for its next attempt becomes due; ok is false if none is
+// waiting. A deliverer that found nothing due sleeps until then.
+func (s *FileStore) NextDue(route string) (at time.Time, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, found := s.routeIdx[route]
+	if !found {
+		return time.Time{}, false
+	}
+	ri := s.routeList[r]
+	for len(ri.timed) > 0 {
+		e := ri.timed[0]
+		if sl := s.slab.find(e.key); sl != nil && sl.next == e.next && sl.flags&(flagDead|flagLeased) == 0 {
+			return nanosToTime(e.next), true
+		}
+		heap.Pop(&ri.timed)
+	}
+	return time.Time{}, false
 }
 
 // Get implements Store.

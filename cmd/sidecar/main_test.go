@@ -349,6 +349,23 @@ func TestRunSpoolsAndClosesTheStoreOnSIGTERM(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted || resp.Header.Get("Sidecar-Spool-Id") == "" {
 		t.Fatalf("POST to an async route = %d, spool id %q; want 202 with an id", resp.StatusCode, resp.Header.Get("Sidecar-Spool-Id"))
 	}
+	// The binary serves the spool's metrics on its admin listener.
+	mresp, err := http.Get("http://" + s.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{
+		`sidecar_spool_messages{route="ev",state="pending"} 1`,
+		"sidecar_spool_appends_total 1",
+		"sidecar_spool_fsync_loss_window_seconds 0",
+		"sidecar_spool_failed 0",
+	} {
+		if !strings.Contains(string(metrics), want+"\n") {
+			t.Errorf("GET /metrics = %d without %q:\n%s", mresp.StatusCode, want, metrics)
+		}
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("sidecar exit after SIGTERM = %v, want 0", err)

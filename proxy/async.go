@@ -108,7 +108,7 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route) 
 	}
 	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
-		b, err := io.ReadAll(io.LimitReader(r.Body, a.maxBody+1))
+		b, err := readBody(r.Body, r.ContentLength, a.maxBody)
 		if err != nil {
 			if r.Context().Err() == nil {
 				writeError(w, r, policy.BadRequest, rt.Name, 0, "reading the request body: "+err.Error(), 0)
@@ -134,6 +134,20 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route) 
 		out.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	rt.proxy.ServeHTTP(w, out)
+}
+
+// readBody reads up to limit+1 bytes of body; a known length is read into
+// a buffer of its size.
+func readBody(body io.Reader, length, limit int64) ([]byte, error) {
+	if length < 0 || length > limit {
+		return io.ReadAll(io.LimitReader(body, limit+1))
+	}
+	b := make([]byte, length, length+1)
+	if _, err := io.ReadFull(body, b); err != nil {
+		return nil, err
+	}
+	// The declared length is all there is: net/http ends the body there.
+	return b, nil
 }
 
 // enqueue appends msg and answers 202 once it is durable, or the error that

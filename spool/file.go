@@ -276,7 +276,7 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 	// The record is encoded before taking s.mu; a generated ID is patched
 	// in under it, so that keys increase in the order the writer takes the
 	// queue.
-	buf := appendRecord(nil, recMessage, encodeMessage(m))
+	buf := frameMessage(m)
 	size := int64(len(buf))
 	s.mu.Lock()
 	key, err := s.reserveLocked(m, given, size)

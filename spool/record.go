@@ -48,6 +48,24 @@ type record struct {
 	reason   string    // recDead
 }
 
+// frameMessage returns the framed message record of m, encoded in one
+// buffer.
+func frameMessage(m *Message) []byte {
+	buf := appendMessage(make([]byte, headerSize, headerSize+messageSize(m)), m)
+	frame(buf, recMessage)
+	return buf
+}
+
+// frame fills in the header of buf, a record whose payload follows
+// headerSize bytes reserved for it.
+func frame(buf []byte, typ recordType) {
+	binary.LittleEndian.PutUint32(buf[4:8], uint32(len(buf)-headerSize))
+	buf[8] = byte(typ)
+	buf[9] = recordVersion
+	buf[10], buf[11] = 0, 0
+	setChecksum(buf)
+}
+
 // appendRecord appends the framed record (header and payload) to dst.
 func appendRecord(dst []byte, typ recordType, payload []byte) []byte {
 	start := len(dst)
@@ -157,19 +175,31 @@ func decodePayload(typ recordType, p []byte) (*record, error) {
 // the value strings, keys sorted; then the body as a string. A string is a
 // uvarint length followed by its bytes.
 func encodeMessage(m *Message) []byte {
+	return appendMessage(make([]byte, 0, messageSize(m)), m)
+}
+
+// messageSize bounds the size of m's encoded payload.
+func messageSize(m *Message) int {
 	n := 64 + len(m.ID) + len(m.Route) + len(m.Method) + len(m.Target) +
 		len(m.IdempotencyKey) + len(m.TraceParent) + len(m.Body)
-	keys := make([]string, 0, len(m.Header))
 	for k, vs := range m.Header {
-		keys = append(keys, k)
 		n += 8 + len(k)
 		for _, v := range vs {
 			n += 4 + len(v)
 		}
 	}
+	return n
+}
+
+// appendMessage appends m's encoded payload to p.
+func appendMessage(p []byte, m *Message) []byte {
+	var buf [16]string
+	keys := buf[:0]
+	for k := range m.Header {
+		keys = append(keys, k)
+	}
 	slices.Sort(keys)
-	p := make([]byte, 0, n)
-	for _, s := range []string{m.ID, m.Route, m.Method, m.Target, m.IdempotencyKey, m.TraceParent} {
+	for _, s := range [...]string{m.ID, m.Route, m.Method, m.Target, m.IdempotencyKey, m.TraceParent} {
 		p = appendString(p, s)
 	}
 	p = binary.AppendVarint(p, timeToNanos(m.Arrived))

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"bytes"
 	"errors"
 	"net/http"
 	"reflect"
@@ -114,4 +115,13 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("decodeRecord(encodeRecord(%+v)) = %v, want nil", rec, err)
 		}
 	})
+}
+
+func TestFrameMessageMatchesAppendRecord(t *testing.T) {
+	m := testMessage("r", 7, 300)
+	m.Header["X-A"] = []string{"1", "2"}
+	m.TraceParent, m.IdempotencyKey, m.Attempts = "00-aa-bb-01", "key", 3
+	if got, want := frameMessage(m), appendRecord(nil, recMessage, encodeMessage(m)); !bytes.Equal(got, want) {
+		t.Fatalf("frameMessage = %x\nwant %x", got, want)
+	}
 }

@@ -1,0 +1,132 @@
+// Package jsstore is the NATS JetStream backend of spool.Store: the spool
+// kept in a (replicated) JetStream stream instead of local files, so that
+// async routes survive the loss of the pod and a fleet can share one queue.
+//
+// # Stream
+//
+// One stream, named by Options.Stream, with file storage, Options.Replicas
+// replicas and subjects "<STREAM>.>". Its retention is WorkQueue: a message
+// acknowledged by its route's consumer is removed by the server, so
+// settled messages take no room and are never handed out again. Discard is
+// DiscardNew with MaxMsgs and MaxBytes from Options.MaxMessages and
+// Options.MaxBytes (pending and dead messages together, as the file
+// backend counts them): a full stream refuses the publish, and Append
+// returns spool.ErrFull, which the proxy answers with 503 spool_full. The
+// stream is never allowed to drop old messages to make room.
+//
+// # Subjects
+//
+// Every unsettled message is one stream message on the subject
+//
+//	<STREAM>.<id>.<state>.<route>
+//
+// where state is "pending" or "dead", id is the message ID as is when it
+// holds only letters, digits, '-' and '_', else "~" and its hex encoding,
+// and route is "r" and the hex encoding of the route name (route names may
+// hold characters NATS subjects do not allow). The ID comes first so that
+// Get, which knows only the ID, finds a message with a lookup whose
+// subject has a literal prefix ("<STREAM>.<id>.>"), served by the server's
+// subject index instead of a scan. The suggested layout with the state and
+// route first would need a wildcard before the ID.
+//
+// # Consumers
+//
+// Each route has a durable pull consumer named "sidecar_<route token>"
+// filtered on "<STREAM>.*.pending.<route token>", with explicit
+// acknowledgement, AckWait from Options.AckWait (default 30s), no
+// MaxDeliver (the sidecar counts attempts and dead-letters itself: a
+// server-side MaxDeliver would leave a message in the stream that no
+// consumer hands out again) and MaxAckPending 1 for a route whose
+// RouteOptions.FIFO is set, so the server hands out the next message of
+// the route only once the head is settled; other routes have no
+// MaxAckPending bound. Consumers are created, or updated when the ordering
+// changed, at Open for Options.Routes and on first use for other routes.
+// Several sidecars sharing a stream share the consumers: the route's
+// messages are spread among them, and a fifo route stays fifo across them.
+//
+// # Encoding
+//
+// The stream message's data is a compact envelope (see envelope.go): a
+// version byte, then the route, method, target, idempotency key and
+// traceparent (each a uvarint length and bytes), the arrival time (varint
+// Unix nanoseconds, 0 for the zero time), the request headers (a uvarint
+// count of keys, each a key, a uvarint count of values and the values,
+// keys sorted), and the request body as the rest. NATS headers carry what
+// changes with the message's state: Nats-Msg-Id, Sidecar-Attempts (the
+// attempts made before it was published) and, on a dead message,
+// Sidecar-Dead-Reason.
+//
+// # Methods
+//
+// Append publishes to the pending subject with Nats-Msg-Id set to the
+// message ID, so the server's duplicate window drops a publish retried
+// after a lost acknowledgement, and returns only after the stream's
+// acknowledgement: the 202 depends on it. An empty ID is given a
+// time-ordered one like the file backend's (16 hex digits of Unix
+// nanoseconds, strictly increasing within the store, and 8 random ones).
+// A caller-given ID that is stored already, or that the duplicate window
+// still remembers, gives spool.ErrExists. While the connection is down,
+// Append fails at once with ErrDisconnected: publishes are never buffered
+// for a reconnect, so no 202 is written for a message that is not stored.
+//
+// Next fetches one message from the route's consumer without waiting and
+// keeps the delivered message in an in-memory lease table until Ack,
+// RetryLater, DeadLetter or Delete settles it. A goroutine marks leased
+// messages in progress every AckWait/3, so a lease lasts as long as the
+// process does; after a crash the server hands a leased message out again
+// once AckWait has passed. Close hands leased messages back at once
+// (negative acknowledgement).
+//
+// Due times are kept by the server: RetryLater is a negative
+// acknowledgement delayed until at, and the server hands the message out
+// again only then. Next therefore ignores its now argument for routes
+// without ordering, and Next(route, far future), which the file backend
+// answers with the route's head whatever its due time, does not return a
+// message that waits for its delay. For a fifo route the server holds the
+// rest of the route behind the waiting head (MaxAckPending 1), and the
+// store also compares now with the due time of a head it retried itself,
+// as the file backend does: Next(route, now) returns nothing before it,
+// and Next(route, far future) may return the head early (the server does
+// hand out a delayed message early to a new pull request in some cases),
+// with Get reporting its NextAttempt so that the deliverer holds it until
+// then. The attempt count and due time given to RetryLater are kept in
+// memory (Get and Next report them); after a restart the attempts are the
+// published Sidecar-Attempts plus the server's delivery count minus one,
+// so an interrupted delivery counts as an attempt. RetryLater needs the
+// lease: on a pending message that this store did not hand out it returns
+// spool.ErrState.
+//
+// Ack acknowledges a leased message and waits for the server's
+// confirmation (double ack); an unleased one is deleted from the stream.
+// DeadLetter publishes a copy to the dead subject (Nats-Msg-Id
+// "dead-<id>-<nanoseconds>", the reason and attempts in headers) and then
+// deletes the pending message; a crash in between leaves both, so the
+// message may be delivered once more, never lost. Replay publishes the
+// dead copy back to the pending subject with a fresh Nats-Msg-Id and
+// attempts 0, then deletes the dead one; the replayed message joins the
+// end of its route's queue. Delete deletes the stream message by sequence;
+// Purge purges the stream with a subject filter and reports the server's
+// count.
+//
+// Get looks the message up by subject; List lists the stream's subjects
+// for the state and route (the server's subject listing, paged by the
+// client) and looks up the page's messages. There is no per-message index
+// in memory: only leases and the due times of retried messages.
+//
+// Stats reads the stream's totals, each route consumer's pending and
+// unacknowledged counts, the dead subjects' listing and each route's first
+// pending message (for Oldest). RouteStats.Bytes is zero per route: the
+// server does not count bytes per subject filter; Total.Bytes is the
+// stream's.
+//
+// # Durability
+//
+// JetStream acknowledges a publish once the stream's replicas have it in
+// memory, and writes it to disk on its sync_interval (two minutes by
+// default), not before the acknowledgement. With Replicas 1 an
+// acknowledged message can be lost if the server's machine loses power;
+// Open logs a warning saying so. The server setting sync_interval: always
+// closes the gap (an fsync per write); with three replicas a message is
+// acknowledged once a majority has it, which survives the loss of one
+// machine.
+package jsstore

@@ -1,0 +1,974 @@
+package jsstore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sidecar-proxy/sidecar/spool"
+)
+
+// Options configures Open. Only URL is required.
+type Options struct {
+	// URL lists the NATS servers, comma separated.
+	URL string
+	// Stream is the stream's name; empty means SIDECAR_SPOOL.
+	Stream string
+	// Replicas is the stream's replica count; 0 means 1.
+	Replicas int
+	// Create makes the stream if it is missing (and updates its limits if
+	// they differ); false only finds it, and Open fails if it is missing.
+	Create bool
+	// MaxMessages and MaxBytes bound the stream's pending and dead
+	// messages; 0 means no bound.
+	MaxMessages int64
+	MaxBytes    int64
+	// Routes holds per-route delivery settings; a route not listed is
+	// delivered without ordering.
+	Routes map[string]RouteOptions
+	// AckWait is how long the server waits for a leased message to be
+	// settled after the sidecar that leased it stops answering (a crash)
+	// before handing it out again; 0 means 30s. A live store extends its
+	// leases every AckWait/3.
+	AckWait time.Duration
+	// ConnectTimeout bounds the first connection; 0 means 5s.
+	ConnectTimeout time.Duration
+	// RequestTimeout bounds each request to the server: a publish's
+	// acknowledgement, a lookup, an ack; 0 means 5s.
+	RequestTimeout time.Duration
+	// CredsFile is a NATS credentials file; NKeyFile an NKey seed file
+	// (used if CredsFile is empty); empty means none.
+	CredsFile string
+	NKeyFile  string
+	// User and Password, and Token, authenticate; empty means none.
+	User     string
+	Password string
+	Token    string
+	// TLS configures the connection's TLS.
+	TLS TLS
+	// Now returns the current time, used for message IDs and Arrived; nil
+	// means time.Now.
+	Now func() time.Time
+	// Logger receives connection events and warnings; nil discards them.
+	Logger *slog.Logger
+}
+
+// RouteOptions configures one route's consumer.
+type RouteOptions struct {
+	// FIFO hands out one message of the route at a time, in order: the
+	// consumer's MaxAckPending is 1.
+	FIFO bool
+}
+
+// DefaultStream is the stream's name when Options.Stream is empty.
+const DefaultStream = "SIDECAR_SPOOL"
+
+// ErrDisconnected is returned while the store is not connected to NATS.
+var ErrDisconnected = errors.New("jetstream spool: not connected to NATS")
+
+const (
+	hdrAttempts   = "Sidecar-Attempts"
+	hdrDeadReason = "Sidecar-Dead-Reason"
+	consumerPfx   = "sidecar_"
+)
+
+// Store is the JetStream spool.Store. See the package documentation.
+type Store struct {
+	opts    Options
+	stream  string
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	str     jetstream.Stream
+	now     func() time.Time
+	log     *slog.Logger
+	appends atomic.Int64
+
+	mu        sync.Mutex
+	closed    bool
+	lastKey   uint64
+	consumers map[string]jetstream.Consumer // by route
+	leases    map[string]*lease             // by message ID
+	retries   map[string]retry              // by message ID: RetryLater's figures
+	held      map[string]time.Time          // fifo routes: when the retried head is due
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+var _ spool.Store = (*Store)(nil)
+
+// lease is a message handed out by Next and not settled yet.
+type lease struct {
+	msg      jetstream.Msg
+	seq      uint64
+	route    string
+	attempts int
+	at       time.Time // due time from RetryLater; zero if none
+}
+
+// retry is what RetryLater recorded for a pending message.
+type retry struct {
+	route    string
+	at       time.Time
+	attempts int
+}
+
+// Open connects to NATS and finds (or, with Options.Create, creates) the
+// stream. It fails if the server cannot be reached within
+// ConnectTimeout, the stream is missing and Create is false, or the
+// existing stream's settings conflict with the store's. With Replicas 1 it
+// logs a warning about acknowledgements before fsync.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if opts.Stream == "" {
+		opts.Stream = DefaultStream
+	}
+	if opts.Replicas <= 0 {
+		opts.Replicas = 1
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = 30 * time.Second
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 5 * time.Second
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 5 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if strings.ContainsAny(opts.Stream, ".*> \t") {
+		return nil, fmt.Errorf("jetstream: stream name %q may not hold '.', '*', '>' or spaces", opts.Stream)
+	}
+	no, err := connOptions(&opts, log)
+	if err != nil {
+		return nil, err
+	}
+	if opts.TLS.InsecureSkipVerify {
+		log.Warn("jetstream spool: tls insecure_skip_verify is on: the NATS server's certificate is not verified")
+	}
+	nc, err := nats.Connect(opts.URL, no...)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: connect to %s: %w", opts.URL, err)
+	}
+	s := &Store{
+		opts:      opts,
+		stream:    opts.Stream,
+		nc:        nc,
+		now:       opts.Now,
+		log:       log,
+		consumers: map[string]jetstream.Consumer{},
+		leases:    map[string]*lease{},
+		retries:   map[string]retry{},
+		held:      map[string]time.Time{},
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	if err := s.setup(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if opts.Replicas == 1 {
+		log.Warn("jetstream spool: replicas 1: JetStream acknowledges a message before it is fsynced, " +
+			"so an acknowledged message can be lost if the NATS server's machine loses power; " +
+			"run the server with sync_interval: always, or use replicas: 3")
+	}
+	go s.keepLeases()
+	return s, nil
+}
+
+// setup finds or creates the stream and the configured routes' consumers.
+func (s *Store) setup(ctx context.Context) error {
+	js, err := jetstream.New(s.nc, jetstream.WithDefaultTimeout(s.opts.RequestTimeout))
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	s.js = js
+	ctx, cancel := context.WithTimeout(ctx, 4*s.opts.RequestTimeout)
+	defer cancel()
+	want := s.streamConfig()
+	str, err := js.Stream(ctx, s.stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && s.opts.Create:
+		str, err = js.CreateStream(ctx, want)
+		if err != nil {
+			return fmt.Errorf("jetstream: create stream %s: %w", s.stream, err)
+		}
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return fmt.Errorf("jetstream: stream %s does not exist and create is false", s.stream)
+	case err != nil:
+		return fmt.Errorf("jetstream: find stream %s: %w", s.stream, err)
+	default:
+		have := str.CachedInfo().Config
+		if err := conflicts(have, want); err != nil {
+			return fmt.Errorf("jetstream: stream %s: %w", s.stream, err)
+		}
+		if have.MaxMsgs != want.MaxMsgs || have.MaxBytes != want.MaxBytes {
+			if !s.opts.Create {
+				s.log.Warn("jetstream spool: the stream's limits differ from the configuration; create is false, so they are kept",
+					"stream", s.stream, "max_msgs", have.MaxMsgs, "max_bytes", have.MaxBytes)
+			} else {
+				have.MaxMsgs, have.MaxBytes = want.MaxMsgs, want.MaxBytes
+				if str, err = js.UpdateStream(ctx, have); err != nil {
+					return fmt.Errorf("jetstream: update the limits of stream %s: %w", s.stream, err)
+				}
+			}
+		}
+	}
+	s.str = str
+	if str.CachedInfo().Config.AllowDirect {
+		s.log.Info("jetstream spool: the stream allows direct gets; lookups use them")
+	}
+	// Routes with consumers from earlier runs, then the configured ones.
+	names := str.ConsumerNames(ctx)
+	for name := range names.Name() {
+		if tok, ok := strings.CutPrefix(name, consumerPfx); ok {
+			if route, ok := parseRouteToken(tok); ok {
+				if _, err := s.consumer(ctx, route); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("jetstream: list consumers of %s: %w", s.stream, err)
+	}
+	for route := range s.opts.Routes {
+		if _, err := s.consumer(ctx, route); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) streamConfig() jetstream.StreamConfig {
+	limit := func(n int64) int64 {
+		if n <= 0 {
+			return -1
+		}
+		return n
+	}
+	return jetstream.StreamConfig{
+		Name:        s.stream,
+		Description: "sidecar spool: async requests waiting for delivery",
+		Subjects:    []string{s.stream + ".>"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.opts.Replicas,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     limit(s.opts.MaxMessages),
+		MaxBytes:    limit(s.opts.MaxBytes),
+		Duplicates:  2 * time.Minute,
+	}
+}
+
+// conflicts reports settings of an existing stream the store cannot work
+// with.
+func conflicts(have, want jetstream.StreamConfig) error {
+	var bad []string
+	if have.Retention != want.Retention {
+		bad = append(bad, fmt.Sprintf("retention is %v, want %v", have.Retention, want.Retention))
+	}
+	if have.Discard != want.Discard {
+		bad = append(bad, fmt.Sprintf("discard is %v, want %v (a full stream must refuse, not drop)", have.Discard, want.Discard))
+	}
+	if !slices.Contains(have.Subjects, want.Subjects[0]) {
+		bad = append(bad, fmt.Sprintf("subjects are %v, want %v", have.Subjects, want.Subjects))
+	}
+	if have.Storage != want.Storage {
+		bad = append(bad, fmt.Sprintf("storage is %v, want %v", have.Storage, want.Storage))
+	}
+	if have.Replicas != want.Replicas {
+		bad = append(bad, fmt.Sprintf("replicas are %d, want %d", have.Replicas, want.Replicas))
+	}
+	if have.MaxAge > 0 {
+		bad = append(bad, fmt.Sprintf("max_age is %v, want none (expiry would drop messages)", have.MaxAge))
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("its configuration conflicts: %s", strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// consumer returns route's consumer, creating or updating it on first use.
+func (s *Store) consumer(ctx context.Context, route string) (jetstream.Consumer, error) {
+	s.mu.Lock()
+	c, ok := s.consumers[route]
+	s.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	tok := routeToken(route)
+	cfg := jetstream.ConsumerConfig{
+		Durable:       consumerPfx + tok,
+		Description:   "sidecar spool route " + route,
+		FilterSubject: s.stream + ".*." + statePending + "." + tok,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.opts.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: -1,
+	}
+	if s.opts.Routes[route].FIFO {
+		cfg.MaxAckPending = 1
+	}
+	c, err := s.str.CreateOrUpdateConsumer(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: consumer of route %s: %w", route, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if have, ok := s.consumers[route]; ok {
+		return have, nil
+	}
+	s.consumers[route] = c
+	return c, nil
+}
+
+// keepLeases marks leased messages in progress every AckWait/3, so that
+// the server does not hand them out again while they are being delivered.
+func (s *Store) keepLeases() {
+	defer close(s.done)
+	t := time.NewTicker(s.opts.AckWait / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		msgs := make([]jetstream.Msg, 0, len(s.leases))
+		for _, l := range s.leases {
+			msgs = append(msgs, l.msg)
+		}
+		s.mu.Unlock()
+		for _, m := range msgs {
+			if err := m.InProgress(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+				s.log.Debug("jetstream spool: extending a lease failed", "error", err)
+			}
+		}
+	}
+}
+
+func (s *Store) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), s.opts.RequestTimeout)
+}
+
+func (s *Store) subject(id string, st spool.State, route string) string {
+	return s.stream + "." + idToken(id) + "." + stateToken(st) + "." + routeToken(route)
+}
+
+// checkOpen returns ErrClosed after Close, and ErrDisconnected while the
+// connection is down.
+func (s *Store) checkOpen() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return spool.ErrClosed
+	}
+	if !s.nc.IsConnected() {
+		return ErrDisconnected
+	}
+	return nil
+}
+
+// Connected reports whether the store is connected to NATS: Append and
+// the other methods fail while it is not.
+func (s *Store) Connected() bool { return s.nc.IsConnected() }
+
+// newID returns a time-ordered unique ID: 16 hex digits of Unix
+// nanoseconds, strictly increasing within the store, and 8 random ones.
+func (s *Store) newID() string {
+	s.mu.Lock()
+	key := max(uint64(max(s.now().UnixNano(), 1)), s.lastKey+1)
+	s.lastKey = key
+	s.mu.Unlock()
+	return fmt.Sprintf("%016x%08x", key, rand.Uint32())
+}
+
+// Append implements spool.Store. See the package documentation.
+func (s *Store) Append(ctx context.Context, m *spool.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	if m.Arrived.IsZero() {
+		m.Arrived = s.now()
+	}
+	given := m.ID != ""
+	id := m.ID
+	if !given {
+		id = s.newID()
+	} else if _, err := s.find(id); err == nil {
+		return spool.ErrExists
+	} else if !errors.Is(err, spool.ErrNotFound) {
+		return err
+	}
+	if _, err := s.consumer(ctx, m.Route); err != nil {
+		return err
+	}
+	msg := nats.NewMsg(s.subject(id, spool.Pending, m.Route))
+	msg.Header.Set(hdrAttempts, strconv.Itoa(max(m.Attempts, 0)))
+	msg.Data = encodeEnvelope(m)
+	dup, err := s.publish(ctx, msg, id)
+	if err != nil {
+		return err
+	}
+	if dup {
+		return spool.ErrExists
+	}
+	m.ID = id
+	s.appends.Add(1)
+	return nil
+}
+
+// publish publishes msg with Nats-Msg-Id msgID and waits for the stream's
+// acknowledgement; it reports whether the stream dropped it as a
+// duplicate. A publish whose acknowledgement timed out is retried once with
+// the same Nats-Msg-Id: a duplicate then means the first one was stored.
+func (s *Store) publish(ctx context.Context, msg *nats.Msg, msgID string) (dup bool, err error) {
+	for try := 0; ; try++ {
+		if !s.nc.IsConnected() {
+			return false, ErrDisconnected
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+		ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.stream), jetstream.WithRetryAttempts(0))
+		cancel()
+		if err == nil {
+			return ack.Duplicate && try == 0, nil
+		}
+		err = publishError(err)
+		timedOut := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		if !timedOut || try > 0 || ctx.Err() != nil {
+			return false, err
+		}
+	}
+}
+
+// publishError maps the server's refusals to spool errors.
+func publishError(err error) error {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, nats.ErrMaxPayload):
+		return fmt.Errorf("%w: %w", spool.ErrTooLarge, err)
+	case errors.As(err, &apiErr):
+		d := apiErr.Description
+		if strings.Contains(d, "maximum messages") || strings.Contains(d, "maximum bytes") ||
+			strings.Contains(d, "insufficient resources") || strings.Contains(d, "resource limits exceeded") {
+			return fmt.Errorf("%w: %w", spool.ErrFull, err)
+		}
+	case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrReconnectBufExceeded), errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w: %w", ErrDisconnected, err)
+	}
+	return fmt.Errorf("jetstream spool: publish: %w", err)
+}
+
+// Next implements spool.Store. For a fifo route whose head was retried by
+// this store, now is compared with the head's due time, as the file backend
+// does; otherwise due times are the server's (see the package
+// documentation).
+func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, false, err
+	}
+	s.mu.Lock()
+	at, held := s.held[route]
+	s.mu.Unlock()
+	if held && at.After(now) {
+		return nil, false, nil
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	c, err := s.consumer(ctx, route)
+	if err != nil {
+		return nil, false, err
+	}
+	batch, err := c.FetchNoWait(1)
+	if err != nil {
+		return nil, false, fmt.Errorf("jetstream spool: fetch %s: %w", route, err)
+	}
+	var jm jetstream.Msg
+	for m := range batch.Messages() {
+		jm = m
+	}
+	if err := batch.Error(); err != nil && jm == nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		return nil, false, fmt.Errorf("jetstream spool: fetch %s: %w", route, err)
+	}
+	if jm == nil {
+		return nil, false, nil
+	}
+	meta, err := jm.Metadata()
+	if err != nil {
+		return nil, false, fmt.Errorf("jetstream spool: fetch %s: %w", route, err)
+	}
+	sub, ok := parseSubject(s.stream, jm.Subject())
+	if !ok {
+		// Not ours: settle it so it does not block the route.
+		_ = jm.Term()
+		return nil, false, fmt.Errorf("jetstream spool: foreign subject %q in stream %s", jm.Subject(), s.stream)
+	}
+	l := &lease{msg: jm, seq: meta.Sequence.Stream, route: route}
+	s.mu.Lock()
+	if r, ok := s.retries[sub.id]; ok {
+		l.attempts, l.at = r.attempts, r.at
+		delete(s.retries, sub.id)
+		delete(s.held, r.route)
+	} else {
+		l.attempts = headerAttempts(jm.Headers()) + int(meta.NumDelivered) - 1
+	}
+	s.leases[sub.id] = l
+	s.mu.Unlock()
+	m, err := decodeEnvelope(jm.Data())
+	if err != nil {
+		// Leased, so DeadLetter or Delete can settle it by sequence.
+		return nil, false, &spool.DamagedError{ID: sub.id, Path: jm.Subject(), Offset: int64(l.seq)}
+	}
+	m.ID, m.Attempts = sub.id, l.attempts
+	return m, true, nil
+}
+
+func headerAttempts(h nats.Header) int {
+	n, _ := strconv.Atoi(h.Get(hdrAttempts))
+	return max(n, 0)
+}
+
+// stored is a message read from the stream.
+type stored struct {
+	subject
+	seq    uint64
+	raw    *jetstream.RawStreamMsg
+	msg    *spool.Message // nil if the envelope is damaged
+	damage error
+}
+
+// find looks id up in the stream.
+func (s *Store) find(id string) (*stored, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	raw, err := s.str.GetMsg(ctx, 0, jetstream.WithGetMsgSubject(s.stream+"."+idToken(id)+".>"))
+	return s.parseRaw(raw, err)
+}
+
+// load reads the message on a literal subject.
+func (s *Store) load(subj string) (*stored, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	raw, err := s.str.GetLastMsgForSubject(ctx, subj)
+	return s.parseRaw(raw, err)
+}
+
+func (s *Store) parseRaw(raw *jetstream.RawStreamMsg, err error) (*stored, error) {
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, spool.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("jetstream spool: lookup: %w", err)
+	}
+	sub, ok := parseSubject(s.stream, raw.Subject)
+	if !ok {
+		return nil, spool.ErrNotFound
+	}
+	st := &stored{subject: sub, seq: raw.Sequence, raw: raw}
+	st.msg, st.damage = decodeEnvelope(raw.Data)
+	if st.msg != nil {
+		st.msg.ID = sub.id
+	}
+	return st, nil
+}
+
+// info returns st's metadata, and its message with the attempts set.
+func (s *Store) info(st *stored) (*spool.Message, spool.Info) {
+	in := spool.Info{
+		ID:         st.id,
+		Route:      st.route,
+		State:      st.state,
+		Size:       int64(len(st.raw.Subject) + len(st.raw.Data) + headerSize(st.raw.Header)),
+		Attempts:   headerAttempts(st.raw.Header),
+		DeadReason: st.raw.Header.Get(hdrDeadReason),
+	}
+	if st.state == spool.Pending {
+		s.mu.Lock()
+		if l, ok := s.leases[st.id]; ok {
+			in.Leased, in.Attempts, in.NextAttempt = true, l.attempts, l.at
+		} else if r, ok := s.retries[st.id]; ok {
+			in.Attempts, in.NextAttempt = r.attempts, r.at
+		}
+		s.mu.Unlock()
+	}
+	if st.msg != nil {
+		in.Arrived = st.msg.Arrived
+		st.msg.Attempts = in.Attempts
+	}
+	return st.msg, in
+}
+
+func headerSize(h nats.Header) int {
+	n := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// Get implements spool.Store. A message whose envelope does not decode
+// gives a *spool.DamagedError.
+func (s *Store) Get(id string) (*spool.Message, spool.Info, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, spool.Info{}, err
+	}
+	st, err := s.find(id)
+	if err != nil {
+		return nil, spool.Info{}, err
+	}
+	m, in := s.info(st)
+	if st.damage != nil {
+		return nil, in, &spool.DamagedError{ID: id, Path: st.raw.Subject, Offset: int64(st.seq)}
+	}
+	return m, in, nil
+}
+
+// List implements spool.Store. A limit of 0 or less means no limit.
+func (s *Store) List(route string, state spool.State, after string, limit int) ([]spool.Info, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	subjects, err := s.subjects(route, state)
+	if err != nil {
+		return nil, err
+	}
+	var page []subject
+	bySubj := map[string]string{}
+	for subj := range subjects {
+		if sub, ok := parseSubject(s.stream, subj); ok && sub.id > after {
+			page = append(page, sub)
+			bySubj[sub.id] = subj
+		}
+	}
+	slices.SortFunc(page, func(a, b subject) int { return cmp.Compare(a.id, b.id) })
+	if limit > 0 && len(page) > limit {
+		page = page[:limit]
+	}
+	out := make([]spool.Info, 0, len(page))
+	for _, sub := range page {
+		st, err := s.load(bySubj[sub.id])
+		if errors.Is(err, spool.ErrNotFound) {
+			continue // settled since the listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		_, in := s.info(st)
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// filter is the subject filter of route ("" for all) in state.
+func (s *Store) filter(route string, state spool.State) string {
+	r := "*"
+	if route != "" {
+		r = routeToken(route)
+	}
+	return s.stream + ".*." + stateToken(state) + "." + r
+}
+
+// subjects lists the subjects of route's messages in state, with counts.
+func (s *Store) subjects(route string, state spool.State) (map[string]uint64, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	info, err := s.str.Info(ctx, jetstream.WithSubjectFilter(s.filter(route, state)))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream spool: list subjects: %w", err)
+	}
+	return info.State.Subjects, nil
+}
+
+// Ack implements spool.Store: a leased message is acknowledged and the
+// server's confirmation awaited; any other is deleted.
+func (s *Store) Ack(id string) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	l, ok := s.leases[id]
+	s.mu.Unlock()
+	s.forget(id)
+	if ok {
+		ctx, cancel := s.ctx()
+		defer cancel()
+		if err := l.msg.DoubleAck(ctx); err != nil {
+			return fmt.Errorf("jetstream spool: ack %s: %w", id, err)
+		}
+		return nil
+	}
+	return s.Delete(id)
+}
+
+// RetryLater implements spool.Store. The message must be leased by this
+// store; see the package documentation.
+func (s *Store) RetryLater(id string, at time.Time, attempts int) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	l, ok := s.leases[id]
+	s.mu.Unlock()
+	if !ok {
+		st, err := s.find(id)
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: message is %v and not leased by this store", spool.ErrState, st.state)
+	}
+	if err := l.msg.NakWithDelay(max(at.Sub(s.now()), 0)); err != nil {
+		return fmt.Errorf("jetstream spool: retry %s: %w", id, err)
+	}
+	s.mu.Lock()
+	delete(s.leases, id)
+	s.retries[id] = retry{route: l.route, at: at, attempts: max(attempts, 0)}
+	if s.opts.Routes[l.route].FIFO {
+		s.held[l.route] = at
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// DeadLetter implements spool.Store; the message must be pending. The
+// attempt count is kept.
+func (s *Store) DeadLetter(id string, reason string) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	st, err := s.find(id)
+	if err != nil {
+		return err
+	}
+	if st.state != spool.Pending {
+		return fmt.Errorf("%w: message is %v, want pending", spool.ErrState, st.state)
+	}
+	_, in := s.info(st)
+	msg := nats.NewMsg(s.subject(id, spool.Dead, st.route))
+	msg.Header.Set(hdrAttempts, strconv.Itoa(in.Attempts))
+	msg.Header.Set(hdrDeadReason, reason)
+	msg.Data = st.raw.Data
+	ctx, cancel := s.ctx()
+	defer cancel()
+	if _, err := s.publish(ctx, msg, "dead-"+id+"-"+strconv.FormatInt(s.now().UnixNano(), 10)); err != nil {
+		return err
+	}
+	return s.remove(id, st.seq)
+}
+
+// remove deletes the stream message seq of id and forgets id's lease and
+// retry.
+func (s *Store) remove(id string, seq uint64) error {
+	s.forget(id)
+	ctx, cancel := s.ctx()
+	defer cancel()
+	if err := s.str.DeleteMsg(ctx, seq); err != nil {
+		if strings.Contains(err.Error(), "not found") {
+			return spool.ErrNotFound
+		}
+		return fmt.Errorf("jetstream spool: delete %s: %w", id, err)
+	}
+	return nil
+}
+
+// forget drops id's lease and retry, and releases its route if id is a
+// held fifo head.
+func (s *Store) forget(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.leases, id)
+	if r, ok := s.retries[id]; ok {
+		delete(s.retries, id)
+		delete(s.held, r.route)
+	}
+}
+
+// Replay implements spool.Store; the message must be dead. It joins the
+// end of its route's queue with attempts 0.
+func (s *Store) Replay(id string) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	st, err := s.find(id)
+	if err != nil {
+		return err
+	}
+	if st.state != spool.Dead {
+		return fmt.Errorf("%w: message is %v, want dead", spool.ErrState, st.state)
+	}
+	msg := nats.NewMsg(s.subject(id, spool.Pending, st.route))
+	msg.Header.Set(hdrAttempts, "0")
+	msg.Data = st.raw.Data
+	ctx, cancel := s.ctx()
+	defer cancel()
+	if _, err := s.consumer(ctx, st.route); err != nil {
+		return err
+	}
+	if _, err := s.publish(ctx, msg, "replay-"+id+"-"+strconv.FormatInt(s.now().UnixNano(), 10)); err != nil {
+		return err
+	}
+	return s.remove(id, st.seq)
+}
+
+// Delete implements spool.Store.
+func (s *Store) Delete(id string) error {
+	if err := s.checkOpen(); err != nil {
+		return err
+	}
+	st, err := s.find(id)
+	if err != nil {
+		return err
+	}
+	return s.remove(id, st.seq)
+}
+
+// Purge implements spool.Store with one purge request filtered on the
+// route's (or all routes') subjects in state.
+func (s *Store) Purge(route string, state spool.State) (int, error) {
+	if err := s.checkOpen(); err != nil {
+		return 0, err
+	}
+	req, _ := json.Marshal(struct {
+		Filter string `json:"filter"`
+	}{s.filter(route, state)})
+	resp, err := s.nc.Request("$JS.API.STREAM.PURGE."+s.stream, req, s.opts.RequestTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("jetstream spool: purge: %w", err)
+	}
+	var out struct {
+		Purged uint64              `json:"purged"`
+		Error  *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(resp.Data, &out); err != nil {
+		return 0, fmt.Errorf("jetstream spool: purge: %w", err)
+	}
+	if out.Error != nil {
+		return 0, fmt.Errorf("jetstream spool: purge: %w", out.Error)
+	}
+	if state == spool.Pending {
+		s.mu.Lock()
+		for id, l := range s.leases {
+			if route == "" || l.route == route {
+				delete(s.leases, id)
+			}
+		}
+		for id, r := range s.retries {
+			if route == "" || r.route == route {
+				delete(s.retries, id)
+				delete(s.held, r.route)
+			}
+		}
+		s.mu.Unlock()
+	}
+	return int(out.Purged), nil
+}
+
+// Stats implements spool.Store. Errors from the server are logged and
+// leave the figures they would have filled at zero. Of the file backend's
+// counters only Appends is kept.
+func (s *Store) Stats() spool.Stats {
+	st := spool.Stats{Routes: map[string]spool.RouteStats{}, Appends: s.appends.Load()}
+	if s.checkOpen() != nil {
+		return st
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*s.opts.RequestTimeout)
+	defer cancel()
+	if info, err := s.str.Info(ctx); err != nil {
+		s.log.Warn("jetstream spool: stream info", "error", err)
+	} else {
+		st.Total.Bytes = int64(info.State.Bytes)
+	}
+	if dead, err := s.subjects("", spool.Dead); err != nil {
+		s.log.Warn("jetstream spool: list dead letters", "error", err)
+	} else {
+		for subj, n := range dead {
+			if sub, ok := parseSubject(s.stream, subj); ok {
+				rs := st.Routes[sub.route]
+				rs.Dead += int64(n)
+				st.Routes[sub.route] = rs
+				st.Total.Dead += int64(n)
+			}
+		}
+	}
+	s.mu.Lock()
+	consumers := make(map[string]jetstream.Consumer, len(s.consumers))
+	for r, c := range s.consumers {
+		consumers[r] = c
+	}
+	s.mu.Unlock()
+	for route, c := range consumers {
+		ci, err := c.Info(ctx)
+		if err != nil {
+			s.log.Warn("jetstream spool: consumer info", "route", route, "error", err)
+			continue
+		}
+		n := int64(ci.NumPending) + int64(ci.NumAckPending)
+		if n == 0 {
+			continue
+		}
+		rs := st.Routes[route]
+		rs.Pending = n
+		if first, err := s.str.GetMsg(ctx, 0, jetstream.WithGetMsgSubject(s.filter(route, spool.Pending))); err == nil {
+			if m, err := decodeEnvelope(first.Data); err == nil {
+				rs.Oldest = m.Arrived
+			}
+		}
+		st.Routes[route] = rs
+		st.Total.Pending += n
+		if !rs.Oldest.IsZero() && (st.Total.Oldest.IsZero() || rs.Oldest.Before(st.Total.Oldest)) {
+			st.Total.Oldest = rs.Oldest
+		}
+	}
+	return st
+}
+
+// Close implements spool.Store: it hands leased messages back to the
+// server at once, stops the lease keeper and closes the connection.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return spool.ErrClosed
+	}
+	s.closed = true
+	leases := s.leases
+	s.leases = map[string]*lease{}
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.done
+	for _, l := range leases {
+		_ = l.msg.Nak()
+	}
+	if s.nc.IsConnected() {
+		_ = s.nc.FlushTimeout(s.opts.RequestTimeout)
+	}
+	s.nc.Close()
+	return nil
+}

@@ -119,6 +119,21 @@ func (s *Server) Serve(done func()) {
 // Shutdown stops the admin API.
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
 
+// readiness reports whether the sidecar is ready: started, not draining,
+// and its spool, if it has one that can tell (spool.Checker), able to
+// store messages. reason says why not, when it is the spool.
+func (s *Server) readiness() (bool, string) {
+	if !s.ready.Load() {
+		return false, ""
+	}
+	if c, ok := s.spoolStore().(spool.Checker); ok {
+		if err := c.Ready(); err != nil {
+			return false, err.Error()
+		}
+	}
+	return true, ""
+}
+
 // Handler returns the admin API's routes behind the loopback Host check.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -126,8 +141,12 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !s.ready.Load() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false})
+		if ok, reason := s.readiness(); !ok {
+			body := map[string]any{"ready": false}
+			if reason != "" {
+				body["reason"] = reason
+			}
+			writeJSON(w, http.StatusServiceUnavailable, body)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"ready": true})

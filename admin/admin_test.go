@@ -3,10 +3,13 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,5 +218,46 @@ listeners:
 	_, ts2 := newTestAdmin(t)
 	if code, _ := call(t, ts2, "/v1/spool", ""); code != http.StatusNotFound {
 		t.Errorf("GET /v1/spool without a spool = %d, want 404", code)
+	}
+}
+
+// checkedStore is a store that reports whether it can store messages, as
+// a JetStream store does while its server is unreachable.
+type checkedStore struct {
+	spool.Store
+	down atomic.Bool
+}
+
+func (c *checkedStore) Ready() error {
+	if c.down.Load() {
+		return errors.New("spool: not connected to the server")
+	}
+	return nil
+}
+
+func TestReadinessFollowsTheSpool(t *testing.T) {
+	st, err := spool.OpenFile(t.TempDir(), spool.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cs := &checkedStore{Store: st}
+	s := New(spoolSource{fixedSource{newTestSnapshot(t)}, cs}, slog.New(slog.DiscardHandler))
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	s.SetReady(true)
+	if code, _ := call(t, ts, "/readyz", ""); code != 200 {
+		t.Errorf("/readyz with the spool up = %d, want 200", code)
+	}
+	cs.down.Store(true)
+	if code, body := call(t, ts, "/readyz", ""); code != 503 || !strings.Contains(body, "not connected") {
+		t.Errorf("/readyz with the spool down = %d %s, want 503 with the reason", code, body)
+	}
+	if _, body := call(t, ts, "/metrics", ""); !strings.Contains(body, "sidecar_ready 0\n") {
+		t.Errorf("/metrics with the spool down lacks sidecar_ready 0:\n%s", body)
+	}
+	cs.down.Store(false)
+	if code, _ := call(t, ts, "/readyz", ""); code != 200 {
+		t.Errorf("/readyz with the spool back = %d, want 200", code)
 	}
 }

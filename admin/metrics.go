@@ -49,7 +49,8 @@ func (s *Server) metricsHandler() http.Handler {
 func (s *Server) collect() []telemetry.Family {
 	snap := s.src.Snapshot()
 	ready := telemetry.Family{Name: "sidecar_ready", Help: "1 while /readyz answers 200: configuration loaded, listeners bound, spool open, not draining.", Type: telemetry.Gauge}
-	ready.Add(boolValue(s.ready.Load()))
+	ok, _ := s.readiness()
+	ready.Add(boolValue(ok))
 	inFlight := telemetry.Family{Name: "sidecar_route_in_flight", Help: "Requests in flight on each route.", Type: telemetry.Gauge}
 	for _, rt := range snap.Routes {
 		inFlight.Add(float64(rt.Stats().InFlight), "route", rt.Name)

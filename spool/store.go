@@ -151,6 +151,14 @@ type Store interface {
 	Close() error
 }
 
+// Checker is implemented by a store that can be open but unable to store
+// messages for a while, such as one whose server is unreachable. Ready
+// returns nil when it accepts appends, else why it does not; the admin
+// API's /readyz answers 503 meanwhile.
+type Checker interface {
+	Ready() error
+}
+
 var (
 	// ErrFull is returned by Append when MaxMessages or MaxBytes would be
 	// exceeded; nothing was written.

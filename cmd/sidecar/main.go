@@ -136,15 +136,19 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
 	for _, w := range notYetEnforced(cfg) {
 		logger.Warn(w)
 	}
-	if cfg.Spool.Backend != "file" {
-		logger.Error("spool.backend: " + cfg.Spool.Backend + " is not implemented in this version; use spool.backend: file")
-		return exitConfig
-	}
 	var opts []proxy.Option
 	if hasAsync(cfg) {
-		store, err := openSpool(cfg, logger)
+		var store spool.Store
+		var err error
+		where := []any{"backend", cfg.Spool.Backend, "dir", cfg.Spool.Dir}
+		if cfg.Spool.Backend == "jetstream" {
+			where = []any{"backend", cfg.Spool.Backend, "stream", cfg.Spool.JetStream.Stream}
+			store, err = openJetStream(context.Background(), cfg, logger)
+		} else {
+			store, err = openSpool(cfg, logger)
+		}
 		if err != nil {
-			logger.Error("cannot open the spool", "dir", cfg.Spool.Dir, "error", err)
+			logger.Error("cannot open the spool", append(where, "error", err)...)
 			return exitFailure
 		}
 		defer func() {

@@ -316,14 +316,6 @@ listeners:
 `, spoolBlock))
 }
 
-func TestRunRefusesJetStream(t *testing.T) {
-	cfg := asyncConfig(t, `backend: jetstream, jetstream: {url: "nats://127.0.0.1:4222"}`)
-	code, _, stderr := runCLI(t, "run", "-config", cfg)
-	if code != 1 || !strings.Contains(stderr, "jetstream") || !strings.Contains(stderr, "not implemented") {
-		t.Errorf("sidecar run with spool.backend jetstream = exit %d, stderr %q; want exit 1 naming jetstream as not implemented", code, stderr)
-	}
-}
-
 func TestRunFailsWhenSpoolLocked(t *testing.T) {
 	dir := t.TempDir()
 	st, err := spool.OpenFile(dir, spool.FileOptions{})

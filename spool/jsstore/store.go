@@ -108,7 +108,10 @@ type Store struct {
 	done chan struct{}
 }
 
-var _ spool.Store = (*Store)(nil)
+var (
+	_ spool.Store   = (*Store)(nil)
+	_ spool.Checker = (*Store)(nil)
+)
 
 // lease is a message handed out by Next and not settled yet.
 type lease struct {
@@ -166,7 +169,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	nc, err := nats.Connect(opts.URL, no...)
 	if err != nil {
-		return nil, fmt.Errorf("jetstream: connect to %s: %w", opts.URL, err)
+		return nil, fmt.Errorf("jetstream: connect to %s: %w", redactURLs(opts.URL), err)
 	}
 	s := &Store{
 		opts:      opts,
@@ -394,6 +397,11 @@ func (s *Store) checkOpen() error {
 // Connected reports whether the store is connected to NATS: Append and
 // the other methods fail while it is not.
 func (s *Store) Connected() bool { return s.nc.IsConnected() }
+
+// Ready implements spool.Checker: it returns ErrDisconnected while the
+// connection to NATS is down (the admin API's /readyz answers 503) and
+// spool.ErrClosed after Close.
+func (s *Store) Ready() error { return s.checkOpen() }
 
 // newID returns a time-ordered unique ID: 16 hex digits of Unix
 // nanoseconds, strictly increasing within the store, and 8 random ones.

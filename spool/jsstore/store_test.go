@@ -214,6 +214,9 @@ func TestDisconnect(t *testing.T) {
 	for s.Connected() && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
+	if err := s.Ready(); !errors.Is(err, jsstore.ErrDisconnected) {
+		t.Errorf("Ready(disconnected) = %v, want %v", err, jsstore.ErrDisconnected)
+	}
 	start := time.Now()
 	err := s.Append(t.Context(), message("r", 2))
 	if err == nil || !errors.Is(err, jsstore.ErrDisconnected) {
@@ -230,6 +233,9 @@ func TestDisconnect(t *testing.T) {
 			t.Fatalf("store did not reconnect within 15s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if err := s.Ready(); err != nil {
+		t.Errorf("Ready(reconnected) = %v, want nil", err)
 	}
 	after := message("r", 3)
 	deadline = time.Now().Add(10 * time.Second)
@@ -314,7 +320,7 @@ func TestOpenErrors(t *testing.T) {
 		opts jsstore.Options
 		want string
 	}{
-		{"unreachable", jsstore.Options{URL: "nats://127.0.0.1:1", Create: true}, "connect"},
+		{"unreachable", jsstore.Options{URL: "nats://u:secret@127.0.0.1:1", Create: true}, "connect to nats://u:xxxxx@127.0.0.1:1"},
 		{"missing, create false", jsstore.Options{URL: srv.ClientURL(), Stream: "MISSING"}, "does not exist"},
 		{"conflicting replicas", jsstore.Options{URL: srv.ClientURL(), Stream: "THREE", Replicas: 3, Create: true}, "replicas"},
 		{"bad name", jsstore.Options{URL: srv.ClientURL(), Stream: "A.B", Create: true}, "stream name"},

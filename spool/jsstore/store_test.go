@@ -337,3 +337,55 @@ func TestOpenErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseOutlivesAckWait: a store extends its leases, so a delivery
+// longer than AckWait is not handed to another sidecar; Close hands the
+// message back at once.
+func TestLeaseOutlivesAckWait(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	opts := jsstore.Options{Stream: "LEASE", AckWait: 600 * time.Millisecond}
+	a := openStore(t, srv, opts)
+	b := openStore(t, srv, opts)
+	m := message("r", 1)
+	if err := a.Append(t.Context(), m); err != nil {
+		t.Fatalf("Append() = %v", err)
+	}
+	if got := next(t, a, "r"); got.ID != m.ID {
+		t.Fatalf("Next() = %s, want %s", got.ID, m.ID)
+	}
+	for end := time.Now().Add(3 * opts.AckWait); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if got, ok, err := b.Next("r", time.Now()); err != nil || ok {
+			t.Fatalf("Next() on a second store while the first holds the lease = %v, %v, %v; want nothing", got, ok, err)
+		}
+	}
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close() = %v", err)
+	}
+	start := time.Now()
+	if got := next(t, b, "r"); got.ID != m.ID || got.Attempts != 1 {
+		t.Errorf("Next() after the holder closed = %s (%d attempts), want %s (1)", got.ID, got.Attempts, m.ID)
+	}
+	if d := time.Since(start); d > opts.AckWait {
+		t.Errorf("the closed store's lease came back after %v, want at once", d)
+	}
+}
+
+// TestTooLarge: a message over the server's max_payload is refused with
+// spool.ErrTooLarge.
+func TestTooLarge(t *testing.T) {
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), MaxPayload: 4 << 10, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("not ready")
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	s := openStore(t, srv, jsstore.Options{})
+	m := message("r", 1)
+	m.Body = make([]byte, 8<<10)
+	if err := s.Append(t.Context(), m); !errors.Is(err, spool.ErrTooLarge) {
+		t.Errorf("Append(8 KiB, max_payload 4 KiB) = %v, want %v", err, spool.ErrTooLarge)
+	}
+}

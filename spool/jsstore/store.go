@@ -515,14 +515,14 @@ func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) 
 	}
 	batch, err := c.FetchNoWait(1)
 	if err != nil {
-		return nil, false, fmt.Errorf("jetstream spool: fetch %s: %w", route, err)
+		return nil, false, s.fetchError(route, err)
 	}
 	var jm jetstream.Msg
 	for m := range batch.Messages() {
 		jm = m
 	}
 	if err := batch.Error(); err != nil && jm == nil && !errors.Is(err, jetstream.ErrNoMessages) {
-		return nil, false, fmt.Errorf("jetstream spool: fetch %s: %w", route, err)
+		return nil, false, s.fetchError(route, err)
 	}
 	if jm == nil {
 		return nil, false, nil
@@ -555,6 +555,18 @@ func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) 
 	}
 	m.ID, m.Attempts = sub.id, l.attempts
 	return m, true, nil
+}
+
+// fetchError wraps a failed fetch; a consumer deleted behind the store's
+// back (a pull request without responders) is forgotten, so the next call
+// creates it again.
+func (s *Store) fetchError(route string, err error) error {
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrNoResponders) {
+		s.mu.Lock()
+		delete(s.consumers, route)
+		s.mu.Unlock()
+	}
+	return fmt.Errorf("jetstream spool: fetch %s: %w", route, err)
 }
 
 func headerAttempts(h nats.Header) int {

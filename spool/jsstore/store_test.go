@@ -23,7 +23,7 @@ import (
 // startServer starts an embedded JetStream server on a random loopback
 // port (or port, if not 0) with its data in dir, and shuts it down at the
 // end of the test.
-func startServer(t *testing.T, dir string, port int) *server.Server {
+func startServer(t testing.TB, dir string, port int) *server.Server {
 	t.Helper()
 	if port == 0 {
 		port = -1
@@ -387,5 +387,29 @@ func TestTooLarge(t *testing.T) {
 	m.Body = make([]byte, 8<<10)
 	if err := s.Append(t.Context(), m); !errors.Is(err, spool.ErrTooLarge) {
 		t.Errorf("Append(8 KiB, max_payload 4 KiB) = %v, want %v", err, spool.ErrTooLarge)
+	}
+}
+
+// TestConsumerDeletedBehindTheStore: an operator deleting a route's
+// consumer costs one failed Next; the store creates it again.
+func TestConsumerDeletedBehindTheStore(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	s := openStore(t, srv, jsstore.Options{Stream: "CDEL", Routes: map[string]jsstore.RouteOptions{"r": {}}})
+	m := message("r", 1)
+	if err := s.Append(t.Context(), m); err != nil {
+		t.Fatalf("Append() = %v", err)
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteConsumer(t.Context(), "CDEL", "sidecar_r72"); err != nil {
+		t.Fatalf("DeleteConsumer() = %v", err)
+	}
+	_, _, _ = s.Next("r", time.Now()) // may fail once
+	if got := next(t, s, "r"); got.ID != m.ID {
+		t.Errorf("Next() after the consumer was deleted = %s, want %s", got.ID, m.ID)
 	}
 }

@@ -40,7 +40,9 @@
 // RouteOptions.FIFO is set, so the server hands out the next message of
 // the route only once the head is settled; other routes have no
 // MaxAckPending bound. Consumers are created, or updated when the ordering
-// changed, at Open for Options.Routes and on first use for other routes.
+// changed, at Open for Options.Routes and for routes whose consumers an
+// earlier run made, and on first use (Append or Next) for other routes; a
+// consumer deleted behind the store's back is made again.
 // Several sidecars sharing a stream share the consumers: the route's
 // messages are spread among them, and a fifo route stays fifo across them.
 //

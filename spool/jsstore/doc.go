@@ -92,7 +92,7 @@
 // hand out a delayed message early to a new pull request in some cases),
 // with Get reporting its NextAttempt so that the deliverer holds it until
 // then. The attempt count and due time given to RetryLater are kept in
-// memory (Get and Next report them); after a restart the attempts are the
+// memory (Get, Next and NextDue report them); after a restart the attempts are the
 // published Sidecar-Attempts plus the server's delivery count minus one,
 // so an interrupted delivery counts as an attempt. RetryLater needs the
 // lease: on a pending message that this store did not hand out it returns

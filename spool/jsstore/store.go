@@ -557,6 +557,21 @@ func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) 
 	return m, true, nil
 }
 
+// NextDue returns when the earliest message of route that this store
+// retried (RetryLater) becomes due; ok is false if none is waiting. A
+// deliverer that found nothing due sleeps until then. It scans the
+// store's retried messages, which are held in memory anyway.
+func (s *Store) NextDue(route string) (at time.Time, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.retries {
+		if r.route == route && (!ok || r.at.Before(at)) {
+			at, ok = r.at, true
+		}
+	}
+	return at, ok
+}
+
 // fetchError wraps a failed fetch; a consumer deleted behind the store's
 // back (a pull request without responders) is forgotten, so the next call
 // creates it again.

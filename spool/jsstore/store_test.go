@@ -145,6 +145,9 @@ func TestFIFOHoldsRoute(t *testing.T) {
 	if m, ok, _ := s.Next("f", time.Now()); ok {
 		t.Fatalf("Next() while the head waits = %s, want nothing", m.ID)
 	}
+	if at, ok := s.NextDue("f"); !ok || !at.Equal(due) {
+		t.Errorf("NextDue(f) = %v, %v, want %v, true", at, ok, due)
+	}
 	// The deliverer leases the head whatever its due time and reads it.
 	again := next(t, s, "f") // polls with time.Now: returns once due
 	if again.ID != ids[0] || again.Attempts != 1 || time.Now().Before(due) {

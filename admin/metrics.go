@@ -22,7 +22,12 @@ type DeliverySource interface {
 // page cache under the spool configuration cfg: 0 with fsync always, the
 // sync period with fsync interval. A machine crash (not a process crash)
 // can lose the messages acknowledged within it.
+// It is negative, unknown, for a JetStream spool: the NATS servers'
+// sync_interval decides it.
 func fsyncLossWindow(cfg config.Spool) time.Duration {
+	if cfg.Backend == "jetstream" {
+		return -1
+	}
 	if cfg.Fsync != "interval" {
 		return 0
 	}
@@ -110,7 +115,7 @@ func (s *Server) spoolFamilies(snap *proxy.Snapshot, st spool.Stats) []telemetry
 		f.Add(v)
 		return f
 	}
-	return []telemetry.Family{
+	fams := []telemetry.Family{
 		msgs, bytes, oldest,
 		one("sidecar_spool_appends_total", "Messages appended durably since the spool was opened.", telemetry.Counter, float64(st.Appends)),
 		one("sidecar_spool_fsyncs_total", "Data fsyncs since the spool was opened (concurrent appends share one).", telemetry.Counter, float64(st.Syncs)),
@@ -121,8 +126,11 @@ func (s *Server) spoolFamilies(snap *proxy.Snapshot, st spool.Stats) []telemetry
 		one("sidecar_spool_corrupt_records_total", "Damaged regions the spool skipped when it was opened.", telemetry.Counter, float64(st.CorruptRecords)),
 		one("sidecar_spool_torn_tail_truncated", "1 when opening the spool truncated an incomplete last record (a crash mid-write).", telemetry.Gauge, boolValue(st.TornTail)),
 		one("sidecar_spool_segments", "Spool log segment files.", telemetry.Gauge, float64(st.Segments)),
-		one("sidecar_spool_fsync_loss_window_seconds", "How long an acknowledged message may be on no disk: 0 with spool.fsync always, spool.fsync_interval with fsync interval. A machine crash can lose what was acknowledged within it.", telemetry.Gauge, s.lossWindow.Seconds()),
 	}
+	if s.lossWindow >= 0 { // unknown for JetStream: left out
+		fams = append(fams, one("sidecar_spool_fsync_loss_window_seconds", "How long an acknowledged message may be on no disk: 0 with spool.fsync always, spool.fsync_interval with fsync interval. A machine crash can lose what was acknowledged within it.", telemetry.Gauge, s.lossWindow.Seconds()))
+	}
+	return fams
 }
 
 func (s *Server) deliveryFamilies(ds map[string]proxy.DeliveryStatus) []telemetry.Family {

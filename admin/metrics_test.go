@@ -188,6 +188,21 @@ func TestMetricsFsyncLossWindow(t *testing.T) {
 	}
 }
 
+// TestMetricsLossWindowUnknownOnJetStream: with the JetStream backend the
+// servers' sync_interval decides the window, so the gauge is left out
+// rather than claiming 0.
+func TestMetricsLossWindowUnknownOnJetStream(t *testing.T) {
+	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", `backend: jetstream, jetstream: {url: "nats://127.0.0.1:4222"}`, ""))
+	st := openTestStore(t, spool.FileOptions{})
+	ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
+	t.Cleanup(ts.Close)
+	e := scrape(t, ts.URL)
+	if v, ok := e.Value("sidecar_spool_fsync_loss_window_seconds"); ok {
+		t.Errorf("jetstream: fsync_loss_window_seconds = %v, want it left out", v)
+	}
+	value(t, e, "sidecar_spool_appends_total")
+}
+
 // failingFS is the real file system whose file syncs fail once failing
 // is set, like a disk that has gone bad.
 type failingFS struct {

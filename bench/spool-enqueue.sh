@@ -17,6 +17,11 @@
 #   js-always   the same with `sync_interval: always` (durable on ack; only
 #               nats-server 2.10 and later know it: older servers refuse the
 #               config, and the row says so)
+#   sidecar-js-default, sidecar-js-always
+#               the sidecar end to end as above, with spool.backend
+#               jetstream on that nats-server (default sync, or sync_interval:
+#               always), both pinned to the server core (not in the default
+#               TARGETS)
 #
 #   bench/spool-enqueue.sh                     # 10 s per measurement, ~3 minutes
 #   DURATION=2s WARMUP=1s bench/spool-enqueue.sh   # smoke run
@@ -171,12 +176,14 @@ measure_store() {
 	done <<<"$out"
 }
 
-write_sidecar_config() { # write_sidecar_config SPOOLDIR
+write_sidecar_config() { # write_sidecar_config SPOOLDIR [jetstream]
+	local backend=""
+	[ "${2:-}" = jetstream ] && backend="backend: jetstream, jetstream: {url: \"nats://$HOST:$NATS_PORT\", stream: BENCH_SPOOL, replicas: 1}, "
 	cat >"$TMP/sidecar.yaml" <<EOF
 # spool-enqueue.sh: one async route, when: always, upstream down.
 version: 1
 admin: {address: "$HOST:$ADMIN_PORT"}
-spool: {dir: "$1", fsync: always, max_bytes: 64GiB, max_messages: 100000000}
+spool: {${backend}dir: "$1", fsync: always, max_bytes: 64GiB, max_messages: 100000000}
 upstreams:
   down: {endpoints: ["http://$HOST:$DOWN_PORT"], connect_timeout: 200ms}
 listeners:
@@ -212,12 +219,19 @@ wrk_post() {
 		END { printf "{\"achieved_rps\":%s,\"p50_us\":%.0f,\"p99_us\":%.0f,\"ok\":%d,\"failed\":%d,\"errors\":%d,\"loadgen\":\"wrk\"}\n", rps + 0, p50, p99, n - bad, bad + 0, errs + 0 }'
 }
 
-measure_sidecar() {
-	local r=$1 p=$2
-	local pid out t0 t1 c0 c1 f0 f1 w0 w1 code depth name="sidecar-$p"
+measure_sidecar() { # measure_sidecar ROUND PRODUCERS [default|always: the JetStream backend]
+	local r=$1 p=$2 js=${3:-}
+	local pid out t0 t1 c0 c1 f0 f1 w0 w1 code depth name="sidecar-$p" npid="" nc0=0 target=sidecar
 	wait_quiet
 	rm -rf "$TMP/data/sidecar"
-	write_sidecar_config "$TMP/data/sidecar"
+	if [ -n "$js" ]; then
+		name="sidecar-js-$js-$p" target="sidecar-js-$js"
+		start_nats "$js" || return 0
+		npid=$STARTED
+		write_sidecar_config "$TMP/data/sidecar" jetstream
+	else
+		write_sidecar_config "$TMP/data/sidecar"
+	fi
 	port_free "$APP_PORT" || die "port $APP_PORT is already in use"
 	port_free "$ADMIN_PORT" || die "port $ADMIN_PORT is already in use"
 	port_free "$DOWN_PORT" || die "port $DOWN_PORT (the upstream that must stay down) is in use"
@@ -225,18 +239,21 @@ measure_sidecar() {
 	pid=$STARTED
 	if ! wait_200 "http://$HOST:$ADMIN_PORT/readyz" "$pid" sidecar; then
 		stop "$pid"
+		[ -z "$npid" ] || stop "$npid"
 		echo "$name round $r: the sidecar did not start (see log/sidecar.log)" >>"$TMP/res/notes"
 		return 0
 	fi
 	code=$(head -c "$SIZE" /dev/zero | curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST --data-binary @- "http://$HOST:$APP_PORT/enqueue" || true)
 	if [ "$code" != 202 ]; then
 		stop "$pid"
+		[ -z "$npid" ] || stop "$npid"
 		echo "$name round $r: a test POST got $code, not 202 (see log/sidecar.log)" >>"$TMP/res/notes"
 		return 0
 	fi
 	w0=$(now)
 	f0=$(disk_flushes)
 	c0=$(cpu_ticks "$pid")
+	[ -z "$npid" ] || nc0=$(cpu_ticks "$npid")
 	if [ "$LOADGEN" = wrk ]; then
 		out=$(wrk_post "$p")
 	else
@@ -244,12 +261,14 @@ measure_sidecar() {
 			-url "http://$HOST:$APP_PORT/enqueue" -conns "$p" -warmup "$WARMUP" -duration "$DURATION" -timeout 10s)
 	fi
 	c1=$(cpu_ticks "$pid")
+	[ -z "$npid" ] || { c0=$((c0 + nc0)); c1=$((c1 + $(cpu_ticks "$npid"))); }
 	f1=$(disk_flushes)
 	w1=$(now)
 	depth=$(curl -s --max-time 5 "http://$HOST:$ADMIN_PORT/v1/spool" | tr -d ' \n' | sed -n 's/.*"total":{"depth":\([0-9]*\).*/\1/p')
 	stop "$pid"
-	rm -rf "$TMP/data/sidecar"
-	echo "{\"target\":\"sidecar\",\"round\":$r,\"producers\":$p,\"spool_depth_after\":${depth:-null},\"result\":$out}" >>"$TMP/res/raw.jsonl"
+	[ -z "$npid" ] || stop "$npid"
+	rm -rf "$TMP/data/sidecar" "$TMP/data/js"
+	echo "{\"target\":\"$target\",\"round\":$r,\"producers\":$p,\"spool_depth_after\":${depth:-null},\"result\":$out}" >>"$TMP/res/raw.jsonl"
 	t0=$(elapsed "$w0" "$w1")
 	record "$name" rate "$(json_num achieved_rps "$out")"
 	record "$name" p50 "$(json_num p50_us "$out")"
@@ -269,8 +288,11 @@ measure_sidecar() {
 
 JS_VERSION=""
 declare -A JS_NOTE=()
-measure_js() {
-	local r=$1 mode=$2 name pid out p t0 w0 w1 c0 c1 f0 f1 sync_line=""
+# start_nats MODE: a fresh nats-server (default or always sync) with
+# JetStream on the run's disk, pinned to SERVER_CPU; sets STARTED to its
+# pid, or fails with JS_NOTE[MODE] set.
+start_nats() {
+	local mode=$1 sync_line=""
 	[ "$mode" = always ] && sync_line="  sync_interval: always"
 	rm -rf "$TMP/data/js"
 	mkdir -p "$TMP/data/js"
@@ -285,17 +307,22 @@ $sync_line
 EOF
 	port_free "$NATS_PORT" || die "port $NATS_PORT is already in use"
 	start "nats-$mode" "$SERVER_CPU" "$NATS_SERVER" -c "$TMP/nats-$mode.conf"
-	pid=$STARTED
-	if ! wait_port "$NATS_PORT" "$pid" "nats-$mode" 2>>"$TMP/log/nats-$mode.startup"; then
-		stop "$pid"
+	if ! wait_port "$NATS_PORT" "$STARTED" "nats-$mode" 2>>"$TMP/log/nats-$mode.startup"; then
+		stop "$STARTED"
 		if grep -q 'unknown field "sync_interval"' "$TMP/log/nats-$mode.log"; then
 			JS_NOTE[$mode]="nats-server $JS_VERSION refuses \`sync_interval\` (unknown field): it has no per-write fsync option; sync_interval arrived in 2.10"
 		else
 			JS_NOTE[$mode]="nats-server did not start (see log/nats-$mode.log)"
 		fi
 		log "js-$mode: ${JS_NOTE[$mode]}"
-		return 0
+		return 1
 	fi
+}
+
+measure_js() {
+	local r=$1 mode=$2 name pid out p t0 w0 w1 c0 c1 f0 f1
+	start_nats "$mode" || return 0
+	pid=$STARTED
 	for p in $PRODUCERS; do
 		name="js-$mode-$p"
 		wait_quiet
@@ -330,7 +357,7 @@ EOF
 want() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 pkgs=(curl:curl taskset:util-linux findmnt:util-linux)
-if want js-default || want js-always; then
+if want js-default || want js-always || want sidecar-js-default || want sidecar-js-always; then
 	[ "$NATS_SERVER" = nats-server ] && pkgs+=(nats-server:nats-server)
 fi
 ensure_packages "${pkgs[@]}"
@@ -349,7 +376,7 @@ log "building bench binaries into $TMP/bin"
 (cd "$REPO" && go build -o "$TMP/bin/" ./bench/fsyncrate ./bench/loadgen ./bench/jsload)
 
 SIDECAR_NOTE=""
-if want sidecar; then
+if want sidecar || want sidecar-js-default || want sidecar-js-always; then
 	if ! (cd "$REPO" && go build -o "$TMP/bin/sidecar" ./cmd/sidecar) >"$TMP/log/sidecar-build.log" 2>&1; then
 		SIDECAR_NOTE="sidecar: not measured: ./cmd/sidecar does not build: $(grep -v '^#' "$TMP/log/sidecar-build.log" | head -1 || true)"
 		log "$SIDECAR_NOTE"
@@ -363,7 +390,7 @@ if want store; then
 		log "$STORE_NOTE"
 	fi
 fi
-if want js-default || want js-always; then
+if want js-default || want js-always || want sidecar-js-default || want sidecar-js-always; then
 	JS_VERSION=$("$NATS_SERVER" --version 2>&1 | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p' | head -1)
 fi
 
@@ -375,6 +402,11 @@ for r in $(seq 1 "$ROUNDS"); do
 	fi
 	if want js-default; then measure_js "$r" default; fi
 	if want js-always; then measure_js "$r" always; fi
+	for m in default always; do
+		if want "sidecar-js-$m" && [ -z "$SIDECAR_NOTE" ]; then
+			for p in $PRODUCERS; do measure_sidecar "$r" "$p" "$m"; done
+		fi
+	done
 done
 
 # ---------------------------------------------------------------- report
@@ -413,6 +445,12 @@ row() { # row LABEL NAME PRODUCERS
 	fi
 	if want js-always; then
 		for p in $PRODUCERS; do row "JetStream, sync_interval: always" "js-always-$p" "$p"; done
+	fi
+	if want sidecar-js-default; then
+		for p in $PRODUCERS; do row "sidecar HTTP → JetStream backend, default sync (CPU: sidecar + nats-server)" "sidecar-js-default-$p" "$p"; done
+	fi
+	if want sidecar-js-always; then
+		for p in $PRODUCERS; do row "sidecar HTTP → JetStream backend, sync_interval: always (CPU: sidecar + nats-server)" "sidecar-js-always-$p" "$p"; done
 	fi
 	echo
 	echo "enqueues/s: 202s (sidecar), PubAcks (JetStream), completed appends (Store), write+fdatasync pairs (raw) per second of the measured window. p50/p99: per request, closed loop (each producer sends the next message when the previous one is acknowledged); the Store benchmark reports no latencies, its msgs/sync (messages per fsync: group commit) is shown instead. Disk flushes/s: flush requests completed by the block device (/sys/class/block/DEV/stat) during the run, every process's, warm-up included: ~0 means nothing was fsync'd. Server CPU: the sidecar's or nats-server's utime+stime / wall time, warm-up included."

@@ -259,3 +259,30 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestRedactUserinfo(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":                             "nats://127.0.0.1:4222",
+		"nats://s3cr3t@10.0.0.1:4222":                       "nats://[redacted]@10.0.0.1:4222",
+		"nats://user:pw@a:4222,nats://b:4222,tls://tok@c:1": "nats://[redacted]@a:4222,nats://b:4222,tls://[redacted]@c:1",
+		"tok@host:4222":                                     "[redacted]@host:4222",
+		"nats://host:4222/path@x":                           "nats://host:4222/path@x",
+	} {
+		if got := redactUserinfo(in); got != want {
+			t.Errorf("redactUserinfo(%q) = %q, want %q", in, got, want)
+		}
+	}
+	cfg, err := Parse("t.yaml", []byte(`
+version: 1
+spool: {backend: jetstream, jetstream: {url: "nats://s3cr3t@127.0.0.1:4222"}}
+upstreams: {up: {endpoints: ["http://127.0.0.1:1"]}}
+listeners: [{name: app, address: "127.0.0.1:0", routes: [{name: r, upstream: up, async: {}}]}]
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := Public(cfg).(map[string]any)["spool"].(map[string]any)["jetstream"].(map[string]any)
+	if js["url"] != "nats://[redacted]@127.0.0.1:4222" {
+		t.Errorf("Public(cfg) spool.jetstream.url = %v, want the token redacted", js["url"])
+	}
+}

@@ -36,6 +36,10 @@ func public(v reflect.Value, key string) any {
 			if name == "" || name == "-" {
 				continue
 			}
+			if f.Tag.Get("secret") == "userinfo" {
+				out[name] = redactUserinfo(v.Field(i).String())
+				continue
+			}
 			if f.Tag.Get("secret") == "true" {
 				if v.Field(i).String() != "" {
 					out[name] = Redacted
@@ -65,6 +69,31 @@ func public(v reflect.Value, key string) any {
 		return out
 	}
 	return v.Interface()
+}
+
+// redactUserinfo replaces the user information (user, password or token)
+// of every URL in the comma-separated list s with Redacted.
+func redactUserinfo(s string) string {
+	urls := strings.Split(s, ",")
+	for i, u := range urls {
+		scheme, rest, ok := strings.Cut(u, "://")
+		if !ok {
+			scheme, rest = "", u
+		}
+		host := rest
+		if end := strings.IndexAny(rest, "/?#"); end >= 0 {
+			host = rest[:end]
+		}
+		if at := strings.LastIndex(host, "@"); at >= 0 {
+			rest = Redacted + rest[at:]
+		}
+		if ok {
+			urls[i] = scheme + "://" + rest
+		} else {
+			urls[i] = rest
+		}
+	}
+	return strings.Join(urls, ",")
 }
 
 func isCredentialHeader(name string) bool {

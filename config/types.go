@@ -75,7 +75,8 @@ type Spool struct {
 // JetStream configures the NATS JetStream spool backend.
 type JetStream struct {
 	// URL of the NATS server(s), comma separated. Default nats://127.0.0.1:4222.
-	URL string `yaml:"url"`
+	// User information in a URL is redacted in /v1/config.
+	URL string `yaml:"url" secret:"userinfo"`
 	// Stream name. Default SIDECAR_SPOOL.
 	Stream string `yaml:"stream"`
 	// Replicas of the stream. Default 1.

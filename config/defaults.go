@@ -26,7 +26,7 @@ func (c *Config) setDefaults() {
 		FsyncInterval: Duration(50 * time.Millisecond),
 		MaxBytes:      1 << 30,
 		MaxMessages:   1_000_000,
-		JetStream:     JetStream{URL: "nats://127.0.0.1:4222", Stream: "SIDECAR_SPOOL", Replicas: 1, Create: true},
+		JetStream:     JetStream{URL: "nats://127.0.0.1:4222", Stream: "SIDECAR_SPOOL", Replicas: 1, Create: true, AckWait: Duration(30 * time.Second)},
 	}
 }
 

@@ -83,6 +83,10 @@ type JetStream struct {
 	Replicas int `yaml:"replicas"`
 	// Create makes the stream when missing; false only finds it. Default true.
 	Create bool `yaml:"create"`
+	// AckWait is how long the server waits for a delivery's outcome before
+	// handing the message out again: after a crash of the sidecar, its
+	// leased messages come back after it. Default 30s.
+	AckWait Duration `yaml:"ack_wait"`
 	// CredsFile is a NATS credentials file. Default none.
 	CredsFile string `yaml:"creds_file"`
 	// NKeyFile is an NKey seed file. Default none.

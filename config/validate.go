@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sidecar-proxy/sidecar/policy"
 )
@@ -150,6 +151,9 @@ func (v *validator) spool(s Spool) {
 	}
 	if js.Replicas < 1 || js.Replicas > 5 {
 		v.errorf("spool.jetstream.replicas", "must be between 1 and 5, got %d", js.Replicas)
+	}
+	if js.AckWait < Duration(time.Second) {
+		v.errorf("spool.jetstream.ack_wait", "must be at least 1s, got %s", js.AckWait.D())
 	}
 	v.tls("spool.jetstream.tls", js.TLS)
 	v.readable("spool.jetstream.creds_file", js.CredsFile)

@@ -74,10 +74,19 @@
 // Next fetches one message from the route's consumer without waiting and
 // keeps the delivered message in an in-memory lease table until Ack,
 // RetryLater, DeadLetter or Delete settles it. A goroutine marks leased
-// messages in progress every AckWait/3, so a lease lasts as long as the
-// process does; after a crash the server hands a leased message out again
+// messages in progress every AckWait/3, so a lease lasts while the
+// delivery does; after a crash the server hands a leased message out again
 // once AckWait has passed. Close hands leased messages back at once
-// (negative acknowledgement).
+// (negative acknowledgement). A settlement drops the lease from the table
+// before it talks to the server, whether it then succeeds or fails: a
+// settlement that fails (disconnected, or refused) leaves the message
+// unextended, and the server hands it out again AckWait later, so a fifo
+// route is never blocked by a lease nobody will settle. As a backstop, a
+// lease older than Options.MaxLease (default 5 minutes) is no longer
+// extended. Each lease has a settling flag, set under the lease's lock
+// before the settlement is sent and checked under it right before each
+// extension, so an extension never lands after a delayed negative
+// acknowledgement and resets its delay.
 //
 // Due times are kept by the server: RetryLater is a negative
 // acknowledgement delayed until at, and the server hands the message out

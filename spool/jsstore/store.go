@@ -44,6 +44,12 @@ type Options struct {
 	// before handing it out again; 0 means 30s. A live store extends its
 	// leases every AckWait/3.
 	AckWait time.Duration
+	// MaxLease bounds how long a store extends one lease: a lease older
+	// than MaxLease is forgotten (no longer extended), and the server hands
+	// the message out again AckWait later. It is a backstop against a
+	// delivery that is never settled; 0 means 5 minutes. It should exceed
+	// the longest delivery attempt.
+	MaxLease time.Duration
 	// ConnectTimeout bounds the first connection; 0 means 5s.
 	ConnectTimeout time.Duration
 	// RequestTimeout bounds each request to the server: a publish's
@@ -120,6 +126,15 @@ type lease struct {
 	route    string
 	attempts int
 	at       time.Time // due time from RetryLater; zero if none
+	since    time.Time // when Next took it (wall clock, not Options.Now)
+
+	// mu orders the lease keeper's InProgress against a settlement:
+	// settling is set under mu before a settlement is sent, and the
+	// keeper sends InProgress only under mu with settling false, so an
+	// extension never lands after the settlement (it would reset a
+	// delayed negative acknowledgement to AckWait).
+	mu       sync.Mutex
+	settling bool
 }
 
 // retry is what RetryLater recorded for a pending message.
@@ -143,6 +158,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if opts.AckWait <= 0 {
 		opts.AckWait = 30 * time.Second
+	}
+	if opts.MaxLease <= 0 {
+		opts.MaxLease = 5 * time.Minute
 	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 5 * time.Second
@@ -347,6 +365,8 @@ func (s *Store) consumer(ctx context.Context, route string) (jetstream.Consumer,
 
 // keepLeases marks leased messages in progress every AckWait/3, so that
 // the server does not hand them out again while they are being delivered.
+// A lease older than MaxLease is forgotten instead: the server hands its
+// message out again after AckWait.
 func (s *Store) keepLeases() {
 	defer close(s.done)
 	t := time.NewTicker(s.opts.AckWait / 3)
@@ -357,18 +377,60 @@ func (s *Store) keepLeases() {
 			return
 		case <-t.C:
 		}
+		now := time.Now()
+		var expired []string
 		s.mu.Lock()
-		msgs := make([]jetstream.Msg, 0, len(s.leases))
-		for _, l := range s.leases {
-			msgs = append(msgs, l.msg)
+		keep := make([]*lease, 0, len(s.leases))
+		for id, l := range s.leases {
+			if now.Sub(l.since) > s.opts.MaxLease {
+				delete(s.leases, id)
+				expired = append(expired, id)
+				continue
+			}
+			keep = append(keep, l)
 		}
 		s.mu.Unlock()
-		for _, m := range msgs {
-			if err := m.InProgress(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		for _, id := range expired {
+			s.log.Warn("jetstream spool: a lease outlived max_lease and is no longer extended; the message will be handed out again",
+				"id", id, "max_lease", s.opts.MaxLease)
+		}
+		for _, l := range keep {
+			if testHookExtend != nil {
+				testHookExtend()
+			}
+			l.mu.Lock()
+			var err error
+			if !l.settling {
+				err = l.msg.InProgress()
+			}
+			l.mu.Unlock()
+			if err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 				s.log.Debug("jetstream spool: extending a lease failed", "error", err)
 			}
 		}
 	}
+}
+
+// testHookExtend, if set (by tests), runs before each lease extension.
+var testHookExtend func()
+
+// takeLease removes id's lease from the table and marks it settling, so
+// the lease keeper no longer extends it; nil if id is not leased. Every
+// settlement takes the lease first, so that a settlement that fails
+// (disconnected, or refused) leaves no lease behind: the server hands the
+// message out again after AckWait.
+func (s *Store) takeLease(id string) *lease {
+	s.mu.Lock()
+	l, ok := s.leases[id]
+	delete(s.leases, id)
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	l.mu.Lock()
+	l.settling = true
+	l.mu.Unlock()
+	return l
 }
 
 func (s *Store) ctx() (context.Context, context.CancelFunc) {
@@ -537,7 +599,7 @@ func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) 
 		_ = jm.Term()
 		return nil, false, fmt.Errorf("jetstream spool: foreign subject %q in stream %s", jm.Subject(), s.stream)
 	}
-	l := &lease{msg: jm, seq: meta.Sequence.Stream, route: route}
+	l := &lease{msg: jm, seq: meta.Sequence.Stream, route: route, since: time.Now()}
 	s.mu.Lock()
 	if r, ok := s.retries[sub.id]; ok {
 		l.attempts, l.at = r.attempts, r.at
@@ -745,14 +807,12 @@ func (s *Store) subjects(route string, state spool.State) (map[string]uint64, er
 // Ack implements spool.Store: a leased message is acknowledged and the
 // server's confirmation awaited; any other is deleted.
 func (s *Store) Ack(id string) error {
+	l := s.takeLease(id)
 	if err := s.checkOpen(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	l, ok := s.leases[id]
-	s.mu.Unlock()
 	s.forget(id)
-	if ok {
+	if l != nil {
 		ctx, cancel := s.ctx()
 		defer cancel()
 		if err := l.msg.DoubleAck(ctx); err != nil {
@@ -766,13 +826,11 @@ func (s *Store) Ack(id string) error {
 // RetryLater implements spool.Store. The message must be leased by this
 // store; see the package documentation.
 func (s *Store) RetryLater(id string, at time.Time, attempts int) error {
+	l := s.takeLease(id)
 	if err := s.checkOpen(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	l, ok := s.leases[id]
-	s.mu.Unlock()
-	if !ok {
+	if l == nil {
 		st, err := s.find(id)
 		if err != nil {
 			return err
@@ -783,7 +841,6 @@ func (s *Store) RetryLater(id string, at time.Time, attempts int) error {
 		return fmt.Errorf("jetstream spool: retry %s: %w", id, err)
 	}
 	s.mu.Lock()
-	delete(s.leases, id)
 	s.retries[id] = retry{route: l.route, at: at, attempts: max(attempts, 0)}
 	if s.opts.Routes[l.route].FIFO {
 		s.held[l.route] = at
@@ -795,6 +852,7 @@ func (s *Store) RetryLater(id string, at time.Time, attempts int) error {
 // DeadLetter implements spool.Store; the message must be pending. The
 // attempt count is kept.
 func (s *Store) DeadLetter(id string, reason string) error {
+	l := s.takeLease(id)
 	if err := s.checkOpen(); err != nil {
 		return err
 	}
@@ -806,6 +864,9 @@ func (s *Store) DeadLetter(id string, reason string) error {
 		return fmt.Errorf("%w: message is %v, want pending", spool.ErrState, st.state)
 	}
 	_, in := s.info(st)
+	if l != nil {
+		in.Attempts = l.attempts
+	}
 	msg := nats.NewMsg(s.subject(id, spool.Dead, st.route))
 	msg.Header.Set(hdrAttempts, strconv.Itoa(in.Attempts))
 	msg.Header.Set(hdrDeadReason, reason)
@@ -874,6 +935,7 @@ func (s *Store) Replay(id string) error {
 
 // Delete implements spool.Store.
 func (s *Store) Delete(id string) error {
+	s.takeLease(id)
 	if err := s.checkOpen(); err != nil {
 		return err
 	}

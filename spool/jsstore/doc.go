@@ -2,30 +2,54 @@
 // kept in a (replicated) JetStream stream instead of local files, so that
 // async routes survive the loss of the pod and a fleet can share one queue.
 //
-// # Stream
+// # Streams
 //
-// One stream, named by Options.Stream, with file storage, Options.Replicas
-// replicas and subjects "<STREAM>.>". Its retention is WorkQueue: a message
+// Two streams, both with file storage and Options.Replicas replicas.
+//
+// The stream, named by Options.Stream, holds the pending messages on
+// subjects "<STREAM>.>". Its retention is WorkQueue: a message
 // acknowledged by its route's consumer is removed by the server, so
 // settled messages take no room and are never handed out again. Discard is
 // DiscardNew with MaxMsgs and MaxBytes from Options.MaxMessages and
-// Options.MaxBytes (pending and dead messages together, as the file
-// backend counts them): a full stream refuses the publish, and Append
-// returns spool.ErrFull, which the proxy answers with 503 spool_full. The
-// stream is never allowed to drop old messages to make room.
+// Options.MaxBytes: a full stream refuses the publish, and Append returns
+// spool.ErrFull, which the proxy answers with 503 spool_full. The stream
+// is never allowed to drop old messages to make room.
+//
+// The dead-letter stream, named "<STREAM>_DEAD" (DeadSuffix), holds the
+// dead messages on subjects "<STREAM>_DEAD.>". Its retention is Limits (a
+// dead letter stays until it is replayed, deleted or purged; no consumer
+// reads it), Discard is DiscardNew, and it has its own MaxMsgs and
+// MaxBytes, set from the same Options.MaxMessages and Options.MaxBytes.
+// So, unlike the file backend, which counts pending and dead messages
+// together, pending and dead messages are bounded separately: a full
+// pending stream does not stop dead-lettering (which a full fifo route
+// needs to make progress), and dead letters do not take the room of new
+// requests. A full dead-letter stream makes DeadLetter fail with
+// spool.ErrFull; the message stays pending and is handed out again.
+//
+// At Open both streams are found, or made with Options.Create (which also
+// updates their limits to the configuration's); with Create false both
+// must exist. An existing stream whose retention, discard policy,
+// subjects, storage or replicas differ from the above, or that has an
+// expiry (MaxAge), DenyDelete or DenyPurge, a duplicate window shorter
+// than twice Options.RequestTimeout (the publish retry needs it), or, on
+// the dead-letter stream, a MaxMsgSize below the stream's plus room for
+// the dead letter's headers, makes Open fail.
 //
 // # Subjects
 //
 // Every unsettled message is one stream message on the subject
 //
-//	<STREAM>.<id>.<state>.<route>
+//	<STREAM>.<id>.pending.<route>        (the stream)
+//	<STREAM>_DEAD.<id>.dead.<route>      (the dead-letter stream)
 //
-// where state is "pending" or "dead", id is the message ID as is when it
+// where id is the message ID as is when it
 // holds only letters, digits, '-' and '_', else "~" and its hex encoding,
 // and route is "r" and the hex encoding of the route name (route names may
 // hold characters NATS subjects do not allow). The ID comes first so that
 // Get, which knows only the ID, finds a message with a lookup whose
-// subject has a literal prefix ("<STREAM>.<id>.>"), served by the server's
+// subject has a literal prefix ("<STREAM>.<id>.>", then
+// "<STREAM>_DEAD.<id>.>"), served by the server's
 // subject index instead of a scan. The suggested layout with the state and
 // route first would need a wildcard before the ID.
 //
@@ -109,14 +133,14 @@
 //
 // Ack acknowledges a leased message and waits for the server's
 // confirmation (double ack); an unleased one is deleted from the stream.
-// DeadLetter publishes a copy to the dead subject (Nats-Msg-Id
-// "dead-<id>-<nanoseconds>", the reason and attempts in headers) and then
-// deletes the pending message; a crash in between leaves both, so the
-// message may be delivered once more, never lost. Replay publishes the
-// dead copy back to the pending subject with a fresh Nats-Msg-Id and
-// attempts 0, then deletes the dead one; the replayed message joins the
-// end of its route's queue. Delete deletes the stream message by sequence;
-// Purge purges the stream with a subject filter and reports the server's
+// DeadLetter publishes a copy to the dead-letter stream (the reason and
+// attempts in headers) and then deletes the pending message; a crash in
+// between leaves both, so the message may be delivered once more, never
+// lost (Get reports the pending one meanwhile). Replay publishes the dead
+// copy back to the stream with attempts 0, then deletes the dead one; the
+// replayed message joins the end of its route's queue. Delete deletes the
+// message by sequence in the stream that holds it; Purge purges the
+// stream of the state with a subject filter and reports the server's
 // count.
 //
 // Get looks the message up by subject; List lists the stream's subjects
@@ -124,11 +148,11 @@
 // client) and looks up the page's messages. There is no per-message index
 // in memory: only leases and the due times of retried messages.
 //
-// Stats reads the stream's totals, each route consumer's pending and
-// unacknowledged counts, the dead subjects' listing and each route's first
-// pending message (for Oldest). RouteStats.Bytes is zero per route: the
-// server does not count bytes per subject filter; Total.Bytes is the
-// stream's.
+// Stats reads both streams' totals, each route consumer's pending and
+// unacknowledged counts, the dead-letter stream's subject listing and
+// each route's first pending message (for Oldest). RouteStats.Bytes is
+// zero per route: the server does not count bytes per subject filter;
+// Total.Bytes is the sum of the two streams'.
 //
 // # Durability
 //

@@ -32,8 +32,9 @@ type Options struct {
 	// Create makes the stream if it is missing (and updates its limits if
 	// they differ); false only finds it, and Open fails if it is missing.
 	Create bool
-	// MaxMessages and MaxBytes bound the stream's pending and dead
-	// messages; 0 means no bound.
+	// MaxMessages and MaxBytes bound the pending messages (the stream) and,
+	// separately, the dead messages (the dead-letter stream); 0 means no
+	// bound.
 	MaxMessages int64
 	MaxBytes    int64
 	// Routes holds per-route delivery settings; a route not listed is
@@ -82,6 +83,10 @@ type RouteOptions struct {
 // DefaultStream is the stream's name when Options.Stream is empty.
 const DefaultStream = "SIDECAR_SPOOL"
 
+// DeadSuffix is appended to the stream's name to name the dead-letter
+// stream.
+const DeadSuffix = "_DEAD"
+
 // ErrDisconnected is returned while the store is not connected to NATS.
 var ErrDisconnected = errors.New("jetstream spool: not connected to NATS")
 
@@ -89,15 +94,23 @@ const (
 	hdrAttempts   = "Sidecar-Attempts"
 	hdrDeadReason = "Sidecar-Dead-Reason"
 	consumerPfx   = "sidecar_"
+
+	// maxReason bounds the dead reason kept in a header, and
+	// deadHeaderRoom is the room a dead letter's headers may take beyond
+	// the pending message's.
+	maxReason      = 1024
+	deadHeaderRoom = 4096
 )
 
 // Store is the JetStream spool.Store. See the package documentation.
 type Store struct {
 	opts    Options
-	stream  string
+	stream  string // pending messages
+	dead    string // dead letters: stream + DeadSuffix
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	str     jetstream.Stream
+	dstr    jetstream.Stream
 	now     func() time.Time
 	log     *slog.Logger
 	appends atomic.Int64
@@ -192,6 +205,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s := &Store{
 		opts:      opts,
 		stream:    opts.Stream,
+		dead:      opts.Stream + DeadSuffix,
 		nc:        nc,
 		now:       opts.Now,
 		log:       log,
@@ -224,35 +238,21 @@ func (s *Store) setup(ctx context.Context) error {
 	s.js = js
 	ctx, cancel := context.WithTimeout(ctx, 4*s.opts.RequestTimeout)
 	defer cancel()
-	want := s.streamConfig()
-	str, err := js.Stream(ctx, s.stream)
-	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound) && s.opts.Create:
-		str, err = js.CreateStream(ctx, want)
-		if err != nil {
-			return fmt.Errorf("jetstream: create stream %s: %w", s.stream, err)
-		}
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-		return fmt.Errorf("jetstream: stream %s does not exist and create is false", s.stream)
-	case err != nil:
-		return fmt.Errorf("jetstream: find stream %s: %w", s.stream, err)
-	default:
-		have := str.CachedInfo().Config
-		if err := conflicts(have, want); err != nil {
-			return fmt.Errorf("jetstream: stream %s: %w", s.stream, err)
-		}
-		if have.MaxMsgs != want.MaxMsgs || have.MaxBytes != want.MaxBytes {
-			if !s.opts.Create {
-				s.log.Warn("jetstream spool: the stream's limits differ from the configuration; create is false, so they are kept",
-					"stream", s.stream, "max_msgs", have.MaxMsgs, "max_bytes", have.MaxBytes)
-			} else {
-				have.MaxMsgs, have.MaxBytes = want.MaxMsgs, want.MaxBytes
-				if str, err = js.UpdateStream(ctx, have); err != nil {
-					return fmt.Errorf("jetstream: update the limits of stream %s: %w", s.stream, err)
-				}
-			}
-		}
+	str, err := s.ensureStream(ctx, s.streamConfig(), 0)
+	if err != nil {
+		return err
 	}
+	// A dead letter is the pending message plus a few headers: the
+	// dead-letter stream must take whatever the stream took.
+	minSize := int32(-1)
+	if n := str.CachedInfo().Config.MaxMsgSize; n > 0 {
+		minSize = n + deadHeaderRoom
+	}
+	dstr, err := s.ensureStream(ctx, s.deadStreamConfig(), minSize)
+	if err != nil {
+		return err
+	}
+	s.dstr = dstr
 	s.str = str
 	if str.CachedInfo().Config.AllowDirect {
 		s.log.Info("jetstream spool: the stream allows direct gets; lookups use them")
@@ -279,13 +279,70 @@ func (s *Store) setup(ctx context.Context) error {
 	return nil
 }
 
-func (s *Store) streamConfig() jetstream.StreamConfig {
-	limit := func(n int64) int64 {
-		if n <= 0 {
-			return -1
+// ensureStream finds the stream want names, checks that its settings do
+// not conflict with want, and updates its limits to want's with
+// Options.Create; it creates a missing stream with Options.Create and
+// fails without. minSize is the smallest MaxMsgSize the stream may have:
+// 0 for any, -1 for none (unbounded only).
+func (s *Store) ensureStream(ctx context.Context, want jetstream.StreamConfig, minSize int32) (jetstream.Stream, error) {
+	name := want.Name
+	str, err := s.js.Stream(ctx, name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && s.opts.Create:
+		str, err = s.js.CreateStream(ctx, want)
+		if err != nil {
+			return nil, fmt.Errorf("jetstream: create stream %s: %w", name, err)
 		}
-		return n
+		return str, nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, fmt.Errorf("jetstream: stream %s does not exist and create is false", name)
+	case err != nil:
+		return nil, fmt.Errorf("jetstream: find stream %s: %w", name, err)
 	}
+	have := str.CachedInfo().Config
+	if err := s.conflicts(have, want, minSize); err != nil {
+		return nil, fmt.Errorf("jetstream: stream %s: %w", name, err)
+	}
+	if have.MaxMsgs != want.MaxMsgs || have.MaxBytes != want.MaxBytes {
+		if !s.opts.Create {
+			s.log.Warn("jetstream spool: the stream's limits differ from the configuration; create is false, so they are kept",
+				"stream", name, "max_msgs", have.MaxMsgs, "max_bytes", have.MaxBytes)
+		} else {
+			have.MaxMsgs, have.MaxBytes = want.MaxMsgs, want.MaxBytes
+			if str, err = s.js.UpdateStream(ctx, have); err != nil {
+				return nil, fmt.Errorf("jetstream: update the limits of stream %s: %w", name, err)
+			}
+		}
+	}
+	return str, nil
+}
+
+func limit(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
+// deadStreamConfig is the dead-letter stream's: limits retention (a dead
+// letter stays until replayed, deleted or purged), refusing new messages
+// when full, bounded by the same limits as the pending stream.
+func (s *Store) deadStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        s.dead,
+		Description: "sidecar spool: dead letters of async requests",
+		Subjects:    []string{s.dead + ".>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.opts.Replicas,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     limit(s.opts.MaxMessages),
+		MaxBytes:    limit(s.opts.MaxBytes),
+		Duplicates:  2 * time.Minute,
+	}
+}
+
+func (s *Store) streamConfig() jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        s.stream,
 		Description: "sidecar spool: async requests waiting for delivery",
@@ -302,7 +359,7 @@ func (s *Store) streamConfig() jetstream.StreamConfig {
 
 // conflicts reports settings of an existing stream the store cannot work
 // with.
-func conflicts(have, want jetstream.StreamConfig) error {
+func (s *Store) conflicts(have, want jetstream.StreamConfig, minSize int32) error {
 	var bad []string
 	if have.Retention != want.Retention {
 		bad = append(bad, fmt.Sprintf("retention is %v, want %v", have.Retention, want.Retention))
@@ -321,6 +378,22 @@ func conflicts(have, want jetstream.StreamConfig) error {
 	}
 	if have.MaxAge > 0 {
 		bad = append(bad, fmt.Sprintf("max_age is %v, want none (expiry would drop messages)", have.MaxAge))
+	}
+	if have.DenyDelete {
+		bad = append(bad, "deny_delete is set (settling a message deletes it)")
+	}
+	if have.DenyPurge {
+		bad = append(bad, "deny_purge is set (the admin API purges)")
+	}
+	if need := 2 * s.opts.RequestTimeout; have.Duplicates < need {
+		bad = append(bad, fmt.Sprintf("the duplicate window is %v, want at least %v (a publish retried after a lost acknowledgement must be recognised)", have.Duplicates, need))
+	}
+	switch {
+	case have.MaxMsgSize <= 0 || minSize == 0:
+	case minSize < 0:
+		bad = append(bad, fmt.Sprintf("max_msg_size is %d, want none (the stream has none, so a dead letter could not be stored)", have.MaxMsgSize))
+	case have.MaxMsgSize < minSize:
+		bad = append(bad, fmt.Sprintf("max_msg_size is %d, want at least %d (the stream's plus room for a dead letter's headers)", have.MaxMsgSize, minSize))
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("its configuration conflicts: %s", strings.Join(bad, "; "))
@@ -437,8 +510,27 @@ func (s *Store) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), s.opts.RequestTimeout)
 }
 
+// streamOf returns the name and the stream that hold messages in state st.
+func (s *Store) streamOf(st spool.State) (string, jetstream.Stream) {
+	if st == spool.Dead {
+		return s.dead, s.dstr
+	}
+	return s.stream, s.str
+}
+
 func (s *Store) subject(id string, st spool.State, route string) string {
-	return s.stream + "." + idToken(id) + "." + stateToken(st) + "." + routeToken(route)
+	name, _ := s.streamOf(st)
+	return name + "." + idToken(id) + "." + stateToken(st) + "." + routeToken(route)
+}
+
+// parse parses a subject of either stream.
+func (s *Store) parse(subj string) (subject, bool) {
+	if strings.HasPrefix(subj, s.dead+".") {
+		sub, ok := parseSubject(s.dead, subj)
+		return sub, ok && sub.state == spool.Dead
+	}
+	sub, ok := parseSubject(s.stream, subj)
+	return sub, ok && sub.state == spool.Pending
 }
 
 // checkOpen returns ErrClosed after Close, and ErrDisconnected while the
@@ -518,12 +610,16 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 // duplicate. A publish whose acknowledgement timed out is retried once with
 // the same Nats-Msg-Id: a duplicate then means the first one was stored.
 func (s *Store) publish(ctx context.Context, msg *nats.Msg, msgID string) (dup bool, err error) {
+	stream := s.stream
+	if strings.HasPrefix(msg.Subject, s.dead+".") {
+		stream = s.dead
+	}
 	for try := 0; ; try++ {
 		if !s.nc.IsConnected() {
 			return false, ErrDisconnected
 		}
 		pctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-		ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(s.stream), jetstream.WithRetryAttempts(0))
+		ack, err := s.js.PublishMsg(pctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(stream), jetstream.WithRetryAttempts(0))
 		cancel()
 		if err == nil {
 			return ack.Duplicate && try == 0, nil
@@ -593,7 +689,7 @@ func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) 
 	if err != nil {
 		return nil, false, fmt.Errorf("jetstream spool: fetch %s: %w", route, err)
 	}
-	sub, ok := parseSubject(s.stream, jm.Subject())
+	sub, ok := s.parse(jm.Subject())
 	if !ok {
 		// Not ours: settle it so it does not block the route.
 		_ = jm.Term()
@@ -654,40 +750,49 @@ func headerAttempts(h nats.Header) int {
 // stored is a message read from the stream.
 type stored struct {
 	subject
+	str    jetstream.Stream // the stream that holds it
 	seq    uint64
 	raw    *jetstream.RawStreamMsg
 	msg    *spool.Message // nil if the envelope is damaged
 	damage error
 }
 
-// find looks id up in the stream.
+// find looks id up in the stream, then in the dead-letter stream. While a
+// message moves between them (DeadLetter, Replay) both hold it for a
+// moment; find returns the pending one.
 func (s *Store) find(id string) (*stored, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	raw, err := s.str.GetMsg(ctx, 0, jetstream.WithGetMsgSubject(s.stream+"."+idToken(id)+".>"))
-	return s.parseRaw(raw, err)
+	st, err := s.parseRaw(s.str, raw, err)
+	if !errors.Is(err, spool.ErrNotFound) {
+		return st, err
+	}
+	raw, err = s.dstr.GetMsg(ctx, 0, jetstream.WithGetMsgSubject(s.dead+"."+idToken(id)+".>"))
+	return s.parseRaw(s.dstr, raw, err)
 }
 
-// load reads the message on a literal subject.
-func (s *Store) load(subj string) (*stored, error) {
+// load reads the message in state on a literal subject.
+func (s *Store) load(state spool.State, subj string) (*stored, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
-	raw, err := s.str.GetLastMsgForSubject(ctx, subj)
-	return s.parseRaw(raw, err)
+	_, str := s.streamOf(state)
+	raw, err := str.GetLastMsgForSubject(ctx, subj)
+	return s.parseRaw(str, raw, err)
 }
 
-func (s *Store) parseRaw(raw *jetstream.RawStreamMsg, err error) (*stored, error) {
+func (s *Store) parseRaw(str jetstream.Stream, raw *jetstream.RawStreamMsg, err error) (*stored, error) {
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, spool.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("jetstream spool: lookup: %w", err)
 	}
-	sub, ok := parseSubject(s.stream, raw.Subject)
+	sub, ok := s.parse(raw.Subject)
 	if !ok {
 		return nil, spool.ErrNotFound
 	}
-	st := &stored{subject: sub, seq: raw.Sequence, raw: raw}
+	st := &stored{subject: sub, str: str, seq: raw.Sequence, raw: raw}
 	st.msg, st.damage = decodeEnvelope(raw.Data)
 	if st.msg != nil {
 		st.msg.ID = sub.id
@@ -760,7 +865,7 @@ func (s *Store) List(route string, state spool.State, after string, limit int) (
 	var page []subject
 	bySubj := map[string]string{}
 	for subj := range subjects {
-		if sub, ok := parseSubject(s.stream, subj); ok && sub.id > after {
+		if sub, ok := s.parse(subj); ok && sub.id > after {
 			page = append(page, sub)
 			bySubj[sub.id] = subj
 		}
@@ -771,7 +876,7 @@ func (s *Store) List(route string, state spool.State, after string, limit int) (
 	}
 	out := make([]spool.Info, 0, len(page))
 	for _, sub := range page {
-		st, err := s.load(bySubj[sub.id])
+		st, err := s.load(state, bySubj[sub.id])
 		if errors.Is(err, spool.ErrNotFound) {
 			continue // settled since the listing
 		}
@@ -790,14 +895,16 @@ func (s *Store) filter(route string, state spool.State) string {
 	if route != "" {
 		r = routeToken(route)
 	}
-	return s.stream + ".*." + stateToken(state) + "." + r
+	name, _ := s.streamOf(state)
+	return name + ".*." + stateToken(state) + "." + r
 }
 
 // subjects lists the subjects of route's messages in state, with counts.
 func (s *Store) subjects(route string, state spool.State) (map[string]uint64, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
-	info, err := s.str.Info(ctx, jetstream.WithSubjectFilter(s.filter(route, state)))
+	_, str := s.streamOf(state)
+	info, err := str.Info(ctx, jetstream.WithSubjectFilter(s.filter(route, state)))
 	if err != nil {
 		return nil, fmt.Errorf("jetstream spool: list subjects: %w", err)
 	}
@@ -869,6 +976,9 @@ func (s *Store) DeadLetter(id string, reason string) error {
 	}
 	msg := nats.NewMsg(s.subject(id, spool.Dead, st.route))
 	msg.Header.Set(hdrAttempts, strconv.Itoa(in.Attempts))
+	if len(reason) > maxReason {
+		reason = strings.ToValidUTF8(reason[:maxReason], "")
+	}
 	msg.Header.Set(hdrDeadReason, reason)
 	msg.Data = st.raw.Data
 	ctx, cancel := s.ctx()
@@ -876,16 +986,16 @@ func (s *Store) DeadLetter(id string, reason string) error {
 	if _, err := s.publish(ctx, msg, "dead-"+id+"-"+strconv.FormatInt(s.now().UnixNano(), 10)); err != nil {
 		return err
 	}
-	return s.remove(id, st.seq)
+	return s.remove(st)
 }
 
-// remove deletes the stream message seq of id and forgets id's lease and
-// retry.
-func (s *Store) remove(id string, seq uint64) error {
+// remove deletes st's stream message and forgets its lease and retry.
+func (s *Store) remove(st *stored) error {
+	id := st.id
 	s.forget(id)
 	ctx, cancel := s.ctx()
 	defer cancel()
-	if err := s.str.DeleteMsg(ctx, seq); err != nil {
+	if err := st.str.DeleteMsg(ctx, st.seq); err != nil {
 		if strings.Contains(err.Error(), "not found") {
 			return spool.ErrNotFound
 		}
@@ -930,7 +1040,7 @@ func (s *Store) Replay(id string) error {
 	if _, err := s.publish(ctx, msg, "replay-"+id+"-"+strconv.FormatInt(s.now().UnixNano(), 10)); err != nil {
 		return err
 	}
-	return s.remove(id, st.seq)
+	return s.remove(st)
 }
 
 // Delete implements spool.Store.
@@ -943,7 +1053,7 @@ func (s *Store) Delete(id string) error {
 	if err != nil {
 		return err
 	}
-	return s.remove(id, st.seq)
+	return s.remove(st)
 }
 
 // Purge implements spool.Store with one purge request filtered on the
@@ -955,7 +1065,8 @@ func (s *Store) Purge(route string, state spool.State) (int, error) {
 	req, _ := json.Marshal(struct {
 		Filter string `json:"filter"`
 	}{s.filter(route, state)})
-	resp, err := s.nc.Request("$JS.API.STREAM.PURGE."+s.stream, req, s.opts.RequestTimeout)
+	name, _ := s.streamOf(state)
+	resp, err := s.nc.Request("$JS.API.STREAM.PURGE."+name, req, s.opts.RequestTimeout)
 	if err != nil {
 		return 0, fmt.Errorf("jetstream spool: purge: %w", err)
 	}
@@ -997,16 +1108,18 @@ func (s *Store) Stats() spool.Stats {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*s.opts.RequestTimeout)
 	defer cancel()
-	if info, err := s.str.Info(ctx); err != nil {
-		s.log.Warn("jetstream spool: stream info", "error", err)
-	} else {
-		st.Total.Bytes = int64(info.State.Bytes)
+	for _, str := range []jetstream.Stream{s.str, s.dstr} {
+		if info, err := str.Info(ctx); err != nil {
+			s.log.Warn("jetstream spool: stream info", "error", err)
+		} else {
+			st.Total.Bytes += int64(info.State.Bytes)
+		}
 	}
 	if dead, err := s.subjects("", spool.Dead); err != nil {
 		s.log.Warn("jetstream spool: list dead letters", "error", err)
 	} else {
 		for subj, n := range dead {
-			if sub, ok := parseSubject(s.stream, subj); ok {
+			if sub, ok := s.parse(subj); ok {
 				rs := st.Routes[sub.route]
 				rs.Dead += int64(n)
 				st.Routes[sub.route] = rs

@@ -179,3 +179,34 @@ func TestDeadStreamAtOpen(t *testing.T) {
 		t.Errorf("dead-letter stream after Open(create true): %v", err)
 	}
 }
+
+// TestDeadLetterTwiceFrozenClock dead-letters, replays and dead-letters a
+// message again with a clock that does not move: the second dead letter
+// must not be taken for a duplicate of the first (and the message lost).
+func TestDeadLetterTwiceFrozenClock(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, t.TempDir(), 0)
+	frozen := time.Now()
+	s := openStore(t, srv, jsstore.Options{Stream: "FROZEN", Now: func() time.Time { return frozen }})
+	m := message("r", 1)
+	if err := s.Append(t.Context(), m); err != nil {
+		t.Fatalf("Append() = %v", err)
+	}
+	next(t, s, "r")
+	if err := s.DeadLetter(m.ID, "first"); err != nil {
+		t.Fatalf("DeadLetter(#1) = %v", err)
+	}
+	if err := s.Replay(m.ID); err != nil {
+		t.Fatalf("Replay() = %v", err)
+	}
+	if got := next(t, s, "r"); got.ID != m.ID {
+		t.Fatalf("Next() after Replay = %s, want %s", got.ID, m.ID)
+	}
+	if err := s.DeadLetter(m.ID, "second"); err != nil {
+		t.Fatalf("DeadLetter(#2) = %v", err)
+	}
+	_, info, err := s.Get(m.ID)
+	if err != nil || info.State != spool.Dead || info.DeadReason != "second" {
+		t.Fatalf("Get() after the second dead letter = %+v, %v; want dead with reason %q (message lost?)", info, err, "second")
+	}
+}

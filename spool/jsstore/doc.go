@@ -138,7 +138,11 @@
 // between leaves both, so the message may be delivered once more, never
 // lost (Get reports the pending one meanwhile). Replay publishes the dead
 // copy back to the stream with attempts 0, then deletes the dead one; the
-// replayed message joins the end of its route's queue. Delete deletes the
+// replayed message joins the end of its route's queue. These copies get a
+// random Nats-Msg-Id (never derived from the clock, so a second dead
+// letter of a replayed message within the duplicate window is not taken
+// for the first), and a copy the server reports as a duplicate is an
+// error: the source is deleted only after its copy was stored. Delete deletes the
 // message by sequence in the stream that holds it; Purge purges the
 // stream of the state with a subject filter and reports the server's
 // count.

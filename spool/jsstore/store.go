@@ -3,6 +3,8 @@ package jsstore
 import (
 	"cmp"
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -632,6 +634,24 @@ func (s *Store) publish(ctx context.Context, msg *nats.Msg, msgID string) (dup b
 	}
 }
 
+// republish publishes a copy of message id (its dead letter, or its
+// replay) with a random Nats-Msg-Id: the copy must never be taken for a
+// duplicate of an earlier copy of the same message, which the server
+// would drop while the caller goes on to delete the source. A duplicate
+// is an error all the same, so the source is never deleted after one.
+func (s *Store) republish(ctx context.Context, msg *nats.Msg, what, id string) error {
+	var b [16]byte
+	_, _ = crand.Read(b[:]) // never fails
+	dup, err := s.publish(ctx, msg, what+"-"+hex.EncodeToString(b[:]))
+	if err != nil {
+		return err
+	}
+	if dup {
+		return fmt.Errorf("jetstream spool: %s copy of %s dropped by the server as a duplicate; the message is left where it was", what, id)
+	}
+	return nil
+}
+
 // publishError maps the server's refusals to spool errors.
 func publishError(err error) error {
 	var apiErr *jetstream.APIError
@@ -983,7 +1003,7 @@ func (s *Store) DeadLetter(id string, reason string) error {
 	msg.Data = st.raw.Data
 	ctx, cancel := s.ctx()
 	defer cancel()
-	if _, err := s.publish(ctx, msg, "dead-"+id+"-"+strconv.FormatInt(s.now().UnixNano(), 10)); err != nil {
+	if err := s.republish(ctx, msg, "dead", id); err != nil {
 		return err
 	}
 	return s.remove(st)
@@ -1037,7 +1057,7 @@ func (s *Store) Replay(id string) error {
 	if _, err := s.consumer(ctx, st.route); err != nil {
 		return err
 	}
-	if _, err := s.publish(ctx, msg, "replay-"+id+"-"+strconv.FormatInt(s.now().UnixNano(), 10)); err != nil {
+	if err := s.republish(ctx, msg, "replay", id); err != nil {
 		return err
 	}
 	return s.remove(st)

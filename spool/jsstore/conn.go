@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -50,7 +49,7 @@ func connOptions(opts *Options, log *slog.Logger) ([]nats.Option, error) {
 			log.Warn("jetstream spool: disconnected from NATS", "error", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("jetstream spool: reconnected to NATS", "url", nc.ConnectedUrlRedacted())
+			log.Info("jetstream spool: reconnected to NATS", "url", redactURLs(nc.ConnectedUrl()))
 		}),
 	}
 	switch {
@@ -109,12 +108,20 @@ func tlsConfig(t TLS) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// redactURLs hides the passwords of a comma-separated URL list.
+// redactURLs hides the userinfo (user, password or token) of each URL of
+// a comma-separated list: "nats://TOKEN@host" becomes
+// "nats://REDACTED@host".
 func redactURLs(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			parts[i] = u.Redacted()
+		pre, rest := "", p
+		if j := strings.Index(p, "://"); j >= 0 {
+			pre, rest = p[:j+3], p[j+3:]
+		}
+		// The last '@' ends the userinfo (a password may hold '/', '?'
+		// or '#'); a NATS URL has no path that could hold one.
+		if k := strings.LastIndex(rest, "@"); k >= 0 {
+			parts[i] = pre + "REDACTED@" + rest[k+1:]
 		}
 	}
 	return strings.Join(parts, ",")

@@ -94,6 +94,8 @@
 // still remembers, gives spool.ErrExists. While the connection is down,
 // Append fails at once with ErrDisconnected: publishes are never buffered
 // for a reconnect, so no 202 is written for a message that is not stored.
+// A message over the server's max_payload or the stream's max_msg_size
+// gives spool.ErrTooLarge (413).
 //
 // Next fetches one message from the route's consumer without waiting and
 // keeps the delivered message in an in-memory lease table until Ack,
@@ -101,7 +103,12 @@
 // messages in progress every AckWait/3, so a lease lasts while the
 // delivery does; after a crash the server hands a leased message out again
 // once AckWait has passed. Close hands leased messages back at once
-// (negative acknowledgement). A settlement drops the lease from the table
+// (negative acknowledgement); it waits for Next calls in flight, and a
+// Next that fetched a message while Close began hands it back and
+// returns spool.ErrClosed. A message on a route's pending subjects whose
+// subject does not parse (published around the store) is never deleted:
+// Next moves it to the dead letters, with the subject's ID token as its
+// ID and a reason saying so, and returns an error. A settlement drops the lease from the table
 // before it talks to the server, whether it then succeeds or fails: a
 // settlement that fails (disconnected, or refused) leaves the message
 // unextended, and the server hands it out again AckWait later, so a fifo
@@ -125,7 +132,9 @@
 // hand out a delayed message early to a new pull request in some cases),
 // with Get reporting its NextAttempt so that the deliverer holds it until
 // then. The attempt count and due time given to RetryLater are kept in
-// memory (Get, Next and NextDue report them); after a restart the attempts are the
+// memory (Get, Next and NextDue report them; an entry due more than
+// AckWait ago, which another sidecar sharing the stream delivered, is
+// dropped, and the table is bounded); after a restart the attempts are the
 // published Sidecar-Attempts plus the server's delivery count minus one,
 // so an interrupted delivery counts as an attempt. RetryLater needs the
 // lease: on a pending message that this store did not hand out it returns
@@ -157,6 +166,11 @@
 // each route's first pending message (for Oldest). RouteStats.Bytes is
 // zero per route: the server does not count bytes per subject filter;
 // Total.Bytes is the sum of the two streams'.
+//
+// # Secrets
+//
+// Errors and logs show the server URLs with their userinfo (user,
+// password or token) replaced by "REDACTED".
 //
 // # Durability
 //

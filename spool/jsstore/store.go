@@ -125,9 +125,22 @@ type Store struct {
 	retries   map[string]retry              // by message ID: RetryLater's figures
 	held      map[string]time.Time          // fifo routes: when the retried head is due
 
+	// nexts counts the Next calls in flight: Close waits for them before
+	// it hands leases back and closes the connection.
+	nexts sync.WaitGroup
+
+	// Hooks for tests; read under mu.
+	hookFetched func()                            // in Next, after the fetch
+	wrapMsg     func(jetstream.Msg) jetstream.Msg // in Next, the leased message
+
 	stop chan struct{}
 	done chan struct{}
 }
+
+// maxRetries bounds the retries table; beyond it entries are dropped
+// (the server keeps the due times; only the attempt count kept in memory
+// is lost).
+const maxRetries = 100_000
 
 var (
 	_ spool.Store   = (*Store)(nil)
@@ -470,9 +483,6 @@ func (s *Store) keepLeases() {
 				"id", id, "max_lease", s.opts.MaxLease)
 		}
 		for _, l := range keep {
-			if testHookExtend != nil {
-				testHookExtend()
-			}
 			l.mu.Lock()
 			var err error
 			if !l.settling {
@@ -485,9 +495,6 @@ func (s *Store) keepLeases() {
 		}
 	}
 }
-
-// testHookExtend, if set (by tests), runs before each lease extension.
-var testHookExtend func()
 
 // takeLease removes id's lease from the table and marks it settling, so
 // the lease keeper no longer extends it; nil if id is not leased. Every
@@ -660,6 +667,9 @@ func publishError(err error) error {
 		return fmt.Errorf("%w: %w", spool.ErrTooLarge, err)
 	case errors.As(err, &apiErr):
 		d := apiErr.Description
+		if apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum || strings.Contains(d, "message size exceeds maximum") {
+			return fmt.Errorf("%w: %w", spool.ErrTooLarge, err)
+		}
 		if strings.Contains(d, "maximum messages") || strings.Contains(d, "maximum bytes") ||
 			strings.Contains(d, "insufficient resources") || strings.Contains(d, "resource limits exceeded") {
 			return fmt.Errorf("%w: %w", spool.ErrFull, err)
@@ -680,7 +690,14 @@ func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) 
 		return nil, false, err
 	}
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, false, spool.ErrClosed
+	}
+	s.nexts.Add(1)
+	defer s.nexts.Done()
 	at, held := s.held[route]
+	hook, wrap := s.hookFetched, s.wrapMsg
 	s.mu.Unlock()
 	if held && at.After(now) {
 		return nil, false, nil
@@ -705,18 +722,30 @@ func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) 
 	if jm == nil {
 		return nil, false, nil
 	}
+	if hook != nil {
+		hook()
+	}
 	meta, err := jm.Metadata()
 	if err != nil {
+		_ = jm.Nak()
 		return nil, false, fmt.Errorf("jetstream spool: fetch %s: %w", route, err)
 	}
 	sub, ok := s.parse(jm.Subject())
 	if !ok {
-		// Not ours: settle it so it does not block the route.
-		_ = jm.Term()
-		return nil, false, fmt.Errorf("jetstream spool: foreign subject %q in stream %s", jm.Subject(), s.stream)
+		return nil, false, s.quarantine(jm, route, meta)
+	}
+	if wrap != nil {
+		jm = wrap(jm)
 	}
 	l := &lease{msg: jm, seq: meta.Sequence.Stream, route: route, since: time.Now()}
 	s.mu.Lock()
+	if s.closed {
+		// Close began during the fetch: hand the message back (Close
+		// waits for this call before it closes the connection).
+		s.mu.Unlock()
+		_ = jm.Nak()
+		return nil, false, spool.ErrClosed
+	}
 	if r, ok := s.retries[sub.id]; ok {
 		l.attempts, l.at = r.attempts, r.at
 		delete(s.retries, sub.id)
@@ -735,19 +764,67 @@ func (s *Store) Next(route string, now time.Time) (*spool.Message, bool, error) 
 	return m, true, nil
 }
 
+// quarantine moves a message of route's pending subjects whose subject
+// does not parse (published around the store) to the dead letters, with
+// the subject's ID token as its ID, so that it neither blocks the route
+// nor is deleted; if that fails it is handed back with a delay.
+func (s *Store) quarantine(jm jetstream.Msg, route string, meta *jetstream.MsgMetadata) error {
+	subj := jm.Subject()
+	id, _, _ := strings.Cut(strings.TrimPrefix(subj, s.stream+"."), ".")
+	msg := nats.NewMsg(s.subject(id, spool.Dead, route))
+	msg.Header.Set(hdrAttempts, strconv.Itoa(max(int(meta.NumDelivered)-1, 0)))
+	msg.Header.Set(hdrDeadReason, "subject "+subj+" does not parse")
+	msg.Data = jm.Data()
+	ctx, cancel := s.ctx()
+	defer cancel()
+	if err := s.republish(ctx, msg, "dead", id); err != nil {
+		_ = jm.NakWithDelay(s.opts.AckWait)
+		return fmt.Errorf("jetstream spool: subject %q in stream %s does not parse, and moving it to the dead letters failed: %w", subj, s.stream, err)
+	}
+	if err := jm.DoubleAck(ctx); err != nil {
+		return fmt.Errorf("jetstream spool: subject %q in stream %s does not parse; copied to the dead letters as %q, but removing it failed: %w", subj, s.stream, id, err)
+	}
+	return fmt.Errorf("jetstream spool: subject %q in stream %s does not parse; moved to the dead letters as %q", subj, s.stream, id)
+}
+
 // NextDue returns when the earliest message of route that this store
 // retried (RetryLater) becomes due; ok is false if none is waiting. A
 // deliverer that found nothing due sleeps until then. It scans the
-// store's retried messages, which are held in memory anyway.
+// store's retried messages, which are held in memory anyway, and drops
+// those due more than AckWait ago: another sidecar sharing the stream
+// took them.
 func (s *Store) NextDue(route string) (at time.Time, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.pruneRetriesLocked()
 	for _, r := range s.retries {
 		if r.route == route && (!ok || r.at.Before(at)) {
 			at, ok = r.at, true
 		}
 	}
 	return at, ok
+}
+
+// pruneRetriesLocked drops the retries due more than AckWait ago, and
+// then, beyond maxRetries, any.
+func (s *Store) pruneRetriesLocked() {
+	cutoff := s.now().Add(-s.opts.AckWait)
+	for id, r := range s.retries {
+		if r.at.Before(cutoff) {
+			delete(s.retries, id)
+		}
+	}
+	for route, at := range s.held {
+		if at.Before(cutoff) {
+			delete(s.held, route)
+		}
+	}
+	for id := range s.retries {
+		if len(s.retries) <= maxRetries {
+			break
+		}
+		delete(s.retries, id)
+	}
 }
 
 // fetchError wraps a failed fetch; a consumer deleted behind the store's
@@ -968,6 +1045,9 @@ func (s *Store) RetryLater(id string, at time.Time, attempts int) error {
 		return fmt.Errorf("jetstream spool: retry %s: %w", id, err)
 	}
 	s.mu.Lock()
+	if len(s.retries) >= maxRetries {
+		s.pruneRetriesLocked()
+	}
 	s.retries[id] = retry{route: l.route, at: at, attempts: max(attempts, 0)}
 	if s.opts.Routes[l.route].FIFO {
 		s.held[l.route] = at
@@ -1188,11 +1268,14 @@ func (s *Store) Close() error {
 		return spool.ErrClosed
 	}
 	s.closed = true
+	s.mu.Unlock()
+	s.nexts.Wait()
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
 	leases := s.leases
 	s.leases = map[string]*lease{}
 	s.mu.Unlock()
-	close(s.stop)
-	<-s.done
 	for _, l := range leases {
 		_ = l.msg.Nak()
 	}

@@ -323,7 +323,8 @@ func TestOpenErrors(t *testing.T) {
 		opts jsstore.Options
 		want string
 	}{
-		{"unreachable", jsstore.Options{URL: "nats://u:secret@127.0.0.1:1", Create: true}, "connect to nats://u:xxxxx@127.0.0.1:1"},
+		{"unreachable", jsstore.Options{URL: "nats://u:secret@127.0.0.1:1", Create: true}, "connect to nats://REDACTED@127.0.0.1:1"},
+		{"unreachable, token", jsstore.Options{URL: "nats://s3cr3t@127.0.0.1:1", Create: true}, "connect to nats://REDACTED@127.0.0.1:1"},
 		{"missing, create false", jsstore.Options{URL: srv.ClientURL(), Stream: "MISSING"}, "does not exist"},
 		{"conflicting replicas", jsstore.Options{URL: srv.ClientURL(), Stream: "THREE", Replicas: 3, Create: true}, "replicas"},
 		{"bad name", jsstore.Options{URL: srv.ClientURL(), Stream: "A.B", Create: true}, "stream name"},
@@ -345,8 +346,11 @@ func TestOpenErrors(t *testing.T) {
 // longer than AckWait is not handed to another sidecar; Close hands the
 // message back at once.
 func TestLeaseOutlivesAckWait(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, t.TempDir(), 0)
-	opts := jsstore.Options{Stream: "LEASE", AckWait: 600 * time.Millisecond}
+	// AckWait 3s: extensions every second, so a loaded machine that
+	// delays one by a second or more still keeps the lease.
+	opts := jsstore.Options{Stream: "LEASE", AckWait: 3 * time.Second}
 	a := openStore(t, srv, opts)
 	b := openStore(t, srv, opts)
 	m := message("r", 1)
@@ -356,7 +360,7 @@ func TestLeaseOutlivesAckWait(t *testing.T) {
 	if got := next(t, a, "r"); got.ID != m.ID {
 		t.Fatalf("Next() = %s, want %s", got.ID, m.ID)
 	}
-	for end := time.Now().Add(3 * opts.AckWait); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+	for end := time.Now().Add(2 * opts.AckWait); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		if got, ok, err := b.Next("r", time.Now()); err != nil || ok {
 			t.Fatalf("Next() on a second store while the first holds the lease = %v, %v, %v; want nothing", got, ok, err)
 		}

@@ -210,3 +210,60 @@ func TestDeadLetterTwiceFrozenClock(t *testing.T) {
 		t.Fatalf("Get() after the second dead letter = %+v, %v; want dead with reason %q (message lost?)", info, err, "second")
 	}
 }
+
+// TestOldDeadLettersMoved: dead letters an earlier version kept in the
+// stream itself are moved to the dead-letter stream at Open.
+func TestOldDeadLettersMoved(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, t.TempDir(), 0)
+	opts := jsstore.Options{Stream: "OLDDEAD"}
+	s := openStore(t, srv, opts)
+	m := message("r", 1)
+	if err := s.Append(t.Context(), m); err != nil {
+		t.Fatalf("Append() = %v", err)
+	}
+	next(t, s, "r")
+	if err := s.DeadLetter(m.ID, "old"); err != nil {
+		t.Fatalf("DeadLetter() = %v", err)
+	}
+	_, want, err := s.Get(m.ID)
+	if err != nil {
+		t.Fatalf("Get() = %v", err)
+	}
+	s.Close()
+	// Put it back where an earlier version kept it.
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ds, _ := js.Stream(t.Context(), "OLDDEAD_DEAD")
+	raw, err := ds.GetLastMsgForSubject(t.Context(), "OLDDEAD_DEAD."+m.ID+".dead.r72")
+	if err != nil {
+		t.Fatalf("read the dead letter: %v", err)
+	}
+	old := nats.NewMsg("OLDDEAD." + m.ID + ".dead.r72")
+	for _, k := range []string{"Sidecar-Attempts", "Sidecar-Dead-Reason"} {
+		old.Header.Set(k, raw.Header.Get(k))
+	}
+	old.Data = raw.Data
+	if _, err := js.PublishMsg(t.Context(), old); err != nil {
+		t.Fatalf("publish in the old layout: %v", err)
+	}
+	if err := ds.Purge(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, srv, opts)
+	_, got, err := s.Get(m.ID)
+	if err != nil || got.State != spool.Dead || got.DeadReason != "old" || got.Arrived != want.Arrived {
+		t.Errorf("Get() after reopening = %+v, %v, want %+v", got, err, want)
+	}
+	if st := s.Stats(); st.Total.Dead != 1 {
+		t.Errorf("Stats().Total.Dead = %d, want 1", st.Total.Dead)
+	}
+	ps, _ := js.Stream(t.Context(), "OLDDEAD")
+	if n := ps.CachedInfo().State.Msgs; n != 0 {
+		t.Errorf("the stream holds %d messages after the move, want 0", n)
+	}
+}

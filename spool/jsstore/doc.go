@@ -34,7 +34,10 @@
 // expiry (MaxAge), DenyDelete or DenyPurge, a duplicate window shorter
 // than twice Options.RequestTimeout (the publish retry needs it), or, on
 // the dead-letter stream, a MaxMsgSize below the stream's plus room for
-// the dead letter's headers, makes Open fail.
+// the dead letter's headers, makes Open fail. Dead letters that an
+// earlier version kept in the stream itself (subjects
+// "<STREAM>.<id>.dead.<route>") are moved to the dead-letter stream at
+// Open.
 //
 // # Subjects
 //

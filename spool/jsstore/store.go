@@ -269,6 +269,9 @@ func (s *Store) setup(ctx context.Context) error {
 	}
 	s.dstr = dstr
 	s.str = str
+	if err := s.moveOldDeadLetters(ctx); err != nil {
+		return err
+	}
 	if str.CachedInfo().Config.AllowDirect {
 		s.log.Info("jetstream spool: the stream allows direct gets; lookups use them")
 	}
@@ -290,6 +293,47 @@ func (s *Store) setup(ctx context.Context) error {
 		if _, err := s.consumer(ctx, route); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// moveOldDeadLetters moves dead letters that an earlier version kept in
+// the stream itself (subjects "<STREAM>.<id>.dead.<route>") to the
+// dead-letter stream: each is published there, then deleted.
+func (s *Store) moveOldDeadLetters(ctx context.Context) error {
+	info, err := s.str.Info(ctx, jetstream.WithSubjectFilter(s.stream+".*."+stateDead+".*"))
+	if err != nil {
+		return fmt.Errorf("jetstream: stream %s: look for dead letters of an earlier version: %w", s.stream, err)
+	}
+	moved := 0
+	for subj := range info.State.Subjects {
+		sub, ok := parseSubject(s.stream, subj)
+		if !ok {
+			continue
+		}
+		for {
+			raw, err := s.str.GetLastMsgForSubject(ctx, subj)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("jetstream: stream %s: read the dead letter %s of an earlier version: %w", s.stream, subj, err)
+			}
+			msg := nats.NewMsg(s.subject(sub.id, spool.Dead, sub.route))
+			msg.Header.Set(hdrAttempts, raw.Header.Get(hdrAttempts))
+			msg.Header.Set(hdrDeadReason, raw.Header.Get(hdrDeadReason))
+			msg.Data = raw.Data
+			if err := s.republish(ctx, msg, "dead", sub.id); err != nil {
+				return fmt.Errorf("jetstream: move the dead letter %s of an earlier version to stream %s: %w", sub.id, s.dead, err)
+			}
+			if err := s.str.DeleteMsg(ctx, raw.Sequence); err != nil {
+				return fmt.Errorf("jetstream: stream %s: delete the moved dead letter %s: %w", s.stream, sub.id, err)
+			}
+			moved++
+		}
+	}
+	if moved > 0 {
+		s.log.Info("jetstream spool: moved dead letters of an earlier version to the dead-letter stream", "stream", s.dead, "moved", moved)
 	}
 	return nil
 }

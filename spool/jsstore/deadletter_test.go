@@ -267,3 +267,45 @@ func TestOldDeadLettersMoved(t *testing.T) {
 		t.Errorf("the stream holds %d messages after the move, want 0", n)
 	}
 }
+
+// TestDeadLetterCopyReplaced: a second dead copy of a message (left when
+// a DeadLetter's delete of the pending message failed) replaces the
+// first: the message is counted and listed once.
+func TestDeadLetterCopyReplaced(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, t.TempDir(), 0)
+	s := openStore(t, srv, jsstore.Options{Stream: "DEADTWICE"})
+	m := message("r", 1)
+	if err := s.Append(t.Context(), m); err != nil {
+		t.Fatalf("Append() = %v", err)
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ps, _ := js.Stream(t.Context(), "DEADTWICE")
+	raw, err := ps.GetLastMsgForSubject(t.Context(), "DEADTWICE."+m.ID+".pending.r72")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A dead copy as if an earlier DeadLetter had stopped after its
+	// publish.
+	early := nats.NewMsg("DEADTWICE_DEAD." + m.ID + ".dead.r72")
+	early.Header.Set("Sidecar-Dead-Reason", "first try")
+	early.Data = raw.Data
+	if _, err := js.PublishMsg(t.Context(), early); err != nil {
+		t.Fatal(err)
+	}
+	next(t, s, "r")
+	if err := s.DeadLetter(m.ID, "second try"); err != nil {
+		t.Fatalf("DeadLetter() = %v", err)
+	}
+	if st := s.Stats(); st.Total.Dead != 1 {
+		t.Errorf("Stats().Total.Dead = %d, want 1", st.Total.Dead)
+	}
+	if _, info, err := s.Get(m.ID); err != nil || info.DeadReason != "second try" {
+		t.Errorf("Get() = %+v, %v, want the second dead letter", info, err)
+	}
+}

@@ -20,6 +20,9 @@
 // dead letter stays until it is replayed, deleted or purged; no consumer
 // reads it), Discard is DiscardNew, and it has its own MaxMsgs and
 // MaxBytes, set from the same Options.MaxMessages and Options.MaxBytes.
+// MaxMsgsPerSubject is 1: a dead copy left behind by a DeadLetter whose
+// delete of the pending message failed is replaced by the next one, so a
+// message is dead once.
 // So, unlike the file backend, which counts pending and dead messages
 // together, pending and dead messages are bounded separately: a full
 // pending stream does not stop dead-lettering (which a full fifo route

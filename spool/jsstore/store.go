@@ -398,6 +398,9 @@ func (s *Store) deadStreamConfig() jetstream.StreamConfig {
 		MaxMsgs:     limit(s.opts.MaxMessages),
 		MaxBytes:    limit(s.opts.MaxBytes),
 		Duplicates:  2 * time.Minute,
+		// One dead letter per message: a copy left by a DeadLetter whose
+		// delete of the pending message failed is replaced by the next.
+		MaxMsgsPerSubject: 1,
 	}
 }
 

@@ -19,6 +19,7 @@ func openJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger)
 		Stream:      js.Stream,
 		Replicas:    js.Replicas,
 		Create:      js.Create,
+		AckWait:     js.AckWait.D(),
 		MaxMessages: sc.MaxMessages,
 		MaxBytes:    int64(sc.MaxBytes),
 		Routes:      map[string]jsstore.RouteOptions{},

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -48,14 +48,8 @@ func openStore(t *testing.T, dir string, opts spool.FileOptions) *spool.FileStor
 // deadUpstream is an upstream address where nothing listens.
 func deadUpstream(t *testing.T) *upstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
 	u := newUpstream(t, nil)
-	u.URL = "http://" + addr
+	u.URL = "http://" + testnet.RefusedAddr(t)
 	return u
 }
 

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/policy"
 )
 
@@ -350,14 +351,7 @@ func TestGRPCRetryReplaysBody(t *testing.T) {
 // never does, even when listed (DESIGN "Outcome classification": the app's
 // own malformed request trips no breaker).
 func TestGRPCBreaker(t *testing.T) {
-	dead := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln.Close()
-		return "http://" + ln.Addr().String()
-	}
+	dead := func() string { return "http://" + testnet.RefusedAddr(t) }
 	tests := []struct {
 		name     string
 		url      func(*grpcScript) string

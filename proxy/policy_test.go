@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/testnet"
 )
 
 // scripted is an upstream whose answers are scripted: each request takes
@@ -155,13 +157,8 @@ func TestRetryRules(t *testing.T) {
 }
 
 func TestConnectErrorRetriedForAnyMethod(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "http://" + ln.Addr().String()
-	ln.Close()
 	up := newScripted(t)
+	dead := "http://" + testnet.RefusedAddr(t)
 	cfg := strings.Replace(oneRoute(retry3), `up: {endpoints: ["UPSTREAM0"]}`, `up: {endpoints: ["`+dead+`", "UPSTREAM0"]}`, 1)
 	sc := startSidecar(t, cfg, up.upstream)
 	// Round robin starts at the dead endpoint.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/testnet"
 )
 
 func TestForwardsAndAddsHeaders(t *testing.T) {
@@ -392,13 +394,7 @@ func TestStreamingResponseIsFlushed(t *testing.T) {
 }
 
 func TestUpstreamFailures(t *testing.T) {
-	// A port that refuses connections: bind, note the address, close.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := ln.Addr().String()
-	ln.Close()
+	deadAddr := testnet.RefusedAddr(t)
 
 	stall := make(chan struct{})
 	t.Cleanup(func() { close(stall) })

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -114,14 +115,9 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	rng := rand.New(rand.NewSource(seed))
 
 	dir := t.TempDir()
-	// The upstream: a port that was bound and closed, so deliveries and
+	// The upstream: a port held without listening, so deliveries and
 	// synchronous tries get connection refused until the last start.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	upAddr := ln.Addr().String()
-	ln.Close()
+	upAddr, releaseUp := testnet.Refused(t)
 
 	const (
 		workers      = 16
@@ -237,6 +233,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 		umu  sync.Mutex
 		seen = map[string]*delivery{}
 	)
+	releaseUp()
 	upLn, err := net.Listen("tcp", upAddr)
 	if err != nil {
 		t.Logf("upstream address %s taken (%v); using a new port", upAddr, err)

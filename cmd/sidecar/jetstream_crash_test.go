@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/testnet"
 )
 
 // jsCrashConfig writes the config of one start of
@@ -80,12 +82,7 @@ func TestKill9JetStreamLosesNothingAcknowledged(t *testing.T) {
 	rng := rand.New(rand.NewSource(seed))
 	ns := startNATS(t)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	upAddr := ln.Addr().String()
-	ln.Close()
+	upAddr, releaseUp := testnet.Refused(t) // refuses connections until released
 
 	const workers = 16
 	var (
@@ -163,6 +160,7 @@ func TestKill9JetStreamLosesNothingAcknowledged(t *testing.T) {
 		umu  sync.Mutex
 		seen = map[string]string{}
 	)
+	releaseUp()
 	upLn, err := net.Listen("tcp", upAddr)
 	if err != nil {
 		if upLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/admin"
 	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
 	"github.com/sidecar-proxy/sidecar/spool"
@@ -224,12 +224,7 @@ func TestSpoolCLIToken(t *testing.T) {
 }
 
 func TestSpoolCLIUnreachableAndUsage(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := testnet.RefusedAddr(t)
 	for _, args := range [][]string{{"stats"}, {"list"}, {"show", "x"}, {"replay", "x"}, {"purge"}} {
 		code, out, errOut := runSpoolCLI(t, append(args, "-admin", dead)...)
 		if code != 3 || out != "" || !strings.Contains(errOut, dead) {

@@ -183,7 +183,7 @@ write_sidecar_config() { # write_sidecar_config SPOOLDIR [jetstream]
 # spool-enqueue.sh: one async route, when: always, upstream down.
 version: 1
 admin: {address: "$HOST:$ADMIN_PORT"}
-spool: {${backend}dir: "$1", fsync: always, max_bytes: 64GiB, max_messages: 100000000}
+spool: {${backend}dir: "$1", fsync: always, max_bytes: 16GiB, max_messages: 100000000}
 upstreams:
   down: {endpoints: ["http://$HOST:$DOWN_PORT"], connect_timeout: 200ms}
 listeners:

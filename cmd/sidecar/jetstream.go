@@ -10,8 +10,9 @@ import (
 
 // openJetStream opens the JetStream spool that cfg describes: the stream's
 // limits from spool.max_messages and spool.max_bytes, a consumer per async
-// route, fifo for ordering fifo. It logs why per-route limits are not
-// enforced on this backend, and jsstore.Open logs the replicas 1 warning.
+// route, fifo for ordering fifo, and a route's async.max_messages. It warns
+// that a route's async.max_bytes is not enforced on this backend, and
+// jsstore.Open logs the replicas 1 warning.
 func openJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*jsstore.Store, error) {
 	sc, js := cfg.Spool, cfg.Spool.JetStream
 	opts := jsstore.Options{
@@ -43,9 +44,9 @@ func openJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger)
 			if a == nil {
 				continue
 			}
-			opts.Routes[r.Name] = jsstore.RouteOptions{FIFO: a.Ordering != "none"}
-			if a.MaxMessages > 0 || a.MaxBytes > 0 {
-				logger.Warn("async.max_messages and async.max_bytes are not enforced with spool.backend: jetstream; only spool.max_messages and spool.max_bytes bound the stream", "route", r.Name)
+			opts.Routes[r.Name] = jsstore.RouteOptions{FIFO: a.Ordering != "none", MaxMessages: a.MaxMessages}
+			if a.MaxBytes > 0 {
+				logger.Warn("async.max_bytes is not enforced with spool.backend: jetstream (the server counts no bytes per route); async.max_messages, spool.max_messages and spool.max_bytes are", "route", r.Name)
 			}
 		}
 	}

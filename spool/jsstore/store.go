@@ -80,6 +80,23 @@ type RouteOptions struct {
 	// FIFO hands out one message of the route at a time, in order: the
 	// consumer's MaxAckPending is 1.
 	FIFO bool
+	// MaxMessages bounds the route's pending messages (its consumer's
+	// pending and unacknowledged counts); over it Append returns
+	// spool.ErrFull. 0 means no bound of its own. The count is read from
+	// the server at most every routeCountTTL and counted up locally in
+	// between, so sidecars sharing the stream can overshoot it by what the
+	// others append within that time.
+	MaxMessages int64
+}
+
+// routeCountTTL is how long a route's pending count read from the server
+// is used, counted up by this store's appends, before it is read again.
+const routeCountTTL = 250 * time.Millisecond
+
+// routeCount is a route's pending count as last read, plus appends since.
+type routeCount struct {
+	n  int64
+	at time.Time
 }
 
 // DefaultStream is the stream's name when Options.Stream is empty.
@@ -124,6 +141,7 @@ type Store struct {
 	leases    map[string]*lease             // by message ID
 	retries   map[string]retry              // by message ID: RetryLater's figures
 	held      map[string]time.Time          // fifo routes: when the retried head is due
+	counts    map[string]routeCount         // routes with MaxMessages
 
 	// nexts counts the Next calls in flight: Close waits for them before
 	// it hands leases back and closes the connection.
@@ -643,7 +661,11 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 	} else if !errors.Is(err, spool.ErrNotFound) {
 		return err
 	}
-	if _, err := s.consumer(ctx, m.Route); err != nil {
+	c, err := s.consumer(ctx, m.Route)
+	if err != nil {
+		return err
+	}
+	if err := s.checkRouteLimit(ctx, m.Route, c); err != nil {
 		return err
 	}
 	msg := nats.NewMsg(s.subject(id, spool.Pending, m.Route))
@@ -658,6 +680,44 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 	}
 	m.ID = id
 	s.appends.Add(1)
+	if s.opts.Routes[m.Route].MaxMessages > 0 {
+		s.mu.Lock()
+		if rc, ok := s.counts[m.Route]; ok {
+			rc.n++
+			s.counts[m.Route] = rc
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// checkRouteLimit returns spool.ErrFull when route has a MaxMessages bound
+// and its pending count has reached it.
+func (s *Store) checkRouteLimit(ctx context.Context, route string, c jetstream.Consumer) error {
+	limit := s.opts.Routes[route].MaxMessages
+	if limit <= 0 {
+		return nil
+	}
+	now := time.Now()
+	s.mu.Lock()
+	rc, ok := s.counts[route]
+	s.mu.Unlock()
+	if !ok || now.Sub(rc.at) > routeCountTTL {
+		ci, err := c.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("jetstream spool: route %s: consumer info: %w", route, err)
+		}
+		rc = routeCount{n: int64(ci.NumPending) + int64(ci.NumAckPending), at: now}
+		s.mu.Lock()
+		if s.counts == nil {
+			s.counts = map[string]routeCount{}
+		}
+		s.counts[route] = rc
+		s.mu.Unlock()
+	}
+	if rc.n >= limit {
+		return fmt.Errorf("%w: route %s holds %d pending messages (async.max_messages %d)", spool.ErrFull, route, rc.n, limit)
+	}
 	return nil
 }
 

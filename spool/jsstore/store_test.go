@@ -420,3 +420,42 @@ func TestConsumerDeletedBehindTheStore(t *testing.T) {
 		t.Errorf("Next() after the consumer was deleted = %s, want %s", got.ID, m.ID)
 	}
 }
+
+// TestRouteMaxMessages: a route's own bound refuses its appends with
+// ErrFull once it holds that many pending messages, other routes go on,
+// and acknowledging one makes room again (after the count is read anew).
+func TestRouteMaxMessages(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	s := openStore(t, srv, jsstore.Options{Routes: map[string]jsstore.RouteOptions{"small": {MaxMessages: 2}}})
+	for i := range 2 {
+		if err := s.Append(t.Context(), message("small", i)); err != nil {
+			t.Fatalf("Append %d = %v", i, err)
+		}
+	}
+	if err := s.Append(t.Context(), message("small", 3)); !errors.Is(err, spool.ErrFull) {
+		t.Fatalf("third Append to small = %v, want ErrFull", err)
+	}
+	for i := range 5 {
+		if err := s.Append(t.Context(), message("other", i)); err != nil {
+			t.Fatalf("Append to other = %v", err)
+		}
+	}
+	m, ok, err := s.Next("small", time.Now())
+	if !ok || err != nil {
+		t.Fatalf("Next = %v, %v", ok, err)
+	}
+	if err := s.Ack(m.ID); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := s.Append(t.Context(), message("small", 4))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, spool.ErrFull) || time.Now().After(deadline) {
+			t.Fatalf("Append after an Ack = %v, want room again", err)
+		}
+		time.Sleep(50 * time.Millisecond) // the count is read anew every 250ms
+	}
+}

@@ -13,7 +13,10 @@
 // DiscardNew with MaxMsgs and MaxBytes from Options.MaxMessages and
 // Options.MaxBytes: a full stream refuses the publish, and Append returns
 // spool.ErrFull, which the proxy answers with 503 spool_full. The stream
-// is never allowed to drop old messages to make room.
+// is never allowed to drop old messages to make room. A route with
+// RouteOptions.MaxMessages is also refused with spool.ErrFull once its
+// consumer holds that many pending messages (read from the server at most
+// every 250ms, counted up locally in between).
 //
 // The dead-letter stream, named "<STREAM>_DEAD" (DeadSuffix), holds the
 // dead messages on subjects "<STREAM>_DEAD.>". Its retention is Limits (a

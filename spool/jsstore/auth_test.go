@@ -45,7 +45,7 @@ func startAuthServer(t *testing.T, opts server.Options) *server.Server {
 func tryOpen(t *testing.T, url string, opts jsstore.Options) error {
 	t.Helper()
 	opts.URL, opts.Stream, opts.Create = url, "AUTH", true
-	opts.ConnectTimeout, opts.RequestTimeout = 2*time.Second, 2*time.Second
+	opts.ConnectTimeout, opts.RequestTimeout = 5*time.Second, 10*time.Second
 	s, err := jsstore.Open(t.Context(), opts)
 	if err != nil {
 		return err

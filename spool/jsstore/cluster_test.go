@@ -75,18 +75,20 @@ func TestClusterLosesNoAcknowledgedMessage(t *testing.T) {
 		Replicas:       3,
 		Create:         true,
 		ConnectTimeout: 2 * time.Second,
+		// Short, so that an Open tried before the meta leader is elected
+		// gives up soon and is tried again.
 		RequestTimeout: 2 * time.Second,
 	}
 	// The cluster elects its meta leader after the servers meet.
 	var s *jsstore.Store
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var err error
 		if s, err = jsstore.Open(t.Context(), opts); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("jsstore.Open(replicas 3) = %v for 20s", err)
+			t.Fatalf("jsstore.Open(replicas 3) = %v for 60s", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -159,8 +159,8 @@ func TestDeadStreamAtOpen(t *testing.T) {
 	}
 	for _, tt := range tests {
 		tt.opts.URL = srv.ClientURL()
-		tt.opts.ConnectTimeout = 2 * time.Second
-		tt.opts.RequestTimeout = 2 * time.Second
+		tt.opts.ConnectTimeout = 5 * time.Second
+		tt.opts.RequestTimeout = 10 * time.Second
 		s, err := jsstore.Open(t.Context(), tt.opts)
 		if err == nil {
 			s.Close()

@@ -19,7 +19,9 @@ func TestServerRestartUnderLoad(t *testing.T) {
 	dir := t.TempDir()
 	srv := startServer(t, dir, 0)
 	port := srv.Addr().(*net.TCPAddr).Port
-	s := openStore(t, srv, jsstore.Options{Stream: "RESTART"})
+	// Short requests: publishes in flight when the server goes away fail
+	// within 2s instead of waiting for a generous timeout.
+	s := openStore(t, srv, jsstore.Options{Stream: "RESTART", RequestTimeout: 2 * time.Second})
 
 	var (
 		mu            sync.Mutex

@@ -60,8 +60,12 @@ func openStore(t *testing.T, srv *server.Server, opts jsstore.Options) *jsstore.
 	}
 	opts.URL = srv.ClientURL()
 	opts.Create = true
-	opts.ConnectTimeout = 2 * time.Second
-	opts.RequestTimeout = 2 * time.Second
+	if opts.ConnectTimeout == 0 {
+		opts.ConnectTimeout = 5 * time.Second
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 10 * time.Second // generous: many stores open at once on a loaded CI machine
+	}
 	s, err := jsstore.Open(t.Context(), opts)
 	if err != nil {
 		t.Fatalf("jsstore.Open(%s) = %v, want nil", opts.Stream, err)
@@ -330,8 +334,8 @@ func TestOpenErrors(t *testing.T) {
 		{"bad name", jsstore.Options{URL: srv.ClientURL(), Stream: "A.B", Create: true}, "stream name"},
 	}
 	for _, tt := range tests {
-		tt.opts.ConnectTimeout = time.Second
-		tt.opts.RequestTimeout = time.Second
+		tt.opts.ConnectTimeout = 5 * time.Second
+		tt.opts.RequestTimeout = 5 * time.Second
 		s, err := jsstore.Open(t.Context(), tt.opts)
 		if err == nil {
 			s.Close()

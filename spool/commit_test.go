@@ -2,6 +2,7 @@ package spool
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"syscall"
@@ -228,4 +229,91 @@ func TestAppendTooLarge(t *testing.T) {
 	if st := s.Stats(); st.Total.Pending != 0 {
 		t.Errorf("Stats().Total.Pending = %d, want 0", st.Total.Pending)
 	}
+}
+
+// TestFailuresUnderLoad: producers append and settle while the disk
+// fails and recovers again and again; the store reopens itself each time.
+// After a clean reopen every message whose Append returned nil is there,
+// unless its Ack returned nil too, in which case it is gone.
+func TestFailuresUnderLoad(t *testing.T) {
+	ffs := &faultFS{}
+	opts := FileOptions{FS: ffs, ReopenDelay: time.Millisecond, SegmentSize: 64 << 10}
+	s := open(t, t.TempDir(), opts)
+	var (
+		mu      sync.Mutex
+		kept    = map[string]bool{} // appended; value: acknowledged as delivered
+		settles int
+		stop    = make(chan struct{})
+		wg      sync.WaitGroup
+	)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				m := &Message{Route: fmt.Sprint("r", w%2), Method: "POST", Target: "/", Body: make([]byte, 200)}
+				err := s.Append(t.Context(), m)
+				if err != nil {
+					if !errors.Is(err, ErrFailed) {
+						t.Errorf("Append = %v, want nil or ErrFailed", err)
+						return
+					}
+					continue
+				}
+				// Settle most messages, as deliveries would, so the spool
+				// stays small and each reopen quick.
+				acked := i%4 != 0 && s.Ack(m.ID) == nil
+				mu.Lock()
+				kept[m.ID] = acked
+				settles++
+				mu.Unlock()
+			}
+		})
+	}
+	progress := func() int { mu.Lock(); defer mu.Unlock(); return settles }
+	// Faults come and go, bounded in count; each clean spell lasts until
+	// the store has reopened and taken more appends.
+	faults := []struct{ write, sync error }{
+		{nil, errors.New("injected fsync error")},
+		{syscall.ENOSPC, nil},
+		{errors.New("injected write error"), nil},
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for i := range 9 {
+		f := faults[i%len(faults)]
+		ffs.fail(f.write, f.sync)
+		for !s.Stats().Failed && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond) // polling: until a commit hits the fault
+		}
+		ffs.fail(nil, nil)
+		for s.Stats().Failed && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond) // polling the store's own retry timer
+		}
+		for n := progress(); progress() < n+50 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond) // polling: appends go on after the reopen
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if time.Now().After(deadline) {
+		t.Fatalf("the fault cycles did not finish within 60s: %+v", s.Stats())
+	}
+	reopens := s.Stats().Reopens
+	if reopens < 9 {
+		t.Errorf("Stats().Reopens = %d, want at least 9", reopens)
+	}
+	s = reopen(t, s, FileOptions{})
+	got := map[string]bool{}
+	for _, id := range ids(t, s, Pending) {
+		got[id] = true
+	}
+	for id, acked := range kept {
+		if got[id] == acked {
+			t.Fatalf("message %s: stored %v after a reopen, though its Ack returned nil: %v", id, got[id], acked)
+		}
+	}
+	t.Logf("%d messages appended, %d stored after %d failures and reopens", len(kept), len(got), reopens)
 }

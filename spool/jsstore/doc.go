@@ -171,8 +171,11 @@
 // in memory: only leases and the due times of retried messages.
 //
 // Stats reads both streams' totals, each route consumer's pending and
-// unacknowledged counts, the dead-letter stream's subject listing and
-// each route's first pending message (for Oldest). RouteStats.Bytes is
+// unacknowledged counts, each route's dead letters as counted by a
+// consumer on the dead-letter stream that never delivers (durable
+// "sidecar_count_<route token>": its NumPending is the count, so the dead
+// letters are never listed, however many there are) and each route's
+// first pending message (for Oldest). RouteStats.Bytes is
 // zero per route: the server does not count bytes per subject filter;
 // Total.Bytes is the sum of the two streams'.
 //

@@ -142,6 +142,7 @@ type Store struct {
 	retries   map[string]retry              // by message ID: RetryLater's figures
 	held      map[string]time.Time          // fifo routes: when the retried head is due
 	counts    map[string]routeCount         // routes with MaxMessages
+	deadCount map[string]jetstream.Consumer // by route: counts its dead letters
 
 	// nexts counts the Next calls in flight: Close waits for them before
 	// it hands leases back and closes the connection.
@@ -513,6 +514,36 @@ func (s *Store) consumer(ctx context.Context, route string) (jetstream.Consumer,
 		return have, nil
 	}
 	s.consumers[route] = c
+	return c, nil
+}
+
+// deadCounter returns the route's consumer on the dead-letter stream. It
+// never delivers anything: its NumPending is the number of the route's
+// dead letters, which the server counts without listing them.
+func (s *Store) deadCounter(ctx context.Context, route string) (jetstream.Consumer, error) {
+	s.mu.Lock()
+	c, ok := s.deadCount[route]
+	s.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	tok := routeToken(route)
+	c, err := s.dstr.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       consumerPfx + "count_" + tok,
+		Description:   "sidecar spool: counts the dead letters of route " + route,
+		FilterSubject: s.dead + ".*." + stateDead + "." + tok,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckNonePolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: dead-letter counter of route %s: %w", route, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.deadCount == nil {
+		s.deadCount = map[string]jetstream.Consumer{}
+	}
+	s.deadCount[route] = c
 	return c, nil
 }
 
@@ -1315,22 +1346,13 @@ func (s *Store) Stats() spool.Stats {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*s.opts.RequestTimeout)
 	defer cancel()
-	for _, str := range []jetstream.Stream{s.str, s.dstr} {
+	for i, str := range []jetstream.Stream{s.str, s.dstr} {
 		if info, err := str.Info(ctx); err != nil {
 			s.log.Warn("jetstream spool: stream info", "error", err)
 		} else {
 			st.Total.Bytes += int64(info.State.Bytes)
-		}
-	}
-	if dead, err := s.subjects("", spool.Dead); err != nil {
-		s.log.Warn("jetstream spool: list dead letters", "error", err)
-	} else {
-		for subj, n := range dead {
-			if sub, ok := s.parse(subj); ok {
-				rs := st.Routes[sub.route]
-				rs.Dead += int64(n)
-				st.Routes[sub.route] = rs
-				st.Total.Dead += int64(n)
+			if i == 1 {
+				st.Total.Dead = int64(info.State.Msgs)
 			}
 		}
 	}
@@ -1340,6 +1362,25 @@ func (s *Store) Stats() spool.Stats {
 		consumers[r] = c
 	}
 	s.mu.Unlock()
+	// Dead letters per route, counted by the server (never listed: a
+	// scrape stays cheap however many there are).
+	for route := range consumers {
+		dc, err := s.deadCounter(ctx, route)
+		if err != nil {
+			s.log.Warn("jetstream spool: dead-letter counter", "route", route, "error", err)
+			continue
+		}
+		ci, err := dc.Info(ctx)
+		if err != nil {
+			s.log.Warn("jetstream spool: dead-letter counter info", "route", route, "error", err)
+			continue
+		}
+		if n := int64(ci.NumPending); n > 0 {
+			rs := st.Routes[route]
+			rs.Dead = n
+			st.Routes[route] = rs
+		}
+	}
 	for route, c := range consumers {
 		ci, err := c.Info(ctx)
 		if err != nil {

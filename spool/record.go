@@ -4,9 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
-	"net/http"
-	"slices"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/wire"
 )
 
 // recordType says what a record holds. The values are part of the on-disk
@@ -87,15 +87,15 @@ func encodeRecord(r *record) []byte {
 	case recMessage:
 		p = encodeMessage(r.msg)
 	case recAck, recReplay, recDelete:
-		p = appendString(nil, r.id)
+		p = wire.AppendString(nil, r.id)
 	case recRetry:
-		p = appendString(nil, r.id)
+		p = wire.AppendString(nil, r.id)
 		p = binary.AppendVarint(p, timeToNanos(r.at))
 		p = binary.AppendUvarint(p, uint64(r.attempts))
 	case recDead:
-		p = appendString(nil, r.id)
+		p = wire.AppendString(nil, r.id)
 		p = binary.AppendUvarint(p, uint64(r.attempts))
-		p = appendString(p, r.reason)
+		p = wire.AppendString(p, r.reason)
 	}
 	return appendRecord(make([]byte, 0, headerSize+len(p)), r.typ, p)
 }
@@ -140,30 +140,30 @@ func checkFrame(b []byte) (int, error) {
 }
 
 func decodePayload(typ recordType, p []byte) (*record, error) {
-	d := decoder{b: p}
+	d := &wire.Decoder{B: p, MaxField: maxField}
 	r := &record{typ: typ}
 	switch typ {
 	case recMessage:
-		m := d.message()
-		if d.err == nil {
+		m := decodeMessage(d)
+		if d.Err == nil {
 			r.msg, r.id = m, m.ID
 		}
 	case recAck, recReplay, recDelete:
-		r.id = d.string()
+		r.id = d.String()
 	case recRetry:
-		r.id = d.string()
-		r.at = nanosToTime(d.varint())
-		r.attempts = d.int()
+		r.id = d.String()
+		r.at = nanosToTime(d.Varint())
+		r.attempts = d.Int()
 	case recDead:
-		r.id = d.string()
-		r.attempts = d.int()
-		r.reason = d.string()
+		r.id = d.String()
+		r.attempts = d.Int()
+		r.reason = d.String()
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.err = errCorrupt
+	if d.Err == nil && len(d.B) != 0 {
+		d.Err = errCorrupt
 	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err != nil {
+		return nil, d.Err
 	}
 	return r, nil
 }
@@ -180,41 +180,43 @@ func encodeMessage(m *Message) []byte {
 
 // messageSize bounds the size of m's encoded payload.
 func messageSize(m *Message) int {
-	n := 64 + len(m.ID) + len(m.Route) + len(m.Method) + len(m.Target) +
-		len(m.IdempotencyKey) + len(m.TraceParent) + len(m.Body)
-	for k, vs := range m.Header {
-		n += 8 + len(k)
-		for _, v := range vs {
-			n += 4 + len(v)
-		}
-	}
-	return n
+	return 64 + len(m.ID) + len(m.Route) + len(m.Method) + len(m.Target) +
+		len(m.IdempotencyKey) + len(m.TraceParent) + len(m.Body) + wire.HeaderSize(m.Header)
 }
 
 // appendMessage appends m's encoded payload to p.
 func appendMessage(p []byte, m *Message) []byte {
-	var buf [16]string
-	keys := buf[:0]
-	for k := range m.Header {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
 	for _, s := range [...]string{m.ID, m.Route, m.Method, m.Target, m.IdempotencyKey, m.TraceParent} {
-		p = appendString(p, s)
+		p = wire.AppendString(p, s)
 	}
 	p = binary.AppendVarint(p, timeToNanos(m.Arrived))
 	p = binary.AppendUvarint(p, uint64(max(m.Attempts, 0)))
-	p = binary.AppendUvarint(p, uint64(len(keys)))
-	for _, k := range keys {
-		p = appendString(p, k)
-		vs := m.Header[k]
-		p = binary.AppendUvarint(p, uint64(len(vs)))
-		for _, v := range vs {
-			p = appendString(p, v)
-		}
-	}
+	p = wire.AppendHeader(p, m.Header)
 	p = binary.AppendUvarint(p, uint64(len(m.Body)))
 	return append(p, m.Body...)
+}
+
+// decodeMessage reads a message payload written by appendMessage.
+func decodeMessage(d *wire.Decoder) *Message {
+	m := &Message{
+		ID:             d.String(),
+		Route:          d.String(),
+		Method:         d.String(),
+		Target:         d.String(),
+		IdempotencyKey: d.String(),
+		TraceParent:    d.String(),
+		Arrived:        nanosToTime(d.Varint()),
+		Attempts:       d.Int(),
+		Header:         d.Header(),
+	}
+	body := d.Bytes()
+	if d.Err != nil {
+		return nil
+	}
+	if len(body) > 0 {
+		m.Body = append([]byte(nil), body...)
+	}
+	return m
 }
 
 // idPlaceholder stands for a generated ID while a message is encoded;
@@ -256,41 +258,20 @@ func decodeMeta(b []byte) (typ recordType, meta messageMeta, rec *record, size i
 	if err != nil {
 		return 0, meta, nil, 0, err
 	}
-	d := decoder{b: b[headerSize:size]}
-	meta.id = d.string()
-	meta.route = d.string()
+	d := &wire.Decoder{B: b[headerSize:size], MaxField: maxField}
+	meta.id = d.String()
+	meta.route = d.String()
 	for range 4 { // Method, Target, IdempotencyKey, TraceParent
-		d.bytes()
+		d.Bytes()
 	}
-	meta.arrived = d.varint()
-	meta.attempts = d.int()
-	nk := d.uvarint()
-	if nk > uint64(len(d.b)) {
-		d.err = errCorrupt
-	}
-	for i := uint64(0); i < nk && d.err == nil; i++ {
-		d.bytes()
-		nv := d.uvarint()
-		if nv > uint64(len(d.b)) {
-			d.err = errCorrupt
-		}
-		for j := uint64(0); j < nv && d.err == nil; j++ {
-			d.bytes()
-		}
-	}
-	d.bytes()
-	if d.err == nil && len(d.b) != 0 {
-		d.err = errCorrupt
-	}
-	if d.err != nil {
+	meta.arrived = d.Varint()
+	meta.attempts = d.Int()
+	d.SkipHeader()
+	d.Bytes()
+	if d.Err != nil || len(d.B) != 0 {
 		return 0, meta, nil, 0, errCorrupt
 	}
 	return recMessage, meta, nil, size, nil
-}
-
-func appendString(p []byte, s string) []byte {
-	p = binary.AppendUvarint(p, uint64(len(s)))
-	return append(p, s...)
 }
 
 func timeToNanos(t time.Time) int64 {
@@ -305,106 +286,4 @@ func nanosToTime(n int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n)
-}
-
-// decoder reads payload fields; the first error sticks and later reads
-// return zero values.
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = errCorrupt
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = errCorrupt
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) int() int {
-	v := d.uvarint()
-	if v > 1<<31-1 {
-		d.err = errCorrupt
-		return 0
-	}
-	return int(v)
-}
-
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if d.err != nil {
-		return nil
-	}
-	if n > maxField || n > uint64(len(d.b)) {
-		d.err = errCorrupt
-		return nil
-	}
-	b := d.b[:n:n]
-	d.b = d.b[n:]
-	return b
-}
-
-func (d *decoder) string() string { return string(d.bytes()) }
-
-func (d *decoder) message() *Message {
-	m := &Message{
-		ID:             d.string(),
-		Route:          d.string(),
-		Method:         d.string(),
-		Target:         d.string(),
-		IdempotencyKey: d.string(),
-		TraceParent:    d.string(),
-		Arrived:        nanosToTime(d.varint()),
-		Attempts:       d.int(),
-	}
-	nk := d.uvarint()
-	if nk > uint64(len(d.b)) { // every key takes at least one byte
-		d.err = errCorrupt
-	}
-	if d.err != nil {
-		return nil
-	}
-	if nk > 0 {
-		m.Header = make(http.Header, nk)
-	}
-	for i := uint64(0); i < nk && d.err == nil; i++ {
-		k := d.string()
-		nv := d.uvarint()
-		if nv > uint64(len(d.b)) {
-			d.err = errCorrupt
-			break
-		}
-		vs := make([]string, 0, nv)
-		for j := uint64(0); j < nv && d.err == nil; j++ {
-			vs = append(vs, d.string())
-		}
-		m.Header[k] = vs
-	}
-	body := d.bytes()
-	if d.err != nil {
-		return nil
-	}
-	if len(body) > 0 {
-		m.Body = append([]byte(nil), body...)
-	}
-	return m
 }

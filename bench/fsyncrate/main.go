@@ -12,14 +12,14 @@
 package main
 
 import (
-	"encoding/json"
 	"flag"
 	"fmt"
-	"math"
 	"os"
 	"slices"
 	"syscall"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/bench/internal/stats"
 )
 
 type result struct {
@@ -99,29 +99,13 @@ func run(dir string, size int, duration, warmup time.Duration, mode string, maxO
 		lat = append(lat, time.Since(t0))
 	}
 	elapsed := time.Since(start)
-	res := result{Dir: dir, Size: size, Sync: mode, DurationS: round1(elapsed.Seconds()), Syncs: len(lat)}
+	res := result{Dir: dir, Size: size, Sync: mode, DurationS: stats.Round1(elapsed.Seconds()), Syncs: len(lat)}
 	if len(lat) > 0 {
-		res.PerSec = round1(float64(len(lat)) / elapsed.Seconds())
+		res.PerSec = stats.Round1(float64(len(lat)) / elapsed.Seconds())
 		slices.Sort(lat)
-		res.P50 = pct(lat, 0.50)
-		res.P99 = pct(lat, 0.99)
-		res.Max = us(lat[len(lat)-1])
+		res.P50 = stats.Pct(lat, 0.50)
+		res.P99 = stats.Pct(lat, 0.99)
+		res.Max = stats.Micros(lat[len(lat)-1])
 	}
-	b, err := json.Marshal(res)
-	if err != nil {
-		return err
-	}
-	fmt.Println(string(b))
-	return nil
+	return stats.PrintJSON(res)
 }
-
-// pct returns the nearest-rank percentile of sorted d, in microseconds.
-func pct(d []time.Duration, p float64) float64 {
-	idx := int(math.Ceil(p*float64(len(d)))) - 1
-	idx = max(0, min(idx, len(d)-1))
-	return us(d[idx])
-}
-
-func us(d time.Duration) float64 { return round1(float64(d) / 1e3) }
-
-func round1(f float64) float64 { return math.Round(f*10) / 10 }

@@ -17,11 +17,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"net"
 	"net/url"
 	"os"
@@ -32,6 +30,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sidecar-proxy/sidecar/bench/internal/stats"
 )
 
 type result struct {
@@ -217,38 +217,22 @@ func run(o options) error {
 	}
 	res.OK = len(lat)
 	if elapsed > 0 {
-		res.PerSec = round1(float64(res.OK) / elapsed.Seconds())
+		res.PerSec = stats.Round1(float64(res.OK) / elapsed.Seconds())
 	}
 	if res.OK > 0 {
 		slices.Sort(lat)
-		res.P50 = pct(lat, 0.50)
-		res.P90 = pct(lat, 0.90)
-		res.P99 = pct(lat, 0.99)
-		res.Max = us(lat[len(lat)-1])
+		res.P50 = stats.Pct(lat, 0.50)
+		res.P90 = stats.Pct(lat, 0.90)
+		res.P99 = stats.Pct(lat, 0.99)
+		res.Max = stats.Micros(lat[len(lat)-1])
 		var sum time.Duration
 		for _, d := range lat {
 			sum += d
 		}
-		res.Mean = round1(float64(sum) / float64(len(lat)) / 1e3)
+		res.Mean = stats.Round1(float64(sum) / float64(len(lat)) / 1e3)
 	}
 	if info, err := stream.Info(ctx); err == nil {
 		res.StreamMsgs = info.State.Msgs
 	}
-	b, err := json.Marshal(res)
-	if err != nil {
-		return err
-	}
-	fmt.Println(string(b))
-	return nil
+	return stats.PrintJSON(res)
 }
-
-// pct returns the nearest-rank percentile of sorted d, in microseconds.
-func pct(d []time.Duration, p float64) float64 {
-	idx := int(math.Ceil(p*float64(len(d)))) - 1
-	idx = max(0, min(idx, len(d)-1))
-	return us(d[idx])
-}
-
-func us(d time.Duration) float64 { return round1(float64(d) / 1e3) }
-
-func round1(f float64) float64 { return math.Round(f*10) / 10 }

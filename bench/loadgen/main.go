@@ -30,7 +30,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -45,6 +44,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/bench/internal/stats"
 )
 
 // sleepUntil blocks until t. With gosleep it uses time.Sleep (1 ms
@@ -326,25 +327,25 @@ func run(spec reqSpec, rate float64, duration, warmup time.Duration, conns, maxR
 		res.FirstError = "requests still outstanding at the hard stop"
 	}
 	if elapsed > 0 {
-		res.AchievedRPS = round1(float64(res.OK) / elapsed.Seconds())
+		res.AchievedRPS = stats.Round1(float64(res.OK) / elapsed.Seconds())
 	}
 	if res.OK > 0 {
 		slices.Sort(okLat)
 		slices.Sort(okSvc)
 		slices.Sort(okLag)
-		res.P50 = pct(okLat, 0.50)
-		res.P90 = pct(okLat, 0.90)
-		res.P99 = pct(okLat, 0.99)
-		res.P999 = pct(okLat, 0.999)
-		res.Max = us(okLat[len(okLat)-1])
+		res.P50 = stats.Pct(okLat, 0.50)
+		res.P90 = stats.Pct(okLat, 0.90)
+		res.P99 = stats.Pct(okLat, 0.99)
+		res.P999 = stats.Pct(okLat, 0.999)
+		res.Max = stats.Micros(okLat[len(okLat)-1])
 		var sum time.Duration
 		for _, d := range okLat {
 			sum += d
 		}
-		res.Mean = round1(float64(sum) / float64(len(okLat)) / 1e3)
-		res.SvcP50 = pct(okSvc, 0.50)
-		res.SvcP99 = pct(okSvc, 0.99)
-		res.LagP99 = pct(okLag, 0.99)
+		res.Mean = stats.Round1(float64(sum) / float64(len(okLat)) / 1e3)
+		res.SvcP50 = stats.Pct(okSvc, 0.50)
+		res.SvcP99 = stats.Pct(okSvc, 0.99)
+		res.LagP99 = stats.Pct(okLag, 0.99)
 	}
 	return printResult(res)
 }
@@ -444,41 +445,25 @@ func runClosed(spec reqSpec, duration, warmup time.Duration, conns, maxReq int, 
 	res.OK = len(lat)
 	res.Scheduled = res.OK + int(res.Errors+res.Failed)
 	if elapsed > 0 {
-		res.AchievedRPS = round1(float64(res.OK) / elapsed.Seconds())
+		res.AchievedRPS = stats.Round1(float64(res.OK) / elapsed.Seconds())
 	}
 	if res.OK > 0 {
 		slices.Sort(lat)
-		res.P50 = pct(lat, 0.50)
-		res.P90 = pct(lat, 0.90)
-		res.P99 = pct(lat, 0.99)
-		res.P999 = pct(lat, 0.999)
-		res.Max = us(lat[len(lat)-1])
+		res.P50 = stats.Pct(lat, 0.50)
+		res.P90 = stats.Pct(lat, 0.90)
+		res.P99 = stats.Pct(lat, 0.99)
+		res.P999 = stats.Pct(lat, 0.999)
+		res.Max = stats.Micros(lat[len(lat)-1])
 		var sum time.Duration
 		for _, d := range lat {
 			sum += d
 		}
-		res.Mean = round1(float64(sum) / float64(len(lat)) / 1e3)
+		res.Mean = stats.Round1(float64(sum) / float64(len(lat)) / 1e3)
 		res.SvcP50, res.SvcP99 = res.P50, res.P99
 	}
 	return printResult(res)
 }
 
 func printResult(res result) error {
-	b, err := json.Marshal(res)
-	if err != nil {
-		return err
-	}
-	fmt.Println(string(b))
-	return nil
+	return stats.PrintJSON(res)
 }
-
-// pct returns the nearest-rank percentile of sorted d, in microseconds.
-func pct(d []time.Duration, p float64) float64 {
-	idx := int(math.Ceil(p*float64(len(d)))) - 1
-	idx = max(0, min(idx, len(d)-1))
-	return us(d[idx])
-}
-
-func us(d time.Duration) float64 { return round1(float64(d) / 1e3) }
-
-func round1(f float64) float64 { return math.Round(f*10) / 10 }

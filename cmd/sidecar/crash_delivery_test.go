@@ -6,9 +6,7 @@ import (
 	"math/rand"
 	"net"
 	"net/http"
-	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,23 +150,7 @@ func TestCrashDeliveryLosesNothingAcknowledged(t *testing.T) {
 	if testing.Short() {
 		loops = 4
 	}
-	if v := os.Getenv("SIDECAR_CRASH_DELIVERY_LOOPS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("SIDECAR_CRASH_DELIVERY_LOOPS=%q: want a positive integer", v)
-		}
-		loops = n
-	}
-	seed := time.Now().UnixNano()
-	if v := os.Getenv("SIDECAR_CRASH_SEED"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			t.Fatalf("SIDECAR_CRASH_SEED=%q: want an integer", v)
-		}
-		seed = n
-	}
-	t.Logf("seed %d (SIDECAR_CRASH_SEED=%d replays the kill instants), %d loops", seed, seed, loops)
-	rng := rand.New(rand.NewSource(seed))
+	loops, seed, rng := crashLoops(t, "SIDECAR_CRASH_DELIVERY_LOOPS", loops)
 
 	const (
 		workers      = 8

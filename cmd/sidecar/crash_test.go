@@ -83,6 +83,32 @@ type acked struct {
 	body    string
 }
 
+// crashLoops returns how many loops a crash test runs, def unless the
+// environment variable loopsEnv says otherwise, and its random source,
+// seeded from SIDECAR_CRASH_SEED or the clock; it logs the seed so that
+// a run can be replayed.
+func crashLoops(t *testing.T, loopsEnv string, def int) (loops int, seed int64, rng *rand.Rand) {
+	t.Helper()
+	loops = def
+	if v := os.Getenv(loopsEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("%s=%q: want a positive integer", loopsEnv, v)
+		}
+		loops = n
+	}
+	seed = time.Now().UnixNano()
+	if v := os.Getenv("SIDECAR_CRASH_SEED"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("SIDECAR_CRASH_SEED=%q: want an integer", v)
+		}
+		seed = n
+	}
+	t.Logf("seed %d (SIDECAR_CRASH_SEED=%d replays the random choices), %d loops", seed, seed, loops)
+	return loops, seed, rand.New(rand.NewSource(seed))
+}
+
 // TestKill9LosesNothingAcknowledged runs the real binary with an async
 // route whose upstream is down, puts concurrent load on it, SIGKILLs it at
 // a random instant, and repeats on the same spool directory. A last start
@@ -96,23 +122,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	if testing.Short() {
 		loops = 3
 	}
-	if v := os.Getenv("SIDECAR_CRASH_LOOPS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("SIDECAR_CRASH_LOOPS=%q: want a positive integer", v)
-		}
-		loops = n
-	}
-	seed := time.Now().UnixNano()
-	if v := os.Getenv("SIDECAR_CRASH_SEED"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			t.Fatalf("SIDECAR_CRASH_SEED=%q: want an integer", v)
-		}
-		seed = n
-	}
-	t.Logf("seed %d (SIDECAR_CRASH_SEED=%d replays the kill instants), %d loops", seed, seed, loops)
-	rng := rand.New(rand.NewSource(seed))
+	loops, seed, rng := crashLoops(t, "SIDECAR_CRASH_LOOPS", loops)
 
 	dir := t.TempDir()
 	// The upstream: a port held without listening, so deliveries and

@@ -3,11 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
-	"math/rand"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -63,23 +60,7 @@ func TestKill9JetStreamLosesNothingAcknowledged(t *testing.T) {
 		t.Skip("waits for the JetStream ack wait after the kills")
 	}
 	loops := 5
-	if v := os.Getenv("SIDECAR_CRASH_LOOPS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("SIDECAR_CRASH_LOOPS=%q: want a positive integer", v)
-		}
-		loops = n
-	}
-	seed := time.Now().UnixNano()
-	if v := os.Getenv("SIDECAR_CRASH_SEED"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			t.Fatalf("SIDECAR_CRASH_SEED=%q: want an integer", v)
-		}
-		seed = n
-	}
-	t.Logf("seed %d, %d loops", seed, loops)
-	rng := rand.New(rand.NewSource(seed))
+	loops, seed, rng := crashLoops(t, "SIDECAR_CRASH_LOOPS", loops)
 	ns := startNATS(t)
 
 	upAddr, releaseUp := testnet.Refused(t) // refuses connections until released

@@ -3,11 +3,14 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"io/fs"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -375,5 +378,68 @@ func TestAsyncTimeoutSpools(t *testing.T) {
 	defer up.mu.Unlock()
 	if k0, k1 := up.headers[0].Get("Idempotency-Key"), up.headers[1].Get("Idempotency-Key"); k0 == "" || k0 != k1 {
 		t.Errorf("Idempotency-Key on the attempt and the delivery = %q, %q; want one key on both", k0, k1)
+	}
+}
+
+// syncFailFS is the real file system whose file syncs fail while failing
+// is set, like a disk that went bad for a while.
+type syncFailFS struct {
+	spool.OSFS
+	failing atomic.Bool
+}
+
+func (f *syncFailFS) OpenFile(name string, flag int, perm fs.FileMode) (spool.File, error) {
+	file, err := f.OSFS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &syncFailFile{File: file, fs: f}, nil
+}
+
+type syncFailFile struct {
+	spool.File
+	fs *syncFailFS
+}
+
+func (f *syncFailFile) Sync() error {
+	if f.fs.failing.Load() {
+		return errors.New("injected: input/output error")
+	}
+	return f.File.Sync()
+}
+
+// TestAsyncDiskFailure: while the spool cannot make a message durable the
+// app gets 503 spool_error with Retry-After, never a 202; once the disk
+// works again the spool reopens itself and requests are spooled again.
+func TestAsyncDiskFailure(t *testing.T) {
+	ffs := &syncFailFS{}
+	st := openStore(t, t.TempDir(), spool.FileOptions{FS: ffs, ReopenDelay: 10 * time.Millisecond})
+	sc := startSidecarWith(t, asyncRoute(`when: always, backoff: {base: 1h, max: 1h}`), []Option{WithSpool(st)}, deadUpstream(t))
+	resp, body := send(t, "POST", sc.url("/before"), []byte("a"))
+	before := spooled(t, resp, body)
+
+	ffs.failing.Store(true)
+	resp, body = send(t, "POST", sc.url("/during"), []byte("b"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderOutcome) != "spool_error" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("POST while fsync fails = %d %s Retry-After %q (%s), want 503 spool_error with Retry-After",
+			resp.StatusCode, resp.Header.Get(HeaderOutcome), resp.Header.Get("Retry-After"), body)
+	}
+	ffs.failing.Store(false)
+	var after string
+	waitFor(t, "a 202 after the spool reopened", func() bool {
+		resp, body := send(t, "POST", sc.url("/after"), []byte("c"))
+		if resp.StatusCode == http.StatusAccepted {
+			after = spooled(t, resp, body)
+			return true
+		}
+		return false
+	})
+	for _, id := range []string{before, after} {
+		if _, _, err := st.Get(id); err != nil {
+			t.Errorf("Get(%s) after the reopen = %v, want it stored", id, err)
+		}
+	}
+	if s := st.Stats(); s.Total.Pending != 2 || s.Reopens == 0 {
+		t.Errorf("store after the failure: %+v, want 2 pending (the failed request not stored) and a reopen", s)
 	}
 }

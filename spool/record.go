@@ -149,15 +149,15 @@ func decodePayload(typ recordType, p []byte) (*record, error) {
 			r.msg, r.id = m, m.ID
 		}
 	case recAck, recReplay, recDelete:
-		r.id = d.String()
+		r.id = d.ReadString()
 	case recRetry:
-		r.id = d.String()
+		r.id = d.ReadString()
 		r.at = nanosToTime(d.Varint())
 		r.attempts = d.Int()
 	case recDead:
-		r.id = d.String()
+		r.id = d.ReadString()
 		r.attempts = d.Int()
-		r.reason = d.String()
+		r.reason = d.ReadString()
 	}
 	if d.Err == nil && len(d.B) != 0 {
 		d.Err = errCorrupt
@@ -199,12 +199,12 @@ func appendMessage(p []byte, m *Message) []byte {
 // decodeMessage reads a message payload written by appendMessage.
 func decodeMessage(d *wire.Decoder) *Message {
 	m := &Message{
-		ID:             d.String(),
-		Route:          d.String(),
-		Method:         d.String(),
-		Target:         d.String(),
-		IdempotencyKey: d.String(),
-		TraceParent:    d.String(),
+		ID:             d.ReadString(),
+		Route:          d.ReadString(),
+		Method:         d.ReadString(),
+		Target:         d.ReadString(),
+		IdempotencyKey: d.ReadString(),
+		TraceParent:    d.ReadString(),
 		Arrived:        nanosToTime(d.Varint()),
 		Attempts:       d.Int(),
 		Header:         d.Header(),
@@ -259,8 +259,8 @@ func decodeMeta(b []byte) (typ recordType, meta messageMeta, rec *record, size i
 		return 0, meta, nil, 0, err
 	}
 	d := &wire.Decoder{B: b[headerSize:size], MaxField: maxField}
-	meta.id = d.String()
-	meta.route = d.String()
+	meta.id = d.ReadString()
+	meta.route = d.ReadString()
 	for range 4 { // Method, Target, IdempotencyKey, TraceParent
 		d.Bytes()
 	}

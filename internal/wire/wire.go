@@ -117,8 +117,8 @@ func (d *Decoder) Bytes() []byte {
 	return b
 }
 
-// String reads a length-prefixed string.
-func (d *Decoder) String() string { return string(d.Bytes()) }
+// ReadString reads a length-prefixed string.
+func (d *Decoder) ReadString() string { return string(d.Bytes()) }
 
 // Header reads a header block; it returns nil for an empty one.
 func (d *Decoder) Header() http.Header {
@@ -128,11 +128,11 @@ func (d *Decoder) Header() http.Header {
 	}
 	h := make(http.Header, nk)
 	for i := uint64(0); i < nk && d.Err == nil; i++ {
-		k := d.String()
+		k := d.ReadString()
 		nv := d.count()
 		vs := make([]string, 0, nv)
 		for j := uint64(0); j < nv && d.Err == nil; j++ {
-			vs = append(vs, d.String())
+			vs = append(vs, d.ReadString())
 		}
 		h[k] = vs
 	}

@@ -16,8 +16,8 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("encoded %d bytes, over the HeaderSize bound", len(p))
 	}
 	d := &Decoder{B: p}
-	if s := d.String(); s != "hello" {
-		t.Errorf("String() = %q", s)
+	if s := d.ReadString(); s != "hello" {
+		t.Errorf("ReadString() = %q", s)
 	}
 	if got := d.Header(); !reflect.DeepEqual(got, h) {
 		t.Errorf("Header() = %v, want %v", got, h)
@@ -40,8 +40,8 @@ func TestMalformed(t *testing.T) {
 		}
 	}
 	d := &Decoder{B: AppendString(nil, "toolong"), MaxField: 3}
-	if d.String(); !errors.Is(d.Err, ErrMalformed) {
-		t.Errorf("String() over MaxField: %v", d.Err)
+	if d.ReadString(); !errors.Is(d.Err, ErrMalformed) {
+		t.Errorf("ReadString() over MaxField: %v", d.Err)
 	}
 	d = &Decoder{B: []byte{0xff, 0xff, 0xff, 0xff, 0x0f}}
 	if d.Int(); !errors.Is(d.Err, ErrMalformed) {

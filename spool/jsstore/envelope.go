@@ -42,7 +42,7 @@ func decodeEnvelope(b []byte) (*spool.Message, error) {
 	d := &wire.Decoder{B: b[1:]}
 	m := &spool.Message{}
 	for _, p := range []*string{&m.Route, &m.Method, &m.Target, &m.IdempotencyKey, &m.TraceParent} {
-		*p = d.String()
+		*p = d.ReadString()
 	}
 	if ns := d.Varint(); ns != 0 {
 		m.Arrived = time.Unix(0, ns)

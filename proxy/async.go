@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -76,26 +75,6 @@ func (sp *spooler) wake(route string) {
 	}
 }
 
-// spoolKey is the context key of a request that may be spooled.
-type spoolKey struct{}
-
-// pendingSpool is an async request between its synchronous attempt and
-// the spool: the ErrorHandler stores msg when the attempt loop ends in
-// one of spool_on.
-type pendingSpool struct {
-	sp  *spooler
-	msg *spool.Message
-}
-
-// spoolStatusError ends the attempt loop of an upstream_down request whose
-// last answer was a status in spool_on: the answer was discarded, and the
-// request is spooled instead.
-type spoolStatusError struct{ status int }
-
-func (e *spoolStatusError) Error() string {
-	return "upstream answered " + strconv.Itoa(e.status) + "; request spooled"
-}
-
 // serveAsync serves a request on an async route: it reads the body up to
 // max_body, stamps the idempotency key, then either spools at once (when:
 // always) or tries the upstream first and spools on a spool_on outcome
@@ -126,14 +105,49 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route) 
 		h.spool.enqueue(w, r, rt, msg, 0)
 		return
 	}
-	out := r.Clone(context.WithValue(r.Context(), spoolKey{}, &pendingSpool{sp: h.spool, msg: msg}))
+	out := r.Clone(r.Context())
 	out.Header.Set(a.idemHeader, msg.IdempotencyKey)
 	out.ContentLength = int64(len(body))
 	out.Body = http.NoBody
 	if body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(body))
 	}
-	rt.proxy.ServeHTTP(w, out)
+	ue := rt.tryUpstream(w, out)
+	if ue == nil {
+		return // the upstream's answer went to the app
+	}
+	h.log.Debug("upstream request failed", "route", rt.Name, "outcome", ue.Outcome.String(), "error", ue.Err)
+	switch {
+	case ue.Outcome == policy.Canceled:
+		// The app went away; there is no one to answer.
+	case a.spoolsOn(ue.Outcome, ue.Status):
+		h.spool.enqueue(w, r, rt, msg, ue.Attempts)
+	default:
+		writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
+	}
+}
+
+// spoolsOn reports whether an upstream_down request whose attempt loop
+// ended with outcome o is spooled: o is listed in async.spool_on, or o is
+// status and the upstream's status is. It is the one test of spool_on,
+// used by the attempt loop to end early and by serveAsync to decide.
+func (a *asyncPolicy) spoolsOn(o policy.Outcome, status int) bool {
+	return a.spoolOn.Match(o, status, -1)
+}
+
+// tryUpstream sends an upstream_down request through the route's async
+// attempt loop (asyncProxy, whose loop ends on an answer that spoolsOn
+// lists instead of passing it on) and, when the loop returns an answer,
+// passes it to the app as the sync path does. Otherwise it writes nothing
+// and returns how the loop ended, for serveAsync to decide.
+func (rt *Route) tryUpstream(w http.ResponseWriter, out *http.Request) *UpstreamError {
+	var failed *UpstreamError
+	p := *rt.asyncProxy
+	p.ErrorHandler = func(_ http.ResponseWriter, r *http.Request, err error) {
+		failed = rt.upstreamError(r, err)
+	}
+	p.ServeHTTP(w, out)
+	return failed
 }
 
 // readBody reads up to limit+1 bytes of body; a known length is read into

@@ -172,6 +172,52 @@ func TestAsyncConnectErrorSpools(t *testing.T) {
 	}
 }
 
+// TestAsyncUpstreamDownPassesOtherAnswers: on an upstream_down route, an
+// answer or failure that spool_on does not list reaches the app as the
+// sync path would give it, and nothing is spooled.
+func TestAsyncUpstreamDownPassesOtherAnswers(t *testing.T) {
+	tests := []struct {
+		name        string
+		up          func(t *testing.T) *upstream
+		wantStatus  int
+		wantBody    string // the upstream's, or "" for a proxy-made answer
+		wantOutcome string // Sidecar-Outcome; "" for the upstream's answer
+	}{
+		{"ok", func(t *testing.T) *upstream {
+			return newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "done") })
+		}, 200, "done", ""},
+		{"status_not_listed", func(t *testing.T) *upstream {
+			return newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusInternalServerError)
+				io.WriteString(w, "broken")
+			})
+		}, 500, "broken", ""},
+		{"outcome_not_listed", deadUpstream, http.StatusBadGateway, "", "connect_error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := openStore(t, t.TempDir(), spool.FileOptions{})
+			sc := startSidecarWith(t, asyncRoute(`spool_on: ["503"]`), []Option{WithSpool(st)}, tt.up(t))
+			resp, body := send(t, "POST", sc.url("/e"), []byte("x"))
+			if resp.StatusCode != tt.wantStatus {
+				t.Fatalf("POST /e = %d %q, want %d", resp.StatusCode, body, tt.wantStatus)
+			}
+			if got := resp.Header.Get(HeaderOutcome); got != tt.wantOutcome {
+				t.Errorf("%s = %q, want %q", HeaderOutcome, got, tt.wantOutcome)
+			}
+			if tt.wantBody != "" && body != tt.wantBody {
+				t.Errorf("body = %q, want the upstream's %q", body, tt.wantBody)
+			}
+			if got := resp.Header.Get(HeaderAttempts); got != "1" {
+				t.Errorf("%s = %q, want 1", HeaderAttempts, got)
+			}
+			if resp.Header.Get(HeaderSpoolID) != "" || depth(st) != 0 {
+				t.Errorf("spooled (id %q, depth %d), want nothing spooled", resp.Header.Get(HeaderSpoolID), depth(st))
+			}
+		})
+	}
+}
+
 func TestAsyncAlwaysDelivers(t *testing.T) {
 	rec := newRecorder(t, nil)
 	st := openStore(t, t.TempDir(), spool.FileOptions{})

@@ -31,7 +31,15 @@ import (
 // grpc-timeout can shorten the overall deadline, each attempt carries the
 // time left as grpc-timeout, and an error answered at header time
 // (Trailers-Only) is outcome status with its gRPC code.
-type attempter struct{ route *Route }
+//
+// The async path's loop (spoolOn set) also ends on an answer that the
+// route's async.spool_on lists, once no retry is left: it discards the
+// answer and returns an *UpstreamError with its status, so that serveAsync
+// can spool the request.
+type attempter struct {
+	route   *Route
+	spoolOn *asyncPolicy // the async path's loop; nil on the sync path
+}
 
 var _ http.RoundTripper = (*attempter)(nil)
 
@@ -86,14 +94,14 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 				c.stop()
 				return nil, &UpstreamError{Route: rt.Name, Outcome: outcome, Attempts: n, Err: err}
 			}
-			if rt.async != nil && outcome == policy.Status && rt.async.spoolOn.Match(outcome, status, code) && req.Context().Value(spoolKey{}) != nil {
-				// An upstream_down request: this answer is not passed on,
-				// the request is spooled (see Route.proxyError).
+			if a.spoolOn != nil && outcome == policy.Status && a.spoolOn.spoolsOn(outcome, status) {
+				// The async path's loop: this answer is not passed on,
+				// and serveAsync spools the request instead.
 				io.CopyN(io.Discard, resp.Body, 4<<10)
 				resp.Body.Close()
 				c.release()
 				c.stop()
-				return nil, &UpstreamError{Route: rt.Name, Outcome: outcome, Attempts: n, Err: &spoolStatusError{status: status}}
+				return nil, &UpstreamError{Route: rt.Name, Outcome: outcome, Status: status, Attempts: n, Err: errSpoolAnswer}
 			}
 			if n < len(attemptCounts) {
 				resp.Header[HeaderAttempts] = attemptCounts[n]

@@ -25,12 +25,20 @@ const (
 // per_try_timeout passes.
 var errPerTryTimeout = errors.New("per-try timeout")
 
+// errSpoolAnswer is the Err of an *UpstreamError whose loop ended on an
+// answer that async.spool_on lists (its Status).
+var errSpoolAnswer = errors.New("upstream answer listed in async.spool_on")
+
 // UpstreamError is how a request that reached the attempt loop failed
 // without an upstream answer to pass on.
 type UpstreamError struct {
 	Route    string
 	Outcome  policy.Outcome
 	Attempts int
+	// Status is the HTTP status of the last answer when the loop ended on
+	// an answer it did not pass on (outcome status on the async path,
+	// errSpoolAnswer); 0 otherwise.
+	Status int
 	// RetryAfter, when positive, is sent as Retry-After (breaker_open).
 	RetryAfter time.Duration
 	Err        error

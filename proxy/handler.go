@@ -145,27 +145,32 @@ func modifyResponse(resp *http.Response) error {
 	return nil
 }
 
+// proxyError is the sync path's ReverseProxy.ErrorHandler: it answers a
+// request whose attempt loop ended without an answer to pass on with the
+// proxy's own error, or nothing if the app went away.
 func (rt *Route) proxyError(logger *slog.Logger) func(http.ResponseWriter, *http.Request, error) {
 	return func(w http.ResponseWriter, r *http.Request, err error) {
-		var ue *UpstreamError
-		if !errors.As(err, &ue) {
-			outcome := policy.Reset
-			if r.Context().Err() != nil {
-				outcome = policy.Canceled
-			}
-			ue = &UpstreamError{Route: rt.Name, Outcome: outcome, Attempts: 1, Err: err}
-		}
+		ue := rt.upstreamError(r, err)
 		logger.Debug("upstream request failed", "route", rt.Name, "outcome", ue.Outcome.String(), "error", ue.Err)
 		if ue.Outcome == policy.Canceled {
 			return // the app went away; there is no one to answer
 		}
-		if ps, ok := r.Context().Value(spoolKey{}).(*pendingSpool); ok {
-			var se *spoolStatusError
-			if errors.As(ue.Err, &se) || rt.async.spoolOn.Match(ue.Outcome, 0, -1) {
-				ps.sp.enqueue(w, r, rt, ps.msg, ue.Attempts)
-				return
-			}
-		}
 		writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
 	}
+}
+
+// upstreamError is how the attempt loop ended, from the error ReverseProxy
+// hands its ErrorHandler: the loop's own *UpstreamError, or, for an error
+// of ReverseProxy's (a failed upgrade, say), reset, or canceled when the
+// app went away.
+func (rt *Route) upstreamError(r *http.Request, err error) *UpstreamError {
+	var ue *UpstreamError
+	if errors.As(err, &ue) {
+		return ue
+	}
+	outcome := policy.Reset
+	if r.Context().Err() != nil {
+		outcome = policy.Canceled
+	}
+	return &UpstreamError{Route: rt.Name, Outcome: outcome, Attempts: 1, Err: err}
 }

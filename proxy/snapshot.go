@@ -6,6 +6,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"net/http"
 	"net/http/httputil"
 	"reflect"
 	"sync"
@@ -52,8 +53,12 @@ type Route struct {
 	pol          routePolicy
 	preserveHost bool
 	websocket    bool
-	async        *asyncPolicy // nil: not an async route
-	proxy        *httputil.ReverseProxy
+	async        *asyncPolicy           // nil: not an async route
+	proxy        *httputil.ReverseProxy // the sync path
+	// asyncProxy is the upstream_down path of an async route: its attempt
+	// loop ends on an answer that spool_on lists, and serveAsync sets its
+	// ErrorHandler per request. nil unless the route is async.
+	asyncProxy *httputil.ReverseProxy
 }
 
 // Async reports whether the route is async (fire-and-forget).
@@ -145,18 +150,27 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 		websocket:    rc.WebSocket,
 		async:        compileAsync(rc.Async),
 	}
-	r.proxy = &httputil.ReverseProxy{
-		Rewrite:        r.rewrite,
-		Transport:      &attempter{route: r},
+	r.proxy = r.newReverseProxy(&attempter{route: r}, r.proxyError(logger), errLog)
+	if r.async != nil {
+		r.asyncProxy = r.newReverseProxy(&attempter{route: r, spoolOn: r.async}, nil, errLog)
+	}
+	return r, nil
+}
+
+// newReverseProxy returns the ReverseProxy that forwards the route's
+// requests through transport, its attempt loop.
+func (rt *Route) newReverseProxy(transport *attempter, onError func(http.ResponseWriter, *http.Request, error), errLog *log.Logger) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite:        rt.rewrite,
+		Transport:      transport,
 		ModifyResponse: modifyResponse,
-		ErrorHandler:   r.proxyError(logger),
+		ErrorHandler:   onError,
 		BufferPool:     bufferPool{},
 		// FlushInterval 0: streams (text/event-stream, unknown length) are
 		// flushed on every write by ReverseProxy itself; other bodies pass
 		// through the server's 4 KiB write buffer without a timer each.
 		ErrorLog: errLog,
 	}
-	return r, nil
 }
 
 // bufferPool recycles the 32 KiB buffers ReverseProxy copies bodies with.

@@ -26,12 +26,12 @@ type handler struct {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if c := h1guard.FromContext(r.Context()); c != nil {
-		if err := c.Next(); err != nil {
-			w.Header().Set("Connection", "close")
-			writeError(w, r, policy.BadRequest, "", 0, "ambiguous request framing: "+err.Error(), 0)
-			return
-		}
+	// The guard fails closed: a request that did not come through
+	// h1guard.Listen and ConnContext (ErrNoConn) is refused too.
+	if err := h1guard.FromContext(r.Context()).Next(); err != nil {
+		w.Header().Set("Connection", "close")
+		writeError(w, r, policy.BadRequest, "", 0, "ambiguous request framing: "+err.Error(), 0)
+		return
 	}
 	if r.Method == http.MethodConnect {
 		writeError(w, r, policy.BadRequest, "", 0, "CONNECT is not proxied", 0)

@@ -3,14 +3,18 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -485,3 +489,36 @@ func TestUpstreamCannotForgeOutcome(t *testing.T) {
 		t.Errorf("GET = %d %s=%q, want the upstream's 503 without %s", resp.StatusCode, HeaderOutcome, resp.Header.Get(HeaderOutcome), HeaderOutcome)
 	}
 }
+
+// TestUnguardedRequestRefused: the framing guard fails closed: a request
+// that did not come through h1guard.Listen and ConnContext is refused with
+// 400 and a closed connection, and never reaches the upstream.
+func TestUnguardedRequestRefused(t *testing.T) {
+	h, snap := newHandler(t, oneRoute("{}"), nil)
+	var sent atomic.Int32
+	snap.Pools["up"].rt = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		sent.Add(1)
+		return nil, errors.New("must not be called")
+	})
+	for _, tt := range []struct {
+		name string
+		ctx  context.Context
+		want int
+	}{
+		{"unguarded", context.Background(), http.StatusBadRequest},
+		{"guarded", guardedContext(t), http.StatusBadGateway},
+	} {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequestWithContext(tt.ctx, "GET", "http://app.local/items/1", nil))
+		if w.Code != tt.want {
+			t.Errorf("%s: ServeHTTP = %d %q, want %d", tt.name, w.Code, w.Body, tt.want)
+		}
+	}
+	if got := sent.Load(); got != 1 {
+		t.Errorf("upstream round trips = %d, want 1 (the guarded request only)", got)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

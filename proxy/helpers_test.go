@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/internal/h1guard"
+	"github.com/sidecar-proxy/sidecar/spool"
 )
 
 // upstream is a real loopback HTTP server that counts and records requests.
@@ -188,4 +190,62 @@ func get(t *testing.T, url string, hdr ...string) (*http.Response, string) {
 		t.Fatalf("GET %s: reading body: %v", url, err)
 	}
 	return resp, string(body)
+}
+
+// guardedContext is the context of a request that came through the
+// listeners' framing guard on an HTTP/2 connection, for benchmarks and
+// tests that call a handler directly: h1guard.ConnContext registers a
+// real guarded connection, whose preface makes every Next nil from then
+// on, as on an h2c connection.
+func guardedContext(tb testing.TB) context.Context {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	gl := h1guard.Listen(ln)
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close() })
+	conn, err := gl.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	if _, err := io.WriteString(client, preface); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, make([]byte, len(preface))); err != nil {
+		tb.Fatal(err)
+	}
+	return h1guard.ConnContext(context.Background(), conn)
+}
+
+// newHandler compiles cfgYAML, with UPSTREAM0 at a refused address, and
+// returns the handler of its listener "app" with the snapshot it serves,
+// for tests and benchmarks that call ServeHTTP directly. st, if not nil,
+// is the spool of its async routes.
+func newHandler(tb testing.TB, cfgYAML string, st spool.Store) (*handler, *Snapshot) {
+	tb.Helper()
+	yaml := strings.Replace(cfgYAML, "UPSTREAM0", "http://127.0.0.1:1", 1)
+	cfg, err := config.Parse("t.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	snap, err := Build(cfg, nil, logger)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cur := new(atomic.Pointer[Snapshot])
+	cur.Store(snap)
+	h := &handler{listener: "app", snap: cur, log: logger}
+	if st != nil {
+		h.spool = &spooler{store: st, wakes: map[string]chan struct{}{}}
+	}
+	return h, snap
 }

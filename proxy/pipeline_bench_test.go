@@ -2,14 +2,10 @@ package proxy
 
 import (
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
-
-	"github.com/sidecar-proxy/sidecar/config"
 )
 
 // cannedTransport answers every round trip at once with a fixed 200, so a
@@ -43,22 +39,12 @@ func BenchmarkPipeline(b *testing.B) {
       retry: {attempts: 3}, circuit_breaker: {}, rate_limit: {rps: 1e12, burst: 1000000000}}`},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			yaml := strings.Replace(oneRoute(bc.policy), "UPSTREAM0", "http://127.0.0.1:1", 1)
-			cfg, err := config.Parse("b.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
-			if err != nil {
-				b.Fatal(err)
-			}
-			snap, err := Build(cfg, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
-			if err != nil {
-				b.Fatal(err)
-			}
+			h, snap := newHandler(b, oneRoute(bc.policy), nil)
 			snap.Pools["up"].rt = cannedTransport{}
-			var cur atomic.Pointer[Snapshot]
-			cur.Store(snap)
-			h := &handler{listener: "app", snap: &cur}
+			ctx := guardedContext(b)
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
-				req := httptest.NewRequest("GET", "http://app.local/items/1", nil)
+				req := httptest.NewRequestWithContext(ctx, "GET", "http://app.local/items/1", nil)
 				req.RemoteAddr = "127.0.0.1:5555"
 				for pb.Next() {
 					w := &discardWriter{h: http.Header{}}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -43,14 +44,90 @@ type deliverer struct {
 	snap  func() *Snapshot // the current snapshot: the route is looked up per delivery
 	log   *slog.Logger
 	wake  chan struct{}
-	stop  chan struct{} // closed by Shutdown: start no more deliveries
-	ctx   context.Context
-	wg    sync.WaitGroup // deliveries in flight (ordering none)
-	slots chan struct{}  // one per delivery in flight (ordering none)
+	stop  <-chan struct{} // the group's: closed when no more deliveries may start
+	ctx   context.Context // the group's: canceled to end deliveries in flight
+	wg    sync.WaitGroup  // deliveries in flight (ordering none)
+	slots chan struct{}   // one per delivery in flight (ordering none)
 
 	// Figures for Server.Deliveries, read without locks.
 	delivered, retried, dead atomic.Int64
 	head                     atomic.Pointer[HeadStatus] // fifo: the held head; nil when none
+}
+
+// deliveryGroup owns a server's deliverers: the stop that ends their
+// loops, the context that cancels their deliveries in flight, and the wait
+// for both. Deliverers may be started at any time until shutdown.
+type deliveryGroup struct {
+	stop   chan struct{} // closed by shutdown: start no more deliveries
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // running deliverer loops
+
+	mu         sync.Mutex
+	deliverers []*deliverer
+	closed     bool
+}
+
+func newDeliveryGroup() *deliveryGroup {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &deliveryGroup{stop: make(chan struct{}), ctx: ctx, cancel: cancel}
+}
+
+// start runs d in the group until shutdown; after shutdown it does nothing.
+func (g *deliveryGroup) start(d *deliverer) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return
+	}
+	d.stop, d.ctx = g.stop, g.ctx
+	g.deliverers = append(g.deliverers, d)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		d.run()
+	}()
+}
+
+// status returns each running deliverer's figures by route name.
+func (g *deliveryGroup) status() map[string]DeliveryStatus {
+	g.mu.Lock()
+	ds := g.deliverers
+	g.mu.Unlock()
+	out := make(map[string]DeliveryStatus, len(ds))
+	for _, d := range ds {
+		out[d.route] = d.status()
+	}
+	return out
+}
+
+// shutdown stops the deliverers: no new delivery starts, and those in
+// flight may finish until ctx ends; then they are canceled, and their
+// messages stay pending. It returns once every deliverer has returned.
+func (g *deliveryGroup) shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
+	g.closed = true
+	g.deliverers = nil
+	close(g.stop)
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		g.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("spool deliveries canceled: %w", ctx.Err())
+	}
+	g.cancel()
+	<-done
+	return err
 }
 
 // DeliveryStatus is a snapshot of one async route's deliverer. The counts
@@ -270,12 +347,12 @@ func (d *deliverer) nextOK(err error) bool {
 func (d *deliverer) deliver(m *spool.Message) (settled bool) {
 	rt := d.snap().routes[d.route]
 	if rt == nil || rt.async == nil {
-		d.settle(m, retryLater, 0, "", 0)
+		d.retryLater(m, m.Attempts, 0)
 		return false
 	}
 	a := rt.async
 	if a.maxAge > 0 && time.Since(m.Arrived) > a.maxAge {
-		d.settle(m, deadLetter, 0, "max_age "+a.maxAge.String()+" passed", 0)
+		d.deadLetter(m, m.Attempts, "max_age "+a.maxAge.String()+" passed")
 		return true
 	}
 	status, retryAfter, outcome := d.attempt(rt, m)
@@ -284,64 +361,70 @@ func (d *deliverer) deliver(m *spool.Message) (settled bool) {
 	}
 	switch {
 	case outcome == policy.OK && status >= 200 && status < 300:
-		if err := d.store.Ack(m.ID); err != nil && !errors.Is(err, spool.ErrNotFound) {
-			d.log.Warn("spool: ack failed; the message may be delivered again", "route", d.route, "id", m.ID, "error", err)
-		}
-		d.delivered.Add(1) // after the ack, so a reader that sees it sees the ack
+		d.ack(m)
 		return true
 	case outcome == policy.OK || outcome == policy.Status:
 		if !(status == http.StatusRequestTimeout || status == http.StatusTooManyRequests || status >= 500) {
-			d.settle(m, deadLetter, 1, "upstream answered "+strconv.Itoa(status), 0)
+			d.deadLetter(m, m.Attempts+1, "upstream answered "+strconv.Itoa(status))
 			return true
 		}
 	case outcome == policy.BadRequest:
-		d.settle(m, deadLetter, 1, "bad request", 0)
+		d.deadLetter(m, m.Attempts+1, "bad request")
 		return true
 	}
 	if a.maxAttempts > 0 && m.Attempts+1 >= a.maxAttempts {
-		d.settle(m, deadLetter, 1, "max_attempts "+strconv.Itoa(a.maxAttempts)+" reached", 0)
+		d.deadLetter(m, m.Attempts+1, "max_attempts "+strconv.Itoa(a.maxAttempts)+" reached")
 		return true
 	}
 	wait := retryAfter
 	if wait <= 0 {
 		wait = a.backoff.Delay(m.Attempts, nil)
 	}
-	d.settle(m, retryLater, 1, "", wait)
+	d.retryLater(m, m.Attempts+1, wait)
 	return false
 }
 
-const (
-	retryLater = iota
-	deadLetter
-)
-
-// settle records the end of a delivery of m: made adds to its attempts;
-// retryLater makes it due after wait, deadLetter moves it to the dead
-// letters with reason.
-func (d *deliverer) settle(m *spool.Message, how, made int, reason string, wait time.Duration) {
-	attempts := m.Attempts + made
-	var err error
-	switch how {
-	case retryLater:
-		err = d.store.RetryLater(m.ID, time.Now().Add(wait), attempts)
-		if made > 0 {
-			d.retried.Add(1)
-		}
-	case deadLetter:
-		if made > 0 {
-			// Record the attempt count first, then the dead state. The
-			// message is not due in between, so no other delivery takes
-			// it; a crash in between leaves it pending, due in a minute.
-			err = d.store.RetryLater(m.ID, time.Now().Add(time.Minute), attempts)
-		}
-		if err == nil {
-			err = d.store.DeadLetter(m.ID, reason)
-		}
-		if err == nil {
-			d.dead.Add(1)
-			d.log.Warn("spool: message dead-lettered", "route", d.route, "id", m.ID, "attempts", attempts, "reason", reason)
-		}
+// ack records that m was delivered.
+func (d *deliverer) ack(m *spool.Message) {
+	if err := d.store.Ack(m.ID); err != nil && !errors.Is(err, spool.ErrNotFound) {
+		d.log.Warn("spool: ack failed; the message may be delivered again", "route", d.route, "id", m.ID, "error", err)
 	}
+	d.delivered.Add(1) // after the ack, so a reader that sees it sees the ack
+}
+
+// retryLater makes m due again after wait, with attempts delivery
+// attempts made in all; more than m.Attempts counts as a failed delivery.
+func (d *deliverer) retryLater(m *spool.Message, attempts int, wait time.Duration) {
+	err := d.store.RetryLater(m.ID, time.Now().Add(wait), attempts)
+	if attempts > m.Attempts {
+		d.retried.Add(1)
+	}
+	d.logSettleError(m, err)
+}
+
+// deadLetter moves m to the dead letters with reason, after recording
+// attempts, its delivery attempts in all, if that is more than m.Attempts.
+func (d *deliverer) deadLetter(m *spool.Message, attempts int, reason string) {
+	var err error
+	if attempts > m.Attempts {
+		// Record the attempt count first, then the dead state. The
+		// message is not due in between, so no other delivery takes it;
+		// a crash in between leaves it pending, due in a minute.
+		err = d.store.RetryLater(m.ID, time.Now().Add(time.Minute), attempts)
+	}
+	if err == nil {
+		err = d.store.DeadLetter(m.ID, reason)
+	}
+	if err == nil {
+		d.dead.Add(1)
+		d.log.Warn("spool: message dead-lettered", "route", d.route, "id", m.ID, "attempts", attempts, "reason", reason)
+	}
+	d.logSettleError(m, err)
+}
+
+// logSettleError logs an error of recording how a delivery of m ended; a
+// message deleted meanwhile (ErrNotFound) is no error.
+func (d *deliverer) logSettleError(m *spool.Message, err error) {
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		d.log.Warn("spool: cannot record a delivery", "route", d.route, "id", m.ID, "error", err)
 	}

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -86,5 +88,37 @@ func TestParallelRetryHonoursBackoff(t *testing.T) {
 	// is maxIdle.
 	if gap := at[1].Sub(at[0]); gap >= maxIdle*9/10 {
 		t.Errorf("retry came %v after the 503, want about the 20ms back-off, well under %v", gap, maxIdle)
+	}
+}
+
+// TestShutdownCancelsDeliveryInFlight: Shutdown lets a delivery in flight
+// run until its context ends, then cancels it; the message stays pending
+// with no attempt counted, and no deliverer runs afterwards.
+func TestShutdownCancelsDeliveryInFlight(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	canceled := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-r.Context().Done()
+		close(canceled)
+	})
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always`), []Option{WithSpool(st)}, up)
+	resp, body := send(t, "POST", sc.url("/slow"), nil)
+	id := spooled(t, resp, body)
+	<-arrived
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := sc.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown with a delivery in flight = %v, want it to name the deadline", err)
+	}
+	<-canceled
+	if got := sc.srv.Deliveries(); len(got) != 0 {
+		t.Errorf("Deliveries() after Shutdown = %v, want none", got)
+	}
+	_, info, err := st.Get(id)
+	if err != nil || info.Attempts != 0 || info.State != spool.Pending {
+		t.Errorf("Get(%s) after Shutdown = %+v, %v; want pending with no attempt counted", id, info, err)
 	}
 }

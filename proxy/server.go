@@ -57,14 +57,13 @@ type Server struct {
 	log  *slog.Logger
 	snap atomic.Pointer[Snapshot]
 
-	spool      *spooler // nil without WithSpool
-	deliverers []*deliverer
-	stopDeliv  context.CancelFunc
-	delivWG    sync.WaitGroup
+	spool      *spooler       // nil without WithSpool
+	deliveries *deliveryGroup // with a spool: the async routes' deliverers
 
 	mu      sync.Mutex
 	servers []*http.Server
 	lns     []net.Listener
+	serving bool // Serve has run
 	wg      sync.WaitGroup
 }
 
@@ -90,6 +89,7 @@ func NewServer(snap *Snapshot, logger *slog.Logger, opts ...Option) *Server {
 		o(s)
 	}
 	if s.spool != nil {
+		s.deliveries = newDeliveryGroup()
 		for _, rt := range snap.Routes {
 			if rt.async != nil {
 				s.spool.wakes[rt.Name] = make(chan struct{}, 1)
@@ -111,14 +111,10 @@ func (s *Server) Spool() spool.Store {
 // name, while Serve runs them (empty before Serve and after Shutdown). It
 // takes no lock on the delivery path: the figures are atomics.
 func (s *Server) Deliveries() map[string]DeliveryStatus {
-	s.mu.Lock()
-	ds := s.deliverers
-	s.mu.Unlock()
-	out := make(map[string]DeliveryStatus, len(ds))
-	for _, d := range ds {
-		out[d.route] = d.status()
+	if s.deliveries == nil {
+		return map[string]DeliveryStatus{}
 	}
-	return out
+	return s.deliveries.status()
 }
 
 // Snapshot returns the snapshot requests are served with now.
@@ -189,20 +185,12 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 func (s *Server) Serve() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.spool != nil && s.deliverers == nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		s.stopDeliv = cancel
-		stop := make(chan struct{})
+	if s.spool != nil && !s.serving {
 		for name, wake := range s.spool.wakes {
-			d := &deliverer{route: name, store: s.spool.store, snap: s.snap.Load, log: s.log, wake: wake, stop: stop, ctx: ctx}
-			s.deliverers = append(s.deliverers, d)
-			s.delivWG.Add(1)
-			go func() {
-				defer s.delivWG.Done()
-				d.run()
-			}()
+			s.deliveries.start(&deliverer{route: name, store: s.spool.store, snap: s.snap.Load, log: s.log, wake: wake})
 		}
 	}
+	s.serving = true
 	for i, srv := range s.servers {
 		ln := s.lns[i]
 		s.wg.Add(1)
@@ -235,37 +223,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.wg.Wait()
-	errs = append(errs, s.stopDeliverers(ctx))
+	if s.deliveries != nil {
+		errs = append(errs, s.deliveries.shutdown(ctx))
+	}
 	s.snap.Load().Close(nil)
 	return errors.Join(errs...)
-}
-
-// stopDeliverers stops the deliverers after the listeners have drained:
-// no new delivery starts, and those in flight may finish until ctx ends;
-// then they are canceled, and their messages stay pending.
-func (s *Server) stopDeliverers(ctx context.Context) error {
-	s.mu.Lock()
-	ds, cancel := s.deliverers, s.stopDeliv
-	s.deliverers = nil
-	s.mu.Unlock()
-	if len(ds) == 0 {
-		return nil
-	}
-	close(ds[0].stop) // shared by all
-	done := make(chan struct{})
-	go func() {
-		s.delivWG.Wait()
-		close(done)
-	}()
-	var err error
-	select {
-	case <-done:
-	case <-ctx.Done():
-		err = fmt.Errorf("spool deliveries canceled: %w", ctx.Err())
-	}
-	cancel()
-	<-done
-	return err
 }
 
 // slogWriter sends net/http's server log lines (TLS handshake errors,

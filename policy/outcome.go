@@ -61,15 +61,6 @@ func (o Outcome) String() string {
 	return "outcome(" + strconv.Itoa(int(o)) + ")"
 }
 
-// grpcCodes are the gRPC status codes by their lower-case names.
-var grpcCodes = map[string]int{
-	"canceled": 1, "unknown": 2, "invalid_argument": 3, "deadline_exceeded": 4,
-	"not_found": 5, "already_exists": 6, "permission_denied": 7,
-	"resource_exhausted": 8, "failed_precondition": 9, "aborted": 10,
-	"out_of_range": 11, "unimplemented": 12, "internal": 13, "unavailable": 14,
-	"data_loss": 15, "unauthenticated": 16,
-}
-
 // Condition is one entry of a retry.on, circuit_breaker.failure_on or
 // async.spool_on list: an outcome, an HTTP status code or class, or a gRPC
 // status code.

@@ -97,19 +97,19 @@ func statusOf(o policy.Outcome) int {
 func grpcStatusOf(o policy.Outcome) int {
 	switch o {
 	case policy.Timeout:
-		return 4 // DEADLINE_EXCEEDED
+		return policy.GRPCDeadlineExceeded
 	case policy.ConnectError, policy.Reset, policy.BreakerOpen, policy.Overloaded, policy.SpoolFull, policy.SpoolError:
-		return 14 // UNAVAILABLE
+		return policy.GRPCUnavailable
 	case policy.RateLimited, policy.TooLarge:
-		return 8 // RESOURCE_EXHAUSTED
+		return policy.GRPCResourceExhausted
 	case policy.NoRoute:
-		return 12 // UNIMPLEMENTED
+		return policy.GRPCUnimplemented
 	case policy.BadRequest:
-		return 13 // INTERNAL
+		return policy.GRPCInternal
 	case policy.Canceled:
-		return 1 // CANCELLED; never reaches the app, which went away
+		return policy.GRPCCanceled // never reaches the app, which went away
 	}
-	return 14
+	return policy.GRPCUnavailable
 }
 
 // grpcStatusValues are the grpc-status header values, shared read-only.

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/policy"
 )
 
 // gRPC over HTTP/2 (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md):
@@ -113,7 +115,7 @@ func ceilDiv(d, unit time.Duration) int64 {
 // a gRPC call at header time: the grpc-status of a Trailers-Only response
 // (HTTP 200 with grpc-status in the headers), the code gRPC clients derive
 // from a non-200 HTTP status, or -1 for a normal response whose status is
-// still to come in the trailers. A malformed grpc-status is UNKNOWN (2).
+// still to come in the trailers. A malformed grpc-status is UNKNOWN.
 func grpcAnswerCode(resp *http.Response) int {
 	if resp.StatusCode != http.StatusOK {
 		return grpcCodeOfHTTP(resp.StatusCode)
@@ -124,7 +126,7 @@ func grpcAnswerCode(resp *http.Response) int {
 	}
 	code, err := strconv.Atoi(v[0])
 	if err != nil || code < 0 {
-		return 2
+		return policy.GRPCUnknown
 	}
 	return code
 }
@@ -134,17 +136,17 @@ func grpcAnswerCode(resp *http.Response) int {
 func grpcCodeOfHTTP(status int) int {
 	switch status {
 	case http.StatusBadRequest:
-		return 13 // INTERNAL
+		return policy.GRPCInternal
 	case http.StatusUnauthorized:
-		return 16 // UNAUTHENTICATED
+		return policy.GRPCUnauthenticated
 	case http.StatusForbidden:
-		return 7 // PERMISSION_DENIED
+		return policy.GRPCPermissionDenied
 	case http.StatusNotFound:
-		return 12 // UNIMPLEMENTED
+		return policy.GRPCUnimplemented
 	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return 14 // UNAVAILABLE
+		return policy.GRPCUnavailable
 	}
-	return 2 // UNKNOWN
+	return policy.GRPCUnknown
 }
 
 // grpcClientCode reports whether a gRPC code blames the caller, not the
@@ -156,7 +158,9 @@ func grpcCodeOfHTTP(status int) int {
 // may be the upstream's and count when failure_on names them.
 func grpcClientCode(code int) bool {
 	switch code {
-	case 1, 3, 5, 6, 7, 9, 10, 11, 16:
+	case policy.GRPCCanceled, policy.GRPCInvalidArgument, policy.GRPCNotFound,
+		policy.GRPCAlreadyExists, policy.GRPCPermissionDenied, policy.GRPCFailedPrecondition,
+		policy.GRPCAborted, policy.GRPCOutOfRange, policy.GRPCUnauthenticated:
 		return true
 	}
 	return false

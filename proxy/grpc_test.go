@@ -297,7 +297,7 @@ func TestGRPCRetries(t *testing.T) {
 			w.Header().Set("Trailer", "Grpc-Status")
 			w.WriteHeader(http.StatusOK)
 			http.NewResponseController(w).Flush()
-			w.Header().Set("Grpc-Status", "14")
+			w.Header().Set("Grpc-Status", strconv.Itoa(int(codes.Unavailable)))
 		}, codes.Unavailable, 1, "1", 0},
 	}
 	for _, tt := range tests {
@@ -483,7 +483,7 @@ func TestGRPCErrorShape(t *testing.T) {
 
 	resp, body := call(h2, "/no.Such/Method")
 	if resp.StatusCode != 200 || body != "" || resp.Header.Get("Content-Type") != "application/grpc" ||
-		resp.Header.Get("Grpc-Status") != "12" || resp.Header.Get(HeaderOutcome) != "no_route" {
+		resp.Header.Get("Grpc-Status") != strconv.Itoa(int(codes.Unimplemented)) || resp.Header.Get(HeaderOutcome) != "no_route" {
 		t.Errorf("no route over h2 = %d %q, headers %v; want a Trailers-Only UNIMPLEMENTED", resp.StatusCode, body, resp.Header)
 	}
 	if got := resp.Header.Get("Grpc-Message"); got != "sidecar: no route" {
@@ -491,8 +491,8 @@ func TestGRPCErrorShape(t *testing.T) {
 	}
 
 	resp, _ = call(h2, "/grpc.testing.TestService/EmptyCall", "Grpc-Timeout", "1x")
-	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "13" || resp.Header.Get(HeaderOutcome) != "bad_request" {
-		t.Errorf("malformed grpc-timeout = %d, headers %v; want grpc-status 13, bad_request", resp.StatusCode, resp.Header)
+	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != strconv.Itoa(int(codes.Internal)) || resp.Header.Get(HeaderOutcome) != "bad_request" {
+		t.Errorf("malformed grpc-timeout = %d, headers %v; want grpc-status INTERNAL, bad_request", resp.StatusCode, resp.Header)
 	}
 
 	resp, body = call(http.DefaultClient, "/no.Such/Method")

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -87,18 +88,6 @@ func (r *recorder) got() []recorded {
 	return slices.Clone(r.reqs)
 }
 
-// waitFor polls cond until it holds, failing the test after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // spooled checks a 202 answer and returns its spool ID.
 func spooled(t *testing.T, resp *http.Response, body string) string {
 	t.Helper()
@@ -137,7 +126,7 @@ func TestAsyncUpstreamDownSpoolsThenDelivers(t *testing.T) {
 	if strings.Contains(body, "down") {
 		t.Fatalf("the upstream's 503 answer reached the app: %q", body)
 	}
-	waitFor(t, "delivery", func() bool { return len(rec.got()) >= 4 && depth(st) == 0 })
+	poll.Until(t, 10*time.Second, "delivery", func() bool { return len(rec.got()) >= 4 && depth(st) == 0 })
 	got := rec.got()
 	if len(got) != 4 {
 		t.Fatalf("upstream got %d requests, want 4 (1 synchronous, 3 deliveries)", len(got))
@@ -224,7 +213,7 @@ func TestAsyncAlwaysDelivers(t *testing.T) {
 	sc := startSidecarWith(t, asyncRoute(`when: always`), []Option{WithSpool(st)}, rec.upstream)
 	resp, body := send(t, "PUT", sc.url("/a"), []byte("one"), "Connection", "X-Drop", "X-Drop", "1", "Sidecar-Debug", "1")
 	id := spooled(t, resp, body)
-	waitFor(t, "delivery", func() bool { return len(rec.got()) == 1 && depth(st) == 0 })
+	poll.Until(t, 10*time.Second, "delivery", func() bool { return len(rec.got()) == 1 && depth(st) == 0 })
 	if r := rec.got()[0]; r.path != "/a" || r.body != "one" || r.key == "" {
 		t.Errorf("delivered %+v, want /a \"one\" with an idempotency key", r)
 	}
@@ -252,7 +241,7 @@ func TestAsyncFIFOAcrossFailingHead(t *testing.T) {
 		resp, body := send(t, "POST", sc.url(p), nil)
 		spooled(t, resp, body)
 	}
-	waitFor(t, "delivery", func() bool { return len(rec.got()) == 4 && depth(st) == 0 })
+	poll.Until(t, 10*time.Second, "delivery", func() bool { return len(rec.got()) == 4 && depth(st) == 0 })
 	var paths []string
 	for _, r := range rec.got() {
 		paths = append(paths, r.path)
@@ -269,7 +258,7 @@ func TestAsyncPermanentFailureDeadLetters(t *testing.T) {
 	resp, body := send(t, "POST", sc.url("/bad"), []byte("x"))
 	id := spooled(t, resp, body)
 	var dead []spool.Info
-	waitFor(t, "dead letter", func() bool {
+	poll.Until(t, 10*time.Second, "dead letter", func() bool {
 		dead, _ = st.List("ev", spool.Dead, "", 0)
 		return len(dead) == 1
 	})
@@ -288,7 +277,7 @@ func TestAsyncMaxAttemptsDeadLetters(t *testing.T) {
 	resp, body := send(t, "POST", sc.url("/x"), nil)
 	spooled(t, resp, body)
 	var dead []spool.Info
-	waitFor(t, "dead letter", func() bool {
+	poll.Until(t, 10*time.Second, "dead letter", func() bool {
 		dead, _ = st.List("ev", spool.Dead, "", 0)
 		return len(dead) == 1
 	})
@@ -370,7 +359,7 @@ func TestAsyncRestartDeliversStored(t *testing.T) {
 		t.Fatalf("reopened store holds %d pending, want 3", d)
 	}
 	startSidecarWith(t, asyncRoute(`when: always, backoff: {base: 1ms, max: 20ms}`), []Option{WithSpool(st2)}, rec.upstream)
-	waitFor(t, "delivery after restart", func() bool { return len(rec.got()) == 3 && depth(st2) == 0 })
+	poll.Until(t, 10*time.Second, "delivery after restart", func() bool { return len(rec.got()) == 3 && depth(st2) == 0 })
 	for i, r := range rec.got() {
 		if want := []string{"/1", "/2", "/3"}[i]; r.path != want || r.body != want {
 			t.Errorf("delivery %d = %s %q, want %s", i, r.path, r.body, want)
@@ -404,7 +393,7 @@ func TestAsyncOrderingNoneDeliversInParallel(t *testing.T) {
 		resp, body := send(t, "POST", sc.url(p), nil)
 		spooled(t, resp, body)
 	}
-	waitFor(t, "deliveries", func() bool { return len(rec.got()) == 3 && depth(st) == 0 })
+	poll.Until(t, 10*time.Second, "deliveries", func() bool { return len(rec.got()) == 3 && depth(st) == 0 })
 	if s := st.Stats(); s.Total.Dead != 0 {
 		t.Errorf("%d dead letters, want 0: deliveries did not run in parallel", s.Total.Dead)
 	}
@@ -419,7 +408,7 @@ func TestAsyncTimeoutSpools(t *testing.T) {
 	sc := startSidecarWith(t, cfg, []Option{WithSpool(st)}, up.upstream)
 	resp, body := send(t, "POST", sc.url("/slow"), []byte("z"))
 	spooled(t, resp, body)
-	waitFor(t, "delivery", func() bool { return up.count.Load() == 2 && depth(st) == 0 })
+	poll.Until(t, 10*time.Second, "delivery", func() bool { return up.count.Load() == 2 && depth(st) == 0 })
 	up.mu.Lock()
 	defer up.mu.Unlock()
 	if k0, k1 := up.headers[0].Get("Idempotency-Key"), up.headers[1].Get("Idempotency-Key"); k0 == "" || k0 != k1 {
@@ -472,7 +461,7 @@ func TestAsyncDiskFailure(t *testing.T) {
 	}
 	ffs.failing.Store(false)
 	var after string
-	waitFor(t, "a 202 after the spool reopened", func() bool {
+	poll.Until(t, 10*time.Second, "a 202 after the spool reopened", func() bool {
 		resp, body := send(t, "POST", sc.url("/after"), []byte("c"))
 		if resp.StatusCode == http.StatusAccepted {
 			after = spooled(t, resp, body)

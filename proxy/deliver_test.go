@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -30,7 +31,7 @@ func TestDeliveriesHeadBlockedUntilDelivered(t *testing.T) {
 		ids = append(ids, spooled(t, resp, body))
 	}
 	var ds DeliveryStatus
-	waitFor(t, "a blocked head", func() bool {
+	poll.Until(t, 10*time.Second, "a blocked head", func() bool {
 		ds = sc.srv.Deliveries()["ev"]
 		return ds.Head != nil && ds.Head.Blocked && ds.Retried >= 2
 	})
@@ -38,7 +39,7 @@ func TestDeliveriesHeadBlockedUntilDelivered(t *testing.T) {
 		t.Errorf("Deliveries()[ev] while down = %+v head %+v, want head %s blocked with attempts and a due time, none delivered", ds, *ds.Head, ids[0])
 	}
 	up.Store(true)
-	waitFor(t, "delivery of both", func() bool {
+	poll.Until(t, 10*time.Second, "delivery of both", func() bool {
 		ds = sc.srv.Deliveries()["ev"]
 		return ds.Delivered == 2 && ds.Head == nil && depth(st) == 0
 	})
@@ -53,7 +54,7 @@ func TestDeliveriesCountsDeadLetters(t *testing.T) {
 	sc := startSidecarWith(t, asyncRoute(`when: always, ordering: none, max_in_flight: 2`), []Option{WithSpool(st)}, rec.upstream)
 	resp, body := send(t, "POST", sc.url("/bad"), nil)
 	spooled(t, resp, body)
-	waitFor(t, "a dead letter counted", func() bool { return sc.srv.Deliveries()["ev"].DeadLettered == 1 })
+	poll.Until(t, 10*time.Second, "a dead letter counted", func() bool { return sc.srv.Deliveries()["ev"].DeadLettered == 1 })
 	if ds := sc.srv.Deliveries()["ev"]; ds.Delivered != 0 || ds.Retried != 0 || ds.Head != nil {
 		t.Errorf("Deliveries()[ev] = %+v, want only one dead letter and no head (ordering none)", ds)
 	}
@@ -78,7 +79,7 @@ func TestParallelRetryHonoursBackoff(t *testing.T) {
 		[]Option{WithSpool(st)}, rec.upstream)
 	resp, body := send(t, "POST", sc.url("/once"), nil)
 	spooled(t, resp, body)
-	waitFor(t, "the retry delivered", func() bool { return sc.srv.Deliveries()["ev"].Delivered == 1 })
+	poll.Until(t, 10*time.Second, "the retry delivered", func() bool { return sc.srv.Deliveries()["ev"].Delivered == 1 })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(at) != 2 {

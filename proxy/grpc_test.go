@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/policy"
 )
@@ -404,7 +405,7 @@ func TestGRPCProxyErrors(t *testing.T) {
 		url     string
 		policy  string
 		match   string
-		before  func(t *testing.T, tc testgrpc.TestServiceClient) // runs first
+		before  func(t *testing.T, sc *sidecar, tc testgrpc.TestServiceClient) // runs first
 		outcome string
 		code    codes.Code
 	}{
@@ -413,11 +414,11 @@ func TestGRPCProxyErrors(t *testing.T) {
 		{name: "reset", url: grpcUpstream(t, reset), policy: "{}", outcome: "reset", code: codes.Unavailable},
 		{name: "timeout", url: grpcUpstream(t, blocking), policy: "{timeout: 100ms}", outcome: "timeout", code: codes.DeadlineExceeded},
 		{name: "rate_limited", url: interopURL, policy: "{rate_limit: {rps: 0.01, burst: 1}}", outcome: "rate_limited", code: codes.ResourceExhausted,
-			before: func(t *testing.T, tc testgrpc.TestServiceClient) {
+			before: func(t *testing.T, sc *sidecar, tc testgrpc.TestServiceClient) {
 				tc.EmptyCall(context.Background(), &testgrpc.Empty{})
 			}},
 		{name: "overloaded", url: grpcUpstream(t, blocking), policy: "{max_in_flight: 1}", outcome: "overloaded", code: codes.Unavailable,
-			before: func(t *testing.T, tc testgrpc.TestServiceClient) {
+			before: func(t *testing.T, sc *sidecar, tc testgrpc.TestServiceClient) {
 				// One call holds the only slot until the test ends.
 				ctx, cancel := context.WithCancel(context.Background())
 				done := make(chan struct{})
@@ -426,10 +427,11 @@ func TestGRPCProxyErrors(t *testing.T) {
 					tc.EmptyCall(ctx, &testgrpc.Empty{})
 				}()
 				t.Cleanup(func() { cancel(); <-done })
-				time.Sleep(200 * time.Millisecond)
+				inFlight := sc.srv.Snapshot().routes["rpc"].pol.inFlight
+				poll.Until(t, 10*time.Second, "the first call in flight", func() bool { return inFlight.Current() == 1 })
 			}},
 		{name: "breaker_open", url: "http://127.0.0.1:1", policy: "{circuit_breaker: {consecutive_failures: 1, open_for: 1m}}", outcome: "breaker_open", code: codes.Unavailable,
-			before: func(t *testing.T, tc testgrpc.TestServiceClient) {
+			before: func(t *testing.T, sc *sidecar, tc testgrpc.TestServiceClient) {
 				tc.EmptyCall(context.Background(), &testgrpc.Empty{})
 			}},
 	}
@@ -438,7 +440,7 @@ func TestGRPCProxyErrors(t *testing.T) {
 			sc := startSidecar(t, grpcConfig(tt.url, tt.policy, tt.match))
 			tc := testgrpc.NewTestServiceClient(dialSidecar(t, sc))
 			if tt.before != nil {
-				tt.before(t, tc)
+				tt.before(t, sc, tc)
 			}
 			var trailer metadata.MD
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

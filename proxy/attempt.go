@@ -302,7 +302,7 @@ func (b *upgradedBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 
 // retry decides whether attempt n, which ended with outcome, HTTP status
 // and gRPC code, is retried, and if so waits the back-off. It follows
-// DESIGN's retry rules. A gRPC call, whatever its method, is safe to retry
+// the retry rules of docs/design.md. A gRPC call, whatever its method, is safe to retry
 // after an error answer at header time (Trailers-Only or a non-200
 // status: the upstream sent no message), as grpc-go's own retry is; a
 // grpc-retry-pushback-ms in that answer replaces the back-off, and a

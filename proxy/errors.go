@@ -93,7 +93,7 @@ func statusOf(o policy.Outcome) int {
 }
 
 // grpcStatusOf maps a proxy-made outcome to the gRPC status code a gRPC
-// caller gets instead of statusOf's HTTP status, per DESIGN's table.
+// caller gets instead of statusOf's HTTP status, per the table in docs/design.md, "Status mapping".
 func grpcStatusOf(o policy.Outcome) int {
 	switch o {
 	case policy.Timeout:

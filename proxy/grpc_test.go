@@ -89,7 +89,7 @@ func newInteropServer(t *testing.T) *grpc.Server {
 // TestGRPCInterop runs grpc-go's interop client cases through the sidecar
 // to a real interop server: unary, client/server/bidi streaming, metadata
 // and trailers both ways, status codes and messages, deadlines and
-// cancellation all pass through (DESIGN "Protocols": gRPC streaming passes
+// cancellation all pass through (docs/grpc.md: gRPC streaming passes
 // through). The route retries, so request bodies go through the replay
 // tee: a bidi ping-pong proves nothing is read ahead. A failing case ends
 // the test binary (the interop cases call grpclog's Fatal).
@@ -134,8 +134,8 @@ func TestGRPCInterop(t *testing.T) {
 }
 
 // TestGRPCServiceRouting: grpc_service routes a call to its upstream, and
-// a call that matches no route gets UNIMPLEMENTED from the proxy (DESIGN
-// "Errors the proxy itself generates": no_route).
+// a call that matches no route gets UNIMPLEMENTED from the proxy (docs/design.md,
+// "Status mapping": no_route).
 func TestGRPCServiceRouting(t *testing.T) {
 	url := grpcUpstream(t, newInteropServer(t))
 	sc := startSidecar(t, grpcConfig(url, "{}", "{grpc_service: grpc.health.v1.Health}"))
@@ -183,9 +183,9 @@ func (s *deadlineServer) UnaryCall(ctx context.Context, _ *testgrpc.SimpleReques
 
 // TestGRPCDeadlinePropagation: the caller's grpc-timeout and the route's
 // timeout combine, the smaller wins, and the upstream gets what is left as
-// grpc-timeout (DESIGN "Retry rules", gRPC: the remaining deadline goes
+// grpc-timeout (docs/design.md, "Retry rules", gRPC: the remaining deadline goes
 // upstream as grpc-timeout); the proxy's own deadline is DEADLINE_EXCEEDED
-// (DESIGN "Errors the proxy itself generates": timeout).
+// (docs/design.md, "Status mapping": timeout).
 func TestGRPCDeadlinePropagation(t *testing.T) {
 	ds := &deadlineServer{left: make(chan time.Duration, 1), release: make(chan struct{})}
 	s := grpc.NewServer()
@@ -273,9 +273,9 @@ func trailersOnly(code codes.Code, extra ...string) func(http.ResponseWriter) {
 }
 
 // TestGRPCRetries: unary gRPC calls (POST, no idempotency header) are
-// retried on a Trailers-Only UNAVAILABLE (DESIGN "Retry rules", gRPC
+// retried on a Trailers-Only UNAVAILABLE (docs/design.md, "Retry rules", gRPC
 // bullet; retry.on's default lists unavailable), grpc-retry-pushback-ms
-// replaces the back-off and a negative one stops retrying (DESIGN
+// replaces the back-off and a negative one stops retrying (docs/design.md,
 // "Retry rules", back-off), and an error that arrives in the trailers of
 // a normal response is never retried (first response byte rule).
 func TestGRPCRetries(t *testing.T) {
@@ -345,10 +345,10 @@ func TestGRPCRetryReplaysBody(t *testing.T) {
 }
 
 // TestGRPCBreaker: a dead gRPC upstream trips the breaker on
-// connect_error, and the caller sees UNAVAILABLE throughout (DESIGN
-// "Errors": connect_error and breaker_open are UNAVAILABLE); a gRPC code
+// connect_error, and the caller sees UNAVAILABLE throughout (docs/design.md,
+// "Status mapping": connect_error and breaker_open are UNAVAILABLE); a gRPC code
 // named in failure_on counts as a failure; a code that blames the caller
-// never does, even when listed (DESIGN "Outcome classification": the app's
+// never does, even when listed (docs/design.md, "Outcomes": the app's
 // own malformed request trips no breaker).
 func TestGRPCBreaker(t *testing.T) {
 	dead := func() string { return "http://" + testnet.RefusedAddr(t) }
@@ -387,8 +387,8 @@ func TestGRPCBreaker(t *testing.T) {
 }
 
 // TestGRPCProxyErrors: every error the proxy makes for a gRPC caller is a
-// gRPC status grpc-go decodes to DESIGN's code ("Errors the proxy itself
-// generates"), with Sidecar-Outcome in its trailers.
+// gRPC status grpc-go decodes to the code of docs/design.md ("Status
+// mapping"), with Sidecar-Outcome in its trailers.
 func TestGRPCProxyErrors(t *testing.T) {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
@@ -518,7 +518,7 @@ func (s *cancelServer) FullDuplexCall(stream testgrpc.TestService_FullDuplexCall
 }
 
 // TestGRPCCancellationReachesUpstream: when the app cancels a call, the
-// upstream's call ends at once (DESIGN "Outcome classification":
+// upstream's call ends at once (docs/design.md, "Outcomes":
 // canceled), not at some deadline.
 func TestGRPCCancellationReachesUpstream(t *testing.T) {
 	cs := &cancelServer{started: make(chan struct{}), ended: make(chan struct{})}
@@ -611,7 +611,7 @@ func TestGRPCPercentEncode(t *testing.T) {
 	}
 }
 
-// TestGRPCStatusOf pins DESIGN's table for every proxy-made outcome.
+// TestGRPCStatusOf pins the table of docs/design.md, "Status mapping", for every proxy-made outcome.
 func TestGRPCStatusOf(t *testing.T) {
 	want := map[policy.Outcome]codes.Code{
 		policy.Timeout:      codes.DeadlineExceeded,

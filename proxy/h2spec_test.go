@@ -28,7 +28,7 @@ var h2specKnown = map[string]string{
 // conformance suite, against an h2c listener when the binary is on PATH
 // (go install github.com/summerwind/h2spec/cmd/h2spec@latest), and fails
 // on any case outside h2specKnown. It covers the listener's HTTP/2 server,
-// Go's bundled one with the limits set in server.go (DESIGN "Security
+// Go's bundled one with the limits set in server.go (docs/design.md, "Security
 // defaults": HTTP/2 stream limits are set).
 func TestH2Spec(t *testing.T) {
 	bin, err := exec.LookPath("h2spec")

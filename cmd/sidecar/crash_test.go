@@ -21,8 +21,10 @@ import (
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
-// crashConfig writes the config of one start of TestKill9LosesNothingAcknowledged:
-// one async route "ev" on a file spool in dir, to the upstream at upstream.
+// crashConfig writes the config of one start of the file spool's crash
+// tests (TestKill9LosesNothingAcknowledged,
+// TestCrashDeliveryLosesNothingAcknowledged): one async route "ev" on a
+// file spool in dir, to the upstream at upstream.
 func crashConfig(t *testing.T, dir, upstream, when, ordering string) string {
 	t.Helper()
 	return writeConfig(t, fmt.Sprintf(`

@@ -27,8 +27,8 @@ type Source interface {
 	Snapshot() *proxy.Snapshot
 }
 
-// SpoolSource is a Source with a spool (proxy.Server is one); Spool
-// returns nil when no route is async.
+// SpoolSource is implemented by a Source with a spool (proxy.Server is
+// one); Spool returns nil when no route is async.
 type SpoolSource interface {
 	Spool() spool.Store
 }
@@ -106,7 +106,8 @@ func (s *Server) Listen(addr string) error {
 // Addr returns the bound address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Serve serves the bound listener until Shutdown; it returns at once.
+// Serve serves the bound listener in the background until Shutdown (or a
+// listener error, which it logs), then calls done; it returns at once.
 func (s *Server) Serve(done func()) {
 	go func() {
 		defer done()

@@ -11,9 +11,9 @@ import (
 	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
-// DeliverySource is a Source whose async routes are delivered in the
-// background (proxy.Server is one): /metrics and GET /v1/spool show each
-// route's deliverer.
+// DeliverySource is implemented by a Source whose async routes are
+// delivered in the background (proxy.Server is one): /metrics and GET
+// /v1/spool show each route's deliverer.
 type DeliverySource interface {
 	Deliveries() map[string]proxy.DeliveryStatus
 }

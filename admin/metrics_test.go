@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
 	"github.com/sidecar-proxy/sidecar/spool"
@@ -271,7 +272,7 @@ func TestMetricsSpoolReopened(t *testing.T) {
 		t.Fatal("Append with failing fsync = nil, want an error")
 	}
 	ffs.failing.Store(false)
-	waitUntil(t, "the spool to reopen itself", func() bool {
+	poll.Until(t, 10*time.Second, "the spool to reopen itself", func() bool {
 		e := scrape(t, ts.URL)
 		return value(t, e, "sidecar_spool_failed") == 0 && value(t, e, "sidecar_spool_reopens_total") >= 1
 	})
@@ -329,18 +330,6 @@ func sidecarWithAdmin(t *testing.T, cfg string) (app, adm string) {
 	return "http://" + srv.Addrs()["app"].String(), "http://" + a.Addr().String()
 }
 
-// waitUntil polls cond until it holds, failing t after 10s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestMetricsFIFOHeadBlocked(t *testing.T) {
 	var up atomic.Bool
 	var hits atomic.Int64
@@ -364,7 +353,7 @@ func TestMetricsFIFOHeadBlocked(t *testing.T) {
 		}
 	}
 	var e *telemetrytest.Exposition
-	waitUntil(t, "head_blocked 1", func() bool {
+	poll.Until(t, 10*time.Second, "head_blocked 1", func() bool {
 		e = scrape(t, adm)
 		v, _ := e.Value("sidecar_spool_head_blocked", "route", "ev")
 		r, _ := e.Value("sidecar_spool_deliveries_total", "route", "ev", "result", "retried")
@@ -391,7 +380,7 @@ func TestMetricsFIFOHeadBlocked(t *testing.T) {
 	}
 
 	up.Store(true)
-	waitUntil(t, "delivery after recovery", func() bool {
+	poll.Until(t, 10*time.Second, "delivery after recovery", func() bool {
 		e = scrape(t, adm)
 		b, _ := e.Value("sidecar_spool_head_blocked", "route", "ev")
 		d, _ := e.Value("sidecar_spool_deliveries_total", "route", "ev", "result", "delivered")

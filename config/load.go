@@ -1,11 +1,17 @@
 // Package config loads the sidecar's YAML configuration into plain structs
 // and validates it. It reports every problem at once, each as
-// file:line:col: key.path: message. It knows nothing of the runtime: the
-// proxy compiles a validated Config into its own objects.
+// file:line:col: key.path: message. It starts nothing: besides the file
+// itself it only opens the files the configuration names (TLS, NATS
+// credentials and NKey files), to check they can be read, and it checks
+// the condition lists (retry.on, circuit_breaker.failure_on,
+// async.spool_on) with package policy's parser, which the proxy uses too.
+// proxy.Build compiles a validated Config into the snapshot the proxy
+// serves; cmd/sidecar opens the spool the Config describes.
 //
-// Keys are those of the design contract; unknown keys are errors. Durations
-// are Go durations, sizes are bytes or take a binary unit (KiB, MiB, GiB),
-// and ${NAME} in any value is replaced by the environment variable NAME.
+// Keys are those documented in docs/configuration.md; unknown keys are
+// errors. Durations are Go durations, sizes are bytes or take a binary
+// unit (B, KiB, MiB, GiB, TiB), and ${NAME} in any value is replaced by
+// the environment variable NAME ("$$" is a literal "$").
 package config
 
 import (

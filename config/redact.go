@@ -12,8 +12,9 @@ const Redacted = "[redacted]"
 
 // Public returns v, a Config or a part of one, as plain maps and lists
 // keyed by the YAML names, ready for JSON, with every secret replaced by
-// Redacted: fields tagged secret:"true" and match values of credential
-// headers.
+// Redacted: fields tagged secret:"true", the user information of URLs in
+// fields tagged secret:"userinfo", and the values of credential headers in
+// a headers map (match.headers).
 func Public(v any) any { return public(reflect.ValueOf(v), "") }
 
 func public(v reflect.Value, key string) any {

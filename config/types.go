@@ -30,13 +30,18 @@ type Admin struct {
 	TokenEnv string `yaml:"token_env"`
 }
 
-// Telemetry configures traces, metrics and the access log.
+// Telemetry configures traces, metrics and the access log. This version
+// acts on Metrics only: traces and the access log are validated, and
+// "sidecar run" warns when they are not at their defaults
+// (docs/configuration.md).
 type Telemetry struct {
-	// ServiceName reported in traces and metrics. Default "sidecar".
+	// ServiceName reported in traces and metrics. Default "sidecar". No
+	// exporter of this version reads it.
 	ServiceName string  `yaml:"service_name"`
 	Traces      Traces  `yaml:"traces"`
 	Metrics     Metrics `yaml:"metrics"`
-	// AccessLog logs one line per request at info level. Default false.
+	// AccessLog logs one line per request at info level. Default false;
+	// not enforced in this version.
 	AccessLog bool `yaml:"access_log"`
 }
 
@@ -67,7 +72,10 @@ type Spool struct {
 	FsyncInterval Duration `yaml:"fsync_interval"`
 	// MaxBytes bounds the spool's total size. Default 1GiB.
 	MaxBytes Size `yaml:"max_bytes"`
-	// MaxMessages bounds the number of pending messages. Default 1000000.
+	// MaxMessages bounds the number of stored messages. Default 1000000.
+	// The file backend counts pending and dead messages together;
+	// jetstream bounds each of its two streams, pending and dead, by it
+	// (MaxBytes too; docs/spool.md).
 	MaxMessages int64     `yaml:"max_messages"`
 	JetStream   JetStream `yaml:"jetstream"`
 }
@@ -297,9 +305,10 @@ type Async struct {
 	// MaxBody is the largest request body spooled. Default 1MiB.
 	MaxBody Size `yaml:"max_body"`
 	// MaxMessages bounds the route's pending and dead messages in the
-	// spool, within spool.max_messages. Default 0: no bound of its own.
+	// spool (with jetstream, its pending ones only), within
+	// spool.max_messages. Default 0: no bound of its own.
 	MaxMessages int64 `yaml:"max_messages"`
-	// MaxBytes bounds their encoded size, within spool.max_bytes. Default
-	// 0: no bound of its own.
+	// MaxBytes bounds their encoded size, within spool.max_bytes; it is
+	// not enforced with jetstream. Default 0: no bound of its own.
 	MaxBytes Size `yaml:"max_bytes"`
 }

@@ -160,7 +160,7 @@ func (v *validator) spool(s Spool) {
 	v.readable("spool.jetstream.nkey_file", js.NKeyFile)
 }
 
-// file checks that a named file, when set, can be read.
+// readable checks that a named file, when set, can be read.
 func (v *validator) readable(path, name string) {
 	if name == "" {
 		return

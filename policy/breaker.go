@@ -15,7 +15,8 @@ import (
 // request: it is open, or half-open with all its probes already out.
 var ErrBreakerOpen = errors.New("circuit breaker open")
 
-// Zero-value replacements for BreakerSettings.
+// defaultOpenFor replaces a BreakerSettings.OpenFor of zero or less;
+// breakerWindowBuckets is how many buckets Window is cut into.
 const (
 	defaultOpenFor       = 15 * time.Second
 	breakerWindowBuckets = 10

@@ -1,7 +1,12 @@
 // Package policy holds the sidecar's reliability mechanisms as small,
-// independently testable pieces: the outcome classification every other
-// policy speaks, and (as they land) retries, budgets, breakers and limits.
-// Each takes an injectable clock; proxy composes them around the transport.
+// independently testable pieces: the outcome vocabulary and the condition
+// lists written in it (retry.on, circuit_breaker.failure_on,
+// async.spool_on), retry back-off, Retry-After and gRPC pushback parsing,
+// the retry budget, circuit breakers, and rate and in-flight limits.
+// Budget and RateLimiter read time from an injectable clock and
+// ParseRetryAfter takes the time of receipt; Breaker runs on gobreaker,
+// which reads time.Now itself. Package proxy composes them around the
+// transport (docs/policies.md).
 package policy
 
 import (
@@ -10,14 +15,15 @@ import (
 	"strings"
 )
 
-// Outcome is how an attempt or a request ended. The zero value is OK.
+// Outcome is how an attempt or a request ended (docs/design.md, "Outcome
+// vocabulary"). The zero value is OK.
 type Outcome uint8
 
 // Outcomes of an attempt to reach the upstream, then outcomes of requests the
 // proxy refuses before any attempt.
 const (
 	OK              Outcome = iota // the upstream answered below 400 (gRPC: OK)
-	ConnectError                   // refused, DNS, connect timeout: nothing was sent
+	ConnectError                   // refused, DNS, connect timeout, bad TLS certificate: nothing was sent
 	Reset                          // the connection was lost after sending
 	Timeout                        // a per-try or overall deadline passed
 	Status                         // the upstream answered 4xx/5xx or a gRPC error code

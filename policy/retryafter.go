@@ -51,10 +51,11 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 // a non-negative decimal integer of milliseconds gives that delay, true.
 // A negative or malformed value gives 0, false, which the caller must read
 // as "the server asks not to retry", as grpc-go does (it parses with
-// strconv.Atoi and stops on an error or a negative value; so does this).
-// Surrounding white space is ignored. A delay too large for a time.Duration
-// is capped at the largest one. An absent trailer is for the caller to
-// handle: it means "no pushback", not "stop".
+// strconv.Atoi and stops on an error or a negative value). Surrounding
+// white space is ignored. A delay too large for a time.Duration is capped
+// at the largest one, even one too large for an int64, which grpc-go's
+// Atoi refuses. An absent trailer is for the caller to handle: it means
+// "no pushback", not "stop".
 func ParseGRPCPushback(v string) (d time.Duration, ok bool) {
 	v = strings.TrimSpace(v)
 	n, err := strconv.ParseInt(v, 10, 64)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 )
 
 // deliveryLog is what the test's upstream saw of one message, by the
@@ -38,6 +40,7 @@ type crashUpstream struct {
 	seen     map[string]*deliveryLog
 	loop     int
 	first    chan struct{} // closed at the loop's first 2xx delivery
+	arrived  chan struct{} // given a token, if it has room, as each request arrives
 	inFlight atomic.Int64
 	seq      atomic.Int64
 	requests atomic.Int64
@@ -47,6 +50,10 @@ type crashUpstream struct {
 func (u *crashUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.inFlight.Add(1)
 	defer u.inFlight.Add(-1)
+	select {
+	case u.arrived <- struct{}{}:
+	default:
+	}
 	u.requests.Add(1)
 	b, err := io.ReadAll(r.Body)
 	if err != nil {
@@ -161,7 +168,7 @@ func TestCrashDeliveryLosesNothingAcknowledged(t *testing.T) {
 	)
 	budget := time.Duration(loops) * 6 * time.Second // no new loop starts after this
 
-	up := &crashUpstream{failPct: 10, maxDelay: 3 * time.Millisecond, seen: map[string]*deliveryLog{}}
+	up := &crashUpstream{failPct: 10, maxDelay: 3 * time.Millisecond, seen: map[string]*deliveryLog{}, arrived: make(chan struct{}, 1)}
 	upLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -255,14 +262,22 @@ func TestCrashDeliveryLosesNothingAcknowledged(t *testing.T) {
 			t.Fatalf("loop %d (%s): no delivery reached the upstream within %v", loop, ordering, firstMax)
 		}
 		delay := time.Duration(rng.Intn(200)) * time.Millisecond
-		kill := time.NewTimer(delay)
-		<-kill.C
+		time.Sleep(delay) // the random kill instant is the point of the test
 		// On most loops, aim the kill at a delivery the upstream is
-		// answering (a fifo route has at most one): poll for up to 100 ms.
-		if rng.Intn(4) != 0 {
-			for aim := time.Now().Add(100 * time.Millisecond); up.inFlight.Load() == 0 && time.Now().Before(aim); {
-				poll := time.NewTimer(200 * time.Microsecond)
-				<-poll.C
+		// answering (a fifo route has at most one): wait up to 100 ms for
+		// the next one to arrive if none is in flight.
+		if rng.Intn(4) != 0 && up.inFlight.Load() == 0 {
+			select {
+			case <-up.arrived: // an earlier arrival, maybe answered by now
+			default:
+			}
+			if up.inFlight.Load() == 0 {
+				aim := time.NewTimer(100 * time.Millisecond)
+				select {
+				case <-up.arrived:
+				case <-aim.C:
+				}
+				aim.Stop()
 			}
 		}
 		inFlightAtKill := up.inFlight.Load()
@@ -296,19 +311,12 @@ func TestCrashDeliveryLosesNothingAcknowledged(t *testing.T) {
 			t.Fatalf("loop %d: %v", loop, err)
 		}
 		var st spoolTotal
-		drained := false
-		for waitUntil := time.Now().Add(drainMax); time.Now().Before(waitUntil); {
+		ended := poll.Within(drainMax, func() bool {
 			st, err = getSpool(s2.Admin)
-			if err == nil && st.Total.Depth == 0 && st.Total.Dead == 0 {
-				drained = true
-				break
-			}
-			if err == nil && st.Total.Dead > 0 {
-				break // dead letters never leave by themselves
-			}
-			poll := time.NewTimer(20 * time.Millisecond)
-			<-poll.C
-		}
+			// Dead letters never leave by themselves: stop at the first.
+			return err == nil && (st.Total.Depth == 0 || st.Total.Dead > 0)
+		})
+		drained := ended && st.Total.Depth == 0 && st.Total.Dead == 0
 		drainTook := time.Since(drainStart)
 		if st.Failed || st0.Failed {
 			t.Errorf("loop %d: the store reports failed after the restart", loop)

@@ -16,12 +16,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
-// crashConfig writes the config of one start of TestKill9LosesNothingAcknowledged:
-// one async route "ev" on a file spool in dir, to the upstream at upstream.
+// crashConfig writes the config of one start of the file spool's crash
+// tests (TestKill9LosesNothingAcknowledged,
+// TestCrashDeliveryLosesNothingAcknowledged): one async route "ev" on a
+// file spool in dir, to the upstream at upstream.
 func crashConfig(t *testing.T, dir, upstream, when, ordering string) string {
 	t.Helper()
 	return writeConfig(t, fmt.Sprintf(`
@@ -216,8 +219,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 			}()
 		}
 		delay := time.Duration(50+rng.Intn(351)) * time.Millisecond
-		kill := time.NewTimer(delay)
-		<-kill.C
+		time.Sleep(delay) // the random kill instant is the point of the test
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatalf("loop %d: SIGKILL: %v", loop, err)
 		}
@@ -286,16 +288,10 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	// 60 s, or 4 ms a message for long soaks (fifo delivered ~0.9-1.3k/s
 	// with -race on 2 cores).
 	drainMax := max(60*time.Second, time.Duration(st.Total.Depth)*4*time.Millisecond)
-	drained := false
-	for waitUntil := time.Now().Add(drainMax); time.Now().Before(waitUntil); {
+	drained := poll.Within(drainMax, func() bool {
 		st, err = getSpool(s.Admin)
-		if err == nil && st.Total.Depth == 0 {
-			drained = true
-			break
-		}
-		poll := time.NewTimer(50 * time.Millisecond)
-		<-poll.C
-	}
+		return err == nil && st.Total.Depth == 0
+	})
 	t.Logf("delivery took %v; spool now: depth %d, dead %d (err %v)", time.Since(deliverStart).Round(time.Millisecond), st.Total.Depth, st.Total.Dead, err)
 	if !drained {
 		t.Errorf("the spool did not drain within %v: depth %d", drainMax, st.Total.Depth)

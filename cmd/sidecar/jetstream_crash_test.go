@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/internal/testnet"
 )
 
@@ -173,10 +174,9 @@ func TestKill9JetStreamLosesNothingAcknowledged(t *testing.T) {
 		}
 		return out
 	}
-	deadline := time.Now().Add(60 * time.Second) // ack wait 3s, plus delivery, on a loaded machine
-	for len(missing()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	// Ack wait 3s, plus delivery, on a loaded machine; the check below
+	// reports what is still missing.
+	poll.Within(60*time.Second, func() bool { return len(missing()) == 0 })
 	st, _ := getSpool(s.Admin)
 	t.Logf("final start (ordering %s): delivery took %v; stream now: depth %d, dead %d", ordering, time.Since(start).Round(time.Millisecond), st.Total.Depth, st.Total.Dead)
 	if m := missing(); len(m) > 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
 
@@ -65,13 +66,9 @@ func TestRunSpoolsToJetStream(t *testing.T) {
 	// NATS goes away: not ready, and no 202 for a request not stored.
 	ns.Shutdown()
 	ns.WaitForShutdown()
-	deadline := time.Now().Add(5 * time.Second)
-	for readyz(t, s.Admin) != http.StatusServiceUnavailable {
-		if time.Now().After(deadline) {
-			t.Fatalf("GET /readyz with NATS down did not turn 503 within 5s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, "GET /readyz with NATS down to turn 503", func() bool {
+		return readyz(t, s.Admin) == http.StatusServiceUnavailable
+	})
 	resp, err = http.Post("http://"+addr+"/e", "text/plain", strings.NewReader("lost?"))
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -157,6 +158,17 @@ func startBinary(t *testing.T, cfgPath string) (*exec.Cmd, started, *bufio.Scann
 	}
 }
 
+// readyzCode is the status of GET /readyz on the admin API at admin, or
+// 0 when the request fails.
+func readyzCode(admin string) int {
+	resp, err := http.Get("http://" + admin + "/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 func TestRunServesAndStopsOnSIGTERM(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "upstream says hi")
@@ -237,20 +249,9 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGTERM)
 
 	// Draining: readiness turns 503 while the request is still in flight.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + s.Admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 503 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz did not turn 503 after SIGTERM")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, "/readyz to turn 503 after SIGTERM", func() bool {
+		return readyzCode(s.Admin) == http.StatusServiceUnavailable
+	})
 	release <- struct{}{}
 	r := <-got
 	if r.err != nil || r.body != "finished" {
@@ -282,6 +283,18 @@ func TestSecondSignalExitsAtOnce(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	// The first signal is handled once /readyz answers 503: only then is
+	// the next one a second signal.
+	poll.Until(t, 10*time.Second, "/readyz to turn 503 after SIGTERM", func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("sidecar exited (%v) while a request was draining; want it to wait", err)
+		default:
+		}
+		return readyzCode(s.Admin) == http.StatusServiceUnavailable
+	})
+	// Still up 200 ms into the drain: this wait is the check, not a
+	// synchronisation.
 	select {
 	case err := <-done:
 		t.Fatalf("sidecar exited (%v) while a request was draining; want it to wait", err)

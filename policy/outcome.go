@@ -15,8 +15,8 @@ import (
 	"strings"
 )
 
-// Outcome is how an attempt or a request ended (docs/design.md, "Outcome
-// vocabulary"). The zero value is OK.
+// Outcome is how an attempt or a request ended (docs/design.md,
+// "Outcomes"). The zero value is OK.
 type Outcome uint8
 
 // Outcomes of an attempt to reach the upstream, then outcomes of requests the

@@ -260,7 +260,7 @@ func (c *spoolCmd) stats() int {
 	tw.Flush()
 	health := "ok"
 	if v.Failed {
-		health = "FAILED: refusing writes until the sidecar restarts"
+		health = "FAILED: refusing writes until it has reopened itself"
 	}
 	fmt.Fprintf(c.stdout, "segments: %d  corrupt records skipped: %d  torn tail truncated: %v  store: %s\n", v.Segments, v.CorruptRecords, v.TornTail, health)
 	return exitOK

@@ -211,26 +211,6 @@ func TestFsyncInterval(t *testing.T) {
 	}
 }
 
-func TestAppendTooLarge(t *testing.T) {
-	big := make([]byte, maxField+1)
-	tests := []struct {
-		name string
-		m    *Message
-	}{
-		{"body", &Message{Route: "r", Body: big}},
-		{"header value", &Message{Route: "r", Header: map[string][]string{"X": {string(big)}}}},
-	}
-	s := open(t, t.TempDir(), FileOptions{})
-	for _, tt := range tests {
-		if err := s.Append(t.Context(), tt.m); !errors.Is(err, ErrTooLarge) {
-			t.Errorf("Append(%s over 64 MiB) = %v, want %v", tt.name, err, ErrTooLarge)
-		}
-	}
-	if st := s.Stats(); st.Total.Pending != 0 {
-		t.Errorf("Stats().Total.Pending = %d, want 0", st.Total.Pending)
-	}
-}
-
 // TestFailuresUnderLoad: producers append and settle while the disk
 // fails and recovers again and again; the store reopens itself each time.
 // After a clean reopen every message whose Append returned nil is there,

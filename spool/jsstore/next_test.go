@@ -2,8 +2,8 @@ package jsstore_test
 
 import (
 	"errors"
+	"math"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +13,111 @@ import (
 	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
+
+// TestFIFOHoldsRoute checks that a fifo route's head, retried later,
+// holds back the rest of the route until it is due, as the deliverer's
+// Next(route, far future) expects.
+func TestFIFOHoldsRoute(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	s := openStore(t, srv, jsstore.Options{Routes: map[string]jsstore.RouteOptions{"f": {FIFO: true}}})
+	var ids []string
+	for i := range 3 {
+		m := message("f", i)
+		if err := s.Append(t.Context(), m); err != nil {
+			t.Fatalf("Append() = %v", err)
+		}
+		ids = append(ids, m.ID)
+	}
+	head := next(t, s, "f")
+	if head.ID != ids[0] {
+		t.Fatalf("Next() = %s, want the head %s", head.ID, ids[0])
+	}
+	if m, ok, _ := s.Next("f", time.Now()); ok {
+		t.Fatalf("Next() while the head is leased = %s, want nothing", m.ID)
+	}
+	due := time.Now().Add(300 * time.Millisecond)
+	if err := s.RetryLater(head.ID, due, 1); err != nil {
+		t.Fatalf("RetryLater() = %v", err)
+	}
+	if m, ok, _ := s.Next("f", time.Now()); ok {
+		t.Fatalf("Next() while the head waits = %s, want nothing", m.ID)
+	}
+	if at, ok := s.NextDue("f"); !ok || !at.Equal(due) {
+		t.Errorf("NextDue(f) = %v, %v, want %v, true", at, ok, due)
+	}
+	// The deliverer leases the head whatever its due time and reads it.
+	again := next(t, s, "f") // polls with time.Now: returns once due
+	if again.ID != ids[0] || again.Attempts != 1 || time.Now().Before(due) {
+		t.Fatalf("Next() = %s (%d attempts) at %v, want %s (1 attempt) after %v", again.ID, again.Attempts, time.Now(), ids[0], due)
+	}
+	if _, info, err := s.Get(again.ID); err != nil || !info.NextAttempt.Equal(due) || !info.Leased {
+		t.Errorf("Get(head) = %+v, %v, want leased with NextAttempt %v", info, err, due)
+	}
+	// The deliverer's fifo step asks for the head whatever its due time
+	// (Next with a far now) and reads its due time with Get.
+	due = time.Now().Add(time.Hour)
+	if err := s.RetryLater(again.ID, due, 2); err != nil {
+		t.Fatalf("RetryLater() = %v", err)
+	}
+	// The server may keep the head until it is due, or hand it out
+	// early; never another message of the route.
+	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		m, ok, err := s.Next("f", time.Unix(0, math.MaxInt64))
+		if err != nil {
+			t.Fatalf("Next(far future) = %v", err)
+		}
+		if ok {
+			if m.ID != ids[0] || m.Attempts != 2 {
+				t.Fatalf("Next(far future) = %s (%d attempts), want %s (2)", m.ID, m.Attempts, ids[0])
+			}
+			break
+		}
+	}
+	if _, info, err := s.Get(again.ID); err != nil || !info.NextAttempt.Equal(due) || info.Attempts != 2 {
+		t.Errorf("Get(head) = %+v, %v, want NextAttempt %v, 2 attempts", info, err, due)
+	}
+	// Settling the waiting head (here unleased: it is deleted) frees the
+	// route.
+	if err := s.Ack(again.ID); err != nil {
+		t.Fatalf("Ack() = %v", err)
+	}
+	for _, want := range ids[1:] {
+		m := next(t, s, "f")
+		if m.ID != want {
+			t.Fatalf("Next() = %s, want %s (arrival order)", m.ID, want)
+		}
+		if m, ok, _ := s.Next("f", time.Now()); ok {
+			t.Fatalf("Next() while %s is leased = %s, want nothing", want, m.ID)
+		}
+		if err := s.Ack(m.ID); err != nil {
+			t.Fatalf("Ack() = %v", err)
+		}
+	}
+}
+
+// TestConsumerDeletedBehindTheStore: an operator deleting a route's
+// consumer costs one failed Next; the store creates it again.
+func TestConsumerDeletedBehindTheStore(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	s := openStore(t, srv, jsstore.Options{Stream: "CDEL", Routes: map[string]jsstore.RouteOptions{"r": {}}})
+	m := message("r", 1)
+	if err := s.Append(t.Context(), m); err != nil {
+		t.Fatalf("Append() = %v", err)
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteConsumer(t.Context(), "CDEL", "sidecar_r72"); err != nil {
+		t.Fatalf("DeleteConsumer() = %v", err)
+	}
+	_, _, _ = s.Next("r", time.Now()) // may fail once
+	if got := next(t, s, "r"); got.ID != m.ID {
+		t.Errorf("Next() after the consumer was deleted = %s, want %s", got.ID, m.ID)
+	}
+}
 
 // TestNextDueForgetsOthersDeliveries: a message this store retried and
 // another store sharing the stream delivered must not stay in NextDue
@@ -49,73 +154,6 @@ func TestNextDueForgetsOthersDeliveries(t *testing.T) {
 			t.Fatalf("NextDue(r) = %v, true %v after the message was delivered elsewhere; want it forgotten after AckWait", at, time.Since(at))
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// progressMsg is a leased message whose InProgress sends the extension
-// the way the client library does (check, then publish), with the test
-// able to hold it in between, where a concurrent settlement can slip in.
-type progressMsg struct {
-	jetstream.Msg
-	nc   *nats.Conn
-	hold func()
-}
-
-func (m *progressMsg) InProgress() error {
-	m.hold()
-	return m.nc.Publish(m.Reply(), []byte("+WPI"))
-}
-
-// TestExtensionAfterRetryLater holds an extension of the lease keeper
-// while RetryLater sends its delayed negative acknowledgement: the
-// extension must not land after it (the server would hand the message
-// out again after AckWait instead of at the requested time).
-func TestExtensionAfterRetryLater(t *testing.T) {
-	t.Parallel()
-	srv := startServer(t, t.TempDir(), 0)
-	ackWait := 9 * time.Second
-	s := openStore(t, srv, jsstore.Options{Stream: "EXTRACE", AckWait: ackWait})
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	reached, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	s.SetMsgWrapper(func(m jetstream.Msg) jetstream.Msg {
-		return &progressMsg{Msg: m, nc: nc, hold: func() {
-			once.Do(func() {
-				close(reached)
-				<-release
-			})
-		}}
-	})
-	m := message("r", 1)
-	if err := s.Append(t.Context(), m); err != nil {
-		t.Fatalf("Append() = %v", err)
-	}
-	next(t, s, "r")
-	select {
-	case <-reached:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the lease keeper did not extend the lease within 20s")
-	}
-	retried := make(chan error, 1)
-	go func() { retried <- s.RetryLater(m.ID, time.Now().Add(200*time.Millisecond), 1) }()
-	// Give an unordered RetryLater the time to send its negative
-	// acknowledgement before the held extension; an ordered one waits
-	// for the extension (the wait only matters for the failure).
-	select {
-	case err := <-retried:
-		retried <- err
-	case <-time.After(time.Second):
-	}
-	close(release)
-	if err := <-retried; err != nil {
-		t.Fatalf("RetryLater() = %v", err)
-	}
-	if got, ok := nextWithin(t, s, "r", ackWait/2); !ok || got.ID != m.ID {
-		t.Fatalf("Next() = %v, %v within %v of RetryLater(in 200ms), want %s: an extension reset the delay to AckWait", got, ok, ackWait/2, m.ID)
 	}
 }
 
@@ -196,46 +234,5 @@ func TestUnparseableSubject(t *testing.T) {
 	}
 	if got := next(t, s, "r"); got.ID != ok.ID {
 		t.Errorf("Next() after the foreign message = %s, want %s", got.ID, ok.ID)
-	}
-}
-
-// TestStreamMaxMsgSize: a stream with a max_msg_size refuses a larger
-// message with spool.ErrTooLarge.
-func TestStreamMaxMsgSize(t *testing.T) {
-	t.Parallel()
-	srv := startServer(t, t.TempDir(), 0)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{
-		Name: "MSGSIZE", Subjects: []string{"MSGSIZE.>"}, Retention: jetstream.WorkQueuePolicy,
-		Storage: jetstream.FileStorage, Discard: jetstream.DiscardNew, MaxMsgSize: 1 << 10,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	s := openStore(t, srv, jsstore.Options{Stream: "MSGSIZE"})
-	m := message("r", 1)
-	m.Body = make([]byte, 2<<10)
-	if err := s.Append(t.Context(), m); !errors.Is(err, spool.ErrTooLarge) {
-		t.Errorf("Append(2 KiB, max_msg_size 1 KiB) = %v, want %v", err, spool.ErrTooLarge)
-	}
-}
-
-// TestRedactURLs: a user, password or token in a URL never shows.
-func TestRedactURLs(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"nats://127.0.0.1:4222", "nats://127.0.0.1:4222"},
-		{"nats://s3cr3t-token@127.0.0.1:4222", "nats://REDACTED@127.0.0.1:4222"},
-		{"nats://alice:pa/ss@127.0.0.1:4222", "nats://REDACTED@127.0.0.1:4222"},
-		{"nats://alice@a:1, tls://bob:pw@b:2", "nats://REDACTED@a:1, tls://REDACTED@b:2"},
-		{"tok@127.0.0.1:4222", "REDACTED@127.0.0.1:4222"},
-	}
-	for _, tt := range tests {
-		if got := jsstore.RedactURLs(tt.in); got != tt.want {
-			t.Errorf("redactURLs(%q) = %q, want %q", tt.in, got, tt.want)
-		}
 	}
 }

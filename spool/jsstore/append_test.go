@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
@@ -139,15 +140,12 @@ func TestRouteMaxMessages(t *testing.T) {
 	if err := s.Ack(m.ID); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := s.Append(t.Context(), message("small", 4))
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, spool.ErrFull) || time.Now().After(deadline) {
-			t.Fatalf("Append after an Ack = %v, want room again", err)
-		}
-		time.Sleep(50 * time.Millisecond) // the count is read anew every 250ms
+	// The count is read anew every 250ms; until then the route is full.
+	poll.Within(10*time.Second, func() bool {
+		err = s.Append(t.Context(), message("small", 4))
+		return !errors.Is(err, spool.ErrFull)
+	})
+	if err != nil {
+		t.Fatalf("Append after an Ack = %v, want room again", err)
 	}
 }

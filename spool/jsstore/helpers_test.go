@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
@@ -80,47 +81,41 @@ func message(route string, n int) *spool.Message {
 // next polls Next until it returns a message or 5s pass.
 func next(t *testing.T, s spool.Store, route string) *spool.Message {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		m, ok, err := s.Next(route, time.Now())
-		if err != nil {
-			t.Fatalf("Next(%s) = %v", route, err)
-		}
-		if ok {
-			return m
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Next(%s) returned nothing for 5s", route)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var (
+		m   *spool.Message
+		ok  bool
+		err error
+	)
+	poll.Until(t, 5*time.Second, "Next("+route+") to return a message", func() bool {
+		m, ok, err = s.Next(route, time.Now())
+		return ok || err != nil
+	})
+	if err != nil {
+		t.Fatalf("Next(%s) = %v", route, err)
 	}
+	return m
 }
 
 // waitConnected polls until s is connected (want true) or disconnected
 // (want false), for at most 20s.
 func waitConnected(t *testing.T, s *jsstore.Store, want bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for s.Connected() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("Connected() stayed %v for 20s", !want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 20*time.Second, fmt.Sprintf("Connected() to be %v", want), func() bool {
+		return s.Connected() == want
+	})
 }
 
 // nextWithin polls Next until it returns a message or d passes.
 func nextWithin(t *testing.T, s spool.Store, route string, d time.Duration) (*spool.Message, bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		m, ok, err := s.Next(route, time.Now())
-		if err == nil && ok {
-			return m, true
-		}
-		if time.Now().After(deadline) {
-			return nil, false
-		}
-		time.Sleep(20 * time.Millisecond)
+	var m *spool.Message
+	found := poll.Within(d, func() bool {
+		got, ok, err := s.Next(route, time.Now())
+		m = got
+		return err == nil && ok
+	})
+	if !found {
+		return nil, false
 	}
+	return m, true
 }

@@ -8,6 +8,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
+	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
 
@@ -29,10 +31,16 @@ func TestLeaseOutlivesAckWait(t *testing.T) {
 	if got := next(t, a, "r"); got.ID != m.ID {
 		t.Fatalf("Next() = %s, want %s", got.ID, m.ID)
 	}
-	for end := time.Now().Add(2 * opts.AckWait); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if got, ok, err := b.Next("r", time.Now()); err != nil || ok {
-			t.Fatalf("Next() on a second store while the first holds the lease = %v, %v, %v; want nothing", got, ok, err)
-		}
+	var (
+		got *spool.Message
+		ok  bool
+		err error
+	)
+	if poll.Within(2*opts.AckWait, func() bool {
+		got, ok, err = b.Next("r", time.Now())
+		return err != nil || ok
+	}) {
+		t.Fatalf("Next() on a second store while the first holds the lease = %v, %v, %v; want nothing", got, ok, err)
 	}
 	if err := a.Close(); err != nil {
 		t.Fatalf("Close() = %v", err)

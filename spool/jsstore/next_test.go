@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
@@ -61,17 +62,20 @@ func TestFIFOHoldsRoute(t *testing.T) {
 	}
 	// The server may keep the head until it is due, or hand it out
 	// early; never another message of the route.
-	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-		m, ok, err := s.Next("f", time.Unix(0, math.MaxInt64))
-		if err != nil {
-			t.Fatalf("Next(far future) = %v", err)
-		}
-		if ok {
-			if m.ID != ids[0] || m.Attempts != 2 {
-				t.Fatalf("Next(far future) = %s (%d attempts), want %s (2)", m.ID, m.Attempts, ids[0])
-			}
-			break
-		}
+	var (
+		early *spool.Message
+		ok    bool
+		err   error
+	)
+	poll.Within(300*time.Millisecond, func() bool {
+		early, ok, err = s.Next("f", time.Unix(0, math.MaxInt64))
+		return ok || err != nil
+	})
+	if err != nil {
+		t.Fatalf("Next(far future) = %v", err)
+	}
+	if ok && (early.ID != ids[0] || early.Attempts != 2) {
+		t.Fatalf("Next(far future) = %s (%d attempts), want %s (2)", early.ID, early.Attempts, ids[0])
 	}
 	if _, info, err := s.Get(again.ID); err != nil || !info.NextAttempt.Equal(due) || info.Attempts != 2 {
 		t.Errorf("Get(head) = %+v, %v, want NextAttempt %v, 2 attempts", info, err, due)
@@ -144,16 +148,13 @@ func TestNextDueForgetsOthersDeliveries(t *testing.T) {
 	if err := b.Ack(m.ID); err != nil {
 		t.Fatalf("Ack() = %v", err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		at, ok := a.NextDue("r")
-		if !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("NextDue(r) = %v, true %v after the message was delivered elsewhere; want it forgotten after AckWait", at, time.Since(at))
-		}
-		time.Sleep(50 * time.Millisecond)
+	var at time.Time
+	if !poll.Within(20*time.Second, func() bool {
+		var waiting bool
+		at, waiting = a.NextDue("r")
+		return !waiting
+	}) {
+		t.Fatalf("NextDue(r) = %v, true %v after the message was delivered elsewhere; want it forgotten after AckWait", at, time.Since(at))
 	}
 }
 
@@ -173,27 +174,26 @@ func TestNextDuringClose(t *testing.T) {
 	closed := make(chan struct{})
 	a.SetFetchedHook(func() {
 		go func() { _ = a.Close(); close(closed) }()
-		deadline := time.Now().Add(10 * time.Second)
-		for !errors.Is(a.Ready(), spool.ErrClosed) && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
-		}
+		// Runs in the test's goroutine, inside Next: wait for Close to
+		// begin, which no signal announces.
+		poll.Until(t, 10*time.Second, "Close to begin", func() bool { return errors.Is(a.Ready(), spool.ErrClosed) })
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, ok, err := a.Next("r", time.Now())
-		if ok {
-			t.Fatalf("Next() during Close = %s, want %v", got.ID, spool.ErrClosed)
-		}
-		if err != nil {
-			if !errors.Is(err, spool.ErrClosed) {
-				t.Fatalf("Next() during Close = %v, want %v", err, spool.ErrClosed)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("Next() fetched nothing for 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
+	var (
+		during *spool.Message
+		ok     bool
+		err    error
+	)
+	if !poll.Within(10*time.Second, func() bool {
+		during, ok, err = a.Next("r", time.Now())
+		return ok || err != nil
+	}) {
+		t.Fatal("Next() fetched nothing for 10s")
+	}
+	if ok {
+		t.Fatalf("Next() during Close = %s, want %v", during.ID, spool.ErrClosed)
+	}
+	if !errors.Is(err, spool.ErrClosed) {
+		t.Fatalf("Next() during Close = %v, want %v", err, spool.ErrClosed)
 	}
 	<-closed
 	start := time.Now()

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
 
@@ -24,10 +25,7 @@ func TestDisconnect(t *testing.T) {
 	srv.Shutdown()
 	srv.WaitForShutdown()
 
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Connected() && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, "the store to see the server gone", func() bool { return !s.Connected() })
 	if err := s.Ready(); !errors.Is(err, jsstore.ErrDisconnected) {
 		t.Errorf("Ready(disconnected) = %v, want %v", err, jsstore.ErrDisconnected)
 	}
@@ -41,27 +39,13 @@ func TestDisconnect(t *testing.T) {
 	}
 
 	startServer(t, dir, p)
-	deadline = time.Now().Add(15 * time.Second)
-	for !s.Connected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("store did not reconnect within 15s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 15*time.Second, "the store to reconnect", s.Connected)
 	if err := s.Ready(); err != nil {
 		t.Errorf("Ready(reconnected) = %v, want nil", err)
 	}
 	after := message("r", 3)
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		err := s.Append(t.Context(), after)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Append(after reconnect) = %v, want nil", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !poll.Within(10*time.Second, func() bool { err = s.Append(t.Context(), after); return err == nil }) {
+		t.Fatalf("Append(after reconnect) = %v for 10s, want nil", err)
 	}
 	for _, want := range []string{before.ID, after.ID} {
 		if m := next(t, s, "r"); m.ID != want {

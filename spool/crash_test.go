@@ -86,6 +86,7 @@ func TestCrash(t *testing.T) {
 		var acked []string
 		settled := map[string]bool{}
 		done := make(chan struct{})
+		started := make(chan struct{}) // closed at the child's first "S" line
 		go func() {
 			defer close(done)
 			sc := bufio.NewScanner(out)
@@ -96,12 +97,23 @@ func TestCrash(t *testing.T) {
 				}
 				switch id := line[2:]; line[0] {
 				case 'S':
+					if len(acked) == 0 {
+						close(started)
+					}
 					acked = append(acked, id)
 				case 'A':
 					settled[id] = true
 				}
 			}
 		}()
+		// The kill lands a while into the child's appends: the delay
+		// counts from its first acknowledged append, not from its start,
+		// which takes longer on a loaded machine.
+		select {
+		case <-started:
+		case <-done: // the child stopped by itself; its stderr says why
+		case <-time.After(30 * time.Second):
+		}
 		time.Sleep(time.Duration(150+50*round) * time.Millisecond)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)

@@ -4,9 +4,86 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
+	"time"
 )
+
+func TestRecoverState(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, FileOptions{})
+	id := appendN(t, s, "r", 5, 50)
+	later := testEpoch.Add(time.Hour)
+	steps := []struct {
+		name string
+		err  error
+	}{
+		{"RetryLater(1)", s.RetryLater(id[1], later, 4)},
+		{"DeadLetter(2)", s.DeadLetter(id[2], "410 Gone")},
+		{"Ack(3)", s.Ack(id[3])},
+		{"RetryLater(4)", s.RetryLater(id[4], later, 9)},
+		{"DeadLetter(4)", s.DeadLetter(id[4], "too many")},
+		{"Replay(4)", s.Replay(id[4])},
+	}
+	for _, st := range steps {
+		if st.err != nil {
+			t.Fatalf("%s = %v, want nil", st.name, st.err)
+		}
+	}
+	before, _ := s.List("", Pending, "", 0)
+	deadBefore, _ := s.List("", Dead, "", 0)
+	s = reopen(t, s, FileOptions{})
+	after, _ := s.List("", Pending, "", 0)
+	deadAfter, _ := s.List("", Dead, "", 0)
+	for i := range before {
+		before[i].Arrived, before[i].NextAttempt = before[i].Arrived.UTC(), before[i].NextAttempt.UTC()
+	}
+	for i := range after {
+		after[i].Arrived, after[i].NextAttempt = after[i].Arrived.UTC(), after[i].NextAttempt.UTC()
+	}
+	if !reflect.DeepEqual(after, before) {
+		t.Errorf("List(Pending) after reopen = %+v, want %+v", after, before)
+	}
+	if len(deadAfter) != 1 || deadAfter[0].ID != id[2] || deadAfter[0].DeadReason != "410 Gone" || !reflect.DeepEqual(len(deadBefore), 1) {
+		t.Errorf("List(Dead) after reopen = %+v, want %s with reason", deadAfter, id[2])
+	}
+	tests := []struct {
+		id       string
+		state    State
+		attempts int
+		next     time.Time
+	}{
+		{id[0], Pending, 0, time.Time{}},
+		{id[1], Pending, 4, later},
+		{id[2], Dead, 0, time.Time{}},
+		{id[4], Pending, 0, time.Time{}},
+	}
+	for _, tt := range tests {
+		m, in, err := s.Get(tt.id)
+		if err != nil || in.State != tt.state || in.Attempts != tt.attempts || !in.NextAttempt.Equal(tt.next) || m.Attempts != tt.attempts {
+			t.Errorf("Get(%s) = %+v, %v, want state %v, attempts %d, next %v", tt.id, in, err, tt.state, tt.attempts, tt.next)
+		}
+	}
+	if _, _, err := s.Get(id[3]); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(acked) = %v, want %v", err, ErrNotFound)
+	}
+	// id[1] is not due before later.
+	var got []string
+	for {
+		m, ok, err := s.Next("r", testEpoch)
+		if err != nil || !ok {
+			break
+		}
+		got = append(got, m.ID)
+	}
+	if want := []string{id[0], id[4]}; !slices.Equal(got, want) {
+		t.Errorf("Next() before due = %v, want %v", got, want)
+	}
+	if m, ok, _ := s.Next("r", later); !ok || m.ID != id[1] {
+		t.Errorf("Next(at due time) = %v, %v, want %s", m, ok, id[1])
+	}
+}
 
 func TestTornTail(t *testing.T) {
 	dir := t.TempDir()

@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
+	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
 
@@ -80,17 +82,15 @@ func TestClusterLosesNoAcknowledgedMessage(t *testing.T) {
 		RequestTimeout: 2 * time.Second,
 	}
 	// The cluster elects its meta leader after the servers meet.
-	var s *jsstore.Store
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		var err error
-		if s, err = jsstore.Open(t.Context(), opts); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("jsstore.Open(replicas 3) = %v for 60s", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var (
+		s   *jsstore.Store
+		err error
+	)
+	if !poll.Within(60*time.Second, func() bool {
+		s, err = jsstore.Open(t.Context(), opts)
+		return err == nil
+	}) {
+		t.Fatalf("jsstore.Open(replicas 3) = %v for 60s", err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 
@@ -126,14 +126,10 @@ func TestClusterLosesNoAcknowledgedMessage(t *testing.T) {
 	}()
 	waitFor := func(n int, within time.Duration) {
 		t.Helper()
-		deadline := time.Now().Add(within)
-		for count() < n {
-			if time.Now().After(deadline) {
-				close(stop)
-				<-done
-				t.Fatalf("%d appends acknowledged within %v, want %d (%d failed)", count(), within, n, fails)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !poll.Within(within, func() bool { return count() >= n }) {
+			close(stop)
+			<-done
+			t.Fatalf("%d appends acknowledged within %v, want %d (%d failed)", count(), within, n, fails)
 		}
 	}
 	waitFor(200, 20*time.Second)
@@ -158,19 +154,24 @@ func TestClusterLosesNoAcknowledgedMessage(t *testing.T) {
 	for _, id := range acked {
 		want[id] = true
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for len(want) > 0 {
-		m, ok, err := s.Next("r", time.Now())
-		if err != nil || !ok {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d acknowledged messages never delivered (last Next error %v)", len(want), err)
+	// Take what is there; wait only when Next has nothing.
+	if !poll.Within(30*time.Second, func() bool {
+		for len(want) > 0 {
+			var (
+				m  *spool.Message
+				ok bool
+			)
+			m, ok, err = s.Next("r", time.Now())
+			if err != nil || !ok {
+				return false
 			}
-			time.Sleep(10 * time.Millisecond)
-			continue
+			delete(want, m.ID)
+			if err := s.Ack(m.ID); err != nil {
+				t.Logf("Ack(%s) = %v (it may be delivered again)", m.ID, err)
+			}
 		}
-		delete(want, m.ID)
-		if err := s.Ack(m.ID); err != nil {
-			t.Logf("Ack(%s) = %v (it may be delivered again)", m.ID, err)
-		}
+		return true
+	}) {
+		t.Fatalf("%d acknowledged messages never delivered (last Next error %v)", len(want), err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
@@ -42,16 +43,13 @@ func TestDeadLetterWhenFull(t *testing.T) {
 	if err := s.DeadLetter(head.ID, "gave up"); err != nil {
 		t.Fatalf("DeadLetter(head of a full stream) = %v, want nil", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := s.Append(t.Context(), message("f", 10))
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, spool.ErrFull) || time.Now().After(deadline) {
-			t.Fatalf("Append(after the head was dead-lettered) = %v, want nil", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var err error
+	poll.Within(10*time.Second, func() bool {
+		err = s.Append(t.Context(), message("f", 10))
+		return !errors.Is(err, spool.ErrFull)
+	})
+	if err != nil {
+		t.Fatalf("Append(after the head was dead-lettered) = %v, want nil", err)
 	}
 	_, info, err := s.Get(head.ID)
 	if err != nil || info.State != spool.Dead || info.DeadReason != "gave up" {

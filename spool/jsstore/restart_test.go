@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
@@ -57,18 +58,11 @@ func TestServerRestartUnderLoad(t *testing.T) {
 	}()
 	wait := func(what string, ok func(acked, refused int) bool) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if a, r := count(); ok(a, r) {
-				return
-			}
-			if time.Now().After(deadline) {
-				close(stop)
-				<-done
-				a, r := count()
-				t.Fatalf("%s: not within 20s (%d acknowledged, %d refused)", what, a, r)
-			}
-			time.Sleep(5 * time.Millisecond)
+		if !poll.Within(20*time.Second, func() bool { return ok(count()) }) {
+			close(stop)
+			<-done
+			a, r := count()
+			t.Fatalf("%s: not within 20s (%d acknowledged, %d refused)", what, a, r)
 		}
 	}
 	wait("first appends", func(a, _ int) bool { return a >= 100 })
@@ -88,20 +82,26 @@ func TestServerRestartUnderLoad(t *testing.T) {
 	for _, id := range acked {
 		want[id] = true
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for len(want) > 0 {
-		m, ok, err := s.Next("r", time.Now())
-		if err != nil || !ok {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d acknowledged messages never delivered (last Next error %v)", len(want), len(acked), err)
+	// Take what is there; wait only when Next has nothing.
+	var err error
+	if !poll.Within(20*time.Second, func() bool {
+		for len(want) > 0 {
+			var (
+				m  *spool.Message
+				ok bool
+			)
+			m, ok, err = s.Next("r", time.Now())
+			if err != nil || !ok {
+				return false
 			}
-			time.Sleep(5 * time.Millisecond)
-			continue
+			delete(want, m.ID)
+			if err := s.Ack(m.ID); err != nil {
+				t.Fatalf("Ack(%s) = %v", m.ID, err)
+			}
 		}
-		delete(want, m.ID)
-		if err := s.Ack(m.ID); err != nil {
-			t.Fatalf("Ack(%s) = %v", m.ID, err)
-		}
+		return true
+	}) {
+		t.Fatalf("%d of %d acknowledged messages never delivered (last Next error %v)", len(want), len(acked), err)
 	}
 	// A refused append may still have been stored (its acknowledgement
 	// was lost): a duplicate for the app's retry, never a loss.

@@ -5,38 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
-
-// waitConnected polls until s is connected (want true) or disconnected
-// (want false), for at most 20s.
-func waitConnected(t *testing.T, s *jsstore.Store, want bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for s.Connected() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("Connected() stayed %v for 20s", !want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// nextWithin polls Next until it returns a message or d passes.
-func nextWithin(t *testing.T, s spool.Store, route string, d time.Duration) (*spool.Message, bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		m, ok, err := s.Next(route, time.Now())
-		if err == nil && ok {
-			return m, true
-		}
-		if time.Now().After(deadline) {
-			return nil, false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // TestFailedSettleDropsLease leases the heads of three fifo routes, shuts
 // the server down, and settles them while it is down (Ack, RetryLater and
@@ -97,26 +67,5 @@ func TestFailedSettleDropsLease(t *testing.T) {
 		if !ok || m.ID != ids[r][1] {
 			t.Fatalf("route %s: after the head, Next() = %v, %v, want %s (the route is blocked)", r, m, ok, ids[r][1])
 		}
-	}
-}
-
-// TestMaxLease: a lease that is never settled is extended for MaxLease
-// only; then the server hands the message out again.
-func TestMaxLease(t *testing.T) {
-	t.Parallel()
-	srv := startServer(t, t.TempDir(), 0)
-	opts := jsstore.Options{Stream: "MAXLEASE", AckWait: 2 * time.Second, MaxLease: time.Second}
-	a := openStore(t, srv, opts)
-	b := openStore(t, srv, opts)
-	m := message("r", 1)
-	if err := a.Append(t.Context(), m); err != nil {
-		t.Fatalf("Append() = %v", err)
-	}
-	if got := next(t, a, "r"); got.ID != m.ID {
-		t.Fatalf("Next() = %s, want %s", got.ID, m.ID)
-	}
-	got, ok := nextWithin(t, b, "r", 30*time.Second)
-	if !ok || got.ID != m.ID {
-		t.Fatalf("Next() on a second store = %v, %v; want %s handed out again once the lease outlived MaxLease", got, ok, m.ID)
 	}
 }

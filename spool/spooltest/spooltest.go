@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -55,7 +56,6 @@ type Harness struct {
 const (
 	wait  = 5 * time.Second
 	quiet = 150 * time.Millisecond
-	poll  = 5 * time.Millisecond
 )
 
 // farFuture makes a Next whose backend honours now return any pending head.
@@ -123,36 +123,41 @@ func appendN(t *testing.T, s spool.Store, route string, n int) []string {
 // next polls Next(route, now) until it returns a message or wait passes.
 func next(t *testing.T, s spool.Store, route string) *spool.Message {
 	t.Helper()
-	deadline := time.Now().Add(wait)
-	for {
-		m, ok, err := s.Next(route, time.Now())
-		if err != nil {
-			t.Fatalf("Next(%s) = %v, want nil", route, err)
-		}
-		if ok {
-			return m
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Next(%s) returned nothing for %v, want a message", route, wait)
-		}
-		time.Sleep(poll)
+	var (
+		m   *spool.Message
+		ok  bool
+		err error
+	)
+	if !poll.Within(wait, func() bool {
+		m, ok, err = s.Next(route, time.Now())
+		return ok || err != nil
+	}) {
+		t.Fatalf("Next(%s) returned nothing for %v, want a message", route, wait)
 	}
+	if err != nil {
+		t.Fatalf("Next(%s) = %v, want nil", route, err)
+	}
+	return m
 }
 
 // none checks that Next(route, at()) returns nothing for quiet.
 func none(t *testing.T, s spool.Store, route string, at func() time.Time) {
 	t.Helper()
-	deadline := time.Now().Add(quiet)
-	for time.Now().Before(deadline) {
-		m, ok, err := s.Next(route, at())
-		if err != nil {
-			t.Fatalf("Next(%s) = %v, want nil", route, err)
-		}
-		if ok {
-			t.Fatalf("Next(%s) = %s, want nothing", route, m.ID)
-		}
-		time.Sleep(poll)
+	var (
+		m   *spool.Message
+		ok  bool
+		err error
+	)
+	if !poll.Within(quiet, func() bool {
+		m, ok, err = s.Next(route, at())
+		return ok || err != nil
+	}) {
+		return
 	}
+	if err != nil {
+		t.Fatalf("Next(%s) = %v, want nil", route, err)
+	}
+	t.Fatalf("Next(%s) = %s, want nothing", route, m.ID)
 }
 
 func ids(infos []spool.Info) []string {
@@ -471,16 +476,13 @@ func testFullMessages(t *testing.T, h Harness) {
 		t.Fatalf("Ack() = %v, want nil", err)
 	}
 	// Room is made once the settlement reaches the limit's bookkeeping.
-	deadline := time.Now().Add(wait)
-	for {
-		err := s.Append(t.Context(), newMessage("r", 10))
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, spool.ErrFull) || time.Now().After(deadline) {
-			t.Fatalf("Append(after Ack) = %v, want nil", err)
-		}
-		time.Sleep(poll)
+	var err error
+	poll.Within(wait, func() bool {
+		err = s.Append(t.Context(), newMessage("r", 10))
+		return !errors.Is(err, spool.ErrFull)
+	})
+	if err != nil {
+		t.Fatalf("Append(after Ack) = %v, want nil", err)
 	}
 }
 

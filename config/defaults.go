@@ -89,7 +89,10 @@ func (r *RateLimit) setDefaults() {
 	r.Burst = 200
 }
 
-func (l *Listener) setDefaults() { l.Protocol = "auto" }
+func (l *Listener) setDefaults() {
+	l.Protocol = "auto"
+	l.BodyIdleTimeout = Duration(30 * time.Second)
+}
 
 func (a *Async) setDefaults() {
 	a.When = "upstream_down"

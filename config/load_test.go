@@ -74,6 +74,7 @@ policies:
 		{"upstreams.inv.load_balancing", cfg.Upstreams["inv"].LoadBalancing, "round_robin"},
 		{"upstreams.inv.connect_timeout", cfg.Upstreams["inv"].ConnectTimeout.D(), time.Second},
 		{"listeners[0].protocol", cfg.Listeners[0].Protocol, "auto"},
+		{"listeners[0].body_idle_timeout", cfg.Listeners[0].BodyIdleTimeout.D(), 30 * time.Second},
 		{"p.timeout", cfg.Policies["p"].Timeout.D(), 3 * time.Second},
 		{"p.per_try_timeout follows timeout", cfg.Policies["p"].PerTryTimeout.D(), 3 * time.Second},
 		{"p.retry.attempts", cfg.Policies["p"].Retry.Attempts, 3},

@@ -241,6 +241,11 @@ type Listener struct {
 	Address string `yaml:"address"`
 	// Protocol is auto, http1 or h2c. Default auto.
 	Protocol string `yaml:"protocol"`
+	// BodyIdleTimeout is the longest an app may pause while sending a
+	// request body: no byte for this long ends the request with 408
+	// request_timeout and closes the connection. Default 30s; 0s turns it
+	// off (the route's timeout still bounds the body).
+	BodyIdleTimeout Duration `yaml:"body_idle_timeout"`
 	// Routes are matched in order; the first match wins.
 	Routes []*Route `yaml:"routes"`
 }

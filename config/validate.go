@@ -335,6 +335,9 @@ func (v *validator) listeners(c *Config) {
 			addrs[l.Address] = lp
 		}
 		v.oneOf(lp+".protocol", l.Protocol, "auto", "http1", "h2c")
+		if l.BodyIdleTimeout < 0 {
+			v.errorf(lp+".body_idle_timeout", "must not be negative")
+		}
 		if len(l.Routes) == 0 {
 			v.errorf(lp+".routes", "at least one route is required")
 		}

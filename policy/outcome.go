@@ -36,7 +36,8 @@ const (
 	Overloaded                     // the route's max_in_flight is full
 	SpoolFull                      // the spool is over a limit
 	SpoolError                     // the spool could not make the message durable
-	BadRequest                     // the request is malformed
+	BadRequest                     // the request is malformed, or its body broke off
+	RequestTimeout                 // the app paused sending its request body for too long
 	numOutcomes
 )
 
@@ -56,6 +57,15 @@ var outcomeNames = [numOutcomes]string{
 	SpoolFull:       "spool_full",
 	SpoolError:      "spool_error",
 	BadRequest:      "bad_request",
+	RequestTimeout:  "request_timeout",
+}
+
+// CallersFault reports whether o blames the app, not the upstream: the
+// app went away, or its request or its body was malformed or stalled.
+// Such an outcome is never retried and never counted by a breaker,
+// whatever the condition lists say.
+func (o Outcome) CallersFault() bool {
+	return o == Canceled || o == BadRequest || o == RequestTimeout
 }
 
 // String returns the outcome's name as used in YAML and in the

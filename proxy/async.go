@@ -89,7 +89,10 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route) 
 	if r.Body != nil && r.Body != http.NoBody {
 		b, err := readBody(r.Body, r.ContentLength, a.maxBody)
 		if err != nil {
-			if r.Context().Err() == nil {
+			ab, _ := r.Body.(*appBody)
+			if o := ab.failure(); o != policy.OK {
+				writeError(w, r, o, rt.Name, 0, "reading the request body: "+err.Error(), 0)
+			} else if r.Context().Err() == nil {
 				writeError(w, r, policy.BadRequest, rt.Name, 0, "reading the request body: "+err.Error(), 0)
 			}
 			return

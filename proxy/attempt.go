@@ -53,6 +53,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt := a.route
 	p := &rt.pol
 	c := &call{route: rt, app: req.Context(), grpc: isGRPC(req)}
+	c.appBody = appBodyOf(req.Body)
 	now := time.Now()
 	if p.timeout > 0 {
 		c.deadline = now.Add(p.timeout)
@@ -137,6 +138,7 @@ type call struct {
 	app      context.Context
 	deadline time.Time // overall, the route's or the gRPC caller's; zero means none
 	grpc     bool      // a gRPC call (isGRPC)
+	appBody  *appBody  // the app's request body; nil when it has none
 
 	mu      sync.Mutex // between the timer's fire and (re)arming
 	ctx     context.Context
@@ -180,7 +182,7 @@ func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody) (*http.Res
 		resp, err = nil, errPerTryTimeout
 	}
 	if err != nil {
-		return nil, classify(err, c.app, ctx), -1, err
+		return nil, classify(err, c.app, ctx, c.appBody), -1, err
 	}
 	code := -1
 	if c.grpc {
@@ -309,7 +311,7 @@ func (b *upgradedBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 // negative or malformed one stops retrying.
 func (c *call) retry(n int, outcome policy.Outcome, status, code int, resp *http.Response, safe bool, body *replayBody) bool {
 	p := &c.route.pol
-	if n >= p.attempts || outcome == policy.Canceled || !p.retryOn.Match(outcome, status, code) {
+	if n >= p.attempts || outcome.CallersFault() || !p.retryOn.Match(outcome, status, code) {
 		return false
 	}
 	if !(safe || outcome == policy.ConnectError || c.grpc && outcome == policy.Status) || !body.replayable(outcome) {
@@ -352,7 +354,7 @@ func (c *call) retry(n int, outcome policy.Outcome, status, code int, resp *http
 // a 4xx answer or a gRPC code that blames the caller (grpcClientCode).
 func (rt *Route) breakerResult(o policy.Outcome, status, code int) policy.BreakerResult {
 	switch {
-	case o == policy.Canceled:
+	case o.CallersFault():
 		return policy.BreakerIgnore
 	case status >= 400 && status < 500, code >= 0 && grpcClientCode(code):
 		return policy.BreakerSuccess

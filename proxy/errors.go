@@ -52,12 +52,20 @@ func (e *UpstreamError) Unwrap() error { return e.Err }
 
 // classify names the outcome of a round trip that returned err. app is the
 // app's request context, attempt the attempt's.
-func classify(err error, app, attempt context.Context) policy.Outcome {
+//
+// A failed read of the app's body (body, nil when there is none) blames
+// the app: the transport's error then only reports that the request
+// could not be sent.
+func classify(err error, app, attempt context.Context, body *appBody) policy.Outcome {
 	var de *dialError
 	var cve *tls.CertificateVerificationError
 	var uae x509.UnknownAuthorityError
 	var hne x509.HostnameError
 	switch {
+	case body.failure() != policy.OK:
+		// Before the app's context: a failed read of the app's connection
+		// also cancels it, though the app is there to be answered.
+		return body.failure()
 	case app.Err() != nil:
 		return policy.Canceled
 	case attempt.Err() != nil || errors.Is(err, context.DeadlineExceeded):
@@ -86,6 +94,8 @@ func statusOf(o policy.Outcome) int {
 		return http.StatusRequestEntityTooLarge
 	case policy.BadRequest:
 		return http.StatusBadRequest
+	case policy.RequestTimeout:
+		return http.StatusRequestTimeout
 	case policy.Canceled:
 		return 499 // never reaches the app, which went away; for logs
 	}
@@ -106,6 +116,8 @@ func grpcStatusOf(o policy.Outcome) int {
 		return policy.GRPCUnimplemented
 	case policy.BadRequest:
 		return policy.GRPCInternal
+	case policy.RequestTimeout:
+		return policy.GRPCDeadlineExceeded
 	case policy.Canceled:
 		return policy.GRPCCanceled // never reaches the app, which went away
 	}
@@ -121,17 +133,18 @@ var grpcStatusValues = func() (v [17][]string) {
 }()
 
 var errorMessages = map[policy.Outcome]string{
-	policy.Timeout:      "upstream timed out",
-	policy.ConnectError: "upstream unreachable",
-	policy.Reset:        "upstream connection lost",
-	policy.NoRoute:      "no route",
-	policy.BadRequest:   "bad request",
-	policy.BreakerOpen:  "circuit breaker open",
-	policy.Overloaded:   "route overloaded",
-	policy.RateLimited:  "rate limited",
-	policy.TooLarge:     "request too large",
-	policy.SpoolFull:    "spool full",
-	policy.SpoolError:   "spool unavailable",
+	policy.Timeout:        "upstream timed out",
+	policy.ConnectError:   "upstream unreachable",
+	policy.Reset:          "upstream connection lost",
+	policy.NoRoute:        "no route",
+	policy.BadRequest:     "bad request",
+	policy.RequestTimeout: "request body timed out",
+	policy.BreakerOpen:    "circuit breaker open",
+	policy.Overloaded:     "route overloaded",
+	policy.RateLimited:    "rate limited",
+	policy.TooLarge:       "request too large",
+	policy.SpoolFull:      "spool full",
+	policy.SpoolError:     "spool unavailable",
 }
 
 type errorBody struct {
@@ -153,6 +166,11 @@ func writeError(w http.ResponseWriter, r *http.Request, o policy.Outcome, route 
 	h := w.Header()
 	if msg == "" {
 		msg = errorMessages[o]
+	}
+	if r != nil && r.ProtoMajor == 1 && (o == policy.BadRequest || o == policy.RequestTimeout) {
+		// The app's request, or its body, cannot be trusted to end where
+		// the next request begins.
+		h.Set("Connection", "close")
 	}
 	h.Set(HeaderOutcome, o.String())
 	if attempts > 0 {

@@ -57,6 +57,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer route.pol.inFlight.Release()
+	if r.Body != nil && r.Body != http.NoBody && r.Header["Upgrade"] == nil {
+		// Every read of the app's body is bounded from here on, by the
+		// route's deadline and the listener's body_idle_timeout.
+		r.Body = newAppBody(w, r, route, l.bodyIdle, time.Now())
+	}
 	if route.async != nil && h.spool != nil && !isGRPC(r) && r.Header["Upgrade"] == nil {
 		h.serveAsync(w, r, route)
 		return
@@ -110,6 +115,11 @@ func isWebSocket(r *http.Request) bool {
 // upstream.
 func (rt *Route) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
+	if ab, ok := in.Body.(*appBody); ok && out.Body != nil {
+		// ReverseProxy has wrapped the app's body; keep the wrapper and
+		// let the attempt loop find the appBody.
+		out.Body = &outBody{ReadCloser: out.Body, app: ab}
+	}
 	if xff := in.Header["X-Forwarded-For"]; xff != nil {
 		out.Header["X-Forwarded-For"] = xff
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"reflect"
 	"sync"
+	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/policy"
@@ -35,6 +36,9 @@ type Listener struct {
 	Address  string
 	Protocol string
 	Routes   []*Route // matched in order, first match wins
+	// bodyIdle is body_idle_timeout: the longest pause in an app's
+	// request body; 0: none.
+	bodyIdle time.Duration
 }
 
 // Route is a compiled route: its match, upstream pool and policy, and the
@@ -96,7 +100,7 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger) (*Snapshot, 
 		errLog = slog.NewLogLogger(logger.Handler(), slog.LevelDebug)
 	}
 	for _, lc := range cfg.Listeners {
-		l := &Listener{Name: lc.Name, Address: lc.Address, Protocol: lc.Protocol}
+		l := &Listener{Name: lc.Name, Address: lc.Address, Protocol: lc.Protocol, bodyIdle: lc.BodyIdleTimeout.D()}
 		for _, rc := range lc.Routes {
 			var old *Route
 			if prev != nil {

@@ -1,0 +1,118 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/policy"
+)
+
+// appBody is the app's request body as the proxy reads it, wherever it
+// reads it: buffered for replay, read by an upstream attempt, or read
+// into the spool. It bounds every read with a read deadline on the app's
+// connection: the route's overall deadline, and a pause of at most the
+// listener's body_idle_timeout between two reads. A read that fails
+// (deadline passed, malformed chunked framing, the connection broke) is
+// recorded, so that the attempt loop blames the app, not the upstream
+// (failure), and the blocked read that holds an attempt open returns.
+type appBody struct {
+	body     io.ReadCloser
+	rc       *http.ResponseController
+	idle     time.Duration // 0: no pause bound
+	deadline time.Time     // the route's overall deadline; zero: none
+	err      atomic.Pointer[error]
+	eof      atomic.Bool
+}
+
+// newAppBody wraps r.Body for a request on rt. idle is the listener's
+// body_idle_timeout; 0 or a gRPC call (whose streams may rightly pause)
+// leaves only the route's deadline.
+func newAppBody(w http.ResponseWriter, r *http.Request, rt *Route, idle time.Duration, now time.Time) *appBody {
+	b := &appBody{body: r.Body, rc: http.NewResponseController(w), idle: idle}
+	if isGRPC(r) {
+		b.idle = 0
+	}
+	if t := rt.pol.timeout; t > 0 {
+		b.deadline = now.Add(t)
+	}
+	return b
+}
+
+func (b *appBody) Read(p []byte) (int, error) {
+	if e := b.err.Load(); e != nil {
+		return 0, *e
+	}
+	if dl := b.readDeadline(); !dl.IsZero() {
+		_ = b.rc.SetReadDeadline(dl) // a writer that cannot is left unbounded
+	}
+	n, err := b.body.Read(p)
+	switch {
+	case err == io.EOF:
+		if b.eof.CompareAndSwap(false, true) && (b.idle > 0 || !b.deadline.IsZero()) {
+			// The body is done; the connection's next reads (the server
+			// watching for the app going away) must not time out.
+			_ = b.rc.SetReadDeadline(time.Time{})
+		}
+	case err != nil:
+		// The deadline stays in force: the connection is broken for
+		// further requests, and the server must not wait on it.
+		b.err.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+// Close closes the app's body.
+func (b *appBody) Close() error { return b.body.Close() }
+
+// readDeadline is the deadline of the next read: now plus the idle bound,
+// capped by the route's deadline; zero when neither applies.
+func (b *appBody) readDeadline() time.Time {
+	if b.idle <= 0 {
+		return b.deadline
+	}
+	dl := time.Now().Add(b.idle)
+	if !b.deadline.IsZero() && b.deadline.Before(dl) {
+		return b.deadline
+	}
+	return dl
+}
+
+// failure is the outcome of a failed read of the body: request_timeout
+// when the app paused past a deadline, bad_request when the body broke
+// off or was malformed; OK when no read failed.
+func (b *appBody) failure() policy.Outcome {
+	if b == nil {
+		return policy.OK
+	}
+	e := b.err.Load()
+	switch {
+	case e == nil:
+		return policy.OK
+	case errors.Is(*e, os.ErrDeadlineExceeded):
+		return policy.RequestTimeout
+	}
+	return policy.BadRequest
+}
+
+// outBody is the outbound request's body on a route's ReverseProxy: the
+// body ReverseProxy made of the app's, and the appBody within it, for the
+// attempt loop (appBodyOf).
+type outBody struct {
+	io.ReadCloser
+	app *appBody
+}
+
+// appBodyOf returns the appBody of an outbound request's body, or nil.
+func appBodyOf(body io.ReadCloser) *appBody {
+	switch b := body.(type) {
+	case *appBody:
+		return b // a delivery or a direct call: no ReverseProxy around it
+	case *outBody:
+		return b.app
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/poll"
+	"github.com/sidecar-proxy/sidecar/spool"
+)
+
+// Reproductions of defects found by probing the proxy as a hostile or
+// broken app would. Each failed on the code before its fix.
+
+// stallUpload opens a connection, sends the head of a POST declaring a
+// 10-byte body and 5 of its bytes, and holds. It returns the connection
+// and a reader of its answers.
+func stallUpload(t *testing.T, addr, path string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, "POST "+path+" HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+// expectStallAnswer reads the 408 request_timeout a stalled upload gets and
+// checks that the connection is then closed.
+func expectStallAnswer(t *testing.T, br *bufio.Reader) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("stalled upload got no answer: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout || resp.Header.Get(HeaderOutcome) != "request_timeout" {
+		t.Fatalf("stalled upload = %d %s=%q, want 408 request_timeout", resp.StatusCode, HeaderOutcome, resp.Header.Get(HeaderOutcome))
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the 408, reading the connection = %v, want EOF (closed)", err)
+	}
+}
+
+// TestStalledUploadEndsAtRouteDeadline: an app that sends part of a
+// declared body and holds gets 408 once the route's timeout passes, its
+// in-flight slot is freed, and the breaker does not count it against the
+// upstream.
+func TestStalledUploadEndsAtRouteDeadline(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })
+	sc := startSidecar(t, oneRoute(`{timeout: 1s, per_try_timeout: 500ms, max_in_flight: 1,
+      circuit_breaker: {consecutive_failures: 1, open_for: 1m}}`), up)
+	_, br := stallUpload(t, sc.addr["app"], "/items/x")
+	// The stalled upload holds the route's only slot meanwhile.
+	poll.Until(t, 900*time.Millisecond, "the stalled upload holding the route's slot", func() bool {
+		resp, _ := get(t, sc.url("/items/busy"))
+		return resp.Header.Get(HeaderOutcome) == "overloaded"
+	})
+	expectStallAnswer(t, br)
+	if resp, _ := get(t, sc.url("/items/y")); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET after the stalled upload = %d %s, want 200: slot freed, breaker closed", resp.StatusCode, resp.Header.Get(HeaderOutcome))
+	}
+}
+
+// TestStalledUploadEndsAtBodyIdleTimeout: with no route timeout, the
+// listener's body_idle_timeout ends a paused upload.
+func TestStalledUploadEndsAtBodyIdleTimeout(t *testing.T) {
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })
+	cfg := strings.Replace(oneRoute(`{timeout: 0s}`), "address: 127.0.0.1:0", "address: 127.0.0.1:0\n    body_idle_timeout: 200ms", 1)
+	sc := startSidecar(t, cfg, up)
+	start := time.Now()
+	_, br := stallUpload(t, sc.addr["app"], "/items/x")
+	expectStallAnswer(t, br)
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("answered after %v, want about the 200ms idle timeout", el)
+	}
+}
+
+// TestStalledUploadOnAsyncRoute: reading an async request's body into the
+// spool is bounded too.
+func TestStalledUploadOnAsyncRoute(t *testing.T) {
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	cfg := strings.Replace(asyncRoute(`when: always`), "p: {timeout: 5s}", "p: {timeout: 300ms}", 1)
+	sc := startSidecarWith(t, cfg, []Option{WithSpool(st)}, deadUpstream(t))
+	_, br := stallUpload(t, sc.addr["app"], "/events")
+	expectStallAnswer(t, br)
+	if d := depth(st); d != 0 {
+		t.Errorf("spool depth = %d, want nothing stored of a body that never came", d)
+	}
+}
+
+// TestMalformedChunkIsTheAppsFault: a chunked body whose framing breaks
+// off is the app's bad_request: never retried, never counted by the
+// breaker, and the other apps keep the upstream.
+func TestMalformedChunkIsTheAppsFault(t *testing.T) {
+	var got atomic.Int32
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		io.Copy(io.Discard, r.Body)
+	})
+	sc := startSidecar(t, oneRoute(`{retry: {attempts: 3, on: [reset, connect_error, "5xx"]},
+      circuit_breaker: {consecutive_failures: 2, open_for: 1m}}`), up)
+	for i := range 3 {
+		resp, body, closed := rawRequest(t, sc.addr["app"], "PUT /items/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5x\r\nhello\r\n0\r\n\r\n")
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(HeaderOutcome) != "bad_request" || !closed {
+			t.Fatalf("request %d with a malformed chunk = %d %s=%q closed=%v (%q), want 400 bad_request and the connection closed",
+				i, resp.StatusCode, HeaderOutcome, resp.Header.Get(HeaderOutcome), closed, body)
+		}
+	}
+	if n := got.Load(); n > 3 {
+		t.Errorf("upstream saw %d requests for 3 malformed ones, want no retries", n)
+	}
+	if resp, _ := get(t, sc.url("/items/ok")); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET after the malformed bodies = %d %s, want 200: the breaker must not open", resp.StatusCode, resp.Header.Get(HeaderOutcome))
+	}
+}

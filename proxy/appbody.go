@@ -28,18 +28,30 @@ type appBody struct {
 	eof      atomic.Bool
 }
 
-// newAppBody wraps r.Body for a request on rt. idle is the listener's
-// body_idle_timeout; 0 or a gRPC call (whose streams may rightly pause)
-// leaves only the route's deadline.
-func newAppBody(w http.ResponseWriter, r *http.Request, rt *Route, idle time.Duration, now time.Time) *appBody {
+// newAppBody wraps r.Body on a listener whose body_idle_timeout is idle.
+// 0, or a gRPC call (whose streams may rightly pause), leaves no pause
+// bound. It arms the first read deadline at once, so that a request
+// refused before its body is read cannot hold its connection either: the
+// server reads what is left of a body before it answers.
+func newAppBody(w http.ResponseWriter, r *http.Request, idle time.Duration) *appBody {
 	b := &appBody{body: r.Body, rc: http.NewResponseController(w), idle: idle}
 	if isGRPC(r) {
 		b.idle = 0
 	}
-	if t := rt.pol.timeout; t > 0 {
-		b.deadline = now.Add(t)
+	if b.idle > 0 {
+		_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	}
 	return b
+}
+
+// routed bounds the body's reads by rt's overall deadline, counted from
+// now, as well.
+func (b *appBody) routed(rt *Route, now time.Time) {
+	if b == nil || rt.pol.timeout <= 0 {
+		return
+	}
+	b.deadline = now.Add(rt.pol.timeout)
+	_ = b.rc.SetReadDeadline(b.readDeadline())
 }
 
 func (b *appBody) Read(p []byte) (int, error) {

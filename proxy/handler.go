@@ -33,11 +33,19 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, policy.BadRequest, "", 0, "ambiguous request framing: "+err.Error(), 0)
 		return
 	}
+	l := h.snap.Load().byName[h.listener]
+	var body *appBody
+	if r.Body != nil && r.Body != http.NoBody && r.Header["Upgrade"] == nil {
+		// Every read of the app's body is bounded from here on: by the
+		// listener's body_idle_timeout, and once admitted by the route's
+		// deadline as well.
+		body = newAppBody(w, r, l.bodyIdle)
+		r.Body = body
+	}
 	if r.Method == http.MethodConnect {
 		writeError(w, r, policy.BadRequest, "", 0, "CONNECT is not proxied", 0)
 		return
 	}
-	l := h.snap.Load().byName[h.listener]
 	route := l.route(r, cleanPath(r.URL.Path))
 	if route == nil {
 		writeError(w, r, policy.NoRoute, "", 0, "", 0)
@@ -57,11 +65,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer route.pol.inFlight.Release()
-	if r.Body != nil && r.Body != http.NoBody && r.Header["Upgrade"] == nil {
-		// Every read of the app's body is bounded from here on, by the
-		// route's deadline and the listener's body_idle_timeout.
-		r.Body = newAppBody(w, r, route, l.bodyIdle, time.Now())
-	}
+	body.routed(route, time.Now())
 	if route.async != nil && h.spool != nil && !isGRPC(r) && r.Header["Upgrade"] == nil {
 		h.serveAsync(w, r, route)
 		return

@@ -124,3 +124,21 @@ func TestMalformedChunkIsTheAppsFault(t *testing.T) {
 		t.Errorf("GET after the malformed bodies = %d %s, want 200: the breaker must not open", resp.StatusCode, resp.Header.Get(HeaderOutcome))
 	}
 }
+
+// TestStalledUploadRefusedUnread: a request refused before its body is
+// read (here: no route) is answered once the body idle timeout passes,
+// rather than holding its connection while the server waits for the rest
+// of the body.
+func TestStalledUploadRefusedUnread(t *testing.T) {
+	cfg := strings.Replace(oneRoute(`{}`), "address: 127.0.0.1:0", "address: 127.0.0.1:0\n    body_idle_timeout: 200ms", 1)
+	cfg = strings.Replace(cfg, "match: {path_prefix: /}", "match: {path_prefix: /items}", 1)
+	sc := startSidecar(t, cfg, newUpstream(t, nil))
+	_, br := stallUpload(t, sc.addr["app"], "/nowhere")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("stalled upload to no route got no answer: %v", err)
+	}
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("stalled upload to no route = %d, want 404", resp.StatusCode)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,12 @@ type appBody struct {
 	deadline time.Time     // the route's overall deadline; zero: none
 	err      atomic.Pointer[error]
 	eof      atomic.Bool
+
+	// mu orders deadline changes against finish: an upstream transport
+	// may still read the body after the handler has returned, when the
+	// app's writer must no longer be touched.
+	mu   sync.Mutex
+	done bool
 }
 
 // newAppBody wraps r.Body on a listener whose body_idle_timeout is idle.
@@ -39,7 +46,7 @@ func newAppBody(w http.ResponseWriter, r *http.Request, idle time.Duration) *app
 		b.idle = 0
 	}
 	if b.idle > 0 {
-		_ = b.rc.SetReadDeadline(time.Now().Add(b.idle))
+		b.setReadDeadline(time.Now().Add(b.idle))
 	}
 	return b
 }
@@ -51,15 +58,38 @@ func (b *appBody) routed(rt *Route, now time.Time) {
 		return
 	}
 	b.deadline = now.Add(rt.pol.timeout)
-	_ = b.rc.SetReadDeadline(b.readDeadline())
+	b.setReadDeadline(b.readDeadline())
+}
+
+// finish ends the handler's use of the body: later reads no longer touch
+// the app's connection.
+func (b *appBody) finish() {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	b.done = true
+	b.mu.Unlock()
+}
+
+// setReadDeadline sets the read deadline of the app's connection, while
+// the handler runs; a writer that cannot leaves reads unbounded.
+func (b *appBody) setReadDeadline(t time.Time) {
+	b.mu.Lock()
+	if !b.done {
+		_ = b.rc.SetReadDeadline(t)
+	}
+	b.mu.Unlock()
 }
 
 func (b *appBody) Read(p []byte) (int, error) {
 	if e := b.err.Load(); e != nil {
 		return 0, *e
 	}
-	if dl := b.readDeadline(); !dl.IsZero() {
-		_ = b.rc.SetReadDeadline(dl) // a writer that cannot is left unbounded
+	if b.idle > 0 {
+		// Each read may pause for idle; without it, the route's
+		// deadline set by routed stays as it is.
+		b.setReadDeadline(b.readDeadline())
 	}
 	n, err := b.body.Read(p)
 	switch {
@@ -67,7 +97,7 @@ func (b *appBody) Read(p []byte) (int, error) {
 		if b.eof.CompareAndSwap(false, true) && (b.idle > 0 || !b.deadline.IsZero()) {
 			// The body is done; the connection's next reads (the server
 			// watching for the app going away) must not time out.
-			_ = b.rc.SetReadDeadline(time.Time{})
+			b.setReadDeadline(time.Time{})
 		}
 	case err != nil:
 		// The deadline stays in force: the connection is broken for

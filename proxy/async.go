@@ -79,7 +79,7 @@ func (sp *spooler) wake(route string) {
 // max_body, stamps the idempotency key, then either spools at once (when:
 // always) or tries the upstream first and spools on a spool_on outcome
 // (when: upstream_down).
-func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route) {
+func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route, start time.Time) {
 	a := rt.async
 	if r.ContentLength > a.maxBody {
 		writeError(w, r, policy.TooLarge, rt.Name, 0, "request body over async.max_body", 0)
@@ -115,7 +115,7 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route) 
 	if body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(body))
 	}
-	ue := rt.tryUpstream(w, out)
+	ue := rt.tryUpstream(w, out, start)
 	if ue == nil {
 		return // the upstream's answer went to the app
 	}
@@ -141,15 +141,17 @@ func (a *asyncPolicy) spoolsOn(o policy.Outcome, status int) bool {
 // tryUpstream sends an upstream_down request through the route's async
 // attempt loop (asyncProxy, whose loop ends on an answer that spoolsOn
 // lists instead of passing it on) and, when the loop returns an answer,
-// passes it to the app as the sync path does. Otherwise it writes nothing
-// and returns how the loop ended, for serveAsync to decide.
-func (rt *Route) tryUpstream(w http.ResponseWriter, out *http.Request) *UpstreamError {
+// passes it to the app as the sync path does, behind a gate. Otherwise,
+// or when the answer's body broke off before anything of it reached the
+// app, it writes nothing and returns how the call ended, for serveAsync
+// to decide.
+func (rt *Route) tryUpstream(w http.ResponseWriter, out *http.Request, start time.Time) *UpstreamError {
 	var failed *UpstreamError
 	p := *rt.asyncProxy
 	p.ErrorHandler = func(_ http.ResponseWriter, r *http.Request, err error) {
 		failed = rt.upstreamError(r, err)
 	}
-	p.ServeHTTP(w, out)
+	rt.serveGated(&p, w, out, start, func(ue *UpstreamError) { failed = ue })
 	return failed
 }
 

@@ -41,6 +41,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// deadline as well.
 		body = newAppBody(w, r, l.bodyIdle)
 		r.Body = body
+		defer body.finish()
 	}
 	if r.Method == http.MethodConnect {
 		writeError(w, r, policy.BadRequest, "", 0, "CONNECT is not proxied", 0)
@@ -65,12 +66,20 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer route.pol.inFlight.Release()
-	body.routed(route, time.Now())
-	if route.async != nil && h.spool != nil && !isGRPC(r) && r.Header["Upgrade"] == nil {
-		h.serveAsync(w, r, route)
-		return
+	start := time.Now()
+	body.routed(route, start)
+	switch {
+	case isGRPC(r) || r.Header["Upgrade"] != nil:
+		// Streams and tunnels go straight through; an async route
+		// serves them synchronously.
+		route.proxy.ServeHTTP(w, r)
+	case route.async != nil && h.spool != nil:
+		h.serveAsync(w, r, route, start)
+	default:
+		route.serveGated(route.proxy, w, r, start, func(ue *UpstreamError) {
+			route.answerError(w, r, ue, h.log)
+		})
 	}
-	route.proxy.ServeHTTP(w, r)
 }
 
 // admitRate applies the route's rate limit: a request over it gets 429 with
@@ -164,13 +173,18 @@ func modifyResponse(resp *http.Response) error {
 // proxy's own error, or nothing if the app went away.
 func (rt *Route) proxyError(logger *slog.Logger) func(http.ResponseWriter, *http.Request, error) {
 	return func(w http.ResponseWriter, r *http.Request, err error) {
-		ue := rt.upstreamError(r, err)
-		logger.Debug("upstream request failed", "route", rt.Name, "outcome", ue.Outcome.String(), "error", ue.Err)
-		if ue.Outcome == policy.Canceled {
-			return // the app went away; there is no one to answer
-		}
-		writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
+		rt.answerError(w, r, rt.upstreamError(r, err), logger)
 	}
+}
+
+// answerError answers a request whose call ended as ue with the proxy's
+// own error, or with nothing if the app went away.
+func (rt *Route) answerError(w http.ResponseWriter, r *http.Request, ue *UpstreamError, logger *slog.Logger) {
+	logger.Debug("upstream request failed", "route", rt.Name, "outcome", ue.Outcome.String(), "error", ue.Err)
+	if ue.Outcome == policy.Canceled {
+		return // the app went away; there is no one to answer
+	}
+	writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
 }
 
 // upstreamError is how the attempt loop ended, from the error ReverseProxy

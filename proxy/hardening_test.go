@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -140,5 +141,72 @@ func TestStalledUploadRefusedUnread(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("stalled upload to no route = %d, want 404", resp.StatusCode)
+	}
+}
+
+// TestUpstreamBodyFailsBeforeAnythingSent: when the upstream's answer
+// breaks off before any byte of it reached the app, the app gets the
+// proxy's error, not a cut connection; once bytes were sent, the
+// connection is cut.
+func TestUpstreamBodyFailsBeforeAnythingSent(t *testing.T) {
+	raw := func(answer string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			brw.WriteString(answer)
+			brw.Flush()
+		}
+	}
+	big := strings.Repeat("x", 3*gateSize)
+	tests := []struct {
+		name        string
+		policy      string
+		upstream    http.HandlerFunc
+		wantStatus  int // 0: the connection is cut
+		wantOutcome string
+	}{
+		{"reset_mid_body", `{}`, raw("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst ten!"), http.StatusBadGateway, "reset"},
+		{"body_shorter_than_length", `{}`, raw("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"), http.StatusBadGateway, "reset"},
+		{"timeout_during_slow_body", `{timeout: 300ms}`, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "10")
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}, http.StatusGatewayTimeout, "timeout"},
+		{"reset_after_bytes_sent", `{}`, raw("HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + big), 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sc := startSidecar(t, oneRoute(tt.policy), newUpstream(t, tt.upstream))
+			resp, err := http.Get(sc.url("/items/x"))
+			if tt.wantStatus == 0 {
+				if err == nil {
+					_, err = io.ReadAll(resp.Body)
+					resp.Body.Close()
+				}
+				if err == nil {
+					t.Fatalf("GET = %d with its whole body, want the connection cut mid-body", resp.StatusCode)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("GET: %v, want %d %s", err, tt.wantStatus, tt.wantOutcome)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.wantStatus || resp.Header.Get(HeaderOutcome) != tt.wantOutcome {
+				t.Errorf("GET = %d %s=%q (%q), want %d %s", resp.StatusCode, HeaderOutcome, resp.Header.Get(HeaderOutcome), body, tt.wantStatus, tt.wantOutcome)
+			}
+			if got := resp.Header.Get(HeaderAttempts); got != "1" {
+				t.Errorf("%s = %q, want 1", HeaderAttempts, got)
+			}
+			if resp.Header.Get("Content-Length") != strconv.Itoa(len(body)) {
+				t.Errorf("Content-Length = %q for a %d-byte body: the upstream's headers leaked", resp.Header.Get("Content-Length"), len(body))
+			}
+		})
 	}
 }

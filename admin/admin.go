@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -247,15 +248,31 @@ type routeView struct {
 	Endpoints     []proxy.EndpointStats `json:"endpoints"`
 }
 
+// matchPaths returns the key path of each route's match block in cfg, by
+// route name (unique across listeners), for config.PublicAt.
+func matchPaths(cfg *config.Config) map[string]string {
+	paths := map[string]string{}
+	if cfg == nil {
+		return paths
+	}
+	for i, l := range cfg.Listeners {
+		for j, r := range l.Routes {
+			paths[r.Name] = fmt.Sprintf("listeners[%d].routes[%d].match", i, j)
+		}
+	}
+	return paths
+}
+
 func routes(snap *proxy.Snapshot) []routeView {
 	out := make([]routeView, 0, len(snap.Routes))
+	paths := matchPaths(snap.Config)
 	for _, r := range snap.Routes {
 		v := routeView{
 			Name:          r.Name,
 			Listener:      r.Listener,
 			Upstream:      r.Upstream,
 			Policy:        r.PolicyName,
-			Match:         config.Public(r.MatchConfig),
+			Match:         config.PublicAt(snap.Config, paths[r.Name], r.MatchConfig),
 			Timeout:       r.Policy.Timeout.D().String(),
 			PerTryTimeout: r.Policy.PerTryTimeout.D().String(),
 			LoadBalancing: r.Pool.LoadBalancing(),

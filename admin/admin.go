@@ -2,7 +2,8 @@
 // health and readiness, the effective configuration (secrets redacted),
 // the routes with their live figures, the spool's depth and its messages
 // (list, show, replay, delete, purge), and metrics for Prometheus at
-// /metrics. Mutating calls (POST, DELETE) need
+// /metrics. Mutating calls (POST, DELETE) must come from a program, not a
+// web page (see sameOriginOnly and RequestHeader), and need
 // "Authorization: Bearer <token>" when the Server has a token (WithToken).
 package admin
 
@@ -11,9 +12,11 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -135,7 +138,8 @@ func (s *Server) readiness() (bool, string) {
 	return true, ""
 }
 
-// Handler returns the admin API's routes behind the loopback Host check.
+// Handler returns the admin API's routes behind the loopback Host check
+// and, for mutating calls, the web-page guard (sameOriginOnly).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -165,7 +169,54 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/spool/messages/{id}/replay", s.authorized(s.spoolReplay))
 	mux.Handle("DELETE /v1/spool/messages/{id}", s.authorized(s.spoolDelete))
 	mux.Handle("POST /v1/spool/purge", s.authorized(s.spoolPurge))
-	return loopbackOnly(mux)
+	return loopbackOnly(sameOriginOnly(mux))
+}
+
+// RequestHeader is the header that every mutating admin call (any method
+// but GET, HEAD and OPTIONS) must carry, with any non-empty value ("1" by
+// convention); "sidecar spool" sends it. A web page cannot send it to
+// another origin: an HTML form sets no header, a no-cors fetch only
+// CORS-safelisted ones, and a cors fetch with it first sends a preflight
+// OPTIONS that the admin API never grants.
+const RequestHeader = "Sidecar-Admin"
+
+// safeMethod reports whether method is one the admin API never mutates on.
+func safeMethod(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	}
+	return false
+}
+
+// sameOriginOnly refuses, with 403, a mutating request that a browser
+// sent for a page of another origin: one whose Origin is not the admin
+// API's own (http:// and the Host it was addressed to), whose
+// Sec-Fetch-Site is not same-origin or none, or that lacks RequestHeader.
+// The loopback Host check alone lets a cross-site form POST through: the
+// browser addresses it to 127.0.0.1.
+func sameOriginOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if safeMethod(r.Method) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		var reason string
+		origin := r.Header.Get("Origin")
+		site := r.Header.Get("Sec-Fetch-Site")
+		switch {
+		case origin != "" && !strings.EqualFold(origin, "http://"+r.Host):
+			reason = "a mutating call from another origin (Origin: " + origin + ") is refused"
+		case site != "" && site != "same-origin" && site != "none":
+			reason = "a mutating call from a web page (Sec-Fetch-Site: " + site + ") is refused"
+		case r.Header.Get(RequestHeader) == "":
+			reason = "a mutating call needs the header " + RequestHeader + ": 1 (sidecar spool sends it)"
+		default:
+			next.ServeHTTP(w, r)
+			return
+		}
+		writeJSON(w, http.StatusForbidden, map[string]any{"error": reason})
+	})
 }
 
 // loopbackOnly refuses requests whose Host is not a loopback name or
@@ -197,15 +248,31 @@ type routeView struct {
 	Endpoints     []proxy.EndpointStats `json:"endpoints"`
 }
 
+// matchPaths returns the key path of each route's match block in cfg, by
+// route name (unique across listeners), for config.PublicAt.
+func matchPaths(cfg *config.Config) map[string]string {
+	paths := map[string]string{}
+	if cfg == nil {
+		return paths
+	}
+	for i, l := range cfg.Listeners {
+		for j, r := range l.Routes {
+			paths[r.Name] = fmt.Sprintf("listeners[%d].routes[%d].match", i, j)
+		}
+	}
+	return paths
+}
+
 func routes(snap *proxy.Snapshot) []routeView {
 	out := make([]routeView, 0, len(snap.Routes))
+	paths := matchPaths(snap.Config)
 	for _, r := range snap.Routes {
 		v := routeView{
 			Name:          r.Name,
 			Listener:      r.Listener,
 			Upstream:      r.Upstream,
 			Policy:        r.PolicyName,
-			Match:         config.Public(r.MatchConfig),
+			Match:         config.PublicAt(snap.Config, paths[r.Name], r.MatchConfig),
 			Timeout:       r.Policy.Timeout.D().String(),
 			PerTryTimeout: r.Policy.PerTryTimeout.D().String(),
 			LoadBalancing: r.Pool.LoadBalancing(),

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
 	"github.com/sidecar-proxy/sidecar/spool"
@@ -141,6 +142,47 @@ func TestRoutes(t *testing.T) {
 	}
 	if strings.Contains(body, "Bearer-secret") {
 		t.Errorf("/v1/routes shows a credential header's value: %s", body)
+	}
+}
+
+// TestConfigAndRoutesHideMatchHeadersAndEnv checks that neither
+// /v1/config nor /v1/routes shows a match header's value, whatever the
+// header's name, or any value that came from ${NAME}.
+func TestConfigAndRoutesHideMatchHeadersAndEnv(t *testing.T) {
+	env := map[string]string{"INTERNAL_AUTH": "leak-SECRET-1", "PREFIX": "/leak-SECRET-2", "NATS_URL": "nats://svc:leak-SECRET-3@127.0.0.1:4222"}
+	cfg, err := config.Parse("h.yaml", []byte(`
+version: 1
+spool: {jetstream: {url: "${NATS_URL}"}}
+upstreams: {inv: {endpoints: ["http://127.0.0.1:8080"]}}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: plain, upstream: inv, match: {path_prefix: /plain, headers: {x-internal-auth: literal-SECRET-4, x-tenant: acme-SECRET-5}}}
+      - {name: fromenv, upstream: inv, match: {path_prefix: "${PREFIX}", methods: [GET], headers: {x-internal-auth: "${INTERNAL_AUTH}"}}}
+`), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := proxy.Build(cfg, nil, proxytest.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(New(fixedSource{snap}, proxytest.Discard).Handler())
+	defer ts.Close()
+	for _, path := range []string{"/v1/config", "/v1/routes"} {
+		code, body := call(t, ts, path, "")
+		if code != 200 {
+			t.Fatalf("%s = %d %s", path, code, body)
+		}
+		if strings.Contains(body, "SECRET") {
+			t.Errorf("%s shows a secret:\n%s", path, body)
+		}
+		for _, want := range []string{`"x-internal-auth": "[redacted]"`, `"x-tenant": "[redacted]"`, `"path_prefix": "/plain"`, `"path_prefix": "[redacted]"`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("%s lacks %s:\n%s", path, want, body)
+			}
+		}
 	}
 }
 

@@ -70,11 +70,16 @@ func newTestSnapshot(t *testing.T) *proxy.Snapshot {
 	return s.src.Snapshot()
 }
 
+// do sends a call as "sidecar spool" does: mutating calls carry
+// RequestHeader.
 func do(t *testing.T, ts *httptest.Server, method, path, auth string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, ts.URL+path, nil)
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
+	}
+	if !safeMethod(method) {
+		req.Header.Set(RequestHeader, "1")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -284,5 +289,119 @@ func TestSpoolMessagesLoopbackOnly(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 403 {
 		t.Errorf("DELETE with a foreign Host = %d, want 403", resp.StatusCode)
+	}
+}
+
+// TestSpoolMutationsRefuseWebPages checks that a web page cannot drive a
+// mutating call: the browser addresses it to the loopback Host, so only
+// Origin, Sec-Fetch-Site and the required RequestHeader tell it apart.
+func TestSpoolMutationsRefuseWebPages(t *testing.T) {
+	st, ts, ids, _ := spoolAdmin(t)
+	own := ts.URL // http://127.0.0.1:port, the admin API's own origin
+	calls := []struct{ method, path string }{
+		{"POST", "/v1/spool/messages/" + ids[0] + "/replay"},
+		{"DELETE", "/v1/spool/messages/" + ids[1]},
+		{"POST", "/v1/spool/purge?state=pending"},
+		{"PUT", "/v1/spool/purge?state=pending"},
+	}
+	refused := []struct {
+		name    string
+		headers map[string]string
+		reason  string
+	}{
+		{"cross-site form", map[string]string{"Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "cross-site"}, "Origin"},
+		{"cross-site form, old browser", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, RequestHeader},
+		{"text/plain no-cors fetch", map[string]string{"Origin": "http://evil.example", "Content-Type": "text/plain"}, "Origin"},
+		{"foreign origin with the header", map[string]string{"Origin": "http://evil.example", RequestHeader: "1"}, "Origin"},
+		{"another port on loopback", map[string]string{"Origin": "http://127.0.0.1:3000", RequestHeader: "1"}, "Origin"},
+		{"opaque origin", map[string]string{"Origin": "null", RequestHeader: "1"}, "Origin"},
+		{"same-site page", map[string]string{"Sec-Fetch-Site": "same-site", RequestHeader: "1"}, "Sec-Fetch-Site"},
+		{"cross-site without Origin", map[string]string{"Sec-Fetch-Site": "cross-site", RequestHeader: "1"}, "Sec-Fetch-Site"},
+		{"no header", nil, RequestHeader},
+		{"empty header", map[string]string{RequestHeader: ""}, RequestHeader},
+	}
+	send := func(method, path string, headers map[string]string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, ts.URL+path, strings.NewReader("state=pending"))
+		for k, v := range headers {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp, string(body)
+	}
+	for _, c := range calls {
+		for _, r := range refused {
+			resp, body := send(c.method, c.path, r.headers)
+			var e struct{ Error string }
+			if resp.StatusCode != 403 || json.Unmarshal([]byte(body), &e) != nil || !strings.Contains(e.Error, r.reason) || resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("%s %s, %s = %d %s, want 403 JSON naming %s", c.method, c.path, r.name, resp.StatusCode, body, r.reason)
+			}
+		}
+		// A preflight is never granted, so a cors fetch never sends the header.
+		resp, _ := send("OPTIONS", c.path, map[string]string{"Origin": "http://evil.example", "Access-Control-Request-Method": c.method, "Access-Control-Request-Headers": RequestHeader})
+		if resp.StatusCode/100 == 2 || resp.Header.Get("Access-Control-Allow-Origin") != "" || resp.Header.Get("Access-Control-Allow-Headers") != "" {
+			t.Errorf("preflight of %s %s = %d %v, want no grant", c.method, c.path, resp.StatusCode, resp.Header)
+		}
+	}
+	if got := st.Stats().Total; got.Pending != 3 || got.Dead != 1 {
+		t.Fatalf("refused calls changed the spool: %+v", got)
+	}
+	// Reads need no header.
+	if code, _ := call(t, ts, "/v1/spool/messages", ""); code != 200 {
+		t.Errorf("GET without %s = %d, want 200", RequestHeader, code)
+	}
+	// A program, or the admin API's own origin, gets through.
+	for _, h := range []map[string]string{
+		{RequestHeader: "1", "Origin": own, "Sec-Fetch-Site": "same-origin"},
+		{RequestHeader: "1", "Sec-Fetch-Site": "none"},
+	} {
+		if resp, body := send("POST", "/v1/spool/purge?state=dead", h); resp.StatusCode != 200 {
+			t.Errorf("purge with %v = %d %s, want 200", h, resp.StatusCode, body)
+		}
+	}
+	if resp, body := send("POST", "/v1/spool/purge?state=pending", map[string]string{RequestHeader: "1"}); resp.StatusCode != 200 || !strings.Contains(body, `"purged": 3`) {
+		t.Errorf("purge with %s = %d %s, want 200, 3 purged", RequestHeader, resp.StatusCode, body)
+	}
+}
+
+// TestSpoolMutationsNeedHeaderAndToken checks that with a token both the
+// header and the token are needed, each refused with its own status.
+func TestSpoolMutationsNeedHeaderAndToken(t *testing.T) {
+	const token = "both-admin-token"
+	st, ts, ids, _ := spoolAdmin(t, WithToken(token))
+	for _, c := range []struct {
+		header, auth string
+		want         int
+	}{
+		{"", "Bearer " + token, 403},
+		{"1", "", 401},
+		{"1", "Bearer wrong", 401},
+	} {
+		req, _ := http.NewRequest("POST", ts.URL+"/v1/spool/purge?state=pending", nil)
+		if c.header != "" {
+			req.Header.Set(RequestHeader, c.header)
+		}
+		if c.auth != "" {
+			req.Header.Set("Authorization", c.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("purge with %s %q and Authorization %q = %d, want %d", RequestHeader, c.header, c.auth, resp.StatusCode, c.want)
+		}
+	}
+	if got := st.Stats().Total; got.Pending != 3 || got.Dead != 1 {
+		t.Fatalf("refused calls changed the spool: %+v", got)
+	}
+	if code, body := do(t, ts, "POST", "/v1/spool/messages/"+ids[0]+"/replay", "Bearer "+token); code != 200 {
+		t.Errorf("replay with the header and the token = %d %s, want 200", code, body)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,10 +16,12 @@ import (
 type Pos struct{ Line, Col int }
 
 // decoder turns a yaml.Node tree into Go values by reflection, recording
-// where every key path was written and collecting every error instead of
-// stopping at the first.
+// where every key path was written (pos) and which scalars came from
+// ${NAME} (env), and collecting every error instead of stopping at the
+// first.
 type decoder struct {
 	file   string
+	env    envPaths
 	lookup func(string) (string, bool)
 	errs   Errors
 	pos    map[string]Pos
@@ -227,16 +230,22 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
 		d.errorf(n, path, "want a single value, got %s", describe(n))
 		return
 	}
-	s, err := expandEnv(n.Value, d.lookup)
+	s, vars, err := expandEnv(n.Value, d.lookup)
 	if err != nil {
 		d.errorf(n, path, "%v", err)
 		return
 	}
+	if len(vars) > 0 {
+		d.env[path] = vars
+	}
+	// Errors name the value as shown: quoted, or, when it came from the
+	// environment, only the variables it came from.
+	shown := showValue(s, vars)
 	switch {
 	case v.Type() == durationType:
 		dur, err := parseDuration(s)
 		if err != nil {
-			d.errorf(n, path, "%v", err)
+			d.errorf(n, path, "%s", err.show(shown))
 			return
 		}
 		v.SetInt(int64(dur))
@@ -244,7 +253,7 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
 	case v.Type() == sizeType:
 		sz, err := parseSize(s)
 		if err != nil {
-			d.errorf(n, path, "%v", err)
+			d.errorf(n, path, "%s", err.show(shown))
 			return
 		}
 		v.SetInt(int64(sz))
@@ -260,19 +269,19 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
 		case "false":
 			v.SetBool(false)
 		default:
-			d.errorf(n, path, "invalid boolean %q (want true or false)", s)
+			d.errorf(n, path, "invalid boolean %s (want true or false)", shown)
 		}
 	case reflect.Int, reflect.Int64:
 		i, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || v.OverflowInt(i) {
-			d.errorf(n, path, "invalid integer %q", s)
+			d.errorf(n, path, "invalid integer %s", shown)
 			return
 		}
 		v.SetInt(i)
 	case reflect.Float64:
 		f, err := strconv.ParseFloat(s, 64)
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-			d.errorf(n, path, "invalid number %q", s)
+			d.errorf(n, path, "invalid number %s", shown)
 			return
 		}
 		v.SetFloat(f)
@@ -293,12 +302,14 @@ func describe(n *yaml.Node) string {
 	return "nothing"
 }
 
-// expandEnv replaces ${NAME} with the environment variable NAME. An unset
-// variable is an error; "$$" stands for a literal "$".
-func expandEnv(s string, lookup func(string) (string, bool)) (string, error) {
+// expandEnv replaces ${NAME} with the environment variable NAME and
+// returns the names it replaced, in order. An unset variable is an error;
+// "$$" stands for a literal "$".
+func expandEnv(s string, lookup func(string) (string, bool)) (string, []string, error) {
 	if !strings.Contains(s, "$") {
-		return s, nil
+		return s, nil, nil
 	}
+	var vars []string
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -313,23 +324,26 @@ func expandEnv(s string, lookup func(string) (string, bool)) (string, error) {
 		case '{':
 			end := strings.IndexByte(s[i:], '}')
 			if end < 0 {
-				return "", fmt.Errorf("unterminated ${ in %q", s)
+				return "", nil, fmt.Errorf("unterminated ${ in %q", s)
 			}
 			name := s[i+2 : i+end]
 			if !validEnvName(name) {
-				return "", fmt.Errorf("invalid environment variable name %q", name)
+				return "", nil, fmt.Errorf("invalid environment variable name %q", name)
 			}
 			val, ok := lookup(name)
 			if !ok {
-				return "", fmt.Errorf("environment variable %s is not set", name)
+				return "", nil, fmt.Errorf("environment variable %s is not set", name)
 			}
 			b.WriteString(val)
+			if !slices.Contains(vars, name) {
+				vars = append(vars, name)
+			}
 			i += end
 		default:
 			b.WriteByte(c)
 		}
 	}
-	return b.String(), nil
+	return b.String(), vars, nil
 }
 
 func validEnvName(s string) bool {

@@ -11,7 +11,9 @@
 // Keys are those documented in docs/configuration.md; unknown keys are
 // errors. Durations are Go durations, sizes are bytes or take a binary
 // unit (B, KiB, MiB, GiB, TiB), and ${NAME} in any value is replaced by
-// the environment variable NAME ("$$" is a literal "$").
+// the environment variable NAME ("$$" is a literal "$"). A value from
+// ${NAME} is never shown: errors name the variable instead, and Public
+// redacts it.
 package config
 
 import (
@@ -57,19 +59,24 @@ func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Confi
 	if err := dec.Decode(&extra); err == nil {
 		return nil, Errors{{File: file, Line: extra.Line, Col: extra.Column, Msg: "more than one YAML document"}}
 	}
-	d := &decoder{file: file, lookup: lookup, pos: map[string]Pos{}}
+	d := &decoder{file: file, lookup: lookup, pos: map[string]Pos{}, env: envPaths{}}
 	cfg := &Config{}
 	cfg.setDefaults()
 	d.decode(&root, reflect.ValueOf(cfg).Elem(), "")
-	for _, p := range cfg.Policies {
+	for name, p := range cfg.Policies {
+		if p.PerTryTimeout == perTryUnset {
+			// per_try_timeout follows timeout, from ${NAME} too.
+			d.env.copy("policies."+name+".timeout", "policies."+name+".per_try_timeout")
+		}
 		p.finish()
 	}
-	v := &validator{file: file, pos: d.pos, errs: d.errs}
+	v := &validator{file: file, pos: d.pos, env: d.env, errs: d.errs}
 	v.config(cfg)
 	if len(v.errs) > 0 {
 		v.errs.sort()
 		return nil, v.errs
 	}
+	cfg.env = d.env
 	return cfg, nil
 }
 

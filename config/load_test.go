@@ -220,12 +220,13 @@ func TestPublicRedactsSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{"hunter2", "tok-xyz", "Bearer-abc"} {
+	// Every match header value is redacted, whatever the header's name.
+	for _, secret := range []string{"hunter2", "tok-xyz", "Bearer-abc", "acme"} {
 		if strings.Contains(string(out), secret) {
 			t.Errorf("Public(cfg) contains secret %q: %s", secret, out)
 		}
 	}
-	for _, want := range []string{`"x-tenant":"acme"`, `"shutdown_grace":"15s"`, `"max_bytes":"1GiB"`, Redacted} {
+	for _, want := range []string{`"x-tenant":"[redacted]"`, `"authorization":"[redacted]"`, `"shutdown_grace":"15s"`, `"max_bytes":"1GiB"`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("Public(cfg) lacks %s: %s", want, out)
 		}
@@ -267,7 +268,9 @@ func TestRedactUserinfo(t *testing.T) {
 		"nats://s3cr3t@10.0.0.1:4222":                       "nats://[redacted]@10.0.0.1:4222",
 		"nats://user:pw@a:4222,nats://b:4222,tls://tok@c:1": "nats://[redacted]@a:4222,nats://b:4222,tls://[redacted]@c:1",
 		"tok@host:4222":                                     "[redacted]@host:4222",
-		"nats://host:4222/path@x":                           "nats://host:4222/path@x",
+		"nats://tok/en@host:4222":                           "nats://[redacted]@host:4222",
+		"nats://u:p#w?d@host:4222":                          "nats://[redacted]@host:4222",
+		"nats://svc:p@ss:w0rd@":                             "nats://[redacted]@",
 	} {
 		if got := redactUserinfo(in); got != want {
 			t.Errorf("redactUserinfo(%q) = %q, want %q", in, got, want)
@@ -285,5 +288,170 @@ listeners: [{name: app, address: "127.0.0.1:0", routes: [{name: r, upstream: up,
 	js := Public(cfg).(map[string]any)["spool"].(map[string]any)["jetstream"].(map[string]any)
 	if js["url"] != "nats://[redacted]@127.0.0.1:4222" {
 		t.Errorf("Public(cfg) spool.jetstream.url = %v, want the token redacted", js["url"])
+	}
+}
+
+// leakEnv is an environment whose every value is a secret holding "LEAK"
+// or a bad value of a number; each is invalid where leakYAML puts it.
+var leakEnv = map[string]string{
+	"NATS_URL":   "nats://svc:p@ss:w0rd-LEAK@",
+	"REPLICAS":   "p@ss:w0rd-LEAK",
+	"GRACE":      "LEAK-1",
+	"MAX_BYTES":  "LEAK",
+	"PROM":       "LEAK",
+	"RATIO":      "LEAK",
+	"BACKEND":    "LEAK",
+	"STREAM":     "LEAK.x",
+	"ACK":        "1ms",
+	"CREDS":      "/nonexistent/LEAK",
+	"ADMIN":      "LEAK:1",
+	"TOKEN_ENV":  "LEAK-x",
+	"ENDPOINT":   "http://user:LEAK@127.0.0.1:1",
+	"PREFIX":     "LEAK",
+	"REGEX":      "(LEAK",
+	"METHOD":     "LEAK GET",
+	"COND":       "LEAK",
+	"ATTEMPTS":   "11",
+	"IDEM":       "LEAK:",
+	"UPSTREAM":   "LEAK",
+	"ADDRESS":    "LEAK",
+	"MAX_MSGS":   "-7",
+	"BASE":       "9s",
+	"PART":       "LEAK",
+	"SAME_ROUTE": "all",
+}
+
+const leakYAML = `
+version: 1
+shutdown_grace: ${GRACE}
+admin: {address: "${ADMIN}", token_env: "${TOKEN_ENV}"}
+telemetry: {metrics: {prometheus: "${PROM}"}, traces: {sample_ratio: "${RATIO}"}}
+spool:
+  backend: ${BACKEND}
+  max_bytes: ${MAX_BYTES}
+  max_messages: ${MAX_MSGS}
+  jetstream: {url: "${NATS_URL}", replicas: "${REPLICAS}", stream: "${STREAM}", ack_wait: "${ACK}", creds_file: "${CREDS}"}
+upstreams:
+  inv: {endpoints: ["${ENDPOINT}"]}
+policies:
+  p: {retry: {attempts: "${ATTEMPTS}", on: ["${COND}"], idempotency_header: "${IDEM}", backoff: {base: "${BASE}", max: 1s}}}
+listeners:
+  - name: app
+    address: "${ADDRESS}"
+    routes:
+      - {name: all, upstream: "${UPSTREAM}", match: {path_prefix: "${PREFIX}", methods: ["${METHOD}"]}}
+      - {name: "${SAME_ROUTE}", upstream: inv, match: {path_regex: "${REGEX}", host: "x-${PART}"}}
+`
+
+// TestErrorsHideEnvValues checks that no error shows a value that came
+// from ${NAME}: each names its variable instead.
+func TestErrorsHideEnvValues(t *testing.T) {
+	lookup := func(k string) (string, bool) { v, ok := leakEnv[k]; return v, ok }
+	_, err := Parse("e.yaml", []byte(leakYAML), lookup)
+	if err == nil {
+		t.Fatal("Parse = nil error")
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "LEAK") || strings.Contains(msg, "w0rd") {
+		t.Errorf("the errors show a value from the environment:\n%s", msg)
+	}
+	for _, want := range []string{
+		"spool.jetstream.url: invalid NATS URL (value from ${NATS_URL} not shown)",
+		"spool.jetstream.replicas: invalid integer (value from ${REPLICAS} not shown)",
+		"shutdown_grace: invalid duration (value from ${GRACE} not shown)",
+		"spool.max_bytes: invalid size (value from ${MAX_BYTES} not shown)",
+		"telemetry.metrics.prometheus: invalid boolean (value from ${PROM} not shown)",
+		"telemetry.traces.sample_ratio: invalid number (value from ${RATIO} not shown)",
+		"spool.backend: invalid value (value from ${BACKEND} not shown)",
+		"spool.jetstream.stream: invalid stream name (value from ${STREAM} not shown)",
+		"spool.jetstream.ack_wait: must be at least 1s, got (value from ${ACK} not shown)",
+		"spool.jetstream.creds_file: cannot read (value from ${CREDS} not shown)",
+		"admin.address: (value from ${ADMIN} not shown) is not a loopback address",
+		"admin.token_env: invalid environment variable name (value from ${TOKEN_ENV} not shown)",
+		"upstreams.inv.endpoints[0]: endpoint (value from ${ENDPOINT} not shown) must be",
+		"path_prefix: (value from ${PREFIX} not shown) must start with /",
+		"path_regex: invalid regular expression (value from ${REGEX} not shown)",
+		"methods[0]: invalid method (value from ${METHOD} not shown)",
+		"policies.p.retry.on[0]: invalid condition (value from ${COND} not shown)",
+		"policies.p.retry.attempts: at most 10 attempts, got (value from ${ATTEMPTS} not shown)",
+		"policies.p.retry.idempotency_header: invalid header name (value from ${IDEM} not shown)",
+		"policies.p.retry.backoff.max: 1s is shorter than base (value from ${BASE} not shown)",
+		"upstream: unknown upstream (value from ${UPSTREAM} not shown) (defined: inv)",
+		"listeners[0].address: invalid address (value from ${ADDRESS} not shown)",
+		"spool.max_messages: must be at least 1, got (value from ${MAX_MSGS} not shown)",
+		"listeners[0].routes[1].name: duplicate route name (value from ${SAME_ROUTE} not shown)",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the errors lack %q:\n%s", want, msg)
+		}
+	}
+}
+
+// TestErrorsRedactUserinfo checks that a URL written in the file is
+// shown in an error without its user information, as /v1/config shows it.
+func TestErrorsRedactUserinfo(t *testing.T) {
+	yaml := strings.Replace(minimal, `"http://127.0.0.1:8080"`, `"http://user:pw-LITERAL@127.0.0.1:8080", "http://user:pw-LITERAL@127.0.0.1:8080"`, 1) +
+		`spool: {jetstream: {url: "nats://127.0.0.1:4222,nats://svc:p@ss:w0rd-LITERAL@"}}` + "\n"
+	_, err := Parse("u.yaml", []byte(yaml), noEnv)
+	if err == nil {
+		t.Fatal("Parse = nil error")
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "LITERAL") || strings.Contains(msg, "w0rd") {
+		t.Errorf("the errors show user information:\n%s", msg)
+	}
+	for _, want := range []string{
+		`invalid NATS URL "nats://[redacted]@"`,
+		`endpoint "http://[redacted]@127.0.0.1:8080" must be scheme://host[:port] with no path, query or credentials`,
+		`duplicate endpoint "http://[redacted]@127.0.0.1:8080"`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the errors lack %q:\n%s", want, msg)
+		}
+	}
+}
+
+// TestPublicHidesEnvValues checks that /v1/config's view shows no value
+// that came from ${NAME}, as a whole Config and as a route's match.
+func TestPublicHidesEnvValues(t *testing.T) {
+	env := map[string]string{
+		"PORT": "9101", "NATS_URL": "nats://svc:pw-SECRET@127.0.0.1:4222", "NATS_USER": "user-SECRET",
+		"PREFIX": "/SECRET-prefix", "TENANT": "SECRET-tenant", "TIMEOUT": "7s", "PART": "SECRET-part",
+	}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	cfg, err := Parse("p.yaml", []byte(`
+version: 1
+spool: {backend: jetstream, jetstream: {url: "${NATS_URL}", user: "${NATS_USER}"}}
+upstreams: {inv: {endpoints: ["http://127.0.0.1:8080"]}}
+policies: {p: {timeout: "${TIMEOUT}"}}
+listeners:
+  - name: app
+    address: "127.0.0.1:${PORT}"
+    routes:
+      - {name: r, upstream: inv, policy: p, async: {}, match: {path_prefix: "${PREFIX}", host: "a-${PART}.example", methods: [POST], headers: {x-tenant: "${TENANT}"}}}
+`), lookup)
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	out, _ := json.Marshal(Public(cfg))
+	for _, v := range env {
+		if strings.Contains(string(out), v) {
+			t.Errorf("Public(cfg) shows %q from the environment: %s", v, out)
+		}
+	}
+	// per_try_timeout, unset, follows timeout from ${TIMEOUT}.
+	for _, want := range []string{`"address":"[redacted]"`, `"url":"[redacted]"`, `"timeout":"[redacted]"`, `"per_try_timeout":"[redacted]"`, `"path_prefix":"[redacted]"`, `"methods":["POST"]`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("Public(cfg) lacks %s: %s", want, out)
+		}
+	}
+	match, _ := json.Marshal(PublicAt(cfg, "listeners[0].routes[0].match", cfg.Listeners[0].Routes[0].Match))
+	for _, v := range env {
+		if strings.Contains(string(match), v) {
+			t.Errorf("PublicAt(match) shows %q from the environment: %s", v, match)
+		}
+	}
+	if !strings.Contains(string(match), `"methods":["POST"]`) || !strings.Contains(string(match), `"host":"[redacted]"`) {
+		t.Errorf("PublicAt(match) = %s, want methods shown and host redacted", match)
 	}
 }

@@ -2,8 +2,8 @@ package config
 
 import (
 	"encoding"
-	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 )
 
@@ -13,11 +13,32 @@ const Redacted = "[redacted]"
 // Public returns v, a Config or a part of one, as plain maps and lists
 // keyed by the YAML names, ready for JSON, with every secret replaced by
 // Redacted: fields tagged secret:"true", the user information of URLs in
-// fields tagged secret:"userinfo", and the values of credential headers in
-// a headers map (match.headers).
-func Public(v any) any { return public(reflect.ValueOf(v), "") }
+// fields tagged secret:"userinfo", every value of a headers map
+// (match.headers: a header a route matches on may be a shared secret
+// whatever its name), and, when v is a *Config, every value that came
+// from ${NAME}. For a part of a Config, PublicAt redacts the latter too.
+func Public(v any) any {
+	c, _ := v.(*Config)
+	return PublicAt(c, "", v)
+}
 
-func public(v reflect.Value, key string) any {
+// PublicAt is Public for v, the part of c at the key path path (such as
+// "listeners[0].routes[1].match"; "" for c itself): the values under it
+// that came from ${NAME} show as Redacted too. c may be nil.
+func PublicAt(c *Config, path string, v any) any {
+	var env envPaths
+	if c != nil {
+		env = c.env
+	}
+	return public(reflect.ValueOf(v), "", path, env)
+}
+
+// public returns the public form of v, found at key path path under the
+// key key ("" in a list).
+func public(v reflect.Value, key, path string, env envPaths) any {
+	if len(env[path]) > 0 {
+		return Redacted
+	}
 	if m, ok := v.Interface().(encoding.TextMarshaler); ok && v.Kind() != reflect.Pointer && v.Kind() != reflect.Struct {
 		text, _ := m.MarshalText()
 		return string(text)
@@ -27,7 +48,7 @@ func public(v reflect.Value, key string) any {
 		if v.IsNil() {
 			return nil
 		}
-		return public(v.Elem(), key)
+		return public(v.Elem(), key, path, env)
 	case reflect.Struct:
 		out := map[string]any{}
 		t := v.Type()
@@ -37,35 +58,33 @@ func public(v reflect.Value, key string) any {
 			if name == "" || name == "-" {
 				continue
 			}
-			if f.Tag.Get("secret") == "userinfo" {
+			p := join(path, name)
+			switch {
+			case f.Tag.Get("secret") == "true" && v.Field(i).String() == "":
+				out[name] = ""
+			case f.Tag.Get("secret") == "true":
+				out[name] = Redacted
+			case f.Tag.Get("secret") == "userinfo" && len(env[p]) == 0:
 				out[name] = redactUserinfo(v.Field(i).String())
-				continue
+			default:
+				out[name] = public(v.Field(i), name, p, env)
 			}
-			if f.Tag.Get("secret") == "true" {
-				if v.Field(i).String() != "" {
-					out[name] = Redacted
-				} else {
-					out[name] = ""
-				}
-				continue
-			}
-			out[name] = public(v.Field(i), name)
 		}
 		return out
 	case reflect.Map:
 		out := map[string]any{}
 		for _, k := range v.MapKeys() {
-			if key == "headers" && isCredentialHeader(k.String()) {
+			if key == "headers" {
 				out[k.String()] = Redacted
 				continue
 			}
-			out[k.String()] = public(v.MapIndex(k), "")
+			out[k.String()] = public(v.MapIndex(k), "", join(path, k.String()), env)
 		}
 		return out
 	case reflect.Slice:
 		out := make([]any, v.Len())
 		for i := range out {
-			out[i] = public(v.Index(i), "")
+			out[i] = public(v.Index(i), "", path+"["+strconv.Itoa(i)+"]", env)
 		}
 		return out
 	}
@@ -73,7 +92,10 @@ func public(v reflect.Value, key string) any {
 }
 
 // redactUserinfo replaces the user information (user, password or token)
-// of every URL in the comma-separated list s with Redacted.
+// of every URL in the comma-separated list s with Redacted. The userinfo
+// ends at the last "@" of a URL, even past a "/", "?" or "#" (a password
+// may hold them; a NATS URL has no path), as the JetStream backend's own
+// redaction does.
 func redactUserinfo(s string) string {
 	urls := strings.Split(s, ",")
 	for i, u := range urls {
@@ -81,11 +103,7 @@ func redactUserinfo(s string) string {
 		if !ok {
 			scheme, rest = "", u
 		}
-		host := rest
-		if end := strings.IndexAny(rest, "/?#"); end >= 0 {
-			host = rest[:end]
-		}
-		if at := strings.LastIndex(host, "@"); at >= 0 {
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
 			rest = Redacted + rest[at:]
 		}
 		if ok {
@@ -95,12 +113,4 @@ func redactUserinfo(s string) string {
 		}
 	}
 	return strings.Join(urls, ",")
-}
-
-func isCredentialHeader(name string) bool {
-	switch http.CanonicalHeaderKey(name) {
-	case "Authorization", "Proxy-Authorization", "Cookie", "X-Api-Key", "X-Auth-Token":
-		return true
-	}
-	return false
 }

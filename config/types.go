@@ -18,6 +18,10 @@ type Config struct {
 	Upstreams map[string]*Upstream `yaml:"upstreams"`
 	Policies  map[string]*Policy   `yaml:"policies"`
 	Listeners []*Listener          `yaml:"listeners"`
+
+	// env holds the key paths of the values that came from ${NAME}, which
+	// Public redacts.
+	env envPaths
 }
 
 // Admin configures the admin listener.
@@ -83,7 +87,7 @@ type Spool struct {
 // JetStream configures the NATS JetStream spool backend.
 type JetStream struct {
 	// URL of the NATS server(s), comma separated. Default nats://127.0.0.1:4222.
-	// User information in a URL is redacted in /v1/config.
+	// User information in a URL is redacted in /v1/config and in errors.
 	URL string `yaml:"url" secret:"userinfo"`
 	// Stream name. Default SIDECAR_SPOOL.
 	Stream string `yaml:"stream"`

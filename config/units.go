@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -14,16 +13,16 @@ type Duration time.Duration
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
-func parseDuration(s string) (Duration, error) {
+func parseDuration(s string) (Duration, *valueError) {
 	if s == "0" {
 		return 0, nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, fmt.Errorf("invalid duration %q (want a Go duration such as 250ms, 2s or 1m30s)", s)
+		return 0, &valueError{"invalid duration %s (want a Go duration such as 250ms, 2s or 1m30s)", s}
 	}
 	if d < 0 {
-		return 0, fmt.Errorf("negative duration %q", s)
+		return 0, &valueError{"negative duration %s", s}
 	}
 	return Duration(d), nil
 }
@@ -45,7 +44,7 @@ var sizeUnits = []struct {
 	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"B", 1},
 }
 
-func parseSize(s string) (Size, error) {
+func parseSize(s string) (Size, *valueError) {
 	num, mult := strings.TrimSpace(s), int64(1)
 	for _, u := range sizeUnits {
 		if strings.HasSuffix(num, u.suffix) {
@@ -55,10 +54,10 @@ func parseSize(s string) (Size, error) {
 	}
 	n, err := strconv.ParseInt(num, 10, 64)
 	if err != nil || n < 0 {
-		return 0, fmt.Errorf("invalid size %q (want bytes or a number with B, KiB, MiB, GiB or TiB, such as 64KiB)", s)
+		return 0, &valueError{"invalid size %s (want bytes or a number with B, KiB, MiB, GiB or TiB, such as 64KiB)", s}
 	}
 	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("size %q is too large", s)
+		return 0, &valueError{"size %s is too large", s}
 	}
 	return Size(n * mult), nil
 }

@@ -21,6 +21,7 @@ import (
 type validator struct {
 	file string
 	pos  map[string]Pos
+	env  envPaths // from the decoder: errors never show these values
 	errs Errors
 }
 
@@ -43,7 +44,7 @@ func parentPath(p string) string {
 
 func (v *validator) oneOf(path, got string, allowed ...string) {
 	if !slices.Contains(allowed, got) {
-		v.errorf(path, "invalid value %q (want one of %s)", got, strings.Join(allowed, ", "))
+		v.errorf(path, "invalid value %s (want one of %s)", v.q(path, got), strings.Join(allowed, ", "))
 	}
 }
 
@@ -55,20 +56,23 @@ func (v *validator) positive(path string, d Duration) {
 
 func (v *validator) atLeast(path string, got, least int64) {
 	if got < least {
-		v.errorf(path, "must be at least %d, got %d", least, got)
+		v.errorf(path, "must be at least %d, got %s", least, v.val(path, got))
 	}
 }
 
 func (v *validator) ratio(path string, f float64) {
 	if f < 0 || f > 1 {
-		v.errorf(path, "must be between 0 and 1, got %v", f)
+		v.errorf(path, "must be between 0 and 1, got %s", v.val(path, f))
 	}
 }
 
 func (v *validator) conditions(path string, list []string) {
 	for i, s := range list {
-		if _, err := policy.ParseCondition(s); err != nil {
-			v.errorf(path+"["+strconv.Itoa(i)+"]", "%v", err)
+		p := path + "[" + strconv.Itoa(i) + "]"
+		if _, err := policy.ParseCondition(s); err != nil && v.fromEnv(p) {
+			v.errorf(p, "invalid condition %s", v.q(p, s))
+		} else if err != nil {
+			v.errorf(p, "%v", err)
 		}
 	}
 }
@@ -77,7 +81,7 @@ func (v *validator) config(c *Config) {
 	if _, ok := v.pos["version"]; !ok {
 		v.errorf("version", "missing key: version: 1 is required")
 	} else if c.Version != 1 {
-		v.errorf("version", "unsupported version %d (want 1)", c.Version)
+		v.errorf("version", "unsupported version %s (want 1)", v.val("version", c.Version))
 	}
 	v.admin(c.Admin)
 	v.telemetry(c.Telemetry)
@@ -104,12 +108,12 @@ func (v *validator) admin(a Admin) {
 	host, _, err := net.SplitHostPort(a.Address)
 	switch {
 	case err != nil:
-		v.errorf("admin.address", "invalid address %q: want host:port", a.Address)
+		v.errorf("admin.address", "invalid address %s: want host:port", v.q("admin.address", a.Address))
 	case !IsLoopback(host):
-		v.errorf("admin.address", "%q is not a loopback address: the admin API binds to loopback only", a.Address)
+		v.errorf("admin.address", "%s is not a loopback address: the admin API binds to loopback only", v.q("admin.address", a.Address))
 	}
 	if a.TokenEnv != "" && !validEnvName(a.TokenEnv) {
-		v.errorf("admin.token_env", "invalid environment variable name %q", a.TokenEnv)
+		v.errorf("admin.token_env", "invalid environment variable name %s", v.q("admin.token_env", a.TokenEnv))
 	}
 }
 
@@ -143,17 +147,17 @@ func (v *validator) spool(s Spool) {
 	}
 	for _, u := range strings.Split(js.URL, ",") {
 		if pu, err := url.Parse(strings.TrimSpace(u)); js.URL != "" && (err != nil || pu.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, pu.Scheme)) {
-			v.errorf("spool.jetstream.url", "invalid NATS URL %q (want nats://host:port)", u)
+			v.errorf("spool.jetstream.url", "invalid NATS URL %s (want nats://host:port)", v.url("spool.jetstream.url", u))
 		}
 	}
 	if js.Stream == "" || strings.ContainsAny(js.Stream, " \t.*>/\\") {
-		v.errorf("spool.jetstream.stream", "invalid stream name %q (no spaces, dots, wildcards or slashes)", js.Stream)
+		v.errorf("spool.jetstream.stream", "invalid stream name %s (no spaces, dots, wildcards or slashes)", v.q("spool.jetstream.stream", js.Stream))
 	}
 	if js.Replicas < 1 || js.Replicas > 5 {
-		v.errorf("spool.jetstream.replicas", "must be between 1 and 5, got %d", js.Replicas)
+		v.errorf("spool.jetstream.replicas", "must be between 1 and 5, got %s", v.val("spool.jetstream.replicas", js.Replicas))
 	}
 	if js.AckWait < Duration(time.Second) {
-		v.errorf("spool.jetstream.ack_wait", "must be at least 1s, got %s", js.AckWait.D())
+		v.errorf("spool.jetstream.ack_wait", "must be at least 1s, got %s", v.val("spool.jetstream.ack_wait", js.AckWait.D()))
 	}
 	v.tls("spool.jetstream.tls", js.TLS)
 	v.readable("spool.jetstream.creds_file", js.CredsFile)
@@ -167,7 +171,7 @@ func (v *validator) readable(path, name string) {
 	}
 	f, err := os.Open(name)
 	if err != nil {
-		v.errorf(path, "cannot read %q: %v", name, unwrapPathError(err))
+		v.errorf(path, "cannot read %s: %v", v.q(path, name), unwrapPathError(err))
 		return
 	}
 	f.Close()
@@ -202,46 +206,47 @@ func (v *validator) upstream(path string, u *Upstream) {
 	seen := map[string]bool{}
 	for i, ep := range u.Endpoints {
 		p := path + ".endpoints[" + strconv.Itoa(i) + "]"
-		if err := checkEndpoint(ep, u.Protocol); err != nil {
+		if err := checkEndpoint(ep, v.url(p, ep), u.Protocol); err != nil {
 			v.errorf(p, "%v", err)
 		}
 		if seen[ep] {
-			v.errorf(p, "duplicate endpoint %q", ep)
+			v.errorf(p, "duplicate endpoint %s", v.url(p, ep))
 		}
 		seen[ep] = true
 	}
 }
 
-func checkEndpoint(ep, protocol string) error {
+// checkEndpoint checks the endpoint URL ep; its errors name it as shown.
+func checkEndpoint(ep, shown, protocol string) error {
 	u, err := url.Parse(ep)
 	switch {
 	case !strings.Contains(ep, "://"):
-		return fmt.Errorf("endpoint %q needs an http:// or https:// scheme", ep)
+		return fmt.Errorf("endpoint %s needs an http:// or https:// scheme", shown)
 	case err != nil:
-		return fmt.Errorf("invalid endpoint URL %q", ep)
+		return fmt.Errorf("invalid endpoint URL %s", shown)
 	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("endpoint %q needs an http:// or https:// scheme", ep)
+		return fmt.Errorf("endpoint %s needs an http:// or https:// scheme", shown)
 	case u.Host == "" || u.Hostname() == "":
-		return fmt.Errorf("endpoint %q has no host", ep)
+		return fmt.Errorf("endpoint %s has no host", shown)
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/"):
-		return fmt.Errorf("endpoint %q must be scheme://host[:port] with no path, query or credentials", ep)
+		return fmt.Errorf("endpoint %s must be scheme://host[:port] with no path, query or credentials", shown)
 	case u.Port() != "":
 		if n, err := strconv.Atoi(u.Port()); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("endpoint %q has an invalid port", ep)
+			return fmt.Errorf("endpoint %s has an invalid port", shown)
 		}
 	}
 	switch {
 	case protocol == "h2" && u.Scheme != "https":
-		return fmt.Errorf("endpoint %q: protocol h2 needs https://", ep)
+		return fmt.Errorf("endpoint %s: protocol h2 needs https://", shown)
 	case (protocol == "h2c" || protocol == "grpc") && u.Scheme != "http":
-		return fmt.Errorf("endpoint %q: protocol %s is cleartext and needs http://", ep, protocol)
+		return fmt.Errorf("endpoint %s: protocol %s is cleartext and needs http://", shown, protocol)
 	}
 	return nil
 }
 
 func (v *validator) policy(path string, p *Policy) {
 	if p.Timeout > 0 && p.PerTryTimeout > p.Timeout {
-		v.errorf(path+".per_try_timeout", "%v is longer than timeout %v", p.PerTryTimeout.D(), p.Timeout.D())
+		v.errorf(path+".per_try_timeout", "%s is longer than timeout %s", v.val(path+".per_try_timeout", p.PerTryTimeout.D()), v.val(path+".timeout", p.Timeout.D()))
 	}
 	if p.Timeout > 0 && p.PerTryTimeout == 0 {
 		v.errorf(path+".per_try_timeout", "must be greater than 0 when timeout is set")
@@ -251,7 +256,7 @@ func (v *validator) policy(path string, p *Policy) {
 		rp := path + ".retry"
 		v.atLeast(rp+".attempts", int64(r.Attempts), 1)
 		if r.Attempts > 10 {
-			v.errorf(rp+".attempts", "at most 10 attempts, got %d", r.Attempts)
+			v.errorf(rp+".attempts", "at most 10 attempts, got %s", v.val(rp+".attempts", r.Attempts))
 		}
 		v.backoff(rp+".backoff", r.Backoff)
 		v.conditions(rp+".on", r.On)
@@ -262,13 +267,13 @@ func (v *validator) policy(path string, p *Policy) {
 			v.errorf(rp+".budget.min_per_second", "must not be negative")
 		}
 		v.positive(rp+".budget.window", r.Budget.Window)
-		v.headerName(rp+".idempotency_header", r.IdempotencyHeader)
+		v.headerName(rp+".idempotency_header", r.IdempotencyHeader, v.q(rp+".idempotency_header", r.IdempotencyHeader))
 	}
 	if b := p.CircuitBreaker; b != nil {
 		bp := path + ".circuit_breaker"
 		v.atLeast(bp+".consecutive_failures", int64(b.ConsecutiveFailures), 1)
 		if b.FailureRatio <= 0 || b.FailureRatio > 1 {
-			v.errorf(bp+".failure_ratio", "must be greater than 0 and at most 1, got %v", b.FailureRatio)
+			v.errorf(bp+".failure_ratio", "must be greater than 0 and at most 1, got %s", v.val(bp+".failure_ratio", b.FailureRatio))
 		}
 		v.atLeast(bp+".min_requests", int64(b.MinRequests), 1)
 		v.positive(bp+".window", b.Window)
@@ -279,7 +284,7 @@ func (v *validator) policy(path string, p *Policy) {
 	if r := p.RateLimit; r != nil {
 		rp := path + ".rate_limit"
 		if r.RPS <= 0 {
-			v.errorf(rp+".rps", "must be greater than 0, got %v", r.RPS)
+			v.errorf(rp+".rps", "must be greater than 0, got %s", v.val(rp+".rps", r.RPS))
 		}
 		v.atLeast(rp+".burst", int64(r.Burst), 1)
 	}
@@ -288,18 +293,19 @@ func (v *validator) policy(path string, p *Policy) {
 func (v *validator) backoff(path string, b Backoff) {
 	v.positive(path+".base", b.Base)
 	if b.Max < b.Base {
-		v.errorf(path+".max", "%v is shorter than base %v", b.Max.D(), b.Base.D())
+		v.errorf(path+".max", "%s is shorter than base %s", v.val(path+".max", b.Max.D()), v.val(path+".base", b.Base.D()))
 	}
 }
 
-func (v *validator) headerName(path, name string) {
+// headerName checks a header name, which its error names as shown.
+func (v *validator) headerName(path, name, shown string) {
 	if name == "" {
 		v.errorf(path, "must not be empty")
 		return
 	}
 	for _, c := range []byte(name) {
 		if !isTokenChar(c) {
-			v.errorf(path, "invalid header name %q", name)
+			v.errorf(path, "invalid header name %s", shown)
 			return
 		}
 	}
@@ -320,17 +326,17 @@ func (v *validator) listeners(c *Config) {
 		if l.Name == "" {
 			v.errorf(lp+".name", "missing key: every listener needs a name")
 		} else if prev, dup := names[l.Name]; dup {
-			v.errorf(lp+".name", "duplicate listener name %q (also %s)", l.Name, prev)
+			v.errorf(lp+".name", "duplicate listener name %s (also %s)", v.q(lp+".name", l.Name), prev)
 		} else {
 			names[l.Name] = lp
 		}
 		// Port 0 asks the kernel for a free port: never a clash.
 		if _, port, err := net.SplitHostPort(l.Address); err != nil || port == "" {
-			v.errorf(lp+".address", "invalid address %q: want host:port", l.Address)
+			v.errorf(lp+".address", "invalid address %s: want host:port", v.q(lp+".address", l.Address))
 		} else if prev, dup := addrs[l.Address]; dup && port != "0" {
-			v.errorf(lp+".address", "duplicate address %q (also %s)", l.Address, prev)
+			v.errorf(lp+".address", "duplicate address %s (also %s)", v.q(lp+".address", l.Address), prev)
 		} else if l.Address == c.Admin.Address && port != "0" {
-			v.errorf(lp+".address", "address %q is also the admin address", l.Address)
+			v.errorf(lp+".address", "address %s is also the admin address", v.q(lp+".address", l.Address))
 		} else {
 			addrs[l.Address] = lp
 		}
@@ -346,7 +352,7 @@ func (v *validator) listeners(c *Config) {
 			if r.Name == "" {
 				v.errorf(rp+".name", "missing key: every route needs a name")
 			} else if prev, dup := routes[r.Name]; dup {
-				v.errorf(rp+".name", "duplicate route name %q (also %s)", r.Name, prev)
+				v.errorf(rp+".name", "duplicate route name %s (also %s)", v.q(rp+".name", r.Name), prev)
 			} else {
 				routes[r.Name] = rp
 			}
@@ -360,10 +366,10 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 	case r.Upstream == "":
 		v.errorf(path+".upstream", "missing key: every route needs an upstream")
 	case c.Upstreams[r.Upstream] == nil:
-		v.errorf(path+".upstream", "unknown upstream %q%s", r.Upstream, known(c.Upstreams))
+		v.errorf(path+".upstream", "unknown upstream %s%s", v.q(path+".upstream", r.Upstream), known(c.Upstreams))
 	}
 	if r.Policy != "" && c.Policies[r.Policy] == nil {
-		v.errorf(path+".policy", "unknown policy %q%s", r.Policy, known(c.Policies))
+		v.errorf(path+".policy", "unknown policy %s%s", v.q(path+".policy", r.Policy), known(c.Policies))
 	}
 	m, mp := r.Match, path+".match"
 	set := 0
@@ -376,26 +382,30 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 		v.errorf(mp, "set at most one of path, path_prefix and path_regex")
 	}
 	if m.Path != "" && m.Path[0] != '/' {
-		v.errorf(mp+".path", "%q must start with /", m.Path)
+		v.errorf(mp+".path", "%s must start with /", v.q(mp+".path", m.Path))
 	}
 	if m.PathPrefix != "" && m.PathPrefix[0] != '/' {
-		v.errorf(mp+".path_prefix", "%q must start with /", m.PathPrefix)
+		v.errorf(mp+".path_prefix", "%s must start with /", v.q(mp+".path_prefix", m.PathPrefix))
 	}
 	if m.PathRegex != "" {
-		if _, err := regexp.Compile(m.PathRegex); err != nil {
+		// regexp's error quotes the expression: not shown from ${NAME}.
+		if _, err := regexp.Compile(m.PathRegex); err != nil && v.fromEnv(mp+".path_regex") {
+			v.errorf(mp+".path_regex", "invalid regular expression %s", v.q(mp+".path_regex", m.PathRegex))
+		} else if err != nil {
 			v.errorf(mp+".path_regex", "invalid regular expression: %v", err)
 		}
 	}
 	for i, meth := range m.Methods {
 		if meth == "" || strings.ToUpper(meth) != meth || strings.IndexFunc(meth, func(c rune) bool { return c > 127 || !isTokenChar(byte(c)) }) >= 0 {
-			v.errorf(mp+".methods["+strconv.Itoa(i)+"]", "invalid method %q (want an upper-case token such as GET)", meth)
+			v.errorf(mp+".methods["+strconv.Itoa(i)+"]", "invalid method %s (want an upper-case token such as GET)", v.q(mp+".methods["+strconv.Itoa(i)+"]", meth))
 		}
 		if meth == "CONNECT" {
 			v.errorf(mp+".methods["+strconv.Itoa(i)+"]", "CONNECT is never proxied")
 		}
 	}
+	// Header names are keys, never from ${NAME} (their values may be).
 	for _, name := range sortedKeys(m.Headers) {
-		v.headerName(mp+".headers."+name, name)
+		v.headerName(mp+".headers."+name, name, strconv.Quote(name))
 	}
 	if strings.ContainsAny(m.GRPCService, "/ ") || strings.ContainsAny(m.GRPCMethod, "/ ") {
 		v.errorf(mp, "grpc_service and grpc_method take bare names without slashes")
@@ -413,7 +423,7 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 		}
 		v.oneOf(ap+".when", a.When, "upstream_down", "always")
 		v.conditions(ap+".spool_on", a.SpoolOn)
-		v.headerName(ap+".idempotency_header", a.IdempotencyHeader)
+		v.headerName(ap+".idempotency_header", a.IdempotencyHeader, v.q(ap+".idempotency_header", a.IdempotencyHeader))
 		v.oneOf(ap+".ordering", a.Ordering, "fifo", "none")
 		v.atLeast(ap+".max_in_flight", int64(a.MaxInFlight), 1)
 		v.backoff(ap+".backoff", a.Backoff)

@@ -177,6 +177,9 @@ func (c *spoolCmd) call(method, path string, auth bool, out any) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
+	// The admin API refuses a mutating call without this header, which no
+	// web page can send it; reads ignore it.
+	req.Header.Set(admin.RequestHeader, "1")
 	if auth && c.tokenEnv != "" {
 		if tok := os.Getenv(c.tokenEnv); tok != "" {
 			req.Header.Set("Authorization", "Bearer "+tok)

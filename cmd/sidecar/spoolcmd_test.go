@@ -312,3 +312,43 @@ func TestSpoolCLIAgainstRun(t *testing.T) {
 		t.Errorf("spool purge with the token = %d %q %q", code, out, errOut)
 	}
 }
+
+// TestSpoolCLIPassesTheWebPageGuard checks that the admin API refuses a
+// cross-site form POST to the purge endpoint while the CLI's replay,
+// delete and purge still work, with and without a token.
+func TestSpoolCLIPassesTheWebPageGuard(t *testing.T) {
+	for _, token := range []string{"", "guard-admin-token"} {
+		addr, st, ids := spoolCmdAdmin(t, token)
+		t.Setenv(spoolCmdTokenEnv, token)
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/spool/purge?state=pending", strings.NewReader("x=1"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", "http://evil.example")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("token %q: cross-site form POST /v1/spool/purge = %d, want 403", token, resp.StatusCode)
+		}
+		if got := st.Stats().Total; got.Pending != 3 || got.Dead != 1 {
+			t.Fatalf("token %q: the refused purge changed the spool: %+v", token, got)
+		}
+		flags := []string{"-admin", addr, "-token-env", spoolCmdTokenEnv}
+		for _, c := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"replay", ids[0]}, "replayed " + ids[0] + "\n"},
+			{[]string{"delete", ids[3]}, "deleted " + ids[3] + "\n"},
+			{[]string{"purge"}, "purged 3 pending messages\n"},
+		} {
+			if code, out, errOut := runSpoolCLI(t, append(c.args, flags...)...); code != 0 || out != c.want {
+				t.Errorf("token %q: spool %v = %d %q %q, want exit 0 and %q", token, c.args, code, out, errOut, c.want)
+			}
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"reflect"
@@ -20,24 +21,79 @@ type Pos struct{ Line, Col int }
 // ${NAME} (env), and collecting every error instead of stopping at the
 // first.
 type decoder struct {
+	ctx    context.Context // checked every checkEvery nodes: Parse's time bound
 	file   string
 	env    envPaths
 	lookup func(string) (string, bool)
 	errs   Errors
 	pos    map[string]Pos
-	nodes  int // decoded so far, to stop alias bombs
-	depth  int
+	nodes  int        // nodes visited so far, an aliased or merged node once per visit
+	bytes  int        // bytes of key paths and values visited so far, likewise
+	depth  int        // nesting of the node being decoded, merge keys included
+	stop   bool       // a bound was hit: decode nothing more
+	late   *yaml.Node // where decoding stopped because ctx ended
 }
 
-// Bounds on the decoded tree: YAML aliases can expand a small file into a
-// huge or endless one.
+// Bounds on the work of decoding. The YAML tree itself is bounded by
+// MaxFileSize, but an alias or a merge key visits its node again at every
+// use, so a few hundred bytes can ask for billions of visits. The bounds
+// count every visit: mapping keys, merge keys and the mappings they merge
+// too. examples/full.yaml takes about one node per 11 bytes and 2 bytes of
+// key paths and values per byte, so a 4 MiB file written like it stays
+// under 400,000 nodes and 10 MiB: the bounds leave room for that and for
+// aliases on top, while the worst a file can ask for within them (routes
+// aliased until a million nodes) decodes in under a second and 200 MiB.
 const (
-	maxNodes = 100_000
-	maxDepth = 64
+	maxNodes   = 1_000_000
+	maxBytes   = 64 << 20
+	maxDepth   = 64
+	maxErrors  = 100     // reported for one file; see also Parse
+	checkEvery = 1 << 10 // nodes between two looks at the time bound
 )
 
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
+	switch {
+	case len(d.errs) > maxErrors:
+		return
+	case len(d.errs) == maxErrors:
+		// An alias repeats its node's errors at every use: stop there.
+		d.errs = append(d.errs, &Error{File: d.file, Line: n.Line, Col: n.Column, Msg: fmt.Sprintf("too many errors (limit %d); stopped here", maxErrors)})
+		d.stop = true
+		return
+	}
 	d.errs = append(d.errs, &Error{File: d.file, Line: n.Line, Col: n.Column, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// visit counts a visit of n, at path, and reports whether decoding may go
+// on. Past a bound it records one error and stops all decoding.
+func (d *decoder) visit(n *yaml.Node, path string) bool {
+	if d.stop {
+		return false
+	}
+	d.nodes++
+	d.bytes += len(path) + len(n.Value)
+	switch {
+	case d.nodes > maxNodes:
+		d.errorf(n, path, "too many YAML nodes after expanding aliases and merge keys (limit %d)", maxNodes)
+	case d.bytes > maxBytes:
+		d.errorf(n, path, "too much YAML after expanding aliases and merge keys (limit %d MiB of keys and values)", maxBytes>>20)
+	case d.depth >= maxDepth:
+		d.errorf(n, path, "nested too deeply, counting aliases and merge keys (limit %d levels)", maxDepth)
+	case d.nodes%checkEvery == 0 && d.ctx.Err() != nil:
+		d.late = n
+	default:
+		return true
+	}
+	d.stop = true
+	return false
+}
+
+// resolve follows an alias to the node it names.
+func resolve(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		return n.Alias
+	}
+	return n
 }
 
 // defaulter is implemented by config structs that have non-zero defaults.
@@ -58,16 +114,8 @@ func join(path, key string) string {
 }
 
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
-	if n.Kind == yaml.AliasNode {
-		n = n.Alias
-	}
-	d.nodes++
-	if d.nodes > maxNodes || d.depth > maxDepth {
-		if d.nodes == maxNodes+1 || d.depth == maxDepth+1 {
-			d.errorf(n, path, "document too large or too deeply nested (alias expansion?)")
-		}
-		d.depth = maxDepth + 2
-		d.nodes = maxNodes + 2
+	n = resolve(n)
+	if !d.visit(n, path) {
 		return
 	}
 	d.depth++
@@ -76,7 +124,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		if len(n.Content) == 0 {
 			return
 		}
-		n = n.Content[0]
+		n = resolve(n.Content[0])
 	}
 	if path != "" {
 		d.pos[path] = Pos{n.Line, n.Column}
@@ -88,14 +136,15 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		return
 	}
-	switch v.Kind() {
-	case reflect.Pointer:
+	for v.Kind() == reflect.Pointer {
 		if v.IsNil() {
 			v.Set(newValue(v.Type().Elem()))
 		}
-		d.decode(n, v.Elem(), path)
+		v = v.Elem()
+	}
+	switch v.Kind() {
 	case reflect.Struct:
-		d.decodeStruct(n, v, path)
+		d.decodeStruct(n, v, path, map[string]bool{})
 	case reflect.Map:
 		d.decodeMap(n, v, path)
 	case reflect.Slice:
@@ -132,17 +181,26 @@ func fieldsOf(t reflect.Type) fieldIndex {
 	return fi
 }
 
-func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
+// decodeStruct decodes the mapping n into the struct v, skipping the keys
+// in set, which a mapping that takes precedence has set already, and adds
+// the keys it sets to set. A YAML merge key is shallow: a key written in
+// the mapping beats the same key in the mappings it merges, and a mapping
+// earlier in a merge list beats a later one.
+func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string, set map[string]bool) {
 	if n.Kind != yaml.MappingNode {
 		d.errorf(n, path, "want a mapping, got %s", describe(n))
 		return
 	}
 	fields := fieldsOf(v.Type())
 	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, val := n.Content[i], n.Content[i+1]
+	var merges []*yaml.Node
+	for i := 0; i+1 < len(n.Content) && !d.stop; i += 2 {
+		k, val := resolve(n.Content[i]), n.Content[i+1]
+		if !d.visit(k, "") {
+			return
+		}
 		if k.Value == "<<" && k.Tag == "!!merge" {
-			d.decodeMerge(val, v, path)
+			merges = append(merges, val)
 			continue
 		}
 		key := join(path, k.Value)
@@ -156,22 +214,37 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			d.errorf(k, key, "unknown key%s", suggest(k.Value, fields))
 			continue
 		}
-		d.decode(val, v.Field(idx), key)
+		if !set[k.Value] {
+			d.decode(val, v.Field(idx), key)
+		}
+	}
+	for k := range seen {
+		set[k] = true
+	}
+	for _, m := range merges {
+		d.decodeMerge(m, v, path, set)
 	}
 }
 
-// decodeMerge applies a YAML merge key ("<<: *defaults") to a struct.
-func (d *decoder) decodeMerge(n *yaml.Node, v reflect.Value, path string) {
-	if n.Kind == yaml.AliasNode {
-		n = n.Alias
-	}
-	if n.Kind == yaml.SequenceNode {
-		for _, m := range n.Content {
-			d.decodeMerge(m, v, path)
-		}
+// decodeMerge applies the value of a YAML merge key ("<<: *defaults" or
+// "<<: [*a, *b]") to a struct.
+func (d *decoder) decodeMerge(n *yaml.Node, v reflect.Value, path string, set map[string]bool) {
+	n = resolve(n)
+	if !d.visit(n, path) {
 		return
 	}
-	d.decodeStruct(n, v, path)
+	items := []*yaml.Node{n}
+	if n.Kind == yaml.SequenceNode {
+		items = n.Content
+	}
+	d.depth++
+	defer func() { d.depth-- }()
+	for _, m := range items {
+		if m = resolve(m); m != n && !d.visit(m, path) {
+			return
+		}
+		d.decodeStruct(m, v, path, set)
+	}
 }
 
 func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
@@ -183,8 +256,11 @@ func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
 		v.Set(reflect.MakeMap(v.Type()))
 	}
 	et := v.Type().Elem()
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, val := n.Content[i], n.Content[i+1]
+	for i := 0; i+1 < len(n.Content) && !d.stop; i += 2 {
+		k, val := resolve(n.Content[i]), n.Content[i+1]
+		if !d.visit(k, "") {
+			return
+		}
 		key := join(path, k.Value)
 		if k.Kind != yaml.ScalarNode {
 			d.errorf(k, path, "want a string key, got %s", describe(k))
@@ -216,6 +292,9 @@ func (d *decoder) decodeSlice(n *yaml.Node, v reflect.Value, path string) {
 	et := v.Type().Elem()
 	s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 	for i, item := range n.Content {
+		if d.stop {
+			return
+		}
 		ev := s.Index(i)
 		if et.Kind() == reflect.Pointer {
 			ev.Set(newValue(et.Elem()))
@@ -235,6 +314,7 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
 		d.errorf(n, path, "%v", err)
 		return
 	}
+	d.bytes += max(0, len(s)-len(n.Value))
 	if len(vars) > 0 {
 		d.env[path] = vars
 	}
@@ -304,7 +384,8 @@ func describe(n *yaml.Node) string {
 
 // expandEnv replaces ${NAME} with the environment variable NAME and
 // returns the names it replaced, in order. An unset variable is an error;
-// "$$" stands for a literal "$".
+// "$$" stands for a literal "$". A value longer than MaxFileSize once
+// expanded is an error too.
 func expandEnv(s string, lookup func(string) (string, bool)) (string, []string, error) {
 	if !strings.Contains(s, "$") {
 		return s, nil, nil
@@ -312,6 +393,9 @@ func expandEnv(s string, lookup func(string) (string, bool)) (string, []string, 
 	var vars []string
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
+		if b.Len() > MaxFileSize {
+			break
+		}
 		c := s[i]
 		if c != '$' || i+1 == len(s) {
 			b.WriteByte(c)
@@ -342,6 +426,9 @@ func expandEnv(s string, lookup func(string) (string, bool)) (string, []string, 
 		default:
 			b.WriteByte(c)
 		}
+	}
+	if b.Len() > MaxFileSize {
+		return "", nil, fmt.Errorf("longer than %d bytes after expanding environment variables", MaxFileSize)
 	}
 	return b.String(), vars, nil
 }

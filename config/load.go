@@ -18,12 +18,14 @@ package config
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"reflect"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -31,22 +33,156 @@ import (
 // MaxFileSize bounds the configuration file read by Load.
 const MaxFileSize = 4 << 20
 
+// LoadTimeout bounds the time Load and Parse take, as a backstop. The
+// bounds on the nodes and bytes decoded keep decoding and checking any
+// file to about a second, and parsing the densest file of MaxFileSize
+// takes a few seconds on a slow, busy machine: only a file that cannot be
+// read (a pipe nobody writes to) or a machine too loaded to run the
+// sidecar anyway reaches it.
+const LoadTimeout = 10 * time.Second
+
+// errTimeout is the cause of the context that enforces LoadTimeout.
+var errTimeout = errors.New("config: load timeout")
+
 // Load reads, parses and validates the file at path, expanding ${NAME}
-// from the process environment.
+// from the process environment, within LoadTimeout.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	return LoadContext(context.Background(), path)
+}
+
+// LoadContext is Load, giving up when ctx ends. If LoadTimeout runs out
+// first the error is an Errors; if ctx ends first it wraps ctx.Err().
+// A read that cannot finish (a pipe nobody writes to) is left blocked
+// and its goroutine ends with the read.
+func LoadContext(ctx context.Context, path string) (*Config, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, LoadTimeout, errTimeout)
+	defer cancel()
+	data, err := wait(ctx, func() ([]byte, error) { return readFile(path) })
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, stopError(ctx, path, 0, 0, "reading")
+		}
+		return nil, err
+	}
+	return parse(ctx, path, data, os.LookupEnv)
+}
+
+// readFile reads at most MaxFileSize+1 bytes of the file at path, so that
+// /dev/zero is refused as too large rather than read forever.
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	return Parse(path, data, os.LookupEnv)
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+}
+
+// wait returns f's results, or ctx's error as soon as ctx ends, leaving f
+// to finish in its goroutine, holding nothing the caller needs. Only two
+// kinds of work go through wait: parsing at most MaxFileSize, which ends
+// within seconds, and reading the file, which ends when the file can be
+// read (a pipe's writer shows up) or with the process.
+func wait[T any](ctx context.Context, f func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := f()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
+}
+
+// stopError is the error for ctx ending while doing ("reading" or
+// "checking") the file, at line:col if known: an Errors if LoadTimeout ran
+// out, else ctx.Err(), wrapped.
+func stopError(ctx context.Context, file string, line, col int, doing string) error {
+	if context.Cause(ctx) != errTimeout {
+		return fmt.Errorf("%s: %s the file: %w", file, doing, ctx.Err())
+	}
+	msg := fmt.Sprintf("%s the file took longer than %s (limit)", doing, LoadTimeout)
+	if doing == "reading" {
+		msg += "; is it a pipe nobody writes to?"
+	}
+	return Errors{{File: file, Line: line, Col: col, Msg: msg}}
 }
 
 // Parse parses and validates data read from file; lookup resolves ${NAME}
 // references. The error, if any, is an Errors listing every problem.
+// Parse gives up after LoadTimeout.
 func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	return ParseContext(context.Background(), file, data, lookup)
+}
+
+// ParseContext is Parse, giving up when ctx ends: the error then wraps
+// ctx.Err() (it is an Errors if LoadTimeout ran out first).
+func ParseContext(ctx context.Context, file string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, LoadTimeout, errTimeout)
+	defer cancel()
+	return parse(ctx, file, data, lookup)
+}
+
+// parse is ParseContext within ctx, which carries the time bound.
+func parse(ctx context.Context, file string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if len(data) > MaxFileSize {
 		return nil, Errors{{File: file, Msg: fmt.Sprintf("file is larger than %d bytes", MaxFileSize)}}
 	}
+	root, err := wait(ctx, func() (*yaml.Node, error) { return parseYAML(file, data) })
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, stopError(ctx, file, 0, 0, "checking")
+		}
+		return nil, err
+	}
+	d := &decoder{ctx: ctx, file: file, lookup: lookup, pos: map[string]Pos{}, env: envPaths{}}
+	cfg := &Config{}
+	cfg.setDefaults()
+	d.decode(root, reflect.ValueOf(cfg).Elem(), "")
+	if d.late != nil {
+		return nil, stopError(ctx, file, d.late.Line, d.late.Column, "checking")
+	}
+	if d.stop {
+		// Past a bound the Config is partial: checking it would only add
+		// errors that are not in the file.
+		d.errs.sort()
+		return nil, d.errs
+	}
+	for name, p := range cfg.Policies {
+		if p.PerTryTimeout == perTryUnset {
+			// per_try_timeout follows timeout, from ${NAME} too.
+			d.env.copy("policies."+name+".timeout", "policies."+name+".per_try_timeout")
+		}
+		p.finish()
+	}
+	v := &validator{ctx: ctx, file: file, pos: d.pos, env: d.env, errs: d.errs}
+	v.config(cfg)
+	if ctx.Err() != nil {
+		return nil, stopError(ctx, file, 0, 0, "checking")
+	}
+	if len(v.errs) > 0 {
+		v.errs.sort()
+		if v.dropped > 0 {
+			v.errs = append(v.errs, &Error{File: file, Msg: fmt.Sprintf("%d more errors not shown (limit %d)", v.dropped, maxErrors)})
+		}
+		return nil, v.errs
+	}
+	cfg.env = d.env
+	return cfg, nil
+}
+
+// parseYAML parses data into a yaml.Node tree, without expanding aliases:
+// yaml.v3 checks the ratio of aliases to nodes only when it decodes into
+// Go values, so the decoder bounds their expansion itself.
+func parseYAML(file string, data []byte) (*yaml.Node, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil {
@@ -59,25 +195,7 @@ func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Confi
 	if err := dec.Decode(&extra); err == nil {
 		return nil, Errors{{File: file, Line: extra.Line, Col: extra.Column, Msg: "more than one YAML document"}}
 	}
-	d := &decoder{file: file, lookup: lookup, pos: map[string]Pos{}, env: envPaths{}}
-	cfg := &Config{}
-	cfg.setDefaults()
-	d.decode(&root, reflect.ValueOf(cfg).Elem(), "")
-	for name, p := range cfg.Policies {
-		if p.PerTryTimeout == perTryUnset {
-			// per_try_timeout follows timeout, from ${NAME} too.
-			d.env.copy("policies."+name+".timeout", "policies."+name+".per_try_timeout")
-		}
-		p.finish()
-	}
-	v := &validator{file: file, pos: d.pos, env: d.env, errs: d.errs}
-	v.config(cfg)
-	if len(v.errs) > 0 {
-		v.errs.sort()
-		return nil, v.errs
-	}
-	cfg.env = d.env
-	return cfg, nil
+	return &root, nil
 }
 
 // syntaxError turns yaml.v3's "yaml: line N: msg" into an *Error at line N.

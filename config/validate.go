@@ -1,6 +1,7 @@
 package config
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/policy"
@@ -19,13 +21,21 @@ import (
 // validator checks a decoded Config, placing each error at the key it is
 // about (or, for a missing key, at its parent).
 type validator struct {
+	ctx  context.Context // checked once per upstream, policy and route: Parse's time bound
 	file string
 	pos  map[string]Pos
 	env  envPaths // from the decoder: errors never show these values
 	errs Errors
+
+	knownCache map[string]string // by section, see known
+	dropped    int               // errors past maxErrors, not kept
 }
 
 func (v *validator) errorf(path, format string, args ...any) {
+	if len(v.errs) >= maxErrors {
+		v.dropped++
+		return
+	}
 	p, ok := v.pos[path]
 	for parent := path; !ok && parent != ""; {
 		parent = parentPath(parent)
@@ -87,9 +97,15 @@ func (v *validator) config(c *Config) {
 	v.telemetry(c.Telemetry)
 	v.spool(c.Spool)
 	for _, name := range sortedKeys(c.Upstreams) {
+		if v.ctx.Err() != nil {
+			return
+		}
 		v.upstream("upstreams."+name, c.Upstreams[name])
 	}
 	for _, name := range sortedKeys(c.Policies) {
+		if v.ctx.Err() != nil {
+			return
+		}
 		v.policy("policies."+name, c.Policies[name])
 	}
 	v.listeners(c)
@@ -164,12 +180,13 @@ func (v *validator) spool(s Spool) {
 	v.readable("spool.jetstream.nkey_file", js.NKeyFile)
 }
 
-// readable checks that a named file, when set, can be read.
+// readable checks that a named file, when set, can be read. It opens it
+// non-blocking, so that a pipe nobody writes to does not block the check.
 func (v *validator) readable(path, name string) {
 	if name == "" {
 		return
 	}
-	f, err := os.Open(name)
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		v.errorf(path, "cannot read %s: %v", v.q(path, name), unwrapPathError(err))
 		return
@@ -348,6 +365,9 @@ func (v *validator) listeners(c *Config) {
 			v.errorf(lp+".routes", "at least one route is required")
 		}
 		for j, r := range l.Routes {
+			if v.ctx.Err() != nil {
+				return
+			}
 			rp := lp + ".routes[" + strconv.Itoa(j) + "]"
 			if r.Name == "" {
 				v.errorf(rp+".name", "missing key: every route needs a name")
@@ -366,10 +386,10 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 	case r.Upstream == "":
 		v.errorf(path+".upstream", "missing key: every route needs an upstream")
 	case c.Upstreams[r.Upstream] == nil:
-		v.errorf(path+".upstream", "unknown upstream %s%s", v.q(path+".upstream", r.Upstream), known(c.Upstreams))
+		v.errorf(path+".upstream", "unknown upstream %s%s", v.q(path+".upstream", r.Upstream), v.known("upstreams", func() []string { return sortedKeys(c.Upstreams) }))
 	}
 	if r.Policy != "" && c.Policies[r.Policy] == nil {
-		v.errorf(path+".policy", "unknown policy %s%s", v.q(path+".policy", r.Policy), known(c.Policies))
+		v.errorf(path+".policy", "unknown policy %s%s", v.q(path+".policy", r.Policy), v.known("policies", func() []string { return sortedKeys(c.Policies) }))
 	}
 	m, mp := r.Match, path+".match"
 	set := 0
@@ -435,9 +455,30 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 	}
 }
 
-func known[V any](m map[string]V) string {
-	if len(m) == 0 {
-		return " (none are defined)"
+// known lists the names defined in section (upstreams or policies), the
+// first maxKnown of them, for an error about an unknown one. Every route
+// naming an unknown upstream repeats the list, so the whole list would
+// make the errors grow as the product of routes and upstreams; it is
+// built once.
+func (v *validator) known(section string, sorted func() []string) string {
+	if s, ok := v.knownCache[section]; ok {
+		return s
 	}
-	return " (defined: " + strings.Join(sortedKeys(m), ", ") + ")"
+	names := sorted()
+	var s string
+	switch {
+	case len(names) == 0:
+		s = " (none are defined)"
+	case len(names) > maxKnown:
+		s = fmt.Sprintf(" (defined: %s and %d more)", strings.Join(names[:maxKnown], ", "), len(names)-maxKnown)
+	default:
+		s = " (defined: " + strings.Join(names, ", ") + ")"
+	}
+	if v.knownCache == nil {
+		v.knownCache = map[string]string{}
+	}
+	v.knownCache[section] = s
+	return s
 }
+
+const maxKnown = 10

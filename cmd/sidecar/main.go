@@ -9,13 +9,17 @@
 //	sidecar spool stats|list|show ID|replay ID|delete ID|purge [-dead] [-admin 127.0.0.1:9901]
 //	sidecar version
 //
-// Exit codes: 0 success; 1 invalid configuration; 2 bad usage; 3 the
-// sidecar could not start or stopped on an error. For "sidecar spool": 1
-// the admin API answered an error, 3 it could not be reached.
+// Exit codes: 0 success; 1 invalid configuration (also one that cannot
+// be read and checked within config.LoadTimeout); 2 bad usage; 3 the
+// sidecar could not start (also when SIGTERM or SIGINT comes before it
+// serves, during "run" or "validate") or stopped on an error. For
+// "sidecar spool": 1 the admin API answered an error, 3 it could not be
+// reached.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +28,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -94,7 +99,13 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		fmt.Fprintf(stderr, "sidecar %s: unexpected argument %q\n", cmd, fs.Arg(0))
 		return exitUsage
 	}
-	cfg, err := config.Load(*cfgPath)
+	st := watchStartup(sigs)
+	defer st.end()
+	cfg, err := config.LoadContext(st.ctx, *cfgPath)
+	if sig := st.interrupted(); sig != nil {
+		fmt.Fprintf(stderr, "sidecar %s: stopped by a signal (%v) while loading %s\n", cmd, sig, *cfgPath)
+		return exitFailure
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return exitConfig
@@ -108,7 +119,93 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		fmt.Fprintf(stderr, "sidecar run: %v\n", err)
 		return exitUsage
 	}
-	return serve(cfg, logger, sigs)
+	return serve(cfg, logger, sigs, st)
+}
+
+// startup watches the signals while the sidecar starts: the first SIGINT
+// or SIGTERM cancels ctx, the step in progress is given up at once, and
+// the sidecar exits exitFailure (it could not start). SIGHUP is ignored,
+// as it is once the sidecar serves.
+type startup struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	stop   chan struct{}
+	done   chan struct{}
+	once   sync.Once
+}
+
+// stoppedBy is the cause of a startup's ctx ending on a signal.
+type stoppedBy struct{ sig os.Signal }
+
+func (e stoppedBy) Error() string { return "stopped by a signal (" + e.sig.String() + ")" }
+
+func watchStartup(sigs <-chan os.Signal) *startup {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	st := &startup{ctx: ctx, cancel: cancel, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(st.done)
+		for {
+			select {
+			case sig := <-sigs:
+				if sig == syscall.SIGHUP {
+					continue
+				}
+				cancel(stoppedBy{sig})
+				return
+			case <-st.stop:
+				return
+			}
+		}
+	}()
+	return st
+}
+
+// interrupted returns the signal that stopped start-up, or nil.
+func (st *startup) interrupted() os.Signal {
+	var e stoppedBy
+	if errors.As(context.Cause(st.ctx), &e) {
+		return e.sig
+	}
+	return nil
+}
+
+// end stops watching, so that the serve loop has the signals to itself,
+// and returns the signal that stopped start-up, if one did. It may be
+// called more than once.
+func (st *startup) end() os.Signal {
+	st.once.Do(func() {
+		close(st.stop)
+		<-st.done
+	})
+	return st.interrupted()
+}
+
+// interruptible runs open and returns its result, or the start-up's
+// cause as soon as a signal stops start-up; what open returns after that
+// is closed. open is a step that may take long and cannot be cancelled,
+// such as recovering a large file spool.
+func interruptible[T io.Closer](st *startup, open func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := open()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-st.ctx.Done():
+		go func() {
+			if r := <-done; r.err == nil {
+				r.v.Close()
+			}
+		}()
+		var zero T
+		return zero, context.Cause(st.ctx)
+	}
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
@@ -126,12 +223,20 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("invalid -log-format %q (want text or json)", format)
 }
 
-// serve runs the sidecar until a signal, then drains.
-func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
+// serve starts the sidecar, runs it until a signal, then drains. A signal
+// before it serves stops it at once (see startup).
+func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *startup) int {
+	stopped := func(sig os.Signal) int {
+		logger.Warn("signal received while starting: exiting", "signal", sig.String())
+		return exitFailure
+	}
 	snap, err := proxy.Build(cfg, nil, logger)
 	if err != nil {
 		logger.Error("invalid configuration", "error", err)
 		return exitConfig
+	}
+	if sig := st.interrupted(); sig != nil {
+		return stopped(sig)
 	}
 	for _, w := range notYetEnforced(cfg) {
 		logger.Warn(w)
@@ -143,9 +248,27 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
 		where := []any{"backend", cfg.Spool.Backend, "dir", cfg.Spool.Dir}
 		if cfg.Spool.Backend == "jetstream" {
 			where = []any{"backend", cfg.Spool.Backend, "stream", cfg.Spool.JetStream.Stream}
-			store, err = openJetStream(context.Background(), cfg, logger)
+			store, err = interruptible(st, func() (spool.Store, error) {
+				js, err := openJetStream(st.ctx, cfg, logger)
+				if err != nil {
+					return nil, err
+				}
+				return js, nil
+			})
 		} else {
-			store, err = openSpool(cfg, logger)
+			store, err = interruptible(st, func() (spool.Store, error) {
+				fs, err := openSpool(cfg, logger)
+				if err != nil {
+					return nil, err // not a nil *FileStore in a non-nil Store
+				}
+				return fs, nil
+			})
+		}
+		if sig := st.interrupted(); sig != nil {
+			if err == nil {
+				store.Close()
+			}
+			return stopped(sig)
 		}
 		if err != nil {
 			logger.Error("cannot open the spool", append(where, "error", err)...)
@@ -172,6 +295,9 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal) int {
 	if err := srv.Listen(); err != nil {
 		logger.Error("cannot bind a listener", "error", err)
 		return exitFailure
+	}
+	if sig := st.end(); sig != nil {
+		return stopped(sig)
 	}
 	adminDone := make(chan struct{})
 	adm.Serve(func() { close(adminDone) })

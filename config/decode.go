@@ -314,13 +314,13 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
 		d.errorf(n, path, "%v", err)
 		return
 	}
-	d.bytes += max(0, len(s)-len(n.Value))
 	if len(vars) > 0 {
 		d.env[path] = vars
 	}
 	// Errors name the value as shown: quoted, or, when it came from the
 	// environment, only the variables it came from.
 	shown := showValue(s, vars)
+	d.bytes += max(0, len(s)-len(n.Value))
 	switch {
 	case v.Type() == durationType:
 		dur, err := parseDuration(s)

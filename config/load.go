@@ -1,5 +1,5 @@
 // Package config loads the sidecar's YAML configuration into plain structs
-// and validates it. It reports every problem at once, each as
+// and validates it. It reports every problem at once (up to 100), each as
 // file:line:col: key.path: message. It starts nothing: besides the file
 // itself it only opens the files the configuration names (TLS, NATS
 // credentials and NKey files), to check they can be read, and it checks

@@ -248,7 +248,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("version: 1\nlisteners: [{name: a, routes: [{async: {}}]}]\n"))
 	f.Add([]byte("a: &x {b: *x}\n"))
 	f.Add([]byte(mergeBomb(9)))
-	f.Add([]byte(aliasBomb(200)))
+	f.Add([]byte(aliasBomb(50)))
 	f.Add([]byte("version: 1\nspool: &m {<<: *m}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("f.yaml", data, noEnv)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/internal/h1guard"
+	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -176,7 +177,9 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 			MaxReceiveBufferPerStream:     h2MaxReceiveBufferPerStream,
 			MaxReceiveBufferPerConnection: h2MaxReceiveBufferPerConnection,
 		},
-		ErrorLog: log.New(slogWriter{s.log}, "", 0),
+		// TLS handshake errors, panics: at debug level, escaped and cut
+		// short, since they can quote what a client sent.
+		ErrorLog: log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: "http server"}, "", 0),
 	}
 }
 
@@ -228,13 +231,4 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.snap.Load().Close(nil)
 	return errors.Join(errs...)
-}
-
-// slogWriter sends net/http's server log lines (TLS handshake errors,
-// panics) to slog at debug level.
-type slogWriter struct{ log *slog.Logger }
-
-func (w slogWriter) Write(p []byte) (int, error) {
-	w.log.Debug("http server", "msg", string(p))
-	return len(p), nil
 }

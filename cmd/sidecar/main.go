@@ -34,6 +34,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/admin"
 	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -119,6 +120,9 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		fmt.Fprintf(stderr, "sidecar run: %v\n", err)
 		return exitUsage
 	}
+	// net/http's client logs through the standard logger, at times with
+	// an upstream's bytes: those lines go through slog too (stdlog).
+	stdlog.Redirect(logger)
 	return serve(cfg, logger, sigs, st)
 }
 

@@ -120,6 +120,18 @@ type started struct {
 // startBinary runs "sidecar run" and waits for its "sidecar started" line.
 func startBinary(t *testing.T, cfgPath string) (*exec.Cmd, started, *bufio.Scanner) {
 	t.Helper()
+	cmd, s, sc, lines := startBinaryLogs(t, cfgPath)
+	go func() {
+		for range lines {
+		}
+	}()
+	return cmd, s, sc
+}
+
+// startBinaryLogs is startBinary that also returns the log lines after
+// "sidecar started"; the caller must read them until the channel closes.
+func startBinaryLogs(t *testing.T, cfgPath string) (*exec.Cmd, started, *bufio.Scanner, <-chan string) {
+	t.Helper()
 	cmd := exec.Command(binary, "run", "-config", cfgPath, "-log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -146,11 +158,7 @@ func startBinary(t *testing.T, cfgPath string) (*exec.Cmd, started, *bufio.Scann
 			}
 			var s started
 			if json.Unmarshal([]byte(line), &s) == nil && s.Msg == "sidecar started" {
-				go func() {
-					for range lines {
-					}
-				}()
-				return cmd, s, sc
+				return cmd, s, sc, lines
 			}
 		case <-timeout:
 			t.Fatalf("sidecar did not start within 30s")

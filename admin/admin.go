@@ -229,6 +229,8 @@ func loopbackOnly(next http.Handler) http.Handler {
 		host := r.Host
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
+		} else if len(host) > 2 && host[0] == '[' && host[len(host)-1] == ']' {
+			host = host[1 : len(host)-1] // "[::1]": an IPv6 address without a port
 		}
 		if !config.IsLoopback(host) {
 			writeJSON(w, http.StatusForbidden, map[string]any{"error": "the admin API answers only requests addressed to a loopback host"})

@@ -188,12 +188,12 @@ listeners:
 
 func TestLoopbackHostOnly(t *testing.T) {
 	_, ts := newTestAdmin(t)
-	for _, host := range []string{"evil.example", "evil.example:9901", "10.0.0.1"} {
+	for _, host := range []string{"evil.example", "evil.example:9901", "10.0.0.1", "[::2]", "[evil.example]", "[]"} {
 		if code, _ := call(t, ts, "/v1/config", host); code != 403 {
 			t.Errorf("/v1/config with Host %q = %d, want 403", host, code)
 		}
 	}
-	for _, host := range []string{"localhost:9901", "127.0.0.1", "[::1]:9901"} {
+	for _, host := range []string{"localhost:9901", "127.0.0.1", "[::1]:9901", "[::1]", "localhost"} {
 		if code, _ := call(t, ts, "/healthz", host); code != 200 {
 			t.Errorf("/healthz with Host %q = %d, want 200", host, code)
 		}

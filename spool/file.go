@@ -218,6 +218,17 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: lock: %w", err)
 	}
+	// O_CREATE's mode applies only to a new file: a LOCK left by another
+	// tool or an older version is made private too, like the segments.
+	if fi, err := f.Stat(); err != nil || fi.Mode().Perm()&0o077 != 0 {
+		if err == nil {
+			err = f.Chmod(0o600)
+		}
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("spool: lock %s: %w", name, err)
+		}
+	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {

@@ -3,6 +3,7 @@ package spool
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
@@ -142,7 +143,13 @@ func TestLockAndPermissions(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Chmod(filepath.Join(dir, lockName), 0o666); err != nil {
+		t.Fatal(err)
+	}
 	s = open(t, dir, FileOptions{})
+	if fi, err := os.Stat(filepath.Join(dir, lockName)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("Stat(LOCK left 0666, after OpenFile) mode = %v, %v, want 0600", fi.Mode().Perm(), err)
+	}
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("Stat(too-open dir after OpenFile) mode = %v, %v, want 0700", fi.Mode().Perm(), err)
 	}

@@ -250,6 +250,10 @@ type Listener struct {
 	// request_timeout and closes the connection. Default 30s; 0s turns it
 	// off (the route's timeout still bounds the body).
 	BodyIdleTimeout Duration `yaml:"body_idle_timeout"`
+	// StrictPaths refuses with 400 a request whose decoded path holds ';'
+	// or '\', which some upstreams (Tomcat, Spring) read as path
+	// syntax that the sidecar's matching does not. Default false.
+	StrictPaths bool `yaml:"strict_paths"`
 	// Routes are matched in order; the first match wins.
 	Routes []*Route `yaml:"routes"`
 }

@@ -47,6 +47,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, policy.BadRequest, "", 0, "CONNECT is not proxied", 0)
 		return
 	}
+	if l.strictPaths && strings.ContainsAny(r.URL.Path, ";\\") {
+		writeError(w, r, policy.BadRequest, "", 0, `path holds ';' or '\' (strict_paths)`, 0)
+		return
+	}
 	route := l.route(r, cleanPath(r.URL.Path))
 	if route == nil {
 		writeError(w, r, policy.NoRoute, "", 0, "", 0)

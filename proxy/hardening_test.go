@@ -210,3 +210,52 @@ func TestUpstreamBodyFailsBeforeAnythingSent(t *testing.T) {
 		})
 	}
 }
+
+// TestPathSyntaxOtherUpstreamsRead: ';' and '\' are not path syntax to
+// the sidecar, so "/items/..;/admin" stays within /items when matched, and
+// is forwarded as it came. An upstream such as Tomcat reads "..;" as "..":
+// strict_paths refuses such paths, in plain and percent-encoded form,
+// before they reach any route.
+func TestPathSyntaxOtherUpstreamsRead(t *testing.T) {
+	cfg := `
+version: 1
+upstreams:
+  up: {endpoints: ["UPSTREAM0"]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    STRICT
+    routes:
+      - {name: items, match: {path_prefix: /items}, upstream: up}
+`
+	paths := []string{"/items/..;/admin", "/items/..%3B/admin", `/items/..\admin`, "/items/..%5Cadmin", "/items/x;jsessionid=1"}
+	t.Run("default", func(t *testing.T) {
+		up := newUpstream(t, nil)
+		sc := startSidecar(t, strings.Replace(cfg, "STRICT", "strict_paths: false", 1), up)
+		for _, p := range paths {
+			resp, _, _ := rawRequest(t, sc.addr["app"], "GET "+p+" HTTP/1.1\r\nHost: x\r\n\r\n")
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("GET %s = %d, want 200 (forwarded)", p, resp.StatusCode)
+			}
+		}
+		if n := up.count.Load(); n != int64(len(paths)) {
+			t.Errorf("upstream saw %d requests, want %d", n, len(paths))
+		}
+	})
+	t.Run("strict_paths", func(t *testing.T) {
+		up := newUpstream(t, nil)
+		sc := startSidecar(t, strings.Replace(cfg, "STRICT", "strict_paths: true", 1), up)
+		for _, p := range paths {
+			resp, _, _ := rawRequest(t, sc.addr["app"], "GET "+p+" HTTP/1.1\r\nHost: x\r\n\r\n")
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(HeaderOutcome) != "bad_request" {
+				t.Errorf("GET %s = %d %s=%q, want 400 bad_request", p, resp.StatusCode, HeaderOutcome, resp.Header.Get(HeaderOutcome))
+			}
+		}
+		if resp, _, _ := rawRequest(t, sc.addr["app"], "GET /items/ok HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET /items/ok = %d, want 200", resp.StatusCode)
+		}
+		if n := up.count.Load(); n != 1 {
+			t.Errorf("upstream saw %d requests, want 1 (only the clean path)", n)
+		}
+	})
+}

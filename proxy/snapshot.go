@@ -39,6 +39,8 @@ type Listener struct {
 	// bodyIdle is body_idle_timeout: the longest pause in an app's
 	// request body; 0: none.
 	bodyIdle time.Duration
+	// strictPaths is strict_paths: a path with ';' or '\' is refused.
+	strictPaths bool
 }
 
 // Route is a compiled route: its match, upstream pool and policy, and the
@@ -100,7 +102,7 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger) (*Snapshot, 
 		errLog = slog.NewLogLogger(logger.Handler(), slog.LevelDebug)
 	}
 	for _, lc := range cfg.Listeners {
-		l := &Listener{Name: lc.Name, Address: lc.Address, Protocol: lc.Protocol, bodyIdle: lc.BodyIdleTimeout.D()}
+		l := &Listener{Name: lc.Name, Address: lc.Address, Protocol: lc.Protocol, bodyIdle: lc.BodyIdleTimeout.D(), strictPaths: lc.StrictPaths}
 		for _, rc := range lc.Routes {
 			var old *Route
 			if prev != nil {

@@ -38,10 +38,10 @@ const (
 	SpoolError                     // the spool could not make the message durable
 	BadRequest                     // the request is malformed, or its body broke off
 	RequestTimeout                 // the app paused sending its request body for too long
-	numOutcomes
+	NumOutcomes // the number of outcomes, not one
 )
 
-var outcomeNames = [numOutcomes]string{
+var outcomeNames = [NumOutcomes]string{
 	OK:              "ok",
 	ConnectError:    "connect_error",
 	Reset:           "reset",
@@ -71,10 +71,20 @@ func (o Outcome) CallersFault() bool {
 // String returns the outcome's name as used in YAML and in the
 // sidecar-outcome header.
 func (o Outcome) String() string {
-	if o < numOutcomes {
+	if o < NumOutcomes {
 		return outcomeNames[o]
 	}
 	return "outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// ParseOutcome returns the outcome called name, as String writes it.
+func ParseOutcome(name string) (Outcome, bool) {
+	for o := OK; o < NumOutcomes; o++ {
+		if outcomeNames[o] == name {
+			return o, true
+		}
+	}
+	return 0, false
 }
 
 // Condition is one entry of a retry.on, circuit_breaker.failure_on or
@@ -117,7 +127,7 @@ func ParseCondition(s string) (Condition, error) {
 		}
 		return Condition{Kind: KindHTTPStatus, Code: code}, nil
 	}
-	for o := ConnectError; o < numOutcomes; o++ {
+	for o := ConnectError; o < NumOutcomes; o++ {
 		if o != Status && outcomeNames[o] == s {
 			return Condition{Kind: KindOutcome, Outcome: o}, nil
 		}

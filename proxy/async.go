@@ -104,6 +104,13 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route, 
 		body = b
 	}
 	msg := newMessage(r, rt, body)
+	if rt.obs.tracer() != nil {
+		// The message keeps the request's SERVER span as its origin:
+		// every delivery attempt links to it.
+		if x := exchangeOf(r.Context()); x != nil && x.span != nil {
+			msg.TraceParent = traceParent(x.span.SpanContext())
+		}
+	}
 	if a.always {
 		h.spool.enqueue(w, r, rt, msg, 0)
 		return

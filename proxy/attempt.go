@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/sidecar-proxy/sidecar/policy"
 )
 
@@ -52,8 +54,11 @@ var attemptCounts = func() (v [11][]string) {
 func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt := a.route
 	p := &rt.pol
-	c := &call{route: rt, app: req.Context(), grpc: isGRPC(req)}
+	c := &call{route: rt, app: req.Context(), grpc: isGRPC(req), method: req.Method}
 	c.appBody = appBodyOf(req.Body)
+	if rt.accessLog {
+		c.x = exchangeOf(c.app)
+	}
 	now := time.Now()
 	if p.timeout > 0 {
 		c.deadline = now.Add(p.timeout)
@@ -80,7 +85,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 			c.stop()
 			return nil, &UpstreamError{Route: rt.Name, Outcome: policy.BreakerOpen, Attempts: n - 1, RetryAfter: retryIn, Err: policy.ErrBreakerOpen}
 		}
-		resp, outcome, code, err := c.try(req, ep, &body)
+		resp, outcome, code, err := c.try(req, ep, &body, n)
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
@@ -119,6 +124,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		// Retrying: drop this attempt's answer. c.retry has slept.
+		rt.tel.Retry(c.app)
 		if resp != nil {
 			io.CopyN(io.Discard, resp.Body, 4<<10) // lets the connection be reused
 			resp.Body.Close()
@@ -138,6 +144,7 @@ type call struct {
 	app      context.Context
 	deadline time.Time // overall, the route's or the gRPC caller's; zero means none
 	grpc     bool      // a gRPC call (isGRPC)
+	method   string    // the request's method
 	appBody  *appBody  // the app's request body; nil when it has none
 
 	mu      sync.Mutex // between the timer's fire and (re)arming
@@ -149,16 +156,41 @@ type call struct {
 	ep       *Endpoint
 	body     io.ReadCloser
 	released atomic.Bool
+
+	// The current attempt's telemetry, recorded when it is released.
+	x         *exchange // the request's exchange, with an access log
+	span      trace.Span
+	tryStart  time.Time
+	tryStatus int
+	tryCode   int
+	tryResult policy.Outcome
 }
 
 // try makes one attempt to ep. For a gRPC call it sends the time left
 // until the overall deadline as grpc-timeout and returns the answer's gRPC
 // code (grpcAnswerCode): a non-zero code at header time makes the outcome
 // status; otherwise, and for plain HTTP, the code is -1.
-func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody) (*http.Response, policy.Outcome, int, error) {
+func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody, n int) (*http.Response, policy.Outcome, int, error) {
+	resp, o, code, err := c.send(req, ep, body, n)
+	c.tryResult, c.tryCode = o, code
+	if resp != nil {
+		c.tryStatus = resp.StatusCode
+	}
+	return resp, o, code, err
+}
+
+// send is try's round trip.
+func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*http.Response, policy.Outcome, int, error) {
 	p := &c.route.pol
 	c.ep = ep
 	c.released.Store(false)
+	c.tryStatus, c.tryCode, c.tryResult = 0, -1, policy.OK
+	if c.route.tel != nil {
+		c.tryStart = time.Now()
+	}
+	if c.x != nil {
+		c.x.endpoint = ep.URL.Host
+	}
 	ctx := c.app
 	if d := c.tryDeadline(p.perTry); d > 0 {
 		ctx = c.arm(d)
@@ -172,6 +204,7 @@ func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody) (*http.Res
 	u.Scheme, u.Host = ep.URL.Scheme, ep.URL.Host
 	out.URL = &u
 	out.Body = body.next()
+	c.span = c.attemptSpan(out, ep, n)
 
 	ep.inFlight.Add(1)
 	resp, err := c.route.Pool.rt.RoundTrip(out)
@@ -265,6 +298,13 @@ func (c *call) release() {
 		return
 	}
 	c.ep.inFlight.Add(-1)
+	if t := c.route.tel; t != nil {
+		t.Attempt(c.app, c.method, c.tryStatus, c.tryResult, time.Since(c.tryStart))
+	}
+	if c.span != nil {
+		endAttemptSpan(c.span, c.tryStatus, c.tryResult, c.tryCode)
+		c.span = nil
+	}
 	c.mu.Lock()
 	if c.cancel != nil {
 		c.cancel(context.Canceled)
@@ -335,6 +375,7 @@ func (c *call) retry(n int, outcome policy.Outcome, status, code int, resp *http
 		return false // no back-off sleeps, and no attempt starts, past the deadline
 	}
 	if !p.budget.TryRetry() {
+		c.route.tel.BudgetExhausted(c.app)
 		return false // the app gets the last real answer
 	}
 	if delay > 0 {

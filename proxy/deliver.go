@@ -14,6 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/sidecar-proxy/sidecar/policy"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -430,12 +433,32 @@ func (d *deliverer) logSettleError(m *spool.Message, err error) {
 	}
 }
 
+// deliveryContext is the context of a delivery of m: when tracing, its
+// attempts' spans are children of the request that spooled m, link to
+// it, and carry the message's id and delivery attempt.
+func (d *deliverer) deliveryContext(rt *Route, m *spool.Message) context.Context {
+	tel := rt.obs
+	if tel.tracer() == nil {
+		return d.ctx
+	}
+	var origin trace.SpanContext
+	if m.TraceParent != "" {
+		origin = trace.SpanContextFromContext(tel.Propagator.Extract(context.Background(),
+			propagation.MapCarrier{"traceparent": m.TraceParent}))
+	}
+	ctx := d.ctx
+	if origin.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, origin)
+	}
+	return context.WithValue(ctx, deliveryKey{}, &delivery{id: m.ID, attempt: m.Attempts + 1, origin: origin})
+}
+
 // attempt sends m through the route's attempt loop and reads the answer.
 // It returns the answer's status and Retry-After, and the outcome: OK or
 // Status with an answer, else how the attempt loop failed.
 func (d *deliverer) attempt(rt *Route, m *spool.Message) (int, time.Duration, policy.Outcome) {
 	ep := rt.Pool.Endpoints[0].URL
-	req, err := http.NewRequestWithContext(d.ctx, m.Method, ep.Scheme+"://"+ep.Host+m.Target, nil)
+	req, err := http.NewRequestWithContext(d.deliveryContext(rt, m), m.Method, ep.Scheme+"://"+ep.Host+m.Target, nil)
 	if err != nil {
 		return 0, 0, policy.BadRequest
 	}

@@ -26,6 +26,19 @@ type handler struct {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	snap := h.snap.Load()
+	x, r := observe(snap, w, r)
+	if x == nil {
+		h.serve(snap, w, r, nil)
+		return
+	}
+	defer x.finish(snap, h.listener, r, h.log)
+	h.serve(snap, x, r, x)
+}
+
+// serve serves r with snap; x, when not nil, is its telemetry and w
+// writes through it.
+func (h *handler) serve(snap *Snapshot, w http.ResponseWriter, r *http.Request, x *exchange) {
 	// The guard fails closed: a request that did not come through
 	// h1guard.Listen and ConnContext (ErrNoConn) is refused too.
 	if err := h1guard.FromContext(r.Context()).Next(); err != nil {
@@ -33,7 +46,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, policy.BadRequest, "", 0, "ambiguous request framing: "+err.Error(), 0)
 		return
 	}
-	l := h.snap.Load().byName[h.listener]
+	l := snap.byName[h.listener]
 	var body *appBody
 	if r.Body != nil && r.Body != http.NoBody && r.Header["Upgrade"] == nil {
 		// Every read of the app's body is bounded from here on: by the
@@ -56,6 +69,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, policy.NoRoute, "", 0, "", 0)
 		return
 	}
+	x.routed(route, r.Method)
 	if up := r.Header["Upgrade"]; up != nil && !(route.websocket && isWebSocket(r)) {
 		writeError(w, r, policy.BadRequest, route.Name, 0, "protocol upgrade refused", 0)
 		return
@@ -66,6 +80,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !route.pol.inFlight.Acquire() {
+		route.tel.Rejected(r.Context(), policy.Overloaded)
 		writeError(w, r, policy.Overloaded, route.Name, 0, "", time.Second)
 		return
 	}
@@ -96,6 +111,7 @@ func (rt *Route) admitRate(w http.ResponseWriter, r *http.Request) bool {
 	}
 	res, ok, retryAfter := lim.Reserve()
 	if !ok {
+		rt.tel.Rejected(r.Context(), policy.RateLimited)
 		writeError(w, r, policy.RateLimited, rt.Name, 0, "", retryAfter)
 		return false
 	}

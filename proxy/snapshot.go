@@ -14,6 +14,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/policy"
+	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
 // Snapshot is the immutable runtime form of a validated Config: compiled
@@ -28,6 +29,10 @@ type Snapshot struct {
 	byName    map[string]*Listener
 	routes    map[string]*Route
 	breakers  *policy.BreakerSet // shared by every snapshot built from this one
+
+	tel       *Telemetry       // nil: nothing recorded
+	accessLog bool             // telemetry.access_log
+	unrouted  *telemetry.Route // the metrics of requests no route took
 }
 
 // Listener is a listener's compiled routes.
@@ -60,6 +65,9 @@ type Route struct {
 	preserveHost bool
 	websocket    bool
 	async        *asyncPolicy           // nil: not an async route
+	tel          *telemetry.Route       // the route's metrics; nil: none
+	obs          *Telemetry             // the snapshot's; nil: none
+	accessLog    bool                   // telemetry.access_log: attempts note their endpoint
 	proxy        *httputil.ReverseProxy // the sync path
 	// asyncProxy is the upstream_down path of an async route: its attempt
 	// loop ends on an answer that spool_on lists, and serveAsync sets its
@@ -72,13 +80,26 @@ func (rt *Route) Async() bool { return rt.async != nil }
 
 // Build compiles cfg. Pools of prev whose upstream config is unchanged are
 // carried over, keeping their connections and counters.
-func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger) (*Snapshot, error) {
+//
+// With WithTelemetry the routes record spans and metrics through it; a
+// snapshot built from prev without it keeps prev's.
+func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...BuildOption) (*Snapshot, error) {
 	s := &Snapshot{Config: cfg, Pools: map[string]*Pool{}, byName: map[string]*Listener{}, routes: map[string]*Route{}}
+	if prev != nil {
+		s.tel = prev.tel
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.accessLog = cfg.Telemetry.AccessLog
+	ins := s.tel.instruments()
+	s.unrouted = ins.Route("")
 	if prev != nil {
 		s.breakers = prev.breakers
 	} else {
 		s.breakers = &policy.BreakerSet{OnChange: func(endpoint string, from, to policy.BreakerState) {
 			logger.Warn("circuit breaker state changed", "endpoint", endpoint, "from", from.String(), "to", to.String())
+			ins.BreakerTransition(endpoint, to.String())
 		}}
 	}
 	for name, u := range cfg.Upstreams {
@@ -112,6 +133,7 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger) (*Snapshot, 
 			if err != nil {
 				return nil, err
 			}
+			r.tel, r.obs, r.accessLog = ins.Route(r.Name), s.tel, s.accessLog
 			s.routes[r.Name] = r
 			l.Routes = append(l.Routes, r)
 			s.Routes = append(s.Routes, r)

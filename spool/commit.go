@@ -175,9 +175,16 @@ func (s *FileStore) syncDirty() {
 
 func (s *FileStore) syncFile(seg *segment) error {
 	size := seg.size
+	var start time.Time
+	if s.opts.OnFsync != nil {
+		start = time.Now()
+	}
 	if err := seg.f.Sync(); err != nil {
 		s.syncErrs.Add(1)
 		return fmt.Errorf("%w: fsync %s: %v", ErrFailed, seg.path, err)
+	}
+	if s.opts.OnFsync != nil {
+		s.opts.OnFsync(time.Since(start))
 	}
 	s.syncs.Add(1)
 	seg.synced = size

@@ -62,6 +62,9 @@ type FileOptions struct {
 	Now func() time.Time
 	// Logger receives recovery and failure reports; nil discards them.
 	Logger *slog.Logger
+	// OnFsync, when set, is told how long each successful data fsync
+	// took, from the writer goroutine: it must not block.
+	OnFsync func(time.Duration)
 }
 
 // Limits bounds one route's unsettled messages; a zero field means no bound.

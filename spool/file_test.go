@@ -6,7 +6,9 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestAppendNextAck(t *testing.T) {
@@ -200,5 +202,19 @@ func TestListPaging(t *testing.T) {
 	st := s.Stats()
 	if st.Routes["a"].Dead != 1 || st.Routes["a"].Pending != 0 || st.Routes["b"].Pending != 1 || st.Total.Oldest.IsZero() {
 		t.Errorf("Stats() after Purge = %+v, want a: 1 dead, b: 1 pending", st)
+	}
+}
+
+func TestOnFsyncTimesEachFsync(t *testing.T) {
+	var n atomic.Int64
+	s := open(t, t.TempDir(), FileOptions{OnFsync: func(d time.Duration) {
+		if d < 0 {
+			t.Errorf("OnFsync(%v): negative duration", d)
+		}
+		n.Add(1)
+	}})
+	appendN(t, s, "r", 3, 10)
+	if got, syncs := n.Load(), s.Stats().Syncs; got == 0 || got != int64(syncs) {
+		t.Errorf("OnFsync called %d times for %d fsyncs, want as many and at least 1", got, syncs)
 	}
 }

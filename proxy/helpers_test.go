@@ -88,6 +88,12 @@ func startSidecar(t testing.TB, cfgYAML string, ups ...*upstream) *sidecar {
 // startSidecarWith is startSidecar with options for NewServer.
 func startSidecarWith(t testing.TB, cfgYAML string, opts []Option, ups ...*upstream) *sidecar {
 	t.Helper()
+	return startSidecarBuilt(t, cfgYAML, nil, opts, ups...)
+}
+
+// startSidecarBuilt is startSidecarWith with options for Build too.
+func startSidecarBuilt(t testing.TB, cfgYAML string, bopts []BuildOption, opts []Option, ups ...*upstream) *sidecar {
+	t.Helper()
 	for i, u := range ups {
 		cfgYAML = strings.ReplaceAll(cfgYAML, fmt.Sprintf("UPSTREAM%d", i), u.URL)
 	}
@@ -96,8 +102,12 @@ func startSidecarWith(t testing.TB, cfgYAML string, opts []Option, ups ...*upstr
 		t.Fatalf("config.Parse:\n%v", err)
 	}
 	logs := &syncBuffer{}
-	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	snap, err := Build(cfg, nil, logger)
+	level := slog.LevelWarn
+	if cfg.Telemetry.AccessLog {
+		level = slog.LevelInfo
+	}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}))
+	snap, err := Build(cfg, nil, logger, bopts...)
 	if err != nil {
 		t.Fatalf("Build = %v", err)
 	}

@@ -44,6 +44,20 @@ func WithTelemetry(t *Telemetry) BuildOption {
 	return func(s *Snapshot) { s.tel = t }
 }
 
+// TelemetryFrom returns the Telemetry that records through p: its tracer
+// (nil when tracing is off) and, when p has metrics on, the instruments.
+func TelemetryFrom(p *telemetry.Provider) (*Telemetry, error) {
+	t := &Telemetry{Tracer: p.Tracer(), Propagator: p.Propagator()}
+	if p.MetricsOn() {
+		ins, err := telemetry.NewInstruments(p.Meter())
+		if err != nil {
+			return nil, err
+		}
+		t.Instruments = ins
+	}
+	return t, nil
+}
+
 func (t *Telemetry) tracer() trace.Tracer {
 	if t == nil {
 		return nil

@@ -190,6 +190,10 @@ var DurationBuckets = []float64{
 // span at all then.
 func (p *Provider) Tracer() trace.Tracer { return p.tracer }
 
+// MetricsOn reports whether anything reads the metrics: the Prometheus
+// exporter or a reader given with WithMetricReader.
+func (p *Provider) MetricsOn() bool { return p.mp != nil }
+
 // Meter returns the meter; a no-op one when metrics are off.
 func (p *Provider) Meter() metric.Meter { return p.meter }
 

@@ -238,8 +238,8 @@ func guardedContext(tb testing.TB) context.Context {
 // newHandler compiles cfgYAML, with UPSTREAM0 at a refused address, and
 // returns the handler of its listener "app" with the snapshot it serves,
 // for tests and benchmarks that call ServeHTTP directly. st, if not nil,
-// is the spool of its async routes.
-func newHandler(tb testing.TB, cfgYAML string, st spool.Store) (*handler, *Snapshot) {
+// is the spool of its async routes; bopts go to Build.
+func newHandler(tb testing.TB, cfgYAML string, st spool.Store, bopts ...BuildOption) (*handler, *Snapshot) {
 	tb.Helper()
 	yaml := strings.Replace(cfgYAML, "UPSTREAM0", "http://127.0.0.1:1", 1)
 	cfg, err := config.Parse("t.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
@@ -247,7 +247,7 @@ func newHandler(tb testing.TB, cfgYAML string, st spool.Store) (*handler, *Snaps
 		tb.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	snap, err := Build(cfg, nil, logger)
+	snap, err := Build(cfg, nil, logger, bopts...)
 	if err != nil {
 		tb.Fatal(err)
 	}

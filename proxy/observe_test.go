@@ -37,7 +37,7 @@ func startObserved(t *testing.T, cfgYAML string, opts []Option, ups ...*upstream
 	t.Helper()
 	o := &observed{spans: tracetest.NewInMemoryExporter(), reader: sdkmetric.NewManualReader()}
 	p, err := telemetry.New(t.Context(), config.Telemetry{ServiceName: "test", Traces: config.Traces{Exporter: "stdout", SampleRatio: 1}},
-		telemetry.WithSpanExporter(o.spans), telemetry.WithMetricReader(o.reader))
+		telemetry.WithSpanExporter(o.spans), telemetry.WithSyncSpans(), telemetry.WithMetricReader(o.reader))
 	if err != nil {
 		t.Fatal(err)
 	}

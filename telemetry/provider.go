@@ -55,10 +55,15 @@ type options struct {
 }
 
 // WithSpanExporter sends spans to e instead of the configured exporter,
-// each as it ends (no batching), whatever telemetry.traces.exporter says
-// other than none.
+// whatever telemetry.traces.exporter says other than none.
 func WithSpanExporter(e sdktrace.SpanExporter) Option {
-	return func(o *options) { o.spanExporter, o.syncSpans = e, true }
+	return func(o *options) { o.spanExporter = e }
+}
+
+// WithSyncSpans exports each span as it ends instead of in batches, so
+// that a test sees a span once it has ended.
+func WithSyncSpans() Option {
+	return func(o *options) { o.syncSpans = true }
 }
 
 // WithMetricReader adds a reader beside the Prometheus one, such as a

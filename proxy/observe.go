@@ -210,8 +210,7 @@ func (x *exchange) routed(rt *Route, method string) {
 	x.route = rt
 	rt.tel.Start(context.Background())
 	if x.span != nil {
-		x.span.SetName(method + " " + rt.Name)
-		x.span.SetAttributes(attribute.String("sidecar.route", rt.Name))
+		x.span.SetName(method + " " + rt.Name) // sidecar.route is set by finish, with the rest
 	}
 }
 
@@ -249,8 +248,11 @@ func (x *exchange) finish(snap *Snapshot, l string, r *http.Request, logger *slo
 		attempts, _ = strconv.Atoi(v[0])
 	}
 	if x.span != nil {
-		a := make([]attribute.KeyValue, 0, 6)
+		a := make([]attribute.KeyValue, 0, 7)
 		a = append(a, attribute.String("sidecar.outcome", outcomeName), attribute.Int("sidecar.attempts", attempts))
+		if rt != nil {
+			a = append(a, attribute.String("sidecar.route", rt.Name))
+		}
 		if x.status > 0 {
 			a = append(a, attribute.Int("http.response.status_code", x.status))
 		}

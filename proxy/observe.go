@@ -145,7 +145,7 @@ func observe(snap *Snapshot, w http.ResponseWriter, r *http.Request) (*exchange,
 	ctx := r.Context()
 	if tr != nil {
 		ctx = snap.tel.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
-		ctx, x.span = tr.Start(ctx, r.Method, trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(x.start),
+		ctx, x.span = tr.Start(ctx, telemetry.Method(r.Method), trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(x.start),
 			trace.WithAttributes(serverAttrs(r)...))
 	}
 	return x, r.WithContext(context.WithValue(ctx, exchangeKey{}, x))
@@ -154,9 +154,9 @@ func observe(snap *Snapshot, w http.ResponseWriter, r *http.Request) (*exchange,
 // serverAttrs are a SERVER span's attributes known at its start. Never a
 // header value or the query.
 func serverAttrs(r *http.Request) []attribute.KeyValue {
-	a := make([]attribute.KeyValue, 0, 9)
+	a := make([]attribute.KeyValue, 0, 10)
 	a = append(a,
-		attribute.String("http.request.method", r.Method),
+		attribute.String("http.request.method", telemetry.Method(r.Method)),
 		attribute.String("url.path", r.URL.Path),
 		attribute.String("url.scheme", "http"),
 		attribute.String("network.protocol.version", protoVersion(r)),
@@ -210,7 +210,7 @@ func (x *exchange) routed(rt *Route, method string) {
 	x.route = rt
 	rt.tel.Start(context.Background())
 	if x.span != nil {
-		x.span.SetName(method + " " + rt.Name) // sidecar.route is set by finish, with the rest
+		x.span.SetName(telemetry.Method(method) + " " + rt.Name) // sidecar.route is set by finish, with the rest
 	}
 }
 
@@ -232,6 +232,13 @@ func (x *exchange) finish(snap *Snapshot, l string, r *http.Request, logger *slo
 	if x.status == 0 && r.Context().Err() != nil {
 		outcome = policy.Canceled
 	}
+	grpcCode, isRPC := 0, false
+	if isGRPC(r) {
+		// A gRPC error comes as HTTP 200: its code decides.
+		if grpcCode, isRPC = grpcStatusCode(h); isRPC && grpcCode != 0 && outcome == policy.OK {
+			outcome = policy.Status
+		}
+	}
 	oi := telemetry.OutcomeIndex(outcome, spoolID != "")
 	outcomeName := outcome.String()
 	if spoolID != "" {
@@ -241,7 +248,7 @@ func (x *exchange) finish(snap *Snapshot, l string, r *http.Request, logger *slo
 	if rt != nil {
 		rt.tel.End(context.Background(), r.Method, x.status, oi, d)
 	} else {
-		snap.unrouted.End(context.Background(), r.Method, x.status, oi, d)
+		snap.unrouted.Record(context.Background(), r.Method, x.status, oi, d)
 	}
 	attempts := 0
 	if v := h[HeaderAttempts]; len(v) > 0 {
@@ -259,10 +266,8 @@ func (x *exchange) finish(snap *Snapshot, l string, r *http.Request, logger *slo
 		if spoolID != "" {
 			a = append(a, attribute.String("sidecar.spool.id", spoolID))
 		}
-		if isGRPC(r) {
-			if c, ok := grpcStatusCode(h); ok {
-				a = append(a, attribute.Int("rpc.grpc.status_code", c))
-			}
+		if isRPC {
+			a = append(a, attribute.Int("rpc.grpc.status_code", grpcCode))
 		}
 		if outcome != policy.OK && outcome != policy.Status {
 			a = append(a, attribute.String("error.type", outcomeName))
@@ -339,7 +344,7 @@ func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int) trace.Span {
 	}
 	a := make([]attribute.KeyValue, 0, 12)
 	a = append(a,
-		attribute.String("http.request.method", out.Method),
+		attribute.String("http.request.method", telemetry.Method(out.Method)),
 		attribute.String("server.address", ep.URL.Hostname()),
 		attribute.String("url.path", out.URL.Path),
 		attribute.String("sidecar.route", c.route.Name),
@@ -352,7 +357,7 @@ func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int) trace.Span {
 	if n > 1 {
 		a = append(a, attribute.Int("http.request.resend_count", n-1))
 	}
-	name := out.Method
+	name := telemetry.Method(out.Method)
 	if c.grpc {
 		a = append(a, rpcAttrs(out.URL.Path)...)
 		name = strings.TrimPrefix(out.URL.Path, "/")

@@ -15,7 +15,9 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	grpccodes "google.golang.org/grpc/codes"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/poll"
@@ -313,7 +315,10 @@ listeners:
 	if resp, _ := get(t, o.url("/lim")); resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("second GET /lim = %d, want 429", resp.StatusCode)
 	}
-	srvs := o.waitSpans(t, trace.SpanKindServer, 4)
+	if resp, _ := get(t, o.url("/nope")); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET /nope = %d, want 404", resp.StatusCode)
+	}
+	srvs := o.waitSpans(t, trace.SpanKindServer, 5)
 	if got := attrString(srvs[1], "sidecar.outcome"); got != "breaker_open" {
 		t.Errorf("SERVER span of the rejected call: sidecar.outcome = %q, want breaker_open", got)
 	}
@@ -330,6 +335,12 @@ listeners:
 	}
 	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "lim", "outcome": "rate_limited", "status_class": "4xx"}); n != 1 {
 		t.Errorf("http.server.request.duration{lim,rate_limited,4xx} count = %d, want 1", n)
+	}
+	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "", "outcome": "no_route", "status_class": "4xx"}); n != 1 {
+		t.Errorf("http.server.request.duration{\"\",no_route,4xx} count = %d, want 1", n)
+	}
+	if v := intValue(rm, "http.server.active_requests", map[string]string{"route": ""}); v != 0 {
+		t.Errorf("http.server.active_requests{\"\"} = %d, want 0: an unrouted request is never active", v)
 	}
 	if v := intValue(rm, "sidecar.requests.rejected", map[string]string{"route": "lim", "reason": "rate_limited"}); v != 1 {
 		t.Errorf("sidecar.requests.rejected{lim,rate_limited} = %d, want 1", v)
@@ -369,6 +380,21 @@ func TestTraceGRPC(t *testing.T) {
 	}
 	if cl.Name() != "grpc.testing.TestService/EmptyCall" {
 		t.Errorf("CLIENT span name = %q, want the full method", cl.Name())
+	}
+	// A gRPC error comes as HTTP 200: its code makes the outcome status.
+	if _, err := testgrpc.NewTestServiceClient(cc).UnimplementedCall(t.Context(), &testgrpc.Empty{}); status.Code(err) != grpccodes.Unimplemented {
+		t.Fatalf("UnimplementedCall = %v, want Unimplemented", err)
+	}
+	srv = o.waitSpans(t, trace.SpanKindServer, 2)[1]
+	if got := attrString(srv, "rpc.grpc.status_code"); got != "12" {
+		t.Errorf("SERVER span of UnimplementedCall rpc.grpc.status_code = %q, want 12", got)
+	}
+	rm := o.collect(t)
+	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "rpc", "outcome": "status", "status_class": "2xx", "method": "POST"}); n != 1 {
+		t.Errorf("http.server.request.duration{rpc,POST,2xx,status} count = %d, want 1", n)
+	}
+	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "rpc", "outcome": "ok"}); n != 1 {
+		t.Errorf("http.server.request.duration{rpc,ok} count = %d, want 1", n)
 	}
 }
 

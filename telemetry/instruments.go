@@ -193,6 +193,11 @@ func OutcomeIndex(o policy.Outcome, spooled bool) int {
 	return int(o)
 }
 
+// Method is the method as the semantic conventions name it: one of the
+// methods of RFC 9110 and PATCH, or _OTHER, so that an app cannot make
+// label values or span names up.
+func Method(m string) string { return methods[methodIndex(m)] }
+
 // Start counts a request as active on the route.
 func (r *Route) Start(ctx context.Context) {
 	if r == nil {
@@ -201,13 +206,23 @@ func (r *Route) Start(ctx context.Context) {
 	r.in.active.Add(ctx, 1, r.add...)
 }
 
-// End records a request that took d and ended with status (0: none) and
-// the outcome index (OutcomeIndex), and counts it no longer active.
+// End records a request that Start counted, which took d and ended with
+// status (0: none) and the outcome index (OutcomeIndex), and counts it no
+// longer active.
 func (r *Route) End(ctx context.Context, method string, status, outcome int, d time.Duration) {
 	if r == nil {
 		return
 	}
 	r.in.active.Add(ctx, -1, r.add...)
+	r.Record(ctx, method, status, outcome, d)
+}
+
+// Record records a request as End does, without counting it active
+// before: one that no route took.
+func (r *Route) Record(ctx context.Context, method string, status, outcome int, d time.Duration) {
+	if r == nil {
+		return
+	}
 	r.in.serverDuration.Record(ctx, d.Seconds(), r.opts(&r.server, method, status, outcome)...)
 }
 

@@ -37,6 +37,7 @@ import (
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/spool"
+	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
 // Exit codes a script can rely on.
@@ -291,7 +292,14 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 	if cfg.Admin.TokenEnv != "" {
 		token = os.Getenv(cfg.Admin.TokenEnv)
 	}
-	adm := admin.New(srv, logger, admin.WithToken(token))
+	tel, err := telemetry.New(st.ctx, cfg.Telemetry)
+	if err != nil {
+		logger.Error("cannot start telemetry", "error", err)
+		return exitFailure
+	}
+	// Runs after the admin server and the proxy have shut down: flushes spans.
+	defer shutdownTelemetry(tel, logger)
+	adm := admin.New(srv, logger, admin.WithToken(token), admin.WithTelemetry(tel))
 	if err := adm.Listen(cfg.Admin.Address); err != nil {
 		logger.Error("cannot bind the admin listener", "error", err)
 		return exitFailure
@@ -350,6 +358,15 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 			logger.Warn("second signal: exiting now", "signal", sig.String())
 			return exitFailure
 		}
+	}
+}
+
+// shutdownTelemetry flushes the spans still batched, waiting 5 s at most.
+func shutdownTelemetry(p *telemetry.Provider, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		logger.Warn("telemetry shutdown", "error", err)
 	}
 }
 

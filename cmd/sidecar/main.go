@@ -286,12 +286,6 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 		}()
 		opts = append(opts, proxy.WithSpool(store))
 	}
-	srv := proxy.NewServer(snap, logger, opts...)
-	// The token is read once, at start; only its hash is kept.
-	token := ""
-	if cfg.Admin.TokenEnv != "" {
-		token = os.Getenv(cfg.Admin.TokenEnv)
-	}
 	tel, err := telemetry.New(st.ctx, cfg.Telemetry)
 	if err != nil {
 		logger.Error("cannot start telemetry", "error", err)
@@ -299,6 +293,12 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 	}
 	// Runs after the admin server and the proxy have shut down: flushes spans.
 	defer shutdownTelemetry(tel, logger)
+	srv := proxy.NewServer(snap, logger, opts...)
+	// The token is read once, at start; only its hash is kept.
+	token := ""
+	if cfg.Admin.TokenEnv != "" {
+		token = os.Getenv(cfg.Admin.TokenEnv)
+	}
 	adm := admin.New(srv, logger, admin.WithToken(token), admin.WithTelemetry(tel))
 	if err := adm.Listen(cfg.Admin.Address); err != nil {
 		logger.Error("cannot bind the admin listener", "error", err)

@@ -18,13 +18,17 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/spool"
+	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
 // Source gives the admin API the snapshot being served.
@@ -48,8 +52,13 @@ type Server struct {
 	// tokenSum is the SHA-256 of the admin token; zero when there is none.
 	tokenSum [sha256.Size]byte
 	hasToken bool
-	// metrics serves /metrics (telemetry.metrics.prometheus).
-	metrics bool
+	// telemetry observes the admin figures and serves /metrics; nil
+	// without WithTelemetry.
+	telemetry *telemetry.Provider
+	// reg is the registration of the observations on telemetry's meter;
+	// Shutdown unregisters it, once.
+	reg        metric.Registration
+	unregister sync.Once
 	// lossWindow is the spool's fsync loss window (see fsyncLossWindow).
 	lossWindow time.Duration
 	now        func() time.Time
@@ -71,17 +80,24 @@ func WithToken(token string) Option {
 }
 
 // New returns an admin Server for src. It is not ready until SetReady(true).
-// Whether /metrics is served and the spool's fsync loss window it reports
-// come from the configuration of src's snapshot at New, the one the spool
-// was opened with.
+// The spool's fsync loss window that /metrics reports comes from the
+// configuration of src's snapshot at New, the one the spool was opened
+// with. With WithTelemetry, New registers the metric observations on the
+// provider's meter; call Shutdown to unregister them.
 func New(src Source, logger *slog.Logger, opts ...Option) *Server {
 	s := &Server{src: src, log: logger, now: time.Now}
 	if cfg := src.Snapshot().Config; cfg != nil {
-		s.metrics = cfg.Telemetry.Metrics.Prometheus
 		s.lossWindow = fsyncLossWindow(cfg.Spool)
 	}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.telemetry != nil {
+		reg, err := s.register(s.telemetry.Meter())
+		if err != nil {
+			s.log.Error("admin metrics not registered", "error", err)
+		}
+		s.reg = reg
 	}
 	s.srv = &http.Server{
 		Handler:           s.Handler(),
@@ -123,8 +139,16 @@ func (s *Server) Serve(done func()) {
 	}()
 }
 
-// Shutdown stops the admin API.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// Shutdown stops the admin API and unregisters its metric observations.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	s.unregister.Do(func() {
+		if s.reg != nil {
+			err = errors.Join(err, s.reg.Unregister())
+		}
+	})
+	return err
+}
 
 // readiness reports whether the sidecar is ready: started, not draining,
 // and its spool, if it has one that can tell (spool.Checker), able to

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -38,11 +37,7 @@ listeners:
     routes:
       - {name: reads, match: {path_prefix: /items, methods: [GET], headers: {authorization: Bearer-secret}}, upstream: inv}
 `)
-	logger := proxytest.Discard
-	s := New(fixedSource{snap}, logger)
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(ts.Close)
-	return s, ts
+	return newMetricsAdmin(t, fixedSource{snap})
 }
 
 func call(t *testing.T, ts *httptest.Server, path, host string) (int, string) {
@@ -284,9 +279,7 @@ func TestReadinessFollowsTheSpool(t *testing.T) {
 	}
 	defer st.Close()
 	cs := &checkedStore{Store: st}
-	s := New(spoolSource{fixedSource{newTestSnapshot(t)}, cs}, slog.New(slog.DiscardHandler))
-	ts := httptest.NewServer(s.Handler())
-	defer ts.Close()
+	s, ts := newMetricsAdmin(t, spoolSource{fixedSource{newTestSnapshot(t)}, cs})
 	s.SetReady(true)
 	if code, _ := call(t, ts, "/readyz", ""); code != 200 {
 		t.Errorf("/readyz with the spool up = %d, want 200", code)
@@ -295,8 +288,8 @@ func TestReadinessFollowsTheSpool(t *testing.T) {
 	if code, body := call(t, ts, "/readyz", ""); code != 503 || !strings.Contains(body, "not connected") {
 		t.Errorf("/readyz with the spool down = %d %s, want 503 with the reason", code, body)
 	}
-	if _, body := call(t, ts, "/metrics", ""); !strings.Contains(body, "sidecar_ready 0\n") {
-		t.Errorf("/metrics with the spool down lacks sidecar_ready 0:\n%s", body)
+	if v := value(t, scrape(t, ts.URL), "sidecar_ready"); v != 0 {
+		t.Errorf("/metrics with the spool down: sidecar_ready = %v, want 0", v)
 	}
 	cs.down.Store(false)
 	if code, _ := call(t, ts, "/readyz", ""); code != 200 {

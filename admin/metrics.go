@@ -1,9 +1,14 @@
 package admin
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"slices"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/proxy"
@@ -16,6 +21,15 @@ import (
 // /v1/spool show each route's deliverer.
 type DeliverySource interface {
 	Deliveries() map[string]proxy.DeliveryStatus
+}
+
+// WithTelemetry makes the Server observe its figures (readiness, routes
+// in flight, the spool, the deliverers) through p's meter, at each
+// collection, and serve p's Prometheus exposition at /metrics. Without it,
+// or when p serves no exposition (telemetry.metrics.prometheus false),
+// /metrics answers 404. Shutdown unregisters the observations.
+func WithTelemetry(p *telemetry.Provider) Option {
+	return func(s *Server) { s.telemetry = p }
 }
 
 // fsyncLossWindow is how long an acknowledged message may be only in the
@@ -37,37 +51,121 @@ func fsyncLossWindow(cfg config.Spool) time.Duration {
 	return 50 * time.Millisecond // spool.FileOptions' default
 }
 
-// metricsHandler serves GET /metrics: 404 unless metrics are on.
+// metricsHandler serves GET /metrics: 404 unless a telemetry provider
+// with a Prometheus exposition was given (WithTelemetry).
 func (s *Server) metricsHandler() http.Handler {
-	serve := telemetry.Handler(s.collect)
+	var serve http.Handler
+	if s.telemetry != nil {
+		serve = s.telemetry.MetricsHandler()
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.metrics {
+		if serve == nil {
 			writeJSON(w, http.StatusNotFound, map[string]any{"error": "metrics are off: telemetry.metrics.prometheus is false"})
 			return
 		}
+		w.Header().Set("Cache-Control", "no-store")
 		serve.ServeHTTP(w, r)
 	})
 }
 
-// collect gathers the metric families from snapshots of the store, the
-// deliverers and the routes, at scrape time.
-func (s *Server) collect() []telemetry.Family {
-	snap := s.src.Snapshot()
-	ready := telemetry.Family{Name: "sidecar_ready", Help: "1 while /readyz answers 200: configuration loaded, listeners bound, spool open, not draining.", Type: telemetry.Gauge}
-	ok, _ := s.readiness()
-	ready.Add(boolValue(ok))
-	inFlight := telemetry.Family{Name: "sidecar_route_in_flight", Help: "Requests in flight on each route.", Type: telemetry.Gauge}
-	for _, rt := range snap.Routes {
-		inFlight.Add(float64(rt.Stats().InFlight), "route", rt.Name)
+// instruments are the admin API's observable instruments. The Prometheus
+// exporter names each series from the instrument's name and unit
+// (docs/operations.md lists the series): dots become underscores,
+// counters gain _total and the unit "s" gains _seconds.
+type instruments struct {
+	ready    metric.Int64ObservableGauge
+	inFlight metric.Int64ObservableGauge
+
+	messages    metric.Int64ObservableGauge
+	bytes       metric.Int64ObservableGauge
+	oldest      metric.Float64ObservableGauge
+	appends     metric.Int64ObservableCounter
+	fsyncs      metric.Int64ObservableCounter
+	writeErrors metric.Int64ObservableCounter
+	fsyncErrors metric.Int64ObservableCounter
+	failed      metric.Int64ObservableGauge
+	reopens     metric.Int64ObservableCounter
+	corrupt     metric.Int64ObservableCounter
+	tornTail    metric.Int64ObservableGauge
+	segments    metric.Int64ObservableGauge
+	lossWindow  metric.Float64ObservableGauge
+
+	deliveries   metric.Int64ObservableCounter
+	headBlocked  metric.Int64ObservableGauge
+	headAttempts metric.Int64ObservableGauge
+	headNext     metric.Float64ObservableGauge
+}
+
+// register creates the instruments on m and registers the one callback
+// that observes them all at collection time.
+func (s *Server) register(m metric.Meter) (metric.Registration, error) {
+	var in instruments
+	var errs []error
+	i64g := func(name, unit, help string) metric.Int64ObservableGauge {
+		g, err := m.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(help))
+		errs = append(errs, err)
+		return g
 	}
-	fams := []telemetry.Family{ready, inFlight}
+	f64g := func(name, unit, help string) metric.Float64ObservableGauge {
+		g, err := m.Float64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(help))
+		errs = append(errs, err)
+		return g
+	}
+	i64c := func(name, unit, help string) metric.Int64ObservableCounter {
+		c, err := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(help))
+		errs = append(errs, err)
+		return c
+	}
+	in.ready = i64g("sidecar.ready", "", "1 while /readyz answers 200: configuration loaded, listeners bound, spool open, not draining.")
+	in.inFlight = i64g("sidecar.route.in_flight", "{request}", "Requests in flight on each route.")
+
+	in.messages = i64g("sidecar.spool.messages", "{message}", "Stored messages per route: state pending (waiting for delivery) or dead (dead letters).")
+	in.bytes = i64g("sidecar.spool.bytes", "By", "Encoded size in bytes of a route's pending and dead messages.")
+	in.oldest = f64g("sidecar.spool.oldest_pending_age", "s", "Age of a route's oldest pending message; 0 when none waits.")
+	in.appends = i64c("sidecar.spool.appends", "{message}", "Messages appended durably since the spool was opened.")
+	in.fsyncs = i64c("sidecar.spool.fsyncs", "{fsync}", "Data fsyncs since the spool was opened (concurrent appends share one).")
+	in.writeErrors = i64c("sidecar.spool.write_errors", "{error}", "Failed spool writes since the spool was opened.")
+	in.fsyncErrors = i64c("sidecar.spool.fsync_errors", "{error}", "Failed spool fsyncs since the spool was opened.")
+	in.failed = i64g("sidecar.spool.failed", "", "1 after a write or fsync failed, until the spool has reopened itself: meanwhile it refuses writes (async routes answer 503 spool_error).")
+	in.reopens = i64c("sidecar.spool.reopens", "{reopen}", "Times the spool reopened itself after a failed write or fsync.")
+	in.corrupt = i64c("sidecar.spool.corrupt_records", "{region}", "Damaged regions the spool skipped when it was opened.")
+	in.tornTail = i64g("sidecar.spool.torn_tail_truncated", "", "1 when opening the spool truncated an incomplete last record (a crash mid-write).")
+	in.segments = i64g("sidecar.spool.segments", "{segment}", "Spool log segment files.")
+	in.lossWindow = f64g("sidecar.spool.fsync_loss_window", "s", "How long an acknowledged message may be on no disk: 0 with spool.fsync always, spool.fsync_interval with fsync interval. A machine crash can lose what was acknowledged within it.")
+
+	in.deliveries = i64c("sidecar.spool.deliveries", "{delivery}", "Background deliveries per route by result: delivered (2xx), retried (failed, due again later), dead_lettered.")
+	in.headBlocked = i64g("sidecar.spool.head_blocked", "", "1 while an ordering fifo route's head message has failed a delivery and waits for its retry; later messages wait behind it.")
+	in.headAttempts = i64g("sidecar.spool.head_attempts", "{attempt}", "Delivery attempts made on an ordering fifo route's head message; 0 when none is held.")
+	in.headNext = f64g("sidecar.spool.head_next_attempt", "s", "Seconds until the next delivery attempt of an ordering fifo route's head message; 0 when due or none is held.")
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s.observe(o, &in)
+		return nil
+	},
+		in.ready, in.inFlight,
+		in.messages, in.bytes, in.oldest, in.appends, in.fsyncs, in.writeErrors, in.fsyncErrors,
+		in.failed, in.reopens, in.corrupt, in.tornTail, in.segments, in.lossWindow,
+		in.deliveries, in.headBlocked, in.headAttempts, in.headNext,
+	)
+}
+
+// observe records snapshots of the store, the deliverers, the routes and
+// readiness, taken at collection time.
+func (s *Server) observe(o metric.Observer, in *instruments) {
+	snap := s.src.Snapshot()
+	ok, _ := s.readiness()
+	o.ObserveInt64(in.ready, boolValue(ok))
+	for _, rt := range snap.Routes {
+		o.ObserveInt64(in.inFlight, rt.Stats().InFlight, routeAttr(rt.Name))
+	}
 	if st := s.spoolStore(); st != nil {
-		fams = append(fams, s.spoolFamilies(snap, st.Stats())...)
+		s.observeSpool(o, in, snap, st.Stats())
 	}
 	if ds, ok := s.src.(DeliverySource); ok {
-		fams = append(fams, s.deliveryFamilies(ds.Deliveries())...)
+		s.observeDeliveries(o, in, ds.Deliveries())
 	}
-	return fams
 }
 
 // spoolStore returns the store, or nil when there is none.
@@ -94,76 +192,58 @@ func spoolRoutes(snap *proxy.Snapshot, stats spool.Stats) []string {
 	return slices.Compact(names)
 }
 
-func (s *Server) spoolFamilies(snap *proxy.Snapshot, st spool.Stats) []telemetry.Family {
+func routeAttr(route string, kv ...attribute.KeyValue) metric.ObserveOption {
+	return metric.WithAttributes(append([]attribute.KeyValue{attribute.String("route", route)}, kv...)...)
+}
+
+func (s *Server) observeSpool(o metric.Observer, in *instruments, snap *proxy.Snapshot, st spool.Stats) {
 	now := s.now()
-	msgs := telemetry.Family{Name: "sidecar_spool_messages", Help: "Stored messages per route: state pending (waiting for delivery) or dead (dead letters).", Type: telemetry.Gauge}
-	bytes := telemetry.Family{Name: "sidecar_spool_bytes", Help: "Encoded size in bytes of a route's pending and dead messages.", Type: telemetry.Gauge}
-	oldest := telemetry.Family{Name: "sidecar_spool_oldest_pending_age_seconds", Help: "Age of a route's oldest pending message; 0 when none waits.", Type: telemetry.Gauge}
 	for _, name := range spoolRoutes(snap, st) {
 		rs := st.Routes[name]
-		msgs.Add(float64(rs.Pending), "route", name, "state", "pending")
-		msgs.Add(float64(rs.Dead), "route", name, "state", "dead")
-		bytes.Add(float64(rs.Bytes), "route", name)
+		o.ObserveInt64(in.messages, rs.Pending, routeAttr(name, attribute.String("state", "pending")))
+		o.ObserveInt64(in.messages, rs.Dead, routeAttr(name, attribute.String("state", "dead")))
+		o.ObserveInt64(in.bytes, rs.Bytes, routeAttr(name))
 		age := 0.0
 		if !rs.Oldest.IsZero() {
 			age = max(now.Sub(rs.Oldest), 0).Seconds()
 		}
-		oldest.Add(age, "route", name)
+		o.ObserveFloat64(in.oldest, age, routeAttr(name))
 	}
-	one := func(name, help string, typ telemetry.Type, v float64) telemetry.Family {
-		f := telemetry.Family{Name: name, Help: help, Type: typ}
-		f.Add(v)
-		return f
-	}
-	fams := []telemetry.Family{
-		msgs, bytes, oldest,
-		one("sidecar_spool_appends_total", "Messages appended durably since the spool was opened.", telemetry.Counter, float64(st.Appends)),
-		one("sidecar_spool_fsyncs_total", "Data fsyncs since the spool was opened (concurrent appends share one).", telemetry.Counter, float64(st.Syncs)),
-		one("sidecar_spool_write_errors_total", "Failed spool writes since the spool was opened.", telemetry.Counter, float64(st.WriteErrors)),
-		one("sidecar_spool_fsync_errors_total", "Failed spool fsyncs since the spool was opened.", telemetry.Counter, float64(st.FsyncErrors)),
-		one("sidecar_spool_failed", "1 after a write or fsync failed, until the spool has reopened itself: meanwhile it refuses writes (async routes answer 503 spool_error).", telemetry.Gauge, boolValue(st.Failed)),
-		one("sidecar_spool_reopens_total", "Times the spool reopened itself after a failed write or fsync.", telemetry.Counter, float64(st.Reopens)),
-		one("sidecar_spool_corrupt_records_total", "Damaged regions the spool skipped when it was opened.", telemetry.Counter, float64(st.CorruptRecords)),
-		one("sidecar_spool_torn_tail_truncated", "1 when opening the spool truncated an incomplete last record (a crash mid-write).", telemetry.Gauge, boolValue(st.TornTail)),
-		one("sidecar_spool_segments", "Spool log segment files.", telemetry.Gauge, float64(st.Segments)),
-	}
+	o.ObserveInt64(in.appends, st.Appends)
+	o.ObserveInt64(in.fsyncs, st.Syncs)
+	o.ObserveInt64(in.writeErrors, st.WriteErrors)
+	o.ObserveInt64(in.fsyncErrors, st.FsyncErrors)
+	o.ObserveInt64(in.failed, boolValue(st.Failed))
+	o.ObserveInt64(in.reopens, st.Reopens)
+	o.ObserveInt64(in.corrupt, st.CorruptRecords)
+	o.ObserveInt64(in.tornTail, boolValue(st.TornTail))
+	o.ObserveInt64(in.segments, int64(st.Segments))
 	if s.lossWindow >= 0 { // unknown for JetStream: left out
-		fams = append(fams, one("sidecar_spool_fsync_loss_window_seconds", "How long an acknowledged message may be on no disk: 0 with spool.fsync always, spool.fsync_interval with fsync interval. A machine crash can lose what was acknowledged within it.", telemetry.Gauge, s.lossWindow.Seconds()))
+		o.ObserveFloat64(in.lossWindow, s.lossWindow.Seconds())
 	}
-	return fams
 }
 
-func (s *Server) deliveryFamilies(ds map[string]proxy.DeliveryStatus) []telemetry.Family {
+func (s *Server) observeDeliveries(o metric.Observer, in *instruments, ds map[string]proxy.DeliveryStatus) {
 	now := s.now()
-	total := telemetry.Family{Name: "sidecar_spool_deliveries_total", Help: "Background deliveries per route by result: delivered (2xx), retried (failed, due again later), dead_lettered.", Type: telemetry.Counter}
-	blocked := telemetry.Family{Name: "sidecar_spool_head_blocked", Help: "1 while an ordering fifo route's head message has failed a delivery and waits for its retry; later messages wait behind it.", Type: telemetry.Gauge}
-	attempts := telemetry.Family{Name: "sidecar_spool_head_attempts", Help: "Delivery attempts made on an ordering fifo route's head message; 0 when none is held.", Type: telemetry.Gauge}
-	next := telemetry.Family{Name: "sidecar_spool_head_next_attempt_seconds", Help: "Seconds until the next delivery attempt of an ordering fifo route's head message; 0 when due or none is held.", Type: telemetry.Gauge}
-	names := make([]string, 0, len(ds))
-	for name := range ds {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		d := ds[name]
-		total.Add(float64(d.Delivered), "route", name, "result", "delivered")
-		total.Add(float64(d.Retried), "route", name, "result", "retried")
-		total.Add(float64(d.DeadLettered), "route", name, "result", "dead_lettered")
-		var b, a, n float64
+	for name, d := range ds {
+		o.ObserveInt64(in.deliveries, d.Delivered, routeAttr(name, attribute.String("result", "delivered")))
+		o.ObserveInt64(in.deliveries, d.Retried, routeAttr(name, attribute.String("result", "retried")))
+		o.ObserveInt64(in.deliveries, d.DeadLettered, routeAttr(name, attribute.String("result", "dead_lettered")))
+		var b, a int64
+		var n float64
 		if h := d.Head; h != nil {
-			b, a = boolValue(h.Blocked), float64(h.Attempts)
+			b, a = boolValue(h.Blocked), int64(h.Attempts)
 			if !h.NextAttempt.IsZero() {
 				n = max(h.NextAttempt.Sub(now), 0).Seconds()
 			}
 		}
-		blocked.Add(b, "route", name)
-		attempts.Add(a, "route", name)
-		next.Add(n, "route", name)
+		o.ObserveInt64(in.headBlocked, b, routeAttr(name))
+		o.ObserveInt64(in.headAttempts, a, routeAttr(name))
+		o.ObserveFloat64(in.headNext, n, routeAttr(name))
 	}
-	return []telemetry.Family{total, blocked, attempts, next}
 }
 
-func boolValue(b bool) float64 {
+func boolValue(b bool) int64 {
 	if b {
 		return 1
 	}

@@ -5,15 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
@@ -41,26 +45,76 @@ listeners:
 `
 }
 
+// wantTypes is the TYPE of every family the admin API observes.
+var wantTypes = map[string]string{
+	"sidecar_ready":                            "gauge",
+	"sidecar_route_in_flight":                  "gauge",
+	"sidecar_spool_messages":                   "gauge",
+	"sidecar_spool_bytes":                      "gauge",
+	"sidecar_spool_oldest_pending_age_seconds": "gauge",
+	"sidecar_spool_appends_total":              "counter",
+	"sidecar_spool_fsyncs_total":               "counter",
+	"sidecar_spool_write_errors_total":         "counter",
+	"sidecar_spool_fsync_errors_total":         "counter",
+	"sidecar_spool_failed":                     "gauge",
+	"sidecar_spool_reopens_total":              "counter",
+	"sidecar_spool_corrupt_records_total":      "counter",
+	"sidecar_spool_torn_tail_truncated":        "gauge",
+	"sidecar_spool_segments":                   "gauge",
+	"sidecar_spool_fsync_loss_window_seconds":  "gauge",
+	"sidecar_spool_deliveries_total":           "counter",
+	"sidecar_spool_head_blocked":               "gauge",
+	"sidecar_spool_head_attempts":              "gauge",
+	"sidecar_spool_head_next_attempt_seconds":  "gauge",
+}
+
+// checkTypes checks that e has every family of wantTypes with its TYPE,
+// and no other.
+func checkTypes(t *testing.T, e *telemetrytest.Exposition) {
+	t.Helper()
+	for name, typ := range wantTypes {
+		if e.Types[name] != typ {
+			t.Errorf("TYPE of %s = %q, want %s", name, e.Types[name], typ)
+		}
+	}
+	for name := range e.Types {
+		if _, ok := wantTypes[name]; !ok {
+			t.Errorf("unexpected family %s (%s) in the scrape", name, e.Types[name])
+		}
+	}
+}
+
+// newProvider returns a telemetry provider built from cfg, shut down
+// when the test ends.
+func newProvider(t *testing.T, cfg config.Telemetry, opts ...telemetry.Option) *telemetry.Provider {
+	t.Helper()
+	p, err := telemetry.New(context.Background(), cfg, opts...)
+	if err != nil {
+		t.Fatalf("telemetry.New = %v", err)
+	}
+	t.Cleanup(func() { p.Shutdown(context.Background()) })
+	return p
+}
+
+// newMetricsAdmin returns an admin Server for src with a telemetry
+// provider built from src's configuration, served by a test server; the
+// Server is shut down (its observations unregistered) when the test ends.
+func newMetricsAdmin(t *testing.T, src Source) (*Server, *httptest.Server) {
+	t.Helper()
+	p := newProvider(t, src.Snapshot().Config.Telemetry)
+	s := New(src, proxytest.Discard, WithTelemetry(p))
+	ts := httptest.NewServer(s.Handler())
+	t.Cleanup(func() {
+		ts.Close()
+		s.Shutdown(context.Background())
+	})
+	return s, ts
+}
+
 // scrape GETs /metrics, checks the answer's format and returns it parsed.
 func scrape(t *testing.T, url string) *telemetrytest.Exposition {
 	t.Helper()
-	resp, err := http.Get(url + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET /metrics = %d %s, want 200", resp.StatusCode, body)
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != telemetry.ContentType {
-		t.Errorf("GET /metrics Content-Type = %q, want %q", ct, telemetry.ContentType)
-	}
-	e, err := telemetrytest.Parse(string(body))
-	if err != nil {
-		t.Fatalf("GET /metrics: %v in\n%s", err, body)
-	}
-	return e
+	return telemetrytest.Scrape(t, url+"/metrics")
 }
 
 // value returns a sample of e, failing t when it is missing.
@@ -86,9 +140,7 @@ func openTestStore(t *testing.T, opts spool.FileOptions) *spool.FileStore {
 func TestMetricsSpoolDepth(t *testing.T) {
 	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
 	st := openTestStore(t, spool.FileOptions{})
-	s := New(spoolSource{fixedSource{snap}, st}, proxytest.Discard)
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(ts.Close)
+	s, ts := newMetricsAdmin(t, spoolSource{fixedSource{snap}, st})
 
 	e := scrape(t, ts.URL)
 	for _, name := range []string{
@@ -180,8 +232,7 @@ func TestMetricsFsyncLossWindow(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", tt.spool, ""))
 			st := openTestStore(t, tt.opts)
-			ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
-			t.Cleanup(ts.Close)
+			_, ts := newMetricsAdmin(t, spoolSource{fixedSource{snap}, st})
 			if v := value(t, scrape(t, ts.URL), "sidecar_spool_fsync_loss_window_seconds"); v != tt.window {
 				t.Errorf("spool {%s}: fsync_loss_window_seconds = %v, want %v", tt.spool, v, tt.window)
 			}
@@ -195,8 +246,7 @@ func TestMetricsFsyncLossWindow(t *testing.T) {
 func TestMetricsLossWindowUnknownOnJetStream(t *testing.T) {
 	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", `backend: jetstream, jetstream: {url: "nats://127.0.0.1:4222"}`, ""))
 	st := openTestStore(t, spool.FileOptions{})
-	ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
-	t.Cleanup(ts.Close)
+	_, ts := newMetricsAdmin(t, spoolSource{fixedSource{snap}, st})
 	e := scrape(t, ts.URL)
 	if v, ok := e.Value("sidecar_spool_fsync_loss_window_seconds"); ok {
 		t.Errorf("jetstream: fsync_loss_window_seconds = %v, want it left out", v)
@@ -235,8 +285,7 @@ func TestMetricsSpoolFailed(t *testing.T) {
 	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
 	ffs := &failingFS{}
 	st := openTestStore(t, spool.FileOptions{FS: ffs, ReopenDelay: -1}) // stays failed
-	ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
-	t.Cleanup(ts.Close)
+	_, ts := newMetricsAdmin(t, spoolSource{fixedSource{snap}, st})
 	ctx := context.Background()
 	if err := st.Append(ctx, &spool.Message{Route: "ev", Method: "POST", Target: "/ev"}); err != nil {
 		t.Fatal(err)
@@ -265,8 +314,7 @@ func TestMetricsSpoolReopened(t *testing.T) {
 	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
 	ffs := &failingFS{}
 	st := openTestStore(t, spool.FileOptions{FS: ffs, ReopenDelay: 10 * time.Millisecond})
-	ts := httptest.NewServer(New(spoolSource{fixedSource{snap}, st}, proxytest.Discard).Handler())
-	t.Cleanup(ts.Close)
+	_, ts := newMetricsAdmin(t, spoolSource{fixedSource{snap}, st})
 	ffs.failing.Store(true)
 	if err := st.Append(context.Background(), &spool.Message{Route: "ev", Method: "POST", Target: "/ev"}); err == nil {
 		t.Fatal("Append with failing fsync = nil, want an error")
@@ -280,15 +328,62 @@ func TestMetricsSpoolReopened(t *testing.T) {
 
 func TestMetricsOff(t *testing.T) {
 	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", "metrics: {prometheus: false}"))
-	ts := httptest.NewServer(New(fixedSource{snap}, proxytest.Discard).Handler())
-	t.Cleanup(ts.Close)
-	resp, err := http.Get(ts.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	_, off := newMetricsAdmin(t, fixedSource{snap})
+	on := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
+	without := httptest.NewServer(New(fixedSource{on}, proxytest.Discard).Handler())
+	t.Cleanup(without.Close)
+	for _, tt := range []struct {
+		name string
+		ts   *httptest.Server
+	}{
+		{"telemetry.metrics.prometheus false", off},
+		{"no WithTelemetry", without},
+	} {
+		resp, err := http.Get(tt.ts.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body struct{ Error string }
+		err = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/json" || err != nil ||
+			body.Error != "metrics are off: telemetry.metrics.prometheus is false" {
+			t.Errorf("GET /metrics with %s = %d %q %+v (%v), want 404 with the JSON error", tt.name, resp.StatusCode, resp.Header.Get("Content-Type"), body, err)
+		}
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("GET /metrics with telemetry.metrics.prometheus false = %d, want 404", resp.StatusCode)
+}
+
+// TestMetricsUnregisteredAtShutdown: once the admin Server has shut down,
+// a collection no longer runs its callback.
+func TestMetricsUnregisteredAtShutdown(t *testing.T) {
+	snap := proxytest.Snapshot(t, metricsConfig("http://127.0.0.1:8080", "", ""))
+	reader := sdkmetric.NewManualReader()
+	p := newProvider(t, snap.Config.Telemetry, telemetry.WithMetricReader(reader))
+	s := New(fixedSource{snap}, proxytest.Discard, WithTelemetry(p))
+	names := func() []string {
+		var rm metricdata.ResourceMetrics
+		if err := reader.Collect(context.Background(), &rm); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				out = append(out, m.Name)
+			}
+		}
+		return out
+	}
+	if got := names(); !slices.Contains(got, "sidecar.ready") {
+		t.Fatalf("collection before Shutdown = %v, want sidecar.ready", got)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatalf("second Shutdown = %v", err)
+	}
+	if got := names(); slices.Contains(got, "sidecar.ready") {
+		t.Errorf("collection after Shutdown = %v, want no sidecar.ready", got)
 	}
 }
 
@@ -314,7 +409,7 @@ func sidecarWithAdmin(t *testing.T, cfg string) (app, adm string) {
 		t.Fatal(err)
 	}
 	srv.Serve()
-	a := New(srv, proxytest.Discard)
+	a := New(srv, proxytest.Discard, WithTelemetry(newProvider(t, snap.Config.Telemetry)))
 	if err := a.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -359,6 +454,7 @@ func TestMetricsFIFOHeadBlocked(t *testing.T) {
 		r, _ := e.Value("sidecar_spool_deliveries_total", "route", "ev", "result", "retried")
 		return v == 1 && r >= 2
 	})
+	checkTypes(t, e)
 	if v := value(t, e, "sidecar_spool_head_attempts", "route", "ev"); v < 1 {
 		t.Errorf("blocked head: head_attempts = %v, want at least 1", v)
 	}

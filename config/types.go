@@ -34,18 +34,15 @@ type Admin struct {
 	TokenEnv string `yaml:"token_env"`
 }
 
-// Telemetry configures traces, metrics and the access log. This version
-// acts on Metrics only: traces and the access log are validated, and
-// "sidecar run" warns when they are not at their defaults
-// (docs/configuration.md).
+// Telemetry configures traces, metrics and the access log
+// (docs/observability.md).
 type Telemetry struct {
-	// ServiceName reported in traces and metrics. Default "sidecar". No
-	// exporter of this version reads it.
+	// ServiceName is the resource's service.name in traces. Default
+	// "sidecar".
 	ServiceName string  `yaml:"service_name"`
 	Traces      Traces  `yaml:"traces"`
 	Metrics     Metrics `yaml:"metrics"`
-	// AccessLog logs one line per request at info level. Default false;
-	// not enforced in this version.
+	// AccessLog logs one line per request at info level. Default false.
 	AccessLog bool `yaml:"access_log"`
 }
 

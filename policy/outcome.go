@@ -38,7 +38,7 @@ const (
 	SpoolError                     // the spool could not make the message durable
 	BadRequest                     // the request is malformed, or its body broke off
 	RequestTimeout                 // the app paused sending its request body for too long
-	NumOutcomes // the number of outcomes, not one
+	NumOutcomes                    // the number of outcomes, not one
 )
 
 var outcomeNames = [NumOutcomes]string{

@@ -37,6 +37,7 @@ import (
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/spool"
+	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
 // Exit codes a script can rely on.
@@ -234,16 +235,31 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 		logger.Warn("signal received while starting: exiting", "signal", sig.String())
 		return exitFailure
 	}
-	snap, err := proxy.Build(cfg, nil, logger)
+	tel, err := telemetry.New(st.ctx, cfg.Telemetry)
+	if err != nil {
+		logger.Error("cannot start telemetry", "error", err)
+		return exitFailure
+	}
+	// Runs after the admin server and the proxy have shut down: flushes
+	// spans, unless a second signal asked to exit at once.
+	flush := true
+	defer func() {
+		if flush {
+			shutdownTelemetry(tel, logger)
+		}
+	}()
+	ptel, err := proxy.TelemetryFrom(tel)
+	if err != nil {
+		logger.Error("cannot start telemetry", "error", err)
+		return exitFailure
+	}
+	snap, err := proxy.Build(cfg, nil, logger, proxy.WithTelemetry(ptel))
 	if err != nil {
 		logger.Error("invalid configuration", "error", err)
 		return exitConfig
 	}
 	if sig := st.interrupted(); sig != nil {
 		return stopped(sig)
-	}
-	for _, w := range notYetEnforced(cfg) {
-		logger.Warn(w)
 	}
 	var opts []proxy.Option
 	if hasAsync(cfg) {
@@ -261,7 +277,7 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 			})
 		} else {
 			store, err = interruptible(st, func() (spool.Store, error) {
-				fs, err := openSpool(cfg, logger)
+				fs, err := openSpool(cfg, logger, ptel.Instruments)
 				if err != nil {
 					return nil, err // not a nil *FileStore in a non-nil Store
 				}
@@ -286,12 +302,20 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 		opts = append(opts, proxy.WithSpool(store))
 	}
 	srv := proxy.NewServer(snap, logger, opts...)
+	if tel.MetricsOn() {
+		reg, err := srv.RegisterMetrics(tel.Meter())
+		if err != nil {
+			logger.Error("cannot start telemetry", "error", err)
+			return exitFailure
+		}
+		defer reg.Unregister()
+	}
 	// The token is read once, at start; only its hash is kept.
 	token := ""
 	if cfg.Admin.TokenEnv != "" {
 		token = os.Getenv(cfg.Admin.TokenEnv)
 	}
-	adm := admin.New(srv, logger, admin.WithToken(token))
+	adm := admin.New(srv, logger, admin.WithToken(token), admin.WithTelemetry(tel))
 	if err := adm.Listen(cfg.Admin.Address); err != nil {
 		logger.Error("cannot bind the admin listener", "error", err)
 		return exitFailure
@@ -348,8 +372,18 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 				continue
 			}
 			logger.Warn("second signal: exiting now", "signal", sig.String())
+			flush = false
 			return exitFailure
 		}
+	}
+}
+
+// shutdownTelemetry flushes the spans still batched, waiting 5 s at most.
+func shutdownTelemetry(p *telemetry.Provider, logger *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		logger.Warn("telemetry shutdown", "error", err)
 	}
 }
 
@@ -361,19 +395,6 @@ func buildVersion() string {
 		return bi.Main.Version
 	}
 	return "dev"
-}
-
-// notYetEnforced lists settings this version validates but does not act on
-// yet, so nobody mistakes an accepted key for a working one.
-func notYetEnforced(cfg *config.Config) []string {
-	var out []string
-	if cfg.Telemetry.Traces.Exporter != "none" {
-		out = append(out, "telemetry.traces.exporter is not enforced in this version: no traces are exported")
-	}
-	if cfg.Telemetry.AccessLog {
-		out = append(out, "telemetry.access_log is not enforced in this version")
-	}
-	return out
 }
 
 // hasAsync reports whether any route is async, so that the spool is needed.
@@ -390,7 +411,8 @@ func hasAsync(cfg *config.Config) bool {
 
 // openSpool opens the file spool that cfg describes, with the async
 // routes' own limits.
-func openSpool(cfg *config.Config, logger *slog.Logger) (*spool.FileStore, error) {
+// ins, when not nil, times each fsync.
+func openSpool(cfg *config.Config, logger *slog.Logger, ins *telemetry.Instruments) (*spool.FileStore, error) {
 	sc := cfg.Spool
 	opts := spool.FileOptions{
 		MaxBytes:    int64(sc.MaxBytes),
@@ -398,6 +420,9 @@ func openSpool(cfg *config.Config, logger *slog.Logger) (*spool.FileStore, error
 		Interval:    sc.FsyncInterval.D(),
 		Logger:      logger,
 		Routes:      map[string]spool.Limits{},
+	}
+	if ins != nil {
+		opts.OnFsync = ins.Fsync
 	}
 	if sc.Fsync == "interval" {
 		opts.Fsync = spool.FsyncInterval

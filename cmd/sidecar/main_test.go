@@ -18,6 +18,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
+	"github.com/sidecar-proxy/sidecar/telemetry/telemetrytest"
 )
 
 var binary string
@@ -350,6 +351,35 @@ func TestRunFailsWhenSpoolLocked(t *testing.T) {
 	}
 }
 
+// TestRunFailsWhenTelemetryCannotStart: an OTLP protocol the exporter
+// does not know stops the start with exit 3 and says why.
+func TestRunFailsWhenTelemetryCannotStart(t *testing.T) {
+	cfg := writeConfig(t, `
+version: 1
+admin: {address: "127.0.0.1:0"}
+telemetry: {traces: {exporter: otlp}}
+upstreams:
+  up: {endpoints: ["http://127.0.0.1:1"]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, upstream: up}
+`)
+	cmd := exec.Command(binary, "run", "-config", cfg)
+	cmd.Env = append(os.Environ(), "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=", "OTEL_EXPORTER_OTLP_PROTOCOL=carrier-pigeon")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	code := -1
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	if code != 3 || !strings.Contains(stderr.String(), "cannot start telemetry") || !strings.Contains(stderr.String(), "carrier-pigeon") {
+		t.Errorf("sidecar run with OTEL_EXPORTER_OTLP_PROTOCOL=carrier-pigeon = %v, stderr %q; want exit 3 saying telemetry cannot start", err, stderr.String())
+	}
+}
+
 func TestRunSpoolsAndClosesTheStoreOnSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	cmd, s, _ := startBinary(t, asyncConfig(t, fmt.Sprintf("dir: %q", dir)))
@@ -363,20 +393,27 @@ func TestRunSpoolsAndClosesTheStoreOnSIGTERM(t *testing.T) {
 		t.Fatalf("POST to an async route = %d, spool id %q; want 202 with an id", resp.StatusCode, resp.Header.Get("Sidecar-Spool-Id"))
 	}
 	// The binary serves the spool's metrics on its admin listener.
-	mresp, err := http.Get("http://" + s.Admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(mresp.Body)
-	mresp.Body.Close()
-	for _, want := range []string{
-		`sidecar_spool_messages{route="ev",state="pending"} 1`,
-		"sidecar_spool_appends_total 1",
-		"sidecar_spool_fsync_loss_window_seconds 0",
-		"sidecar_spool_failed 0",
+	e := telemetrytest.Scrape(t, "http://"+s.Admin+"/metrics")
+	for _, want := range []struct {
+		name   string
+		labels []string
+		value  float64
+	}{
+		{"sidecar_spool_messages", []string{"route", "ev", "state", "pending"}, 1},
+		{"sidecar_spool_appends_total", nil, 1},
+		{"sidecar_spool_fsync_loss_window_seconds", nil, 0},
+		{"sidecar_spool_failed", nil, 0},
 	} {
-		if !strings.Contains(string(metrics), want+"\n") {
-			t.Errorf("GET /metrics = %d without %q:\n%s", mresp.StatusCode, want, metrics)
+		if v, ok := e.Value(want.name, want.labels...); !ok || v != want.value {
+			t.Errorf("GET /metrics: %s = %v (present %t), want %v", telemetrytest.Key(want.name, want.labels...), v, ok, want.value)
+		}
+	}
+	for name, typ := range map[string]string{
+		"sidecar_spool_messages": "gauge", "sidecar_spool_appends_total": "counter",
+		"sidecar_spool_fsync_loss_window_seconds": "gauge", "sidecar_spool_failed": "gauge",
+	} {
+		if e.Types[name] != typ {
+			t.Errorf("GET /metrics: TYPE of %s = %q, want %s", name, e.Types[name], typ)
 		}
 	}
 	cmd.Process.Signal(syscall.SIGTERM)

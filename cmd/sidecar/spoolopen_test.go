@@ -32,7 +32,7 @@ listeners:
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := openSpool(cfg, proxytest.Discard)
+	st, err := openSpool(cfg, proxytest.Discard, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

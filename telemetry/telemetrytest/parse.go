@@ -1,103 +1,108 @@
-// Package telemetrytest checks and reads the Prometheus text exposition
-// format in tests.
+// Package telemetrytest reads the Prometheus text exposition that
+// /metrics serves, in tests, with the Prometheus text parser.
 package telemetrytest
 
 import (
 	"fmt"
-	"regexp"
-	"strconv"
+	"io"
+	"net/http"
+	"slices"
 	"strings"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Exposition is a parsed scrape.
 type Exposition struct {
-	// Types maps each family name to its TYPE.
+	// Types maps each family name to its TYPE: "counter", "gauge", ...
 	Types map[string]string
-	// Samples maps each sample, written as name{label="value",...} exactly
-	// as it appeared (name alone without labels), to its value.
+	// Samples maps each sample, written as Key writes it, to its value.
 	Samples map[string]float64
 }
 
 // Value returns a sample's value and whether it is present; labels are
-// name, value pairs in the order written, with values unescaped.
+// name, value pairs, in any order, and must be all the sample's labels.
 func (e *Exposition) Value(name string, labels ...string) (float64, bool) {
 	v, ok := e.Samples[Key(name, labels...)]
 	return v, ok
 }
 
-// Key returns the Samples key of a sample.
+// Key returns the Samples key of a sample: name{label="value",...} with
+// the labels sorted by name, or name alone without labels.
 func Key(name string, labels ...string) string {
-	if len(labels) == 0 {
+	if len(labels) < 2 {
 		return name
 	}
-	var b strings.Builder
-	b.WriteString(name)
-	b.WriteByte('{')
+	var pairs []string
 	for i := 0; i+1 < len(labels); i += 2 {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `%s="%s"`, labels[i], labelEscaper.Replace(labels[i+1]))
+		pairs = append(pairs, fmt.Sprintf("%s=%q", labels[i], labels[i+1]))
 	}
-	b.WriteByte('}')
-	return b.String()
+	slices.Sort(pairs)
+	return name + "{" + strings.Join(pairs, ",") + "}"
 }
 
-// labelEscaper escapes label values as the text format wants; written
-// here again rather than taken from telemetry, so tests check the writer
-// against an independent reading of the format.
-var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-
-var (
-	helpLine   = regexp.MustCompile(`^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (?:[^\\]|\\\\|\\n)*$`)
-	typeLine   = regexp.MustCompile(`^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$`)
-	labelValue = `"(?:[^"\\\n]|\\\\|\\"|\\n)*"`
-	label      = `[a-zA-Z_][a-zA-Z0-9_]*=` + labelValue
-	sampleLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:` + label + `(?:,` + label + `)*)?\})? (\S+)$`)
-)
-
-// Parse checks text line by line: every line is a HELP, a TYPE or a
-// sample `name{labels} value`; every sample follows the TYPE line of its
-// family, and the family's lines are contiguous; no family is typed twice
-// and no sample repeats. It returns the first violation.
-func Parse(text string) (*Exposition, error) {
-	e := &Exposition{Types: map[string]string{}, Samples: map[string]float64{}}
-	if text != "" && !strings.HasSuffix(text, "\n") {
-		return nil, fmt.Errorf("exposition does not end in a line feed")
+// Parse reads a text exposition with the Prometheus parser, whose names
+// must be valid under the legacy (not UTF-8) scheme. A sample that
+// repeats is an error.
+func Parse(r io.Reader) (*Exposition, error) {
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, err
 	}
-	current := ""
-	for i, line := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
-		n := i + 1
-		if m := helpLine.FindStringSubmatch(line); m != nil {
-			continue
-		}
-		if m := typeLine.FindStringSubmatch(line); m != nil {
-			if _, dup := e.Types[m[1]]; dup {
-				return nil, fmt.Errorf("line %d: second TYPE for %s", n, m[1])
+	e := &Exposition{Types: map[string]string{}, Samples: map[string]float64{}}
+	for name, f := range fams {
+		e.Types[name] = strings.ToLower(f.GetType().String())
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName(), l.GetValue())
 			}
-			e.Types[m[1]] = m[2]
-			current = m[1]
-			continue
+			key := Key(name, labels...)
+			if _, dup := e.Samples[key]; dup {
+				return nil, fmt.Errorf("sample %s repeated", key)
+			}
+			e.Samples[key] = value(f.GetType(), m)
 		}
-		if strings.HasPrefix(line, "#") {
-			return nil, fmt.Errorf("line %d: malformed comment %q", n, line)
-		}
-		m := sampleLine.FindStringSubmatch(line)
-		if m == nil {
-			return nil, fmt.Errorf("line %d: not `name{labels} value`: %q", n, line)
-		}
-		if m[1] != current {
-			return nil, fmt.Errorf("line %d: sample of %s without its TYPE line before it", n, m[1])
-		}
-		v, err := strconv.ParseFloat(m[3], 64)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: value %q: %v", n, m[3], err)
-		}
-		key := m[1] + m[2]
-		if _, dup := e.Samples[key]; dup {
-			return nil, fmt.Errorf("line %d: sample %s repeated", n, key)
-		}
-		e.Samples[key] = v
 	}
 	return e, nil
+}
+
+func value(t dto.MetricType, m *dto.Metric) float64 {
+	switch t {
+	case dto.MetricType_COUNTER:
+		return m.GetCounter().GetValue()
+	case dto.MetricType_GAUGE:
+		return m.GetGauge().GetValue()
+	}
+	return m.GetUntyped().GetValue()
+}
+
+// Scrape GETs url (a /metrics address), checks that it answers 200 in
+// the text format, and returns the exposition parsed.
+func Scrape(t testing.TB, url string) *Exposition {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s = %d %s, want 200", url, resp.StatusCode, body)
+	}
+	if f := expfmt.ResponseFormat(resp.Header); f.FormatType() != expfmt.TypeTextPlain {
+		t.Errorf("GET %s Content-Type = %q, want the Prometheus text format (text/plain; version=%s)", url, resp.Header.Get("Content-Type"), expfmt.TextVersion)
+	}
+	e, err := Parse(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("GET %s: %v in\n%s", url, err, body)
+	}
+	return e
 }

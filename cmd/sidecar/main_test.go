@@ -131,9 +131,13 @@ func startBinary(t *testing.T, cfgPath string) (*exec.Cmd, started, *bufio.Scann
 
 // startBinaryLogs is startBinary that also returns the log lines after
 // "sidecar started"; the caller must read them until the channel closes.
-func startBinaryLogs(t *testing.T, cfgPath string) (*exec.Cmd, started, *bufio.Scanner, <-chan string) {
+// env, NAME=value each, is added to the environment.
+func startBinaryLogs(t *testing.T, cfgPath string, env ...string) (*exec.Cmd, started, *bufio.Scanner, <-chan string) {
 	t.Helper()
 	cmd := exec.Command(binary, "run", "-config", cfgPath, "-log-format", "json")
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

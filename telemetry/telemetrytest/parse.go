@@ -19,7 +19,8 @@ import (
 type Exposition struct {
 	// Types maps each family name to its TYPE: "counter", "gauge", ...
 	Types map[string]string
-	// Samples maps each sample, written as Key writes it, to its value.
+	// Samples maps each sample, written as Key writes it, to its value;
+	// a histogram's samples are its name_count and name_sum.
 	Samples map[string]float64
 }
 
@@ -60,6 +61,12 @@ func Parse(r io.Reader) (*Exposition, error) {
 			var labels []string
 			for _, l := range m.GetLabel() {
 				labels = append(labels, l.GetName(), l.GetValue())
+			}
+			if h := m.GetHistogram(); f.GetType() == dto.MetricType_HISTOGRAM && h != nil {
+				// A histogram is read as its _count and _sum samples.
+				e.Samples[Key(name+"_count", labels...)] = float64(h.GetSampleCount())
+				e.Samples[Key(name+"_sum", labels...)] = h.GetSampleSum()
+				continue
 			}
 			key := Key(name, labels...)
 			if _, dup := e.Samples[key]; dup {

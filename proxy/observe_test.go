@@ -93,7 +93,7 @@ func (o *observed) collect(t *testing.T) metricdata.ResourceMetrics {
 func attrsMatch(set attribute.Set, want map[string]string) bool {
 	for k, v := range want {
 		got, ok := set.Value(attribute.Key(k))
-		if !ok || got.Emit() != v {
+		if !ok || got.String() != v {
 			return false
 		}
 	}
@@ -155,7 +155,7 @@ func attr(s sdktrace.ReadOnlySpan, key string) (attribute.Value, bool) {
 
 func attrString(s sdktrace.ReadOnlySpan, key string) string {
 	v, _ := attr(s, key)
-	return v.Emit()
+	return v.String()
 }
 
 const appTraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -220,7 +220,7 @@ func TestTraceRetriedRequest(t *testing.T) {
 	// Never a header value or the query in a span.
 	for _, s := range o.spans.GetSpans().Snapshots() {
 		for _, kv := range s.Attributes() {
-			if v := kv.Value.Emit(); strings.Contains(v, "secret") || strings.Contains(v, "4111") {
+			if v := kv.Value.String(); strings.Contains(v, "secret") || strings.Contains(v, "4111") {
 				t.Errorf("span %q attribute %s = %q carries a header value or the query", s.Name(), kv.Key, v)
 			}
 		}

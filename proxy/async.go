@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
@@ -63,6 +65,10 @@ func compileAsync(a *config.Async) *asyncPolicy {
 type spooler struct {
 	store spool.Store
 	wakes map[string]chan struct{} // by route name; buffered 1
+	log   *slog.Logger
+	// full is set while appends are refused as full, so that the change
+	// is logged once each way, not once per request.
+	full atomic.Bool
 }
 
 // wake signals the route's deliverer that a message was appended.
@@ -186,6 +192,9 @@ func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, ms
 	case r.Context().Err() != nil:
 		return // the app went away: nothing acknowledged, nobody to answer
 	case errors.Is(err, spool.ErrFull):
+		if !sp.full.Swap(true) {
+			sp.log.Info("spool full: async requests are refused with 503 spool_full until messages are delivered", "route", rt.Name, "error", err)
+		}
 		writeError(w, r, policy.SpoolFull, rt.Name, attempts, "", spoolFullRetryAfter)
 		return
 	case errors.Is(err, spool.ErrTooLarge):
@@ -194,6 +203,9 @@ func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, ms
 	default:
 		writeError(w, r, policy.SpoolError, rt.Name, attempts, "", spoolFullRetryAfter)
 		return
+	}
+	if sp.full.Load() && sp.full.Swap(false) {
+		sp.log.Info("spool accepts messages again", "route", rt.Name)
 	}
 	sp.wake(rt.Name)
 	body, _ := json.Marshal(struct {

@@ -319,7 +319,9 @@ func TestAsyncOverMaxBody(t *testing.T) {
 
 func TestAsyncSpoolFull(t *testing.T) {
 	st := openStore(t, t.TempDir(), spool.FileOptions{MaxMessages: 2})
-	sc := startSidecarWith(t, asyncRoute(`when: always, backoff: {base: 1h, max: 1h}`), []Option{WithSpool(st)}, deadUpstream(t))
+	// access_log: true logs at info, where the spool's change of state is.
+	cfg := strings.Replace(asyncRoute(`when: always, backoff: {base: 1h, max: 1h}`), "version: 1", "version: 1\ntelemetry: {access_log: true}", 1)
+	sc := startSidecarWith(t, cfg, []Option{WithSpool(st)}, deadUpstream(t))
 	for i := range 2 {
 		resp, body := send(t, "POST", sc.url("/m"), nil)
 		if resp.StatusCode != http.StatusAccepted {
@@ -330,6 +332,10 @@ func TestAsyncSpoolFull(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderOutcome) != "spool_full" || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("third message = %d %s Retry-After %q (%s), want 503 spool_full with Retry-After",
 			resp.StatusCode, resp.Header.Get(HeaderOutcome), resp.Header.Get("Retry-After"), body)
+	}
+	send(t, "POST", sc.url("/m"), nil)
+	if n := strings.Count(sc.logs.String(), "msg=\"spool full"); n != 1 {
+		t.Errorf("the log has %d \"spool full\" lines after two refused messages, want 1 (a change of state):\n%s", n, sc.logs.String())
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sidecar-proxy/sidecar/policy"
@@ -160,6 +161,7 @@ type call struct {
 	// The current attempt's telemetry, recorded when it is released.
 	x         *exchange // the request's exchange, with an access log
 	span      trace.Span
+	attrs     []attribute.KeyValue // the span's attributes until it ends
 	tryStart  time.Time
 	tryStatus int
 	tryCode   int
@@ -204,7 +206,7 @@ func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*
 	u.Scheme, u.Host = ep.URL.Scheme, ep.URL.Host
 	out.URL = &u
 	out.Body = body.next()
-	c.span = c.attemptSpan(out, ep, n)
+	c.span = c.attemptSpan(out, ep, n, c.grpc && !c.deadline.IsZero())
 
 	ep.inFlight.Add(1)
 	resp, err := c.route.Pool.rt.RoundTrip(out)
@@ -302,8 +304,7 @@ func (c *call) release() {
 		t.Attempt(c.app, c.method, c.tryStatus, c.tryResult, time.Since(c.tryStart))
 	}
 	if c.span != nil {
-		endAttemptSpan(c.span, c.tryStatus, c.tryResult, c.tryCode)
-		c.span = nil
+		c.endAttemptSpan()
 	}
 	c.mu.Lock()
 	if c.cancel != nil {

@@ -84,6 +84,9 @@ type exchange struct {
 	span   trace.Span // nil when not tracing
 	// endpoint is the last attempt's endpoint, for the access log.
 	endpoint string
+	// attrs is scratch space for the span's attributes, set in one call
+	// at its end (the SDK copies them); kept with the pooled exchange.
+	attrs []attribute.KeyValue
 }
 
 var (
@@ -145,16 +148,14 @@ func observe(snap *Snapshot, w http.ResponseWriter, r *http.Request) (*exchange,
 	ctx := r.Context()
 	if tr != nil {
 		ctx = snap.tel.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
-		ctx, x.span = tr.Start(ctx, telemetry.Method(r.Method), trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(x.start),
-			trace.WithAttributes(serverAttrs(r)...))
+		ctx, x.span = tr.Start(ctx, telemetry.Method(r.Method), serverKind)
 	}
 	return x, r.WithContext(context.WithValue(ctx, exchangeKey{}, x))
 }
 
-// serverAttrs are a SERVER span's attributes known at its start. Never a
-// header value or the query.
-func serverAttrs(r *http.Request) []attribute.KeyValue {
-	a := make([]attribute.KeyValue, 0, 10)
+// serverAttrs appends to a the attributes of a SERVER span that come from
+// its request. Never a header value or the query.
+func serverAttrs(a []attribute.KeyValue, r *http.Request) []attribute.KeyValue {
 	a = append(a,
 		attribute.String("http.request.method", telemetry.Method(r.Method)),
 		attribute.String("url.path", r.URL.Path),
@@ -173,22 +174,19 @@ func serverAttrs(r *http.Request) []attribute.KeyValue {
 		a = append(a, attribute.String("client.address", ip))
 	}
 	if isGRPC(r) {
-		a = append(a, rpcAttrs(r.URL.Path)...)
+		a = rpcAttrs(a, r.URL.Path)
 	}
 	return a
 }
 
-// rpcAttrs are the RPC attributes of a gRPC call to path /service/method.
-func rpcAttrs(path string) []attribute.KeyValue {
-	svc, method, ok := strings.Cut(strings.TrimPrefix(path, "/"), "/")
-	if !ok {
-		return []attribute.KeyValue{attribute.String("rpc.system", "grpc")}
+// rpcAttrs appends to a the RPC attributes of a gRPC call to path
+// /service/method.
+func rpcAttrs(a []attribute.KeyValue, path string) []attribute.KeyValue {
+	a = append(a, attribute.String("rpc.system", "grpc"))
+	if svc, method, ok := strings.Cut(strings.TrimPrefix(path, "/"), "/"); ok {
+		a = append(a, attribute.String("rpc.service", svc), attribute.String("rpc.method", method))
 	}
-	return []attribute.KeyValue{
-		attribute.String("rpc.system", "grpc"),
-		attribute.String("rpc.service", svc),
-		attribute.String("rpc.method", method),
-	}
+	return a
 }
 
 func protoVersion(r *http.Request) string {
@@ -255,7 +253,7 @@ func (x *exchange) finish(snap *Snapshot, l string, r *http.Request, logger *slo
 		attempts, _ = strconv.Atoi(v[0])
 	}
 	if x.span != nil {
-		a := make([]attribute.KeyValue, 0, 7)
+		a := serverAttrs(x.attrs[:0], r)
 		a = append(a, attribute.String("sidecar.outcome", outcomeName), attribute.Int("sidecar.attempts", attempts))
 		if rt != nil {
 			a = append(a, attribute.String("sidecar.route", rt.Name))
@@ -279,6 +277,8 @@ func (x *exchange) finish(snap *Snapshot, l string, r *http.Request, logger *slo
 			x.span.SetStatus(codes.Error, outcomeName)
 		}
 		x.span.End()
+		clear(a)
+		x.attrs = a[:0]
 	}
 	if snap.accessLog {
 		route := ""
@@ -305,7 +305,7 @@ func (x *exchange) finish(snap *Snapshot, l string, r *http.Request, logger *slo
 			slog.Duration("duration", d),
 		)
 	}
-	*x = exchange{}
+	*x = exchange{attrs: x.attrs}
 	exchanges.Put(x)
 }
 
@@ -333,17 +333,25 @@ type delivery struct {
 
 type deliveryKey struct{}
 
+// The span kinds as start options, made once: an option made per span
+// is an allocation.
+var (
+	serverKind = trace.WithSpanKind(trace.SpanKindServer)
+	clientKind = trace.WithSpanKind(trace.SpanKindClient)
+)
+
 // attemptSpan starts the CLIENT span of attempt n of a call to ep, and
-// injects its context into out's headers (cloned first, as out shares
-// them with the other attempts). It returns nil when not tracing.
-func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int) trace.Span {
+// injects its context into out's headers. Those are cloned first, as out
+// shares them with the other attempts, unless cloned says they already
+// are. It returns nil when not tracing. The span's attributes are kept in
+// c.attrs and set with the rest when the attempt ends (endAttemptSpan).
+func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int, cloned bool) trace.Span {
 	tel := c.route.obs
 	tr := tel.tracer()
 	if tr == nil {
 		return nil
 	}
-	a := make([]attribute.KeyValue, 0, 12)
-	a = append(a,
+	a := append(c.attrs[:0],
 		attribute.String("http.request.method", telemetry.Method(out.Method)),
 		attribute.String("server.address", ep.URL.Hostname()),
 		attribute.String("url.path", out.URL.Path),
@@ -359,32 +367,35 @@ func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int) trace.Span {
 	}
 	name := telemetry.Method(out.Method)
 	if c.grpc {
-		a = append(a, rpcAttrs(out.URL.Path)...)
+		a = rpcAttrs(a, out.URL.Path)
 		name = strings.TrimPrefix(out.URL.Path, "/")
 	}
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}
+	kind := clientKind
 	ctx := c.app
+	var span trace.Span
 	if d, ok := ctx.Value(deliveryKey{}).(*delivery); ok {
 		a = append(a, attribute.String("sidecar.spool.id", d.id), attribute.Int("sidecar.delivery.attempt", d.attempt))
-		if d.origin.IsValid() {
-			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: d.origin}))
-		}
-	}
-	opts = append(opts, trace.WithAttributes(a...))
-	ctx, span := tr.Start(ctx, name, opts...)
-	if out.Header != nil {
-		out.Header = out.Header.Clone()
+		ctx, span = tr.Start(ctx, name, kind, trace.WithLinks(trace.Link{SpanContext: d.origin}))
 	} else {
-		out.Header = http.Header{}
+		ctx, span = tr.Start(ctx, name, kind)
+	}
+	c.attrs = a
+	if !cloned {
+		if out.Header != nil {
+			out.Header = out.Header.Clone()
+		} else {
+			out.Header = http.Header{}
+		}
 	}
 	tel.Propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
 	return span
 }
 
-// endAttemptSpan ends an attempt's span with how the attempt ended.
-func endAttemptSpan(span trace.Span, status int, o policy.Outcome, code int) {
-	a := make([]attribute.KeyValue, 0, 4)
-	a = append(a, attribute.String("sidecar.outcome", o.String()))
+// endAttemptSpan ends the current attempt's span with how the attempt
+// ended, setting all its attributes in one call.
+func (c *call) endAttemptSpan() {
+	span, status, o, code := c.span, c.tryStatus, c.tryResult, c.tryCode
+	a := append(c.attrs, attribute.String("sidecar.outcome", o.String()))
 	if status > 0 {
 		a = append(a, attribute.Int("http.response.status_code", status))
 	}
@@ -403,6 +414,8 @@ func endAttemptSpan(span trace.Span, status int, o policy.Outcome, code int) {
 	}
 	span.SetAttributes(a...)
 	span.End()
+	clear(a)
+	c.attrs, c.span = a[:0], nil
 }
 
 // traceParent formats a span context as a W3C traceparent value.

@@ -78,7 +78,7 @@ type Option func(*Server)
 // Without it, async routes are served synchronously.
 func WithSpool(store spool.Store) Option {
 	return func(s *Server) {
-		s.spool = &spooler{store: store, wakes: map[string]chan struct{}{}}
+		s.spool = &spooler{store: store, wakes: map[string]chan struct{}{}, log: s.log}
 	}
 }
 

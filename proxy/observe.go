@@ -107,7 +107,7 @@ func exchangeOf(ctx context.Context) *exchange {
 func (x *exchange) Header() http.Header { return x.w.Header() }
 
 func (x *exchange) WriteHeader(code int) {
-	if x.status == 0 && code >= 200 {
+	if x.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		x.status = code
 	}
 	x.w.WriteHeader(code)

@@ -16,11 +16,13 @@
 #   CONNS=64        wrk keep-alive connections
 #   LAT_CONNS=16    latency-run keep-alive connections
 #   SIZE=64         upstream response body size in bytes
-#   TARGETS="direct goproxy goproxy-pool sidecar haproxy nginx"
+#   TARGETS="direct goproxy goproxy-pool sidecar haproxy nginx"; also
+#                   sidecar-nometrics (telemetry off) and sidecar-traced
+#                   (metrics + every request traced to bench/otlpsink)
 #   LOAD_CPU=0      core for wrk, the latency generator and the upstream
 #   PROXY_CPU=1     core for the proxy under test (alone)
-#   PORT_BASE=18000 ports used: PORT_BASE+80 upstream, +1..+5 proxies,
-#                   +1901 sidecar admin
+#   PORT_BASE=18000 ports used: PORT_BASE+80 upstream, +1..+7 proxies,
+#                   +85 OTLP sink, +1901 sidecar admin
 #   OUT=FILE        also write the markdown report to FILE
 #   KEEP_TMP=1      keep the temp dir (binaries, rendered configs, logs)
 #   WAIT_QUIET=30   before each measurement wait up to this many seconds for
@@ -50,6 +52,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 HOST=127.0.0.1
 UP_PORT=$((PORT_BASE + 80))
 ADMIN_PORT=$((PORT_BASE + 1901))
+SINK_PORT=$((PORT_BASE + 85))
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -67,6 +70,8 @@ target_port() {
 	goproxy-pool) echo $((PORT_BASE + 3)) ;;
 	haproxy) echo $((PORT_BASE + 4)) ;;
 	nginx) echo $((PORT_BASE + 5)) ;;
+	sidecar-nometrics) echo $((PORT_BASE + 6)) ;;
+	sidecar-traced) echo $((PORT_BASE + 7)) ;;
 	*) die "unknown target $1" ;;
 	esac
 }
@@ -85,14 +90,32 @@ render() { # render TEMPLATE OUT NAME PORT
 
 # target_cmd NAME PORT: print the command that starts NAME (one line).
 target_cmd() {
-	local name=$1 port=$2
+	local name=$1 port=$2 env
 	case $name in
 	goproxy) echo "$TMP/bin/goproxy -addr $HOST:$port -upstream http://$HOST:$UP_PORT" ;;
 	goproxy-pool) echo "$TMP/bin/goproxy -addr $HOST:$port -upstream http://$HOST:$UP_PORT -pool" ;;
-	sidecar) echo "$TMP/bin/sidecar run -config $TMP/sidecar.yaml" ;;
+	sidecar | sidecar-nometrics | sidecar-traced)
+		env=$(sidecar_env "$name")
+		echo "${env:+$env }$TMP/bin/sidecar run -config $TMP/$name.yaml" ;;
 	haproxy) echo "haproxy -db -f $TMP/haproxy.cfg" ;;
 	nginx) echo "nginx -p $TMP/nginx/ -c $TMP/nginx.conf -e stderr" ;;
 	esac
+}
+
+# check_spans NAME ROUND SERVED: after a traced round (the sidecar stopped,
+# so its last batch is flushed) the sink's span count must have grown;
+# records spans / (2 x requests served): a SERVER and a CLIENT span each.
+check_spans() {
+	local name=$1 round=$2 served=$3 now
+	now=$(sink_spans)
+	if [ -z "$now" ] || [ "$now" -le "$SPANS" ]; then
+		echo "$name round $round: the OTLP sink's span count did not grow (${SPANS} before, ${now:-no answer} after)" >>"$TMP/res/notes"
+		echo "$name" >>"$TMP/res/bad"
+		return 0
+	fi
+	echo "$name round $round: $((now - SPANS)) spans for ${served:-?} requests served" >>"$TMP/log/spans.log"
+	awk -v n="$((now - SPANS))" -v r="${served:-0}" 'BEGIN {if (r > 0) printf "%.3f\n", n/(2*r)}' >>"$TMP/res/$name.spanratio"
+	SPANS=$now
 }
 
 # measure NAME ROUND
@@ -107,12 +130,12 @@ measure() {
 		start "$name" "$PROXY_CPU" $(target_cmd "$name" "$port")
 		pid=$STARTED
 		ready=$url
-		[ "$name" = sidecar ] && ready="http://$HOST:$ADMIN_PORT/readyz"
+		is_sidecar "$name" && ready="http://$HOST:$ADMIN_PORT/readyz"
 		if ! wait_200 "$ready" "$pid" "$name" || ! wait_200 "$url" "$pid" "$name"; then
 			stop "$pid"
 			# A sidecar that does not come up is skipped, not fatal: the
 			# baselines are still worth having.
-			[ "$name" = sidecar ] || die "$name did not start"
+			is_sidecar "$name" || die "$name did not start"
 			echo "$name round $round: did not start or answer 200 (see log/$name.log); skipped" >>"$TMP/res/notes"
 			echo "$name" >>"$TMP/res/bad"
 			return 0
@@ -183,7 +206,10 @@ measure() {
 	if [ -n "$pid" ]; then
 		rss_mib "$pid" >>"$TMP/res/$name.rss"
 		echo >>"$TMP/res/$name.rss"
+		local served=""
+		[ "$name" = sidecar-traced ] && served=$(served_requests)
 		stop "$pid"
+		[ "$name" = sidecar-traced ] && check_spans "$name" "$round" "$served"
 	fi
 	log "$name round $round: rps $rps, p50 ${p50}µs, p99 ${p99}µs"
 }
@@ -198,18 +224,19 @@ mkdir -p "$TMP/bin" "$TMP/log" "$TMP/res" "$TMP/nginx"
 : >"$TMP/res/bad"
 
 log "building bench binaries into $TMP/bin"
-(cd "$REPO" && go build -o "$TMP/bin/" ./bench/upstream ./bench/goproxy ./bench/loadgen)
+(cd "$REPO" && go build -o "$TMP/bin/" ./bench/upstream ./bench/goproxy ./bench/loadgen ./bench/otlpsink)
 
 SIDECAR_NOTE=""
 RUN_TARGETS=()
 for t in $TARGETS; do
-	if [ "$t" = sidecar ]; then
+	if is_sidecar "$t"; then
+		[ -n "$SIDECAR_NOTE" ] && continue
 		if [ ! -d "$REPO/cmd/sidecar" ]; then
 			SIDECAR_NOTE="sidecar: not measured: ./cmd/sidecar does not exist yet"
 			log "$SIDECAR_NOTE"
 			continue
 		fi
-		if ! (cd "$REPO" && go build -o "$TMP/bin/sidecar" ./cmd/sidecar) >"$TMP/log/sidecar-build.log" 2>&1; then
+		if [ ! -x "$TMP/bin/sidecar" ] && ! (cd "$REPO" && go build -o "$TMP/bin/sidecar" ./cmd/sidecar) >"$TMP/log/sidecar-build.log" 2>&1; then
 			SIDECAR_NOTE="sidecar: not measured: ./cmd/sidecar does not build: $(grep -v "^#" "$TMP/log/sidecar-build.log" | head -1 || true)"
 			log "$SIDECAR_NOTE"
 			continue
@@ -222,13 +249,23 @@ done
 
 render "$BENCH_DIR/haproxy.cfg" "$TMP/haproxy.cfg" haproxy "$(target_port haproxy)"
 render "$BENCH_DIR/nginx.conf" "$TMP/nginx.conf" nginx "$(target_port nginx)"
-render "$BENCH_DIR/sidecar.yaml" "$TMP/sidecar.yaml" sidecar "$(target_port sidecar)"
+for t in sidecar sidecar-nometrics sidecar-traced; do
+	render "$BENCH_DIR/sidecar.yaml" "$TMP/$t.yaml" "$t" "$(target_port "$t")"
+	sidecar_telemetry "$t" >>"$TMP/$t.yaml"
+done
 mkdir -p "$TMP/nginx/logs"
 
 port_free "$UP_PORT" || die "upstream port $UP_PORT is already in use"
 start upstream "$LOAD_CPU" "$TMP/bin/upstream" -addr "$HOST:$UP_PORT" -size "$SIZE"
 UP_PID=$STARTED
 wait_200 "http://$HOST:$UP_PORT/" "$UP_PID" upstream || die "the upstream did not start"
+SPANS=0
+if [[ " ${RUN_TARGETS[*]} " == *" sidecar-traced "* ]]; then
+	port_free "$SINK_PORT" || die "OTLP sink port $SINK_PORT is already in use"
+	start otlpsink "$LOAD_CPU" "$TMP/bin/otlpsink" -addr "$HOST:$SINK_PORT"
+	wait_200 "http://$HOST:$SINK_PORT/count" "$STARTED" otlpsink || die "the OTLP sink did not start"
+	SPANS=$(sink_spans)
+fi
 
 for r in $(seq 1 "$ROUNDS"); do
 	for t in "${RUN_TARGETS[@]}"; do
@@ -301,6 +338,16 @@ REPORT="$TMP/report.md"
 				echo "- $b rps / goproxy rps = $(ratio "$(med "$b" rps)" "$(med goproxy rps)")"
 			fi
 		done
+	fi
+	if [ -s "$TMP/res/sidecar-nometrics.cpu" ]; then
+		echo
+		echo "Telemetry cost, CPU per request against the sidecar with telemetry off (medians over rounds):"
+		echo
+		tel_bar metrics sidecar sidecar-nometrics 1.05
+		tel_bar tracing sidecar-traced sidecar-nometrics 1.20
+	fi
+	if [ -s "$TMP/res/sidecar-traced.spanratio" ]; then
+		echo "- sidecar-traced: spans the OTLP sink decoded / (2 × requests the sidecar served), per round: $(tr '\n' ' ' <"$TMP/res/sidecar-traced.spanratio")(1 = a SERVER and a CLIENT span for every request, none lost)"
 	fi
 	echo
 	echo "A target whose proxy core is well below 100 % busy while the load core is at ~100 % was limited by the load core (wrk + upstream), not by itself: its rps is a lower bound; compare CPU µs/req instead."

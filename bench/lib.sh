@@ -201,3 +201,52 @@ commit_line() {
 	if [ -n "$(cd "$REPO" && git status --porcelain 2>/dev/null)" ]; then dirty=" (dirty tree)"; fi
 	echo "$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo 'none')$dirty"
 }
+
+# ---------------------------------------------------------------- sidecar variants
+# The sidecar targets: sidecar (the template as is: metrics on, the
+# default), sidecar-nometrics (telemetry off: no metrics, no traces) and
+# sidecar-traced (metrics plus every request traced over OTLP/HTTP to
+# bench/otlpsink).
+is_sidecar() { case $1 in sidecar | sidecar-nometrics | sidecar-traced) return 0 ;; esac; return 1; }
+
+# sidecar_telemetry NAME: the telemetry block appended to NAME's rendered
+# config (nothing for plain sidecar).
+sidecar_telemetry() {
+	case $1 in
+	sidecar-nometrics) echo "telemetry: {metrics: {prometheus: false}}" ;;
+	sidecar-traced) echo "telemetry: {traces: {exporter: otlp, sample_ratio: 1}}" ;;
+	esac
+}
+
+# sidecar_env NAME: the environment NAME runs with, as `env VAR=...` words
+# (nothing for the untraced variants). Needs SINK_PORT.
+sidecar_env() {
+	[ "$1" = sidecar-traced ] || return 0
+	echo "env OTEL_EXPORTER_OTLP_ENDPOINT=http://$HOST:$SINK_PORT OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+}
+
+# sink_spans: the spans bench/otlpsink has received so far ("" if it does
+# not answer).
+sink_spans() { curl -s --max-time 2 "http://$HOST:$SINK_PORT/count" || true; }
+
+# served_requests: requests the running sidecar counted (the _count of
+# http_server_request_duration_seconds on its admin /metrics).
+served_requests() {
+	curl -s --max-time 5 "http://$HOST:$ADMIN_PORT/metrics" |
+		awk '/^http_server_request_duration_seconds_count/ {s += $NF} END {printf "%.0f\n", s}'
+}
+
+# tel_bar WHAT A B BAR [PRE] [SUF] [UNIT]: one line of the telemetry bars:
+# median CPU per request of target A over target B's (keys PRE A SUF and
+# PRE B SUF under $TMP/res, file .cpu) against BAR, with PASS or FAIL.
+# Prints nothing when either was not measured.
+tel_bar() {
+	local what=$1 a=$2 b=$3 bar=$4 pre=${5:-} suf=${6:-} unit=${7:-µs/req} va vb r verdict
+	va=$(med "$pre$a$suf" cpu)
+	vb=$(med "$pre$b$suf" cpu)
+	[ "$va" = n/a ] || [ "$vb" = n/a ] && return 0
+	r=$(awk -v a="$va" -v b="$vb" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "n/a"}')
+	verdict=$(awk -v r="$r" -v m="$bar" 'BEGIN {print (r != "n/a" && r <= m) ? "PASS" : "FAIL"}')
+	if grep -qx -e "$pre$a$suf" -e "$pre$b$suf" "$TMP/res/bad"; then verdict="$verdict (⚠ errors in a round: see Errors seen)"; fi
+	echo "- $what: $a CPU $unit / $b CPU $unit = $(fmt "$va" '%.1f') / $(fmt "$vb" '%.1f') = $r (bar ≤ $bar): $verdict"
+}

@@ -17,13 +17,16 @@
 #   H2_CONNS=1      h2load -c (connections)
 #   H2_STREAMS=64   h2load -m (concurrent streams per connection)
 #   SIZE=64         gRPC payload and HTTP response body size in bytes
-#   TARGETS="direct sidecar haproxy"
+#   TARGETS="direct sidecar haproxy"; also sidecar-nometrics (telemetry
+#                   off) and sidecar-traced (metrics + every request traced
+#                   to bench/otlpsink)
 #   GRPC_HAPROXY=1  also run the gRPC calls through HAProxy (0: h2load only)
 #   LOAD_CPU=0      core for grpcbench/h2load and both upstream servers
 #   PROXY_CPU=1     core for the proxy under test (alone)
 #   PORT_BASE=18200 ports used: +80 HTTP upstream, +90 gRPC server,
 #                   +1/+11 sidecar h2/grpc, +4/+14 haproxy h2/grpc,
-#                   +1901 sidecar admin
+#                   +6/+16 sidecar-nometrics, +7/+17 sidecar-traced,
+#                   +85 OTLP sink, +1901 sidecar admin
 #   OUT=FILE        also write the markdown report to FILE
 #   KEEP_TMP=1      keep the temp dir (binaries, rendered configs, logs)
 #   WAIT_QUIET=30   before each measurement wait up to this many seconds for
@@ -55,6 +58,7 @@ HOST=127.0.0.1
 UP_PORT=$((PORT_BASE + 80))
 GRPC_PORT=$((PORT_BASE + 90))
 ADMIN_PORT=$((PORT_BASE + 1901))
+SINK_PORT=$((PORT_BASE + 85))
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -75,6 +79,8 @@ h2_port() {
 	direct) echo "$UP_PORT" ;;
 	sidecar) echo $((PORT_BASE + 1)) ;;
 	haproxy) echo $((PORT_BASE + 4)) ;;
+	sidecar-nometrics) echo $((PORT_BASE + 6)) ;;
+	sidecar-traced) echo $((PORT_BASE + 7)) ;;
 	*) die "unknown target $1" ;;
 	esac
 }
@@ -83,6 +89,8 @@ grpc_port() {
 	direct) echo "$GRPC_PORT" ;;
 	sidecar) echo $((PORT_BASE + 11)) ;;
 	haproxy) echo $((PORT_BASE + 14)) ;;
+	sidecar-nometrics) echo $((PORT_BASE + 16)) ;;
+	sidecar-traced) echo $((PORT_BASE + 17)) ;;
 	*) die "unknown target $1" ;;
 	esac
 }
@@ -96,8 +104,11 @@ render() { # render TEMPLATE OUT NAME
 
 # target_cmd NAME: print the command that starts NAME (one line).
 target_cmd() {
+	local env
 	case $1 in
-	sidecar) echo "$TMP/bin/sidecar run -config $TMP/sidecar-h2.yaml" ;;
+	sidecar | sidecar-nometrics | sidecar-traced)
+		env=$(sidecar_env "$1")
+		echo "${env:+$env }$TMP/bin/sidecar run -config $TMP/$1-h2.yaml" ;;
 	haproxy) echo "haproxy -db -f $TMP/haproxy-h2.cfg" ;;
 	esac
 }
@@ -244,13 +255,13 @@ measure() {
 		start "$name" "$PROXY_CPU" $(target_cmd "$name")
 		pid=$STARTED
 		local ok=1
-		if [ "$name" = sidecar ]; then
+		if is_sidecar "$name"; then
 			wait_200 "http://$HOST:$ADMIN_PORT/readyz" "$pid" "$name" || ok=0
 		fi
 		[ "$ok" = 1 ] && { wait_200 "http://$HOST:$(h2_port "$name")/" "$pid" "$name" --http2-prior-knowledge || ok=0; }
 		if [ "$ok" = 0 ]; then
 			stop "$pid"
-			[ "$name" = sidecar ] || die "$name did not start"
+			is_sidecar "$name" || die "$name did not start"
 			note "$name" "$round" "did not start or answer 200 (see log/$name.log); skipped"
 			return 0
 		fi
@@ -269,8 +280,29 @@ measure() {
 	if [ -n "$pid" ]; then
 		rss_mib "$pid" >>"$TMP/res/$name.rss"
 		echo >>"$TMP/res/$name.rss"
+		local served=""
+		[ "$name" = sidecar-traced ] && served=$(served_requests)
 		stop "$pid"
+		[ "$name" = sidecar-traced ] && check_spans "$name" "$round" "$served"
 	fi
+	return 0
+}
+
+# check_spans NAME ROUND SERVED: after a traced round (the sidecar stopped,
+# so its last batch is flushed) the sink's span count must have grown;
+# records spans / (2 x requests served): a SERVER and a CLIENT span each.
+check_spans() {
+	local name=$1 round=$2 served=$3 now
+	now=$(sink_spans)
+	if [ -z "$now" ] || [ "$now" -le "$SPANS" ]; then
+		note "$name" "$round" "the OTLP sink's span count did not grow (${SPANS} before, ${now:-no answer} after)" "h2.$name"
+		local s
+		for s in $STREAMS; do echo "grpc.$name.$s" >>"$TMP/res/bad"; done
+		return 0
+	fi
+	echo "$name round $round: $((now - SPANS)) spans for ${served:-?} requests served" >>"$TMP/log/spans.log"
+	awk -v n="$((now - SPANS))" -v r="${served:-0}" 'BEGIN {if (r > 0) printf "%.3f\n", n/(2*r)}' >>"$TMP/res/$name.spanratio"
+	SPANS=$now
 }
 
 # ---------------------------------------------------------------- main
@@ -283,13 +315,14 @@ mkdir -p "$TMP/bin" "$TMP/log" "$TMP/res"
 : >"$TMP/res/bad"
 
 log "building bench binaries into $TMP/bin"
-(cd "$REPO" && go build -o "$TMP/bin/" ./bench/upstream ./bench/grpcbench)
+(cd "$REPO" && go build -o "$TMP/bin/" ./bench/upstream ./bench/grpcbench ./bench/otlpsink)
 
 SIDECAR_NOTE=""
 RUN_TARGETS=()
 for t in $TARGETS; do
-	if [ "$t" = sidecar ]; then
-		if ! (cd "$REPO" && go build -o "$TMP/bin/sidecar" ./cmd/sidecar) >"$TMP/log/sidecar-build.log" 2>&1; then
+	if is_sidecar "$t"; then
+		[ -n "$SIDECAR_NOTE" ] && continue
+		if [ ! -x "$TMP/bin/sidecar" ] && ! (cd "$REPO" && go build -o "$TMP/bin/sidecar" ./cmd/sidecar) >"$TMP/log/sidecar-build.log" 2>&1; then
 			SIDECAR_NOTE="sidecar: not measured: ./cmd/sidecar does not build: $(grep -v "^#" "$TMP/log/sidecar-build.log" | head -1 || true)"
 			log "$SIDECAR_NOTE"
 			continue
@@ -300,7 +333,10 @@ for t in $TARGETS; do
 done
 [ ${#RUN_TARGETS[@]} -gt 0 ] || die "no targets to run"
 
-render "$BENCH_DIR/sidecar-h2.yaml" "$TMP/sidecar-h2.yaml" sidecar
+for t in sidecar sidecar-nometrics sidecar-traced; do
+	render "$BENCH_DIR/sidecar-h2.yaml" "$TMP/$t-h2.yaml" "$t"
+	sidecar_telemetry "$t" >>"$TMP/$t-h2.yaml"
+done
 render "$BENCH_DIR/haproxy-h2.cfg" "$TMP/haproxy-h2.cfg" haproxy
 
 port_free "$UP_PORT" || die "upstream port $UP_PORT is already in use"
@@ -309,6 +345,13 @@ start upstream "$LOAD_CPU" "$TMP/bin/upstream" -addr "$HOST:$UP_PORT" -size "$SI
 wait_200 "http://$HOST:$UP_PORT/" "$STARTED" upstream --http2-prior-knowledge || die "the upstream did not start"
 start grpcserver "$LOAD_CPU" "$TMP/bin/grpcbench" -mode server -addr "$HOST:$GRPC_PORT"
 wait_port "$GRPC_PORT" "$STARTED" grpcserver || die "the gRPC server did not start"
+SPANS=0
+if [[ " ${RUN_TARGETS[*]} " == *" sidecar-traced "* ]]; then
+	port_free "$SINK_PORT" || die "OTLP sink port $SINK_PORT is already in use"
+	start otlpsink "$LOAD_CPU" "$TMP/bin/otlpsink" -addr "$HOST:$SINK_PORT"
+	wait_200 "http://$HOST:$SINK_PORT/count" "$STARTED" otlpsink || die "the OTLP sink did not start"
+	SPANS=$(sink_spans)
+fi
 
 for r in $(seq 1 "$ROUNDS"); do
 	for t in "${RUN_TARGETS[@]}"; do
@@ -335,7 +378,12 @@ REPORT="$TMP/report.md"
 	echo "- $ROUNDS round(s), targets interleaved, each started fresh per round as \`taskset -c $PROXY_CPU CMD\`; medians over rounds"
 	for t in "${RUN_TARGETS[@]}"; do
 		[ "$t" = direct ] && { echo "  - direct: gRPC to \`$HOST:$GRPC_PORT\`, h2load to \`$HOST:$UP_PORT\`"; continue; }
-		echo "  - $t: \`$(target_cmd "$t" | sed "s|$TMP|\$TMP|g")\` (gRPC port $(grpc_port "$t"), h2c port $(h2_port "$t"); config rendered from bench/$(basename "$(target_cmd "$t" | awk '{print $NF}')"))"
+		cfg="bench/$(basename "$(target_cmd "$t" | awk '{print $NF}')")"
+		if is_sidecar "$t"; then
+			tb=$(sidecar_telemetry "$t")
+			cfg="bench/sidecar-h2.yaml${tb:+ plus \`$tb\`}"
+		fi
+		echo "  - $t: \`$(target_cmd "$t" | sed "s|$TMP|\$TMP|g")\` (gRPC port $(grpc_port "$t"), h2c port $(h2_port "$t"); config rendered from $cfg)"
 	done
 	echo
 	echo "### gRPC unary calls, one connection"
@@ -377,6 +425,19 @@ REPORT="$TMP/report.md"
 		echo "- h2load: sidecar req/s / haproxy req/s = $(ratio "$(med h2.sidecar rps)" "$(med h2.haproxy rps)"); CPU µs/req sidecar / haproxy = $(ratio "$(med h2.sidecar cpu)" "$(med h2.haproxy cpu)")"
 	fi
 	[ -n "$SIDECAR_NOTE" ] && echo "- $SIDECAR_NOTE"
+	if [ -s "$TMP/res/h2.sidecar-nometrics.cpu" ] || [ -s "$TMP/res/grpc.sidecar-nometrics.${STREAMS%% *}.cpu" ]; then
+		# Telemetry cost: proxy CPU per call/request against the sidecar
+		# with telemetry off (medians over rounds).
+		for s in $STREAMS; do
+			tel_bar "gRPC $s stream(s), metrics" sidecar sidecar-nometrics 1.05 grpc. ".$s" µs/call
+			tel_bar "gRPC $s stream(s), tracing" sidecar-traced sidecar-nometrics 1.20 grpc. ".$s" µs/call
+		done
+		tel_bar "h2load, metrics" sidecar sidecar-nometrics 1.05 h2.
+		tel_bar "h2load, tracing" sidecar-traced sidecar-nometrics 1.20 h2.
+	fi
+	if [ -s "$TMP/res/sidecar-traced.spanratio" ]; then
+		echo "- sidecar-traced: spans the OTLP sink decoded / (2 × requests the sidecar served), per round: $(tr '\n' ' ' <"$TMP/res/sidecar-traced.spanratio")(1 = a SERVER and a CLIENT span for every request and call, none lost)"
+	fi
 	echo "- proxy CPU per gRPC call counts the warm-up's calls at the measured rate (ticks are read around the whole grpcbench run); /proc ticks are 1/$CLK_TCK s, so short runs are coarse."
 	echo "- A target whose proxy core is well below 100 % busy while the load core is at ~100 % was limited by the load core (client + servers), not by itself: its rate is a lower bound; compare CPU µs per call/request instead."
 	if [ -s "$TMP/res/notes" ]; then

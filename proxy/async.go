@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/policy"
 	"github.com/sidecar-proxy/sidecar/spool"
@@ -113,8 +115,8 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route, 
 	if rt.obs.tracer() != nil {
 		// The message keeps the request's SERVER span as its origin:
 		// every delivery attempt links to it.
-		if x := exchangeOf(r.Context()); x != nil && x.span != nil {
-			msg.TraceParent = traceParent(x.span.SpanContext())
+		if sc := trace.SpanContextFromContext(r.Context()); sc.IsValid() {
+			msg.TraceParent = traceParent(sc)
 		}
 	}
 	if a.always {

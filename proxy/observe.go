@@ -131,7 +131,7 @@ func (x *exchange) FlushError() error { return http.NewResponseController(x.w).F
 // Unwrap gives http.ResponseController the writer behind the exchange.
 func (x *exchange) Unwrap() http.ResponseWriter { return x.w }
 
-// observe starts the telemetry of a request on listener l of snap, when
+// observe starts the telemetry of a request served with snap, when
 // snap records any: it returns the exchange to write the answer through
 // and the request to serve, with the span in its context when tracing;
 // nil when nothing is recorded.
@@ -150,7 +150,11 @@ func observe(snap *Snapshot, w http.ResponseWriter, r *http.Request) (*exchange,
 		ctx = snap.tel.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
 		ctx, x.span = tr.Start(ctx, telemetry.Method(r.Method), serverKind)
 	}
-	return x, r.WithContext(context.WithValue(ctx, exchangeKey{}, x))
+	if snap.accessLog {
+		// The attempt loop notes its endpoint for the access log.
+		ctx = context.WithValue(ctx, exchangeKey{}, x)
+	}
+	return x, r.WithContext(ctx)
 }
 
 // serverAttrs appends to a the attributes of a SERVER span that come from
@@ -159,7 +163,6 @@ func serverAttrs(a []attribute.KeyValue, r *http.Request) []attribute.KeyValue {
 	a = append(a,
 		attribute.String("http.request.method", telemetry.Method(r.Method)),
 		attribute.String("url.path", r.URL.Path),
-		attribute.String("url.scheme", "http"),
 		attribute.String("network.protocol.version", protoVersion(r)),
 	)
 	if host, port, err := net.SplitHostPort(r.Host); err == nil {
@@ -169,9 +172,6 @@ func serverAttrs(a []attribute.KeyValue, r *http.Request) []attribute.KeyValue {
 		}
 	} else if r.Host != "" {
 		a = append(a, attribute.String("server.address", r.Host))
-	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		a = append(a, attribute.String("client.address", ip))
 	}
 	if isGRPC(r) {
 		a = rpcAttrs(a, r.URL.Path)
@@ -341,9 +341,9 @@ var (
 )
 
 // attemptSpan starts the CLIENT span of attempt n of a call to ep, and
-// injects its context into out's headers. Those are cloned first, as out
-// shares them with the other attempts, unless cloned says they already
-// are. It returns nil when not tracing. The span's attributes are kept in
+// injects its context into out's headers. On a retry those are cloned
+// first, as out shares them with the earlier attempts, unless cloned says
+// they already are; the first attempt's are the call's own. It returns nil when not tracing. The span's attributes are kept in
 // c.attrs and set with the rest when the attempt ends (endAttemptSpan).
 func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int, cloned bool) trace.Span {
 	tel := c.route.obs
@@ -380,12 +380,12 @@ func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int, cloned bool) 
 		ctx, span = tr.Start(ctx, name, kind)
 	}
 	c.attrs = a
-	if !cloned {
-		if out.Header != nil {
-			out.Header = out.Header.Clone()
-		} else {
-			out.Header = http.Header{}
-		}
+	switch {
+	case out.Header == nil:
+		out.Header = http.Header{}
+	case n > 1 && !cloned:
+		// A retry: the earlier attempt's request had these headers.
+		out.Header = out.Header.Clone()
 	}
 	tel.Propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
 	return span

@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
@@ -108,7 +109,11 @@ func New(ctx context.Context, cfg config.Telemetry, opts ...Option) (*Provider, 
 	}
 	if cfg.Metrics.Prometheus || len(o.readers) > 0 {
 		var mopts []sdkmetric.Option
-		mopts = append(mopts, sdkmetric.WithResource(res), sdkmetric.WithView(durationView))
+		// No exemplars: /metrics serves the text format, which has none,
+		// and offering each measurement to a reservoir costs on every
+		// traced request.
+		mopts = append(mopts, sdkmetric.WithResource(res), sdkmetric.WithView(durationView),
+			sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 		if cfg.Metrics.Prometheus {
 			p.registry = prometheus.NewRegistry()
 			exp, err := otelprom.New(

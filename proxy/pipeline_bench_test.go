@@ -45,23 +45,29 @@ func BenchmarkPipeline(b *testing.B) {
       retry: {attempts: 3}, circuit_breaker: {}, rate_limit: {rps: 1e12, burst: 1000000000}}`},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			h, snap := newHandler(b, oneRoute(bc.policy), nil)
-			snap.Pools["up"].rt = cannedTransport{}
-			ctx := guardedContext(b)
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				req := httptest.NewRequestWithContext(ctx, "GET", "http://app.local/items/1", nil)
-				req.RemoteAddr = "127.0.0.1:5555"
-				for pb.Next() {
-					w := &discardWriter{h: http.Header{}}
-					h.ServeHTTP(w, req)
-					if w.status != 200 {
-						b.Fatalf("status %d", w.status)
-					}
-				}
-			})
+			benchHandler(b, oneRoute(bc.policy))
 		})
 	}
+}
+
+// benchHandler measures GETs served by cfgYAML's listener "app", built
+// with bopts, whose upstream answers at once (cannedTransport).
+func benchHandler(b *testing.B, cfgYAML string, bopts ...BuildOption) {
+	h, snap := newHandler(b, cfgYAML, nil, bopts...)
+	snap.Pools["up"].rt = cannedTransport{}
+	ctx := guardedContext(b)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req := httptest.NewRequestWithContext(ctx, "GET", "http://app.local/items/1", nil)
+		req.RemoteAddr = "127.0.0.1:5555"
+		for pb.Next() {
+			w := &discardWriter{h: http.Header{}}
+			h.ServeHTTP(w, req)
+			if w.status != 200 {
+				b.Fatalf("status %d", w.status)
+			}
+		}
+	})
 }
 
 // discardWriter is a minimal http.ResponseWriter.
@@ -111,21 +117,7 @@ func BenchmarkTelemetry(b *testing.B) {
 				}
 				bopts = append(bopts, WithTelemetry(tel))
 			}
-			h, snap := newHandler(b, oneRoute(policy), nil, bopts...)
-			snap.Pools["up"].rt = cannedTransport{}
-			ctx := guardedContext(b)
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				req := httptest.NewRequestWithContext(ctx, "GET", "http://app.local/items/1", nil)
-				req.RemoteAddr = "127.0.0.1:5555"
-				for pb.Next() {
-					w := &discardWriter{h: http.Header{}}
-					h.ServeHTTP(w, req)
-					if w.status != 200 {
-						b.Fatalf("status %d", w.status)
-					}
-				}
-			})
+			benchHandler(b, oneRoute(policy), bopts...)
 		})
 	}
 }

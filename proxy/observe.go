@@ -207,7 +207,7 @@ func (x *exchange) routed(rt *Route, method string) {
 	}
 	x.route = rt
 	rt.tel.Start(context.Background())
-	if x.span != nil {
+	if x.span != nil && x.span.IsRecording() {
 		x.span.SetName(telemetry.Method(method) + " " + rt.Name) // sidecar.route is set by finish, with the rest
 	}
 }
@@ -252,7 +252,7 @@ func (x *exchange) finish(snap *Snapshot, l string, r *http.Request, logger *slo
 	if v := h[HeaderAttempts]; len(v) > 0 {
 		attempts, _ = strconv.Atoi(v[0])
 	}
-	if x.span != nil {
+	if x.span != nil && x.span.IsRecording() { // a span not sampled keeps nothing
 		a := serverAttrs(x.attrs[:0], r)
 		a = append(a, attribute.String("sidecar.outcome", outcomeName), attribute.Int("sidecar.attempts", attempts))
 		if rt != nil {
@@ -351,6 +351,29 @@ func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int, cloned bool) 
 	if tr == nil {
 		return nil
 	}
+	name := telemetry.Method(out.Method)
+	if c.grpc {
+		name = strings.TrimPrefix(out.URL.Path, "/")
+	}
+	ctx := c.app
+	var span trace.Span
+	d, _ := ctx.Value(deliveryKey{}).(*delivery)
+	if d != nil {
+		ctx, span = tr.Start(ctx, name, clientKind, trace.WithLinks(trace.Link{SpanContext: d.origin}))
+	} else {
+		ctx, span = tr.Start(ctx, name, clientKind)
+	}
+	switch {
+	case out.Header == nil:
+		out.Header = http.Header{}
+	case n > 1 && !cloned:
+		// A retry: the earlier attempt's request had these headers.
+		out.Header = out.Header.Clone()
+	}
+	tel.Propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
+	if !span.IsRecording() {
+		return nil // not sampled: its context is sent on, nothing else
+	}
 	a := append(c.attrs[:0],
 		attribute.String("http.request.method", telemetry.Method(out.Method)),
 		attribute.String("server.address", ep.URL.Hostname()),
@@ -365,29 +388,13 @@ func (c *call) attemptSpan(out *http.Request, ep *Endpoint, n int, cloned bool) 
 	if n > 1 {
 		a = append(a, attribute.Int("http.request.resend_count", n-1))
 	}
-	name := telemetry.Method(out.Method)
 	if c.grpc {
 		a = rpcAttrs(a, out.URL.Path)
-		name = strings.TrimPrefix(out.URL.Path, "/")
 	}
-	kind := clientKind
-	ctx := c.app
-	var span trace.Span
-	if d, ok := ctx.Value(deliveryKey{}).(*delivery); ok {
+	if d != nil {
 		a = append(a, attribute.String("sidecar.spool.id", d.id), attribute.Int("sidecar.delivery.attempt", d.attempt))
-		ctx, span = tr.Start(ctx, name, kind, trace.WithLinks(trace.Link{SpanContext: d.origin}))
-	} else {
-		ctx, span = tr.Start(ctx, name, kind)
 	}
 	c.attrs = a
-	switch {
-	case out.Header == nil:
-		out.Header = http.Header{}
-	case n > 1 && !cloned:
-		// A retry: the earlier attempt's request had these headers.
-		out.Header = out.Header.Clone()
-	}
-	tel.Propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
 	return span
 }
 

@@ -34,11 +34,17 @@ type observed struct {
 }
 
 // startObserved starts cfgYAML with tracing (every span kept) and metrics
-// on; "TRACES" in cfgYAML may set telemetry keys.
+// on.
 func startObserved(t *testing.T, cfgYAML string, opts []Option, ups ...*upstream) *observed {
 	t.Helper()
+	return startSampled(t, 1, cfgYAML, opts, ups...)
+}
+
+// startSampled is startObserved sampling ratio of the root spans.
+func startSampled(t *testing.T, ratio float64, cfgYAML string, opts []Option, ups ...*upstream) *observed {
+	t.Helper()
 	o := &observed{spans: tracetest.NewInMemoryExporter(), reader: sdkmetric.NewManualReader()}
-	p, err := telemetry.New(t.Context(), config.Telemetry{ServiceName: "test", Traces: config.Traces{Exporter: "stdout", SampleRatio: 1}},
+	p, err := telemetry.New(t.Context(), config.Telemetry{ServiceName: "test", Traces: config.Traces{Exporter: "stdout", SampleRatio: ratio}},
 		telemetry.WithSpanExporter(o.spans), telemetry.WithSyncSpans(), telemetry.WithMetricReader(o.reader))
 	if err != nil {
 		t.Fatal(err)
@@ -268,6 +274,35 @@ func TestTraceFreshWithoutParent(t *testing.T) {
 		if !strings.Contains(parents[i], s.SpanContext().TraceID().String()) {
 			t.Errorf("upstream request %d traceparent = %q, want trace %s", i, parents[i], s.SpanContext().TraceID())
 		}
+	}
+}
+
+// TestTraceNotSampled: with sample_ratio 0 a request without a parent
+// records no span, yet the upstream gets a traceparent that says so; a
+// request whose parent is sampled is traced.
+func TestTraceNotSampled(t *testing.T) {
+	var mu sync.Mutex
+	var parents []string
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		parents = append(parents, r.Header.Get("Traceparent"))
+		mu.Unlock()
+	})
+	o := startSampled(t, 0, oneRoute(`{}`), nil, up)
+	get(t, o.url("/a"))
+	get(t, o.url("/b"), "Traceparent", appTraceParent)
+	o.waitSpans(t, trace.SpanKindServer, 1)
+	o.waitSpans(t, trace.SpanKindClient, 1)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(parents) != 2 || !strings.HasSuffix(parents[0], "-00") || len(parents[0]) != len(appTraceParent) {
+		t.Errorf("upstream traceparents = %q, want first a not-sampled one (flags 00)", parents)
+	}
+	if !strings.Contains(parents[1], "4bf92f3577b34da6a3ce929d0e0e4736") || !strings.HasSuffix(parents[1], "-01") {
+		t.Errorf("upstream traceparent of the sampled request = %q, want the app's trace, sampled", parents[1])
+	}
+	if s := o.spansOf(trace.SpanKindServer)[0]; attrString(s, "url.path") != "/b" {
+		t.Errorf("the one SERVER span recorded is for %q, want /b", attrString(s, "url.path"))
 	}
 }
 

@@ -91,7 +91,8 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 // none (no exchange, no span), "metrics" with the request metrics read by
 // the Prometheus exporter, "traces" with metrics and every request traced
 // through the batch span processor to an exporter that drops the spans
-// (what encoding and sending cost is measured end to end by bench/).
+// (what encoding and sending cost is measured end to end by bench/),
+// "traces-unsampled" with metrics and tracing on but sample_ratio 0.
 func BenchmarkTelemetry(b *testing.B) {
 	policy := `{timeout: 10s, per_try_timeout: 2s, max_in_flight: 1000000,
       retry: {attempts: 3}, circuit_breaker: {}, rate_limit: {rps: 1e12, burst: 1000000000}}`
@@ -102,6 +103,7 @@ func BenchmarkTelemetry(b *testing.B) {
 		{"off", config.Telemetry{Traces: config.Traces{Exporter: "none"}}},
 		{"metrics", config.Telemetry{Traces: config.Traces{Exporter: "none"}, Metrics: config.Metrics{Prometheus: true}}},
 		{"traces", config.Telemetry{Traces: config.Traces{Exporter: "stdout", SampleRatio: 1}, Metrics: config.Metrics{Prometheus: true}}},
+		{"traces-unsampled", config.Telemetry{Traces: config.Traces{Exporter: "stdout", SampleRatio: 0}, Metrics: config.Metrics{Prometheus: true}}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			var bopts []BuildOption

@@ -86,6 +86,14 @@ func (b *appBody) Read(p []byte) (int, error) {
 	if e := b.err.Load(); e != nil {
 		return 0, *e
 	}
+	if b.eof.Load() {
+		// The body is done. The server may have closed it meanwhile (it
+		// does when the response starts with the body read to its end),
+		// and a transport reads once more to check the end: that read
+		// must see the end again, not "read on closed body", or the
+		// transport drops the upstream connection mid-response.
+		return 0, io.EOF
+	}
 	if b.idle > 0 {
 		// Each read may pause for idle; without it, the route's
 		// deadline set by routed stays as it is.

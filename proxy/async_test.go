@@ -65,7 +65,7 @@ type recorder struct {
 	reqs []recorded
 }
 
-type recorded struct{ path, key, body string }
+type recorded struct{ path, key, body, traceparent string }
 
 func newRecorder(t *testing.T, answer func(n int, w http.ResponseWriter)) *recorder {
 	rec := &recorder{}
@@ -73,7 +73,7 @@ func newRecorder(t *testing.T, answer func(n int, w http.ResponseWriter)) *recor
 		b, _ := io.ReadAll(r.Body)
 		rec.mu.Lock()
 		n := len(rec.reqs)
-		rec.reqs = append(rec.reqs, recorded{r.URL.RequestURI(), r.Header.Get("Idempotency-Key"), string(b)})
+		rec.reqs = append(rec.reqs, recorded{r.URL.RequestURI(), r.Header.Get("Idempotency-Key"), string(b), r.Header.Get("Traceparent")})
 		rec.mu.Unlock()
 		if answer != nil {
 			answer(n, w)

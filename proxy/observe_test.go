@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -150,6 +149,24 @@ func intValue(rm metricdata.ResourceMetrics, name string, want map[string]string
 	return v
 }
 
+// wantHist checks the count of the histogram name's points whose
+// attributes hold labels.
+func wantHist(t *testing.T, rm metricdata.ResourceMetrics, name string, labels map[string]string, want uint64) {
+	t.Helper()
+	if n := histCount(rm, name, labels); n != want {
+		t.Errorf("%s %v: count = %d, want %d", name, labels, n, want)
+	}
+}
+
+// wantInt checks the int64 counter or gauge name's value over the points
+// whose attributes hold labels.
+func wantInt(t *testing.T, rm metricdata.ResourceMetrics, name string, labels map[string]string, want int64) {
+	t.Helper()
+	if v := intValue(rm, name, labels); v != want {
+		t.Errorf("%s %v = %d, want %d", name, labels, v, want)
+	}
+}
+
 func attr(s sdktrace.ReadOnlySpan, key string) (attribute.Value, bool) {
 	for _, kv := range s.Attributes() {
 		if string(kv.Key) == key {
@@ -171,20 +188,14 @@ const appTraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 // upstream receives the attempt's span as its parent; the metrics count
 // the request once, the attempts twice and the retry once.
 func TestTraceRetriedRequest(t *testing.T) {
-	var mu sync.Mutex
-	var parents []string
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		parents = append(parents, r.Header.Get("Traceparent"))
-		n := len(parents)
-		mu.Unlock()
-		if n == 1 {
+	rec := newRecorder(t, func(n int, w http.ResponseWriter) {
+		if n == 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ok")
 	})
-	o := startObserved(t, oneRoute(`{retry: {attempts: 2, on: ["503"], backoff: {base: 1ms, max: 1ms}}}`), nil, up)
+	o := startObserved(t, oneRoute(`{retry: {attempts: 2, on: ["503"], backoff: {base: 1ms, max: 1ms}}}`), nil, rec.upstream)
 	resp, body := get(t, o.url("/items/1?card=4111111111111111"), "Traceparent", appTraceParent, "Authorization", "Bearer secret-token", "Cookie", "session=secret-cookie")
 	if resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("GET = %d %q, want 200 ok", resp.StatusCode, body)
@@ -205,13 +216,14 @@ func TestTraceRetriedRequest(t *testing.T) {
 			t.Errorf("SERVER span %s = %q, want %q", k, got, want)
 		}
 	}
+	got := rec.got()
 	for i, c := range clients {
 		if c.Parent().SpanID() != srv.SpanContext().SpanID() || c.SpanContext().TraceID() != srv.SpanContext().TraceID() {
 			t.Errorf("CLIENT span %d is not a child of the SERVER span", i)
 		}
 		wantParent := "00-" + c.SpanContext().TraceID().String() + "-" + c.SpanContext().SpanID().String() + "-01"
-		if parents[i] != wantParent {
-			t.Errorf("upstream request %d traceparent = %q, want the attempt's span %q", i, parents[i], wantParent)
+		if got[i].traceparent != wantParent {
+			t.Errorf("upstream request %d traceparent = %q, want the attempt's span %q", i, got[i].traceparent, wantParent)
 		}
 	}
 	if got := attrString(clients[0], "http.response.status_code"); got != "503" {
@@ -233,46 +245,31 @@ func TestTraceRetriedRequest(t *testing.T) {
 	}
 
 	rm := o.collect(t)
-	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "all", "method": "GET", "status_class": "2xx", "outcome": "ok"}); n != 1 {
-		t.Errorf("http.server.request.duration{all,GET,2xx,ok} count = %d, want 1", n)
-	}
-	if n := histCount(rm, "http.client.request.duration", map[string]string{"route": "all", "status_class": "5xx", "outcome": "status"}); n != 1 {
-		t.Errorf("http.client.request.duration{5xx,status} count = %d, want 1", n)
-	}
-	if n := histCount(rm, "http.client.request.duration", map[string]string{"route": "all", "status_class": "2xx", "outcome": "ok"}); n != 1 {
-		t.Errorf("http.client.request.duration{2xx,ok} count = %d, want 1", n)
-	}
-	if v := intValue(rm, "sidecar.retries", map[string]string{"route": "all"}); v != 1 {
-		t.Errorf("sidecar.retries{all} = %d, want 1", v)
-	}
-	if v := intValue(rm, "http.server.active_requests", map[string]string{"route": "all"}); v != 0 {
-		t.Errorf("http.server.active_requests{all} = %d after the request, want 0", v)
-	}
+	wantHist(t, rm, "http.server.request.duration", map[string]string{"route": "all", "method": "GET", "status_class": "2xx", "outcome": "ok"}, 1)
+	wantHist(t, rm, "http.client.request.duration", map[string]string{"route": "all", "status_class": "5xx", "outcome": "status"}, 1)
+	wantHist(t, rm, "http.client.request.duration", map[string]string{"route": "all", "status_class": "2xx", "outcome": "ok"}, 1)
+	wantInt(t, rm, "sidecar.retries", map[string]string{"route": "all"}, 1)
+	wantInt(t, rm, "http.server.active_requests", map[string]string{"route": "all"}, 0)
 }
 
 // TestTraceFreshWithoutParent: requests without a traceparent get a new
 // trace each, and the upstream sees it.
 func TestTraceFreshWithoutParent(t *testing.T) {
-	var mu sync.Mutex
-	var parents []string
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		parents = append(parents, r.Header.Get("Traceparent"))
-		mu.Unlock()
-	})
-	o := startObserved(t, oneRoute(`{}`), nil, up)
+	rec := newRecorder(t, nil)
+	o := startObserved(t, oneRoute(`{}`), nil, rec.upstream)
 	get(t, o.url("/a"))
 	get(t, o.url("/b"))
 	srvs := o.waitSpans(t, trace.SpanKindServer, 2)
 	if srvs[0].SpanContext().TraceID() == srvs[1].SpanContext().TraceID() {
 		t.Errorf("two requests without a parent share trace %s", srvs[0].SpanContext().TraceID())
 	}
+	got := rec.got()
 	for i, s := range srvs {
 		if s.Parent().IsValid() {
 			t.Errorf("SERVER span %d has parent %v, want a root", i, s.Parent())
 		}
-		if !strings.Contains(parents[i], s.SpanContext().TraceID().String()) {
-			t.Errorf("upstream request %d traceparent = %q, want trace %s", i, parents[i], s.SpanContext().TraceID())
+		if !strings.Contains(got[i].traceparent, s.SpanContext().TraceID().String()) {
+			t.Errorf("upstream request %d traceparent = %q, want trace %s", i, got[i].traceparent, s.SpanContext().TraceID())
 		}
 	}
 }
@@ -281,20 +278,16 @@ func TestTraceFreshWithoutParent(t *testing.T) {
 // records no span, yet the upstream gets a traceparent that says so; a
 // request whose parent is sampled is traced.
 func TestTraceNotSampled(t *testing.T) {
-	var mu sync.Mutex
-	var parents []string
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		parents = append(parents, r.Header.Get("Traceparent"))
-		mu.Unlock()
-	})
-	o := startSampled(t, 0, oneRoute(`{}`), nil, up)
+	rec := newRecorder(t, nil)
+	o := startSampled(t, 0, oneRoute(`{}`), nil, rec.upstream)
 	get(t, o.url("/a"))
 	get(t, o.url("/b"), "Traceparent", appTraceParent)
 	o.waitSpans(t, trace.SpanKindServer, 1)
 	o.waitSpans(t, trace.SpanKindClient, 1)
-	mu.Lock()
-	defer mu.Unlock()
+	var parents []string
+	for _, r := range rec.got() {
+		parents = append(parents, r.traceparent)
+	}
 	if len(parents) != 2 || !strings.HasSuffix(parents[0], "-00") || len(parents[0]) != len(appTraceParent) {
 		t.Errorf("upstream traceparents = %q, want first a not-sampled one (flags 00)", parents)
 	}
@@ -362,34 +355,16 @@ listeners:
 	}
 
 	rm := o.collect(t)
-	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "brk", "outcome": "breaker_open", "status_class": "5xx"}); n != 1 {
-		t.Errorf("http.server.request.duration{brk,breaker_open,5xx} count = %d, want 1", n)
-	}
-	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "brk", "outcome": "status", "status_class": "5xx"}); n != 1 {
-		t.Errorf("http.server.request.duration{brk,status,5xx} count = %d, want 1", n)
-	}
-	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "lim", "outcome": "rate_limited", "status_class": "4xx"}); n != 1 {
-		t.Errorf("http.server.request.duration{lim,rate_limited,4xx} count = %d, want 1", n)
-	}
-	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "", "outcome": "no_route", "status_class": "4xx"}); n != 1 {
-		t.Errorf("http.server.request.duration{\"\",no_route,4xx} count = %d, want 1", n)
-	}
-	if v := intValue(rm, "http.server.active_requests", map[string]string{"route": ""}); v != 0 {
-		t.Errorf("http.server.active_requests{\"\"} = %d, want 0: an unrouted request is never active", v)
-	}
-	if v := intValue(rm, "sidecar.requests.rejected", map[string]string{"route": "lim", "reason": "rate_limited"}); v != 1 {
-		t.Errorf("sidecar.requests.rejected{lim,rate_limited} = %d, want 1", v)
-	}
+	wantHist(t, rm, "http.server.request.duration", map[string]string{"route": "brk", "outcome": "breaker_open", "status_class": "5xx"}, 1)
+	wantHist(t, rm, "http.server.request.duration", map[string]string{"route": "brk", "outcome": "status", "status_class": "5xx"}, 1)
+	wantHist(t, rm, "http.server.request.duration", map[string]string{"route": "lim", "outcome": "rate_limited", "status_class": "4xx"}, 1)
+	wantHist(t, rm, "http.server.request.duration", map[string]string{"route": "", "outcome": "no_route", "status_class": "4xx"}, 1)
+	wantInt(t, rm, "http.server.active_requests", map[string]string{"route": ""}, 0)
+	wantInt(t, rm, "sidecar.requests.rejected", map[string]string{"route": "lim", "reason": "rate_limited"}, 1)
 	ep := up.URL
-	if v := intValue(rm, "sidecar.breaker.transitions", map[string]string{"endpoint": ep, "state": "open"}); v != 1 {
-		t.Errorf("sidecar.breaker.transitions{%s,open} = %d, want 1", ep, v)
-	}
-	if v := intValue(rm, "sidecar.breaker.state", map[string]string{"endpoint": ep, "state": "open"}); v != 1 {
-		t.Errorf("sidecar.breaker.state{%s,open} = %d, want 1", ep, v)
-	}
-	if v := intValue(rm, "sidecar.breaker.state", map[string]string{"endpoint": ep, "state": "closed"}); v != 0 {
-		t.Errorf("sidecar.breaker.state{%s,closed} = %d, want 0", ep, v)
-	}
+	wantInt(t, rm, "sidecar.breaker.transitions", map[string]string{"endpoint": ep, "state": "open"}, 1)
+	wantInt(t, rm, "sidecar.breaker.state", map[string]string{"endpoint": ep, "state": "open"}, 1)
+	wantInt(t, rm, "sidecar.breaker.state", map[string]string{"endpoint": ep, "state": "closed"}, 0)
 }
 
 // TestTraceGRPC: a gRPC call's spans carry the RPC attributes and the
@@ -425,12 +400,8 @@ func TestTraceGRPC(t *testing.T) {
 		t.Errorf("SERVER span of UnimplementedCall rpc.grpc.status_code = %q, want 12", got)
 	}
 	rm := o.collect(t)
-	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "rpc", "outcome": "status", "status_class": "2xx", "method": "POST"}); n != 1 {
-		t.Errorf("http.server.request.duration{rpc,POST,2xx,status} count = %d, want 1", n)
-	}
-	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "rpc", "outcome": "ok"}); n != 1 {
-		t.Errorf("http.server.request.duration{rpc,ok} count = %d, want 1", n)
-	}
+	wantHist(t, rm, "http.server.request.duration", map[string]string{"route": "rpc", "outcome": "status", "status_class": "2xx", "method": "POST"}, 1)
+	wantHist(t, rm, "http.server.request.duration", map[string]string{"route": "rpc", "outcome": "ok"}, 1)
 }
 
 // TestTraceSpooledThenDelivered: a request spooled while its upstream is
@@ -442,15 +413,6 @@ func TestTraceSpooledThenDelivered(t *testing.T) {
 		if n == 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-	})
-	var mu sync.Mutex
-	var parents []string
-	inner := rec.upstream.Config.Handler
-	rec.upstream.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		parents = append(parents, r.Header.Get("Traceparent"))
-		mu.Unlock()
-		inner.ServeHTTP(w, r)
 	})
 	st := openStore(t, t.TempDir(), spool.FileOptions{})
 	o := startObserved(t, asyncRoute(`spool_on: ["503"], backoff: {base: 1ms, max: 5ms}`), []Option{WithSpool(st)}, rec.upstream)
@@ -486,15 +448,11 @@ func TestTraceSpooledThenDelivered(t *testing.T) {
 	if del.SpanContext().TraceID() != srv.SpanContext().TraceID() {
 		t.Errorf("delivery span trace = %s, want the request's %s", del.SpanContext().TraceID(), srv.SpanContext().TraceID())
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if want := "00-" + del.SpanContext().TraceID().String() + "-" + del.SpanContext().SpanID().String() + "-01"; parents[1] != want {
-		t.Errorf("delivery's traceparent = %q, want its span %q", parents[1], want)
+	if want := "00-" + del.SpanContext().TraceID().String() + "-" + del.SpanContext().SpanID().String() + "-01"; rec.got()[1].traceparent != want {
+		t.Errorf("delivery's traceparent = %q, want its span %q", rec.got()[1].traceparent, want)
 	}
 	rm := o.collect(t)
-	if n := histCount(rm, "http.server.request.duration", map[string]string{"route": "ev", "outcome": "spooled", "status_class": "2xx"}); n != 1 {
-		t.Errorf("http.server.request.duration{ev,spooled,2xx} count = %d, want 1", n)
-	}
+	wantHist(t, rm, "http.server.request.duration", map[string]string{"route": "ev", "outcome": "spooled", "status_class": "2xx"}, 1)
 }
 
 // TestAccessLog: one line per request with what happened, never a

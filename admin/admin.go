@@ -27,6 +27,7 @@ import (
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/proxy"
+	"github.com/sidecar-proxy/sidecar/reload"
 	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/telemetry"
 )
@@ -62,6 +63,21 @@ type Server struct {
 	// lossWindow is the spool's fsync loss window (see fsyncLossWindow).
 	lossWindow time.Duration
 	now        func() time.Time
+	// reloader serves POST /v1/reload and last_reload; nil without
+	// WithReloader.
+	reloader Reloader
+}
+
+// Reloader applies reloads: reload.Reloader is one.
+type Reloader interface {
+	Reload(ctx context.Context, trigger string) reload.Status
+	Last() *reload.Status
+}
+
+// WithReloader serves POST /v1/reload with r, and shows its last reload
+// in /v1/config as last_reload.
+func WithReloader(r Reloader) Option {
+	return func(s *Server) { s.reloader = r }
 }
 
 // Option configures a Server.
@@ -185,7 +201,15 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, config.Public(s.src.Snapshot().Config))
+		v := config.Public(s.src.Snapshot().Config)
+		if m, ok := v.(map[string]any); ok && s.reloader != nil {
+			if last := s.reloader.Last(); last != nil {
+				m["last_reload"] = last
+			} else {
+				m["last_reload"] = nil
+			}
+		}
+		writeJSON(w, http.StatusOK, v)
 	})
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"routes": routes(s.src.Snapshot())})
@@ -196,6 +220,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/spool/messages/{id}/replay", s.authorized(s.spoolReplay))
 	mux.Handle("DELETE /v1/spool/messages/{id}", s.authorized(s.spoolDelete))
 	mux.Handle("POST /v1/spool/purge", s.authorized(s.spoolPurge))
+	mux.Handle("POST /v1/reload", s.authorized(s.reload))
 	return loopbackOnly(sameOriginOnly(mux))
 }
 
@@ -331,6 +356,10 @@ type spoolRouteView struct {
 	Bytes            int64   `json:"bytes"`
 	OldestAge        string  `json:"oldest_age,omitempty"`
 	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+	// Orphaned is true for a route the running configuration has no
+	// async route for (a reload removed it): its messages are kept, and
+	// delivered again once an async route of that name returns.
+	Orphaned bool `json:"orphaned"`
 	// Delivery is the route's background deliverer; absent from the
 	// total, and for a route no deliverer serves.
 	Delivery *deliveryView `json:"delivery,omitempty"`
@@ -384,13 +413,17 @@ func (s *Server) spoolStats(w http.ResponseWriter, r *http.Request) {
 	stats := st.Stats()
 	now := s.now()
 	routes := map[string]spoolRouteView{}
-	for _, rt := range s.src.Snapshot().Routes {
+	snap := s.src.Snapshot()
+	for _, rt := range snap.Routes {
 		if rt.Async() {
 			routes[rt.Name] = spoolRouteView{}
 		}
 	}
 	for name, rs := range stats.Routes {
-		routes[name] = newSpoolRouteView(rs, now)
+		v := newSpoolRouteView(rs, now)
+		rt := snap.Route(name)
+		v.Orphaned = rt == nil || !rt.Async()
+		routes[name] = v
 	}
 	if ds, ok := s.src.(DeliverySource); ok {
 		for name, d := range ds.Deliveries() {
@@ -407,4 +440,21 @@ func (s *Server) spoolStats(w http.ResponseWriter, r *http.Request) {
 		"corrupt_records": stats.CorruptRecords,
 		"torn_tail":       stats.TornTail,
 	})
+}
+
+// reload serves POST /v1/reload: it reloads the configuration file and
+// answers with the result, 200 when applied, 422 when rejected (the
+// running configuration keeps serving), 501 when this server cannot reload.
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	if s.reloader == nil {
+		writeJSON(w, http.StatusNotImplemented, map[string]any{"error": "this sidecar cannot reload"})
+		return
+	}
+	// A caller hanging up does not cut a reload short.
+	st := s.reloader.Reload(context.WithoutCancel(r.Context()), reload.TriggerAPI)
+	code := http.StatusOK
+	if st.Result != reload.Applied {
+		code = http.StatusUnprocessableEntity
+	}
+	writeJSON(w, code, st)
 }

@@ -79,6 +79,7 @@ type instruments struct {
 	messages    metric.Int64ObservableGauge
 	bytes       metric.Int64ObservableGauge
 	oldest      metric.Float64ObservableGauge
+	orphaned    metric.Int64ObservableGauge
 	appends     metric.Int64ObservableCounter
 	fsyncs      metric.Int64ObservableCounter
 	writeErrors metric.Int64ObservableCounter
@@ -122,6 +123,7 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 	in.messages = i64g("sidecar.spool.messages", "{message}", "Stored messages per route: state pending (waiting for delivery) or dead (dead letters).")
 	in.bytes = i64g("sidecar.spool.bytes", "By", "Encoded size in bytes of a route's pending and dead messages.")
 	in.oldest = f64g("sidecar.spool.oldest_pending_age", "s", "Age of a route's oldest pending message; 0 when none waits.")
+	in.orphaned = i64g("sidecar.spool.orphaned_messages", "{message}", "Stored messages (pending and dead) of a route the running configuration has no async route for, after a reload removed it: kept, and delivered again once an async route of that name returns. 0 for the configured async routes.")
 	in.appends = i64c("sidecar.spool.appends", "{message}", "Messages appended durably since the spool was opened.")
 	in.fsyncs = i64c("sidecar.spool.fsyncs", "{fsync}", "Data fsyncs since the spool was opened (concurrent appends share one).")
 	in.writeErrors = i64c("sidecar.spool.write_errors", "{error}", "Failed spool writes since the spool was opened.")
@@ -145,7 +147,7 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 		return nil
 	},
 		in.ready, in.inFlight,
-		in.messages, in.bytes, in.oldest, in.appends, in.fsyncs, in.writeErrors, in.fsyncErrors,
+		in.messages, in.bytes, in.oldest, in.orphaned, in.appends, in.fsyncs, in.writeErrors, in.fsyncErrors,
 		in.failed, in.reopens, in.corrupt, in.tornTail, in.segments, in.lossWindow,
 		in.deliveries, in.headBlocked, in.headAttempts, in.headNext,
 	)
@@ -208,6 +210,11 @@ func (s *Server) observeSpool(o metric.Observer, in *instruments, snap *proxy.Sn
 			age = max(now.Sub(rs.Oldest), 0).Seconds()
 		}
 		o.ObserveFloat64(in.oldest, age, routeAttr(name))
+		var orphaned int64
+		if rt := snap.Route(name); rt == nil || !rt.Async() {
+			orphaned = rs.Pending + rs.Dead
+		}
+		o.ObserveInt64(in.orphaned, orphaned, routeAttr(name))
 	}
 	o.ObserveInt64(in.appends, st.Appends)
 	o.ObserveInt64(in.fsyncs, st.Syncs)

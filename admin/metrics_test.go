@@ -52,6 +52,7 @@ var wantTypes = map[string]string{
 	"sidecar_spool_messages":                   "gauge",
 	"sidecar_spool_bytes":                      "gauge",
 	"sidecar_spool_oldest_pending_age_seconds": "gauge",
+	"sidecar_spool_orphaned_messages":          "gauge",
 	"sidecar_spool_appends_total":              "counter",
 	"sidecar_spool_fsyncs_total":               "counter",
 	"sidecar_spool_write_errors_total":         "counter",
@@ -173,12 +174,22 @@ func TestMetricsSpoolDepth(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A message of a route the configuration does not have: orphaned.
+	if err := st.Append(ctx, &spool.Message{Route: "gone", Method: "POST", Target: "/gone"}); err != nil {
+		t.Fatal(err)
+	}
 	e = scrape(t, ts.URL)
+	if v := value(t, e, "sidecar_spool_orphaned_messages", "route", "gone"); v != 1 {
+		t.Errorf("a removed route's message: orphaned_messages = %v, want 1", v)
+	}
+	if v := value(t, e, "sidecar_spool_orphaned_messages", "route", "ev"); v != 0 {
+		t.Errorf("an async route's messages: orphaned_messages = %v, want 0", v)
+	}
 	if v := value(t, e, "sidecar_spool_messages", "route", "ev", "state", "pending"); v != 3 {
 		t.Errorf("after 3 appends: ev pending = %v, want 3", v)
 	}
-	if v := value(t, e, "sidecar_spool_appends_total"); v != 3 {
-		t.Errorf("after 3 appends: appends_total = %v, want 3", v)
+	if v := value(t, e, "sidecar_spool_appends_total"); v != 4 {
+		t.Errorf("after 4 appends: appends_total = %v, want 4", v)
 	}
 	if v := value(t, e, "sidecar_spool_fsyncs_total"); v < 1 {
 		t.Errorf("after 3 appends with fsync always: fsyncs_total = %v, want at least 1", v)

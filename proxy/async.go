@@ -66,7 +66,7 @@ func compileAsync(a *config.Async) *asyncPolicy {
 // deliverers: a handler appends, then wakes the route's deliverer.
 type spooler struct {
 	store spool.Store
-	wakes map[string]chan struct{} // by route name; buffered 1
+	group *deliveryGroup // the deliverers, and their wake channels
 	log   *slog.Logger
 	// full is set while appends are refused as full, so that the change
 	// is logged once each way, not once per request.
@@ -75,11 +75,9 @@ type spooler struct {
 
 // wake signals the route's deliverer that a message was appended.
 func (sp *spooler) wake(route string) {
-	if c := sp.wakes[route]; c != nil {
-		select {
-		case c <- struct{}{}:
-		default:
-		}
+	select {
+	case sp.group.wake(route) <- struct{}{}:
+	default:
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/policy"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -47,55 +49,141 @@ type deliverer struct {
 	snap  func() *Snapshot // the current snapshot: the route is looked up per delivery
 	log   *slog.Logger
 	wake  chan struct{}
-	stop  <-chan struct{} // the group's: closed when no more deliveries may start
+	async *config.Async // what the deliverer was started for: a reload that changes it starts a new one
+	stop  chan struct{}   // closed when no more deliveries may start: by the group's shutdown, or when a reload retires the deliverer
+	after <-chan struct{} // the route's previous deliverer's done: run starts once it is closed (nil: none)
+	done  chan struct{}   // closed when run has returned and the deliveries it started have ended
 	ctx   context.Context // the group's: canceled to end deliveries in flight
 	wg    sync.WaitGroup  // deliveries in flight (ordering none)
 	slots chan struct{}   // one per delivery in flight (ordering none)
 
-	// Figures for Server.Deliveries, read without locks.
-	delivered, retried, dead atomic.Int64
-	head                     atomic.Pointer[HeadStatus] // fifo: the held head; nil when none
+	// Figures for Server.Deliveries, read without locks. The counts are
+	// the route's, kept across the deliverers that reloads start for it.
+	counts *deliveryCounts
+	head   atomic.Pointer[HeadStatus] // fifo: the held head; nil when none
 }
 
-// deliveryGroup owns a server's deliverers: the stop that ends their
-// loops, the context that cancels their deliveries in flight, and the wait
-// for both. Deliverers may be started at any time until shutdown.
+// deliveryCounts are a route's delivery results since the Server started.
+type deliveryCounts struct {
+	delivered, retried, dead atomic.Int64
+}
+
+// deliveryGroup owns a server's deliverers, one per async route: the
+// context that cancels their deliveries in flight, and the wait for them.
+// A reload (reconcile) retires the deliverers of routes removed or whose
+// async block changed, and starts deliverers for routes added or changed.
 type deliveryGroup struct {
-	stop   chan struct{} // closed by shutdown: start no more deliveries
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // running deliverer loops
 
-	mu         sync.Mutex
-	deliverers []*deliverer
-	closed     bool
+	mu      sync.Mutex
+	byRoute map[string]*deliverer      // the current deliverer of each route
+	counts  map[string]*deliveryCounts // by route, kept across reloads
+	closed  bool
+
+	wakes sync.Map // route name → chan struct{} (buffered 1), kept across reloads
+
 }
 
 func newDeliveryGroup() *deliveryGroup {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &deliveryGroup{stop: make(chan struct{}), ctx: ctx, cancel: cancel}
+	return &deliveryGroup{ctx: ctx, cancel: cancel, byRoute: map[string]*deliverer{}, counts: map[string]*deliveryCounts{}}
 }
 
-// start runs d in the group until shutdown; after shutdown it does nothing.
-func (g *deliveryGroup) start(d *deliverer) {
+// wake returns route's wake channel (buffered 1), which an append
+// signals. It is made once per route name and kept across reloads.
+func (g *deliveryGroup) wake(route string) chan struct{} {
+	if c, ok := g.wakes.Load(route); ok {
+		return c.(chan struct{})
+	}
+	c, _ := g.wakes.LoadOrStore(route, make(chan struct{}, 1))
+	return c.(chan struct{})
+}
+
+// reconcile makes the running deliverers those of snap's async routes: a
+// route whose async block is unchanged keeps its deliverer; a route
+// added gets one; a route removed (or no longer async) has its deliverer
+// retired between messages, and its messages stay in the store; a route
+// whose async block changed gets a new deliverer, which starts once the
+// retired one has returned, so that an ordering fifo route never has two
+// heads in flight. After shutdown it does nothing.
+func (g *deliveryGroup) reconcile(snap *Snapshot, newDeliverer func(route string) *deliverer) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
 		return
 	}
-	d.stop, d.ctx = g.stop, g.ctx
-	g.deliverers = append(g.deliverers, d)
+	want := map[string]*Route{}
+	for _, rt := range snap.Routes {
+		if rt.async != nil {
+			want[rt.Name] = rt
+		}
+	}
+	for name, d := range g.byRoute {
+		if rt := want[name]; rt == nil || !reflect.DeepEqual(d.async, rt.asyncConfig) {
+			d.retire()
+			if rt == nil {
+				delete(g.byRoute, name)
+			}
+		}
+	}
+	for name, rt := range want {
+		prev := g.byRoute[name]
+		if prev != nil && reflect.DeepEqual(prev.async, rt.asyncConfig) {
+			continue
+		}
+		d := newDeliverer(name)
+		d.async, d.wake = rt.asyncConfig, g.wake(name)
+		if prev != nil {
+			d.after = prev.done
+		}
+		g.startLocked(d)
+	}
+}
+
+// startLocked runs d in the group until shutdown or until retired.
+func (g *deliveryGroup) startLocked(d *deliverer) {
+	d.stop, d.done, d.ctx = make(chan struct{}), make(chan struct{}), g.ctx
+	if c := g.counts[d.route]; c != nil {
+		d.counts = c
+	} else {
+		d.counts = new(deliveryCounts)
+		g.counts[d.route] = d.counts
+	}
+	g.byRoute[d.route] = d
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
+		defer close(d.done)
+		if d.after != nil {
+			select {
+			case <-d.after:
+			case <-d.stop:
+				return
+			}
+		}
 		d.run()
 	}()
+}
+
+// retire stops d between messages; deliveries in flight go on to their
+// end. It may be called more than once.
+func (d *deliverer) retire() {
+	select {
+	case <-d.stop:
+	default:
+		close(d.stop)
+	}
 }
 
 // status returns each running deliverer's figures by route name.
 func (g *deliveryGroup) status() map[string]DeliveryStatus {
 	g.mu.Lock()
-	ds := g.deliverers
+	ds := make([]*deliverer, 0, len(g.byRoute))
+	for _, d := range g.byRoute {
+		ds = append(ds, d)
+	}
 	g.mu.Unlock()
 	out := make(map[string]DeliveryStatus, len(ds))
 	for _, d := range ds {
@@ -106,7 +194,8 @@ func (g *deliveryGroup) status() map[string]DeliveryStatus {
 
 // shutdown stops the deliverers: no new delivery starts, and those in
 // flight may finish until ctx ends; then they are canceled, and their
-// messages stay pending. It returns once every deliverer has returned.
+// messages stay pending. It returns once every deliverer, retired ones
+// included, has returned.
 func (g *deliveryGroup) shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	if g.closed {
@@ -114,8 +203,10 @@ func (g *deliveryGroup) shutdown(ctx context.Context) error {
 		return nil
 	}
 	g.closed = true
-	g.deliverers = nil
-	close(g.stop)
+	for _, d := range g.byRoute {
+		d.retire()
+	}
+	g.byRoute = map[string]*deliverer{}
 	g.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
@@ -166,9 +257,9 @@ type HeadStatus struct {
 // status returns the deliverer's figures.
 func (d *deliverer) status() DeliveryStatus {
 	return DeliveryStatus{
-		Delivered:    d.delivered.Load(),
-		Retried:      d.retried.Load(),
-		DeadLettered: d.dead.Load(),
+		Delivered:    d.counts.delivered.Load(),
+		Retried:      d.counts.retried.Load(),
+		DeadLettered: d.counts.dead.Load(),
 		Head:         d.head.Load(),
 	}
 }
@@ -266,7 +357,14 @@ func (d *deliverer) fifoStep() {
 		}
 		d.sleep(wait)
 		if d.stopped() {
-			return // the lease is not durable: the message is pending at reopen
+			// Hand the head back, so that the route's next deliverer
+			// (after a reload) can lease it; RetryLater keeps its due
+			// time and attempts.
+			if err := d.store.RetryLater(m.ID, info.NextAttempt, info.Attempts); err != nil && !errors.Is(err, spool.ErrClosed) {
+				d.log.Warn("spool: could not hand back a held message; it is delivered again after a restart", "route", d.route, "id", m.ID, "error", err)
+			}
+			d.setHead(nil)
+			return
 		}
 	}
 	if d.deliver(m) {
@@ -335,7 +433,7 @@ func (d *deliverer) nextOK(err error) bool {
 		if err := d.store.DeadLetter(de.ID, "damaged on disk"); err != nil {
 			d.log.Warn("spool: dead-letter failed", "route", d.route, "id", de.ID, "error", err)
 		} else {
-			d.dead.Add(1)
+			d.counts.dead.Add(1)
 		}
 		return false
 	}
@@ -392,7 +490,7 @@ func (d *deliverer) ack(m *spool.Message) {
 	if err := d.store.Ack(m.ID); err != nil && !errors.Is(err, spool.ErrNotFound) {
 		d.log.Warn("spool: ack failed; the message may be delivered again", "route", d.route, "id", m.ID, "error", err)
 	}
-	d.delivered.Add(1) // after the ack, so a reader that sees it sees the ack
+	d.counts.delivered.Add(1) // after the ack, so a reader that sees it sees the ack
 }
 
 // retryLater makes m due again after wait, with attempts delivery
@@ -400,7 +498,7 @@ func (d *deliverer) ack(m *spool.Message) {
 func (d *deliverer) retryLater(m *spool.Message, attempts int, wait time.Duration) {
 	err := d.store.RetryLater(m.ID, time.Now().Add(wait), attempts)
 	if attempts > m.Attempts {
-		d.retried.Add(1)
+		d.counts.retried.Add(1)
 	}
 	d.logSettleError(m, err)
 }
@@ -419,7 +517,7 @@ func (d *deliverer) deadLetter(m *spool.Message, attempts int, reason string) {
 		err = d.store.DeadLetter(m.ID, reason)
 	}
 	if err == nil {
-		d.dead.Add(1)
+		d.counts.dead.Add(1)
 		d.log.Warn("spool: message dead-lettered", "route", d.route, "id", m.ID, "attempts", attempts, "reason", reason)
 	}
 	d.logSettleError(m, err)

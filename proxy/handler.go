@@ -47,6 +47,13 @@ func (h *handler) serve(snap *Snapshot, w http.ResponseWriter, r *http.Request, 
 		return
 	}
 	l := snap.byName[h.listener]
+	if l == nil {
+		// A reload removed the listener while this connection was open:
+		// its server drains, and no route serves the request.
+		w.Header().Set("Connection", "close")
+		writeError(w, r, policy.NoRoute, "", 0, "listener removed by a reload", 0)
+		return
+	}
 	var body *appBody
 	if r.Body != nil && r.Body != http.NoBody && r.Header["Upgrade"] == nil {
 		// Every read of the app's body is bounded from here on: by the

@@ -255,7 +255,7 @@ func newHandler(tb testing.TB, cfgYAML string, st spool.Store, bopts ...BuildOpt
 	cur.Store(snap)
 	h := &handler{listener: "app", snap: cur, log: logger}
 	if st != nil {
-		h.spool = &spooler{store: st, wakes: map[string]chan struct{}{}, log: logger}
+		h.spool = &spooler{store: st, group: newDeliveryGroup(), log: logger}
 	}
 	return h, snap
 }

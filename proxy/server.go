@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/internal/h1guard"
@@ -53,7 +54,7 @@ const (
 )
 
 // Server runs the app-facing listeners of a snapshot. The snapshot is held
-// in an atomic pointer, so a reload is a Swap.
+// in an atomic pointer, so a reload is a Swap (see Reload).
 type Server struct {
 	log  *slog.Logger
 	snap atomic.Pointer[Snapshot]
@@ -61,11 +62,21 @@ type Server struct {
 	spool      *spooler       // nil without WithSpool
 	deliveries *deliveryGroup // with a spool: the async routes' deliverers
 
-	mu      sync.Mutex
-	servers []*http.Server
-	lns     []net.Listener
+	mu      sync.Mutex // serializes Listen, Serve, Reload and Shutdown
+	live    map[string]*boundListener
 	serving bool // Serve has run
-	wg      sync.WaitGroup
+	closing bool // Shutdown has begun
+	// retiring are the servers of listeners a reload removed or moved,
+	// draining; Shutdown closes what remains of them.
+	retiring map[*http.Server]struct{}
+	wg       sync.WaitGroup // Serve loops and drains
+}
+
+// boundListener is a listener's socket and the http.Server serving it.
+type boundListener struct {
+	name, address, protocol string
+	ln                      net.Listener
+	srv                     *http.Server
 }
 
 // Option configures NewServer.
@@ -78,24 +89,17 @@ type Option func(*Server)
 // Without it, async routes are served synchronously.
 func WithSpool(store spool.Store) Option {
 	return func(s *Server) {
-		s.spool = &spooler{store: store, wakes: map[string]chan struct{}{}, log: s.log}
+		s.deliveries = newDeliveryGroup()
+		s.spool = &spooler{store: store, group: s.deliveries, log: s.log}
 	}
 }
 
 // NewServer returns a Server for snap; Listen binds it.
 func NewServer(snap *Snapshot, logger *slog.Logger, opts ...Option) *Server {
-	s := &Server{log: logger}
+	s := &Server{log: logger, live: map[string]*boundListener{}, retiring: map[*http.Server]struct{}{}}
 	s.snap.Store(snap)
 	for _, o := range opts {
 		o(s)
-	}
-	if s.spool != nil {
-		s.deliveries = newDeliveryGroup()
-		for _, rt := range snap.Routes {
-			if rt.async != nil {
-				s.spool.wakes[rt.Name] = make(chan struct{}, 1)
-			}
-		}
 	}
 	return s
 }
@@ -125,19 +129,30 @@ func (s *Server) Snapshot() *Snapshot { return s.snap.Load() }
 func (s *Server) Listen() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var bound []*boundListener
 	for _, l := range s.snap.Load().Listeners {
-		ln, err := net.Listen("tcp", l.Address)
+		b, err := s.bind(l)
 		if err != nil {
-			for _, bound := range s.lns {
-				bound.Close()
+			for _, b := range bound {
+				b.ln.Close()
 			}
-			s.lns = nil
-			return fmt.Errorf("listener %s: %w", l.Name, err)
+			return err
 		}
-		s.lns = append(s.lns, h1guard.Listen(ln))
-		s.servers = append(s.servers, s.newHTTPServer(l))
+		bound = append(bound, b)
+	}
+	for _, b := range bound {
+		s.live[b.name] = b
 	}
 	return nil
+}
+
+// bind opens l's socket and makes its http.Server, not yet serving.
+func (s *Server) bind(l *Listener) (*boundListener, error) {
+	ln, err := net.Listen("tcp", l.Address)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
+	}
+	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newHTTPServer(l)}, nil
 }
 
 // Addrs returns the bound addresses, by listener name.
@@ -145,8 +160,8 @@ func (s *Server) Addrs() map[string]net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]net.Addr{}
-	for i, ln := range s.lns {
-		out[s.snap.Load().Listeners[i].Name] = ln.Addr()
+	for name, b := range s.live {
+		out[name] = b.ln.Addr()
 	}
 	return out
 }
@@ -188,29 +203,190 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 func (s *Server) Serve() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.spool != nil && !s.serving {
-		for name, wake := range s.spool.wakes {
-			s.deliveries.start(&deliverer{route: name, store: s.spool.store, snap: s.snap.Load, log: s.log, wake: wake})
-		}
+	if s.serving || s.closing {
+		return
 	}
 	s.serving = true
-	for i, srv := range s.servers {
-		ln := s.lns[i]
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				s.log.Error("listener stopped", "address", ln.Addr().String(), "error", err)
-			}
-		}()
+	if s.deliveries != nil {
+		s.deliveries.reconcile(s.snap.Load(), s.newDeliverer)
 	}
+	for _, b := range s.live {
+		s.serveLocked(b)
+	}
+}
+
+func (s *Server) newDeliverer(route string) *deliverer {
+	return &deliverer{route: route, store: s.spool.store, snap: s.snap.Load, log: s.log}
+}
+
+// serveLocked serves b in the background until its server shuts down.
+func (s *Server) serveLocked(b *boundListener) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := b.srv.Serve(b.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("listener stopped", "listener", b.name, "address", b.ln.Addr().String(), "error", err)
+		}
+	}()
+}
+
+// Reload makes next the snapshot that requests are served with. next must
+// be built from the current snapshot (Build(cfg, s.Snapshot(), ...)), so
+// that what did not change keeps its state. In order:
+//
+//   - Listeners added, or whose address or protocol changed, are bound.
+//     When an address is taken, the sockets of the listeners this reload
+//     removes or changes are closed first and the binds tried again; if a
+//     bind still fails, Reload restores the sockets it closed and returns
+//     the error, and nothing has changed.
+//   - next is swapped in: requests in flight finish on the snapshot they
+//     started with; every new request gets next.
+//   - The new sockets are served. The servers of listeners removed or
+//     changed stop accepting and drain their requests in flight for up to
+//     drain (then their connections are closed); unchanged listeners keep
+//     their sockets and connections.
+//   - Async routes added get deliverers; removed ones' deliverers stop
+//     between messages, and their messages stay in the store until a
+//     route of that name returns. A route whose async block changed gets
+//     a new deliverer once the old one has returned.
+//   - The pools next did not carry over drop their idle connections.
+func (s *Server) Reload(next *Snapshot, drain time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return errors.New("the sidecar is shutting down")
+	}
+	// What stays, and what needs a socket.
+	keep := map[string]*boundListener{}
+	var want []*Listener
+	for _, l := range next.Listeners {
+		if b := s.live[l.Name]; b != nil && b.address == l.Address && b.protocol == l.Protocol {
+			keep[l.Name] = b
+			continue
+		}
+		want = append(want, l)
+	}
+	var retire []*boundListener // removed or changed: their servers drain
+	for name, b := range s.live {
+		if keep[name] == nil {
+			retire = append(retire, b)
+		}
+	}
+	opened, err := s.bindAll(want, retire)
+	if err != nil {
+		return err
+	}
+	prev := s.snap.Swap(next)
+	live := keep
+	for _, b := range opened {
+		live[b.name] = b
+		if s.serving {
+			s.serveLocked(b)
+		}
+	}
+	s.live = live
+	for _, b := range retire {
+		s.retireLocked(b, drain)
+	}
+	if s.deliveries != nil && s.serving {
+		s.deliveries.reconcile(next, s.newDeliverer)
+	}
+	prev.Close(next)
+	return nil
+}
+
+// bindAll binds want. If an address is in use, it closes the sockets of
+// retire (their servers keep the connections they have) and tries again;
+// on failure it closes what it bound and re-binds what it closed.
+func (s *Server) bindAll(want []*Listener, retire []*boundListener) ([]*boundListener, error) {
+	var opened []*boundListener
+	closeOpened := func() {
+		for _, b := range opened {
+			b.ln.Close()
+		}
+	}
+	var busy []*Listener
+	for _, l := range want {
+		b, err := s.bind(l)
+		if err != nil {
+			if !errors.Is(err, syscall.EADDRINUSE) || len(retire) == 0 {
+				closeOpened()
+				return nil, err
+			}
+			busy = append(busy, l)
+			continue
+		}
+		opened = append(opened, b)
+	}
+	if len(busy) == 0 {
+		return opened, nil
+	}
+	// Free the addresses of the listeners going away, then try again.
+	for _, b := range retire {
+		b.ln.Close()
+	}
+	for _, l := range busy {
+		b, err := s.bind(l)
+		if err != nil {
+			closeOpened()
+			s.rebind(retire)
+			return nil, err
+		}
+		opened = append(opened, b)
+	}
+	return opened, nil
+}
+
+// rebind re-opens the sockets of bs after bindAll closed them, and serves
+// them again.
+func (s *Server) rebind(bs []*boundListener) {
+	for _, b := range bs {
+		ln, err := net.Listen("tcp", b.ln.Addr().String())
+		if err != nil {
+			s.log.Error("listener lost its socket: a reload closed it and could not open it again", "listener", b.name, "address", b.ln.Addr().String(), "error", err)
+			continue
+		}
+		b.ln = h1guard.Listen(ln)
+		if s.serving {
+			s.serveLocked(b)
+		}
+	}
+}
+
+// retireLocked stops b's server accepting and drains it in the background
+// for up to drain, then closes what remains.
+func (s *Server) retireLocked(b *boundListener, drain time.Duration) {
+	s.retiring[b.srv] = struct{}{}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		if err := b.srv.Shutdown(ctx); err != nil {
+			b.srv.Close()
+		}
+		b.ln.Close() // if Serve never ran
+		s.mu.Lock()
+		delete(s.retiring, b.srv)
+		s.mu.Unlock()
+	}()
 }
 
 // Shutdown stops accepting, waits for requests in flight until ctx ends,
 // then closes what remains.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	servers := s.servers
+	s.closing = true
+	var servers []*http.Server
+	for _, b := range s.live {
+		servers = append(servers, b.srv)
+		if !s.serving {
+			b.ln.Close()
+		}
+	}
+	for srv := range s.retiring {
+		servers = append(servers, srv)
+	}
 	s.mu.Unlock()
 	errs := make([]error, len(servers))
 	var wg sync.WaitGroup

@@ -65,6 +65,7 @@ type Route struct {
 	preserveHost bool
 	websocket    bool
 	async        *asyncPolicy           // nil: not an async route
+	asyncConfig  *config.Async          // what async was compiled from
 	tel          *telemetry.Route       // the route's metrics; nil: none
 	obs          *Telemetry             // the snapshot's; nil: none
 	accessLog    bool                   // telemetry.access_log: attempts note their endpoint
@@ -74,6 +75,9 @@ type Route struct {
 	// ErrorHandler per request. nil unless the route is async.
 	asyncProxy *httputil.ReverseProxy
 }
+
+// Route returns the route named name, or nil.
+func (s *Snapshot) Route(name string) *Route { return s.routes[name] }
 
 // Async reports whether the route is async (fire-and-forget).
 func (rt *Route) Async() bool { return rt.async != nil }
@@ -177,6 +181,7 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 		preserveHost: pool.cfg.PreserveHost,
 		websocket:    rc.WebSocket,
 		async:        compileAsync(rc.Async),
+		asyncConfig:  rc.Async,
 	}
 	r.proxy = r.newReverseProxy(&attempter{route: r}, r.proxyError(logger), errLog)
 	if r.async != nil {

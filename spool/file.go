@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -682,4 +683,17 @@ func (s *FileStore) closeFiles() error {
 		}
 	}
 	return err
+}
+
+// SetRouteLimits replaces FileOptions.Routes, the per-route bounds, on an
+// open store: a reload applies async.max_messages and async.max_bytes
+// this way. Messages already stored over a new bound stay; Appends are
+// refused until the route is back under it.
+func (s *FileStore) SetRouteLimits(routes map[string]Limits) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Routes = maps.Clone(routes)
+	for _, ri := range s.routeList {
+		ri.limits = routes[ri.name]
+	}
 }

@@ -23,7 +23,6 @@ func openJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger)
 		AckWait:     js.AckWait.D(),
 		MaxMessages: sc.MaxMessages,
 		MaxBytes:    int64(sc.MaxBytes),
-		Routes:      map[string]jsstore.RouteOptions{},
 		CredsFile:   js.CredsFile,
 		NKeyFile:    js.NKeyFile,
 		User:        js.User,
@@ -38,17 +37,26 @@ func openJetStream(ctx context.Context, cfg *config.Config, logger *slog.Logger)
 		},
 		Logger: logger,
 	}
+	opts.Routes = jetStreamRoutes(cfg, logger)
+	return jsstore.Open(ctx, opts)
+}
+
+// jetStreamRoutes returns the JetStream spool's route options: the async
+// routes' ordering and max_messages. It warns of an async.max_bytes, which
+// this backend cannot enforce.
+func jetStreamRoutes(cfg *config.Config, logger *slog.Logger) map[string]jsstore.RouteOptions {
+	routes := map[string]jsstore.RouteOptions{}
 	for _, l := range cfg.Listeners {
 		for _, r := range l.Routes {
 			a := r.Async
 			if a == nil {
 				continue
 			}
-			opts.Routes[r.Name] = jsstore.RouteOptions{FIFO: a.Ordering != "none", MaxMessages: a.MaxMessages}
+			routes[r.Name] = jsstore.RouteOptions{FIFO: a.Ordering != "none", MaxMessages: a.MaxMessages}
 			if a.MaxBytes > 0 {
 				logger.Warn("async.max_bytes is not enforced with spool.backend: jetstream (the server counts no bytes per route); async.max_messages, spool.max_messages and spool.max_bytes are", "route", r.Name)
 			}
 		}
 	}
-	return jsstore.Open(ctx, opts)
+	return routes
 }

@@ -35,8 +35,11 @@ import (
 	"github.com/sidecar-proxy/sidecar/admin"
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
+	"github.com/sidecar-proxy/sidecar/internal/watch"
 	"github.com/sidecar-proxy/sidecar/proxy"
+	"github.com/sidecar-proxy/sidecar/reload"
 	"github.com/sidecar-proxy/sidecar/spool"
+	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
@@ -60,6 +63,7 @@ func main() {
 
 const usage = `usage:
   sidecar run      -config FILE [-log-format text|json] [-log-level debug|info|warn|error]
+                   [-watch=false]
   sidecar validate -config FILE
   sidecar spool    stats|list|show ID|replay ID|delete ID|purge [-dead]
                    [-admin 127.0.0.1:9901] [-route NAME] [-state pending|dead]
@@ -82,6 +86,7 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 	cfgPath := fs.String("config", defaultConfig, "configuration file")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	watchFile := fs.Bool("watch", true, "reload when the configuration file changes (run)")
 	switch cmd {
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "sidecar", buildVersion())
@@ -101,6 +106,23 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		fmt.Fprintf(stderr, "sidecar %s: unexpected argument %q\n", cmd, fs.Arg(0))
 		return exitUsage
 	}
+	var logger *slog.Logger
+	var changes *watch.Watcher
+	if cmd == "run" {
+		var err error
+		if logger, err = newLogger(stderr, *logFormat, *logLevel); err != nil {
+			fmt.Fprintf(stderr, "sidecar run: %v\n", err)
+			return exitUsage
+		}
+		// Watched from before the first read, so that no change is missed.
+		if *watchFile {
+			if changes, err = watch.New(*cfgPath, watch.DefaultDebounce, logger); err != nil {
+				logger.Warn("cannot watch the configuration file: reload with SIGHUP or POST /v1/reload", "file", *cfgPath, "error", err)
+			} else {
+				defer changes.Close()
+			}
+		}
+	}
 	st := watchStartup(sigs)
 	defer st.end()
 	cfg, err := config.LoadContext(st.ctx, *cfgPath)
@@ -116,15 +138,10 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		fmt.Fprintf(stdout, "%s: ok\n", *cfgPath)
 		return exitOK
 	}
-	logger, err := newLogger(stderr, *logFormat, *logLevel)
-	if err != nil {
-		fmt.Fprintf(stderr, "sidecar run: %v\n", err)
-		return exitUsage
-	}
 	// net/http's client logs through the standard logger, at times with
 	// an upstream's bytes: those lines go through slog too (stdlog).
 	stdlog.Redirect(logger)
-	return serve(cfg, logger, sigs, st)
+	return serve(*cfgPath, changes, cfg, logger, sigs, st)
 }
 
 // startup watches the signals while the sidecar starts: the first SIGINT
@@ -230,7 +247,7 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 
 // serve starts the sidecar, runs it until a signal, then drains. A signal
 // before it serves stops it at once (see startup).
-func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *startup) int {
+func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *startup) int {
 	stopped := func(sig os.Signal) int {
 		logger.Warn("signal received while starting: exiting", "signal", sig.String())
 		return exitFailure
@@ -315,7 +332,20 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 	if cfg.Admin.TokenEnv != "" {
 		token = os.Getenv(cfg.Admin.TokenEnv)
 	}
-	adm := admin.New(srv, logger, admin.WithToken(token), admin.WithTelemetry(tel))
+	reloader, err := reload.New(cfgPath, srv, logger, reload.Options{
+		// A snapshot built from the running one keeps its telemetry.
+		Build: func(cfg *config.Config, prev *proxy.Snapshot) (*proxy.Snapshot, error) {
+			return proxy.Build(cfg, prev, logger)
+		},
+		SpoolOpen: func() bool { return srv.Spool() != nil },
+		Apply:     func(cfg *config.Config) error { setSpoolRoutes(srv.Spool(), cfg, logger); return nil },
+		Meter:     tel.Meter(),
+	})
+	if err != nil {
+		logger.Error("cannot start", "error", err)
+		return exitFailure
+	}
+	adm := admin.New(srv, logger, admin.WithToken(token), admin.WithTelemetry(tel), admin.WithReloader(reloader))
 	if err := adm.Listen(cfg.Admin.Address); err != nil {
 		logger.Error("cannot bind the admin listener", "error", err)
 		return exitFailure
@@ -338,13 +368,24 @@ func serve(cfg *config.Config, logger *slog.Logger, sigs <-chan os.Signal, st *s
 	}
 	logger.Info("sidecar started", "version", buildVersion(), "listeners", strings.Join(addrs, ","), "admin", adm.Addr().String(), "admin_token_required", adm.TokenRequired())
 
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			logger.Warn("SIGHUP received: configuration reload is not available in this version; restart to apply changes")
-			continue
+	var fileChanged <-chan struct{} // nil: not watched
+	if changes != nil {
+		fileChanged = changes.C()
+	}
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				reloader.Reload(context.Background(), reload.TriggerSignal)
+				continue
+			}
+			cfg = srv.Snapshot().Config // the running one: shutdown_grace and shutdown_delay may have been reloaded
+			logger.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGrace.D().String())
+			break wait
+		case <-fileChanged:
+			reloader.Reload(context.Background(), reload.TriggerFile)
 		}
-		logger.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGrace.D().String())
-		break
 	}
 	adm.SetReady(false)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownDelay.D()+cfg.ShutdownGrace.D())
@@ -419,7 +460,6 @@ func openSpool(cfg *config.Config, logger *slog.Logger, ins *telemetry.Instrumen
 		MaxMessages: sc.MaxMessages,
 		Interval:    sc.FsyncInterval.D(),
 		Logger:      logger,
-		Routes:      map[string]spool.Limits{},
 	}
 	if ins != nil {
 		opts.OnFsync = ins.Fsync
@@ -427,12 +467,30 @@ func openSpool(cfg *config.Config, logger *slog.Logger, ins *telemetry.Instrumen
 	if sc.Fsync == "interval" {
 		opts.Fsync = spool.FsyncInterval
 	}
+	opts.Routes = fileRouteLimits(cfg)
+	return spool.OpenFile(sc.Dir, opts)
+}
+
+// fileRouteLimits returns the file spool's per-route bounds: the async
+// routes' max_messages and max_bytes.
+func fileRouteLimits(cfg *config.Config) map[string]spool.Limits {
+	routes := map[string]spool.Limits{}
 	for _, l := range cfg.Listeners {
 		for _, r := range l.Routes {
 			if a := r.Async; a != nil && (a.MaxMessages > 0 || a.MaxBytes > 0) {
-				opts.Routes[r.Name] = spool.Limits{MaxMessages: a.MaxMessages, MaxBytes: int64(a.MaxBytes)}
+				routes[r.Name] = spool.Limits{MaxMessages: a.MaxMessages, MaxBytes: int64(a.MaxBytes)}
 			}
 		}
 	}
-	return spool.OpenFile(sc.Dir, opts)
+	return routes
+}
+
+// setSpoolRoutes gives an open spool cfg's per-route options.
+func setSpoolRoutes(store spool.Store, cfg *config.Config, logger *slog.Logger) {
+	switch st := store.(type) {
+	case *spool.FileStore:
+		st.SetRouteLimits(fileRouteLimits(cfg))
+	case *jsstore.Store:
+		st.SetRoutes(jetStreamRoutes(cfg, logger))
+	}
 }

@@ -134,7 +134,18 @@ func startBinary(t *testing.T, cfgPath string) (*exec.Cmd, started, *bufio.Scann
 // env, NAME=value each, is added to the environment.
 func startBinaryLogs(t *testing.T, cfgPath string, env ...string) (*exec.Cmd, started, *bufio.Scanner, <-chan string) {
 	t.Helper()
-	cmd := exec.Command(binary, "run", "-config", cfgPath, "-log-format", "json")
+	return startBinaryEnvArgs(t, cfgPath, env, nil)
+}
+
+// startBinaryArgs is startBinaryLogs with more arguments for "run".
+func startBinaryArgs(t *testing.T, cfgPath string, args []string) (*exec.Cmd, started, *bufio.Scanner, <-chan string) {
+	t.Helper()
+	return startBinaryEnvArgs(t, cfgPath, nil, args)
+}
+
+func startBinaryEnvArgs(t *testing.T, cfgPath string, env, args []string) (*exec.Cmd, started, *bufio.Scanner, <-chan string) {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"run", "-config", cfgPath, "-log-format", "json"}, args...)...)
 	if env != nil {
 		cmd.Env = append(os.Environ(), env...)
 	}

@@ -76,7 +76,7 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 	}
 	m.ID = id
 	s.appends.Add(1)
-	if s.opts.Routes[m.Route].MaxMessages > 0 {
+	if s.routeOptions(m.Route).MaxMessages > 0 {
 		s.mu.Lock()
 		if rc, ok := s.counts[m.Route]; ok {
 			rc.n++
@@ -90,7 +90,7 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 // checkRouteLimit returns spool.ErrFull when route has a MaxMessages bound
 // and its pending count has reached it.
 func (s *Store) checkRouteLimit(ctx context.Context, route string, c jetstream.Consumer) error {
-	limit := s.opts.Routes[route].MaxMessages
+	limit := s.routeOptions(route).MaxMessages
 	if limit <= 0 {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -74,6 +75,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	routes := maps.Clone(opts.Routes)
+	s.routes.Store(&routes)
 	if err := s.setup(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -132,7 +135,7 @@ func (s *Store) setup(ctx context.Context) error {
 	if err := names.Err(); err != nil {
 		return fmt.Errorf("jetstream: list consumers of %s: %w", s.stream, err)
 	}
-	for route := range s.opts.Routes {
+	for route := range *s.routes.Load() {
 		if _, err := s.consumer(ctx, route); err != nil {
 			return err
 		}
@@ -325,7 +328,7 @@ func (s *Store) consumer(ctx context.Context, route string) (jetstream.Consumer,
 		MaxDeliver:    -1,
 		MaxAckPending: -1,
 	}
-	if s.opts.Routes[route].FIFO {
+	if s.routeOptions(route).FIFO {
 		cfg.MaxAckPending = 1
 	}
 	c, err := s.str.CreateOrUpdateConsumer(ctx, cfg)

@@ -66,7 +66,7 @@ func (s *Store) RetryLater(id string, at time.Time, attempts int) error {
 		s.pruneRetriesLocked()
 	}
 	s.retries[id] = retry{route: l.route, at: at, attempts: max(attempts, 0)}
-	if s.opts.Routes[l.route].FIFO {
+	if s.routeOptions(l.route).FIFO {
 		s.held[l.route] = at
 	}
 	s.mu.Unlock()

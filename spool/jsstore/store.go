@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,8 @@ type Store struct {
 	now     func() time.Time
 	log     *slog.Logger
 	appends atomic.Int64
+	// routes is Options.Routes; SetRoutes replaces it on a reload.
+	routes atomic.Pointer[map[string]RouteOptions]
 
 	mu        sync.Mutex
 	closed    bool
@@ -156,4 +159,31 @@ func (s *Store) Close() error {
 	}
 	s.nc.Close()
 	return nil
+}
+
+// routeOptions returns route's options.
+func (s *Store) routeOptions(route string) RouteOptions {
+	if m := s.routes.Load(); m != nil {
+		return (*m)[route]
+	}
+	return RouteOptions{}
+}
+
+// SetRoutes replaces Options.Routes on an open store: a reload applies
+// async.ordering and async.max_messages this way. A route whose FIFO
+// setting changed has its consumer updated on its next use.
+func (s *Store) SetRoutes(routes map[string]RouteOptions) {
+	routes = maps.Clone(routes)
+	old := s.routes.Swap(&routes)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for route := range s.consumers {
+		var was RouteOptions
+		if old != nil {
+			was = (*old)[route]
+		}
+		if was.FIFO != routes[route].FIFO {
+			delete(s.consumers, route)
+		}
+	}
 }

@@ -49,7 +49,7 @@ type deliverer struct {
 	snap  func() *Snapshot // the current snapshot: the route is looked up per delivery
 	log   *slog.Logger
 	wake  chan struct{}
-	async *config.Async // what the deliverer was started for: a reload that changes it starts a new one
+	async *config.Async   // what the deliverer was started for: a reload that changes it starts a new one
 	stop  chan struct{}   // closed when no more deliveries may start: by the group's shutdown, or when a reload retires the deliverer
 	after <-chan struct{} // the route's previous deliverer's done: run starts once it is closed (nil: none)
 	done  chan struct{}   // closed when run has returned and the deliveries it started have ended

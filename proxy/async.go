@@ -85,7 +85,7 @@ func (sp *spooler) wake(route string) {
 // max_body, stamps the idempotency key, then either spools at once (when:
 // always) or tries the upstream first and spools on a spool_on outcome
 // (when: upstream_down).
-func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route, start time.Time) {
+func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request, rt *Route, start time.Time) {
 	a := rt.async
 	if r.ContentLength > a.maxBody {
 		writeError(w, r, policy.TooLarge, rt.Name, 0, "request body over async.max_body", 0)
@@ -118,7 +118,7 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route, 
 		}
 	}
 	if a.always {
-		h.spool.enqueue(w, r, rt, msg, 0)
+		sp.enqueue(w, r, rt, msg, 0)
 		return
 	}
 	out := r.Clone(r.Context())
@@ -137,7 +137,7 @@ func (h *handler) serveAsync(w http.ResponseWriter, r *http.Request, rt *Route, 
 	case ue.Outcome == policy.Canceled:
 		// The app went away; there is no one to answer.
 	case a.spoolsOn(ue.Outcome, ue.Status):
-		h.spool.enqueue(w, r, rt, msg, ue.Attempts)
+		sp.enqueue(w, r, rt, msg, ue.Attempts)
 	default:
 		writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
 	}

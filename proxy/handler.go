@@ -22,7 +22,7 @@ type handler struct {
 	listener string
 	snap     *atomic.Pointer[Snapshot]
 	log      *slog.Logger
-	spool    *spooler // nil without a store: async routes are served synchronously
+	spool    *atomic.Pointer[spooler] // holds nil without a store: async routes are served synchronously
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -99,8 +99,8 @@ func (h *handler) serve(snap *Snapshot, w http.ResponseWriter, r *http.Request, 
 		// Streams and tunnels go straight through; an async route
 		// serves them synchronously.
 		route.proxy.ServeHTTP(w, r)
-	case route.async != nil && h.spool != nil:
-		h.serveAsync(w, r, route, start)
+	case route.async != nil && h.spool.Load() != nil:
+		h.serveAsync(h.spool.Load(), w, r, route, start)
 	default:
 		route.serveGated(route.proxy, w, r, start, func(ue *UpstreamError) {
 			route.answerError(w, r, ue, h.log)

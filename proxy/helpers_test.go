@@ -253,9 +253,9 @@ func newHandler(tb testing.TB, cfgYAML string, st spool.Store, bopts ...BuildOpt
 	}
 	cur := new(atomic.Pointer[Snapshot])
 	cur.Store(snap)
-	h := &handler{listener: "app", snap: cur, log: logger}
+	h := &handler{listener: "app", snap: cur, log: logger, spool: new(atomic.Pointer[spooler])}
 	if st != nil {
-		h.spool = &spooler{store: st, group: newDeliveryGroup(), log: logger}
+		h.spool.Store(&spooler{store: st, group: newDeliveryGroup(), log: logger})
 	}
 	return h, snap
 }

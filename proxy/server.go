@@ -59,8 +59,9 @@ type Server struct {
 	log  *slog.Logger
 	snap atomic.Pointer[Snapshot]
 
-	spool      *spooler       // nil without WithSpool
-	deliveries *deliveryGroup // with a spool: the async routes' deliverers
+	// spool is the async routes' store and their deliverers; nil without
+	// WithSpool or AttachSpool: async routes are served synchronously.
+	spool atomic.Pointer[spooler]
 
 	mu      sync.Mutex // serializes Listen, Serve, Reload and Shutdown
 	live    map[string]*boundListener
@@ -89,9 +90,25 @@ type Option func(*Server)
 // Without it, async routes are served synchronously.
 func WithSpool(store spool.Store) Option {
 	return func(s *Server) {
-		s.deliveries = newDeliveryGroup()
-		s.spool = &spooler{store: store, group: s.deliveries, log: s.log}
+		s.spool.Store(&spooler{store: store, group: newDeliveryGroup(), log: s.log})
 	}
+}
+
+// AttachSpool is WithSpool on a running server, for a reload that brings
+// the first async route: the caller opens the store, attaches it, then
+// reloads. It fails if the server has a store already or is shutting
+// down.
+func (s *Server) AttachSpool(store spool.Store) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return errors.New("the sidecar is shutting down")
+	}
+	if s.spool.Load() != nil {
+		return errors.New("the server has a spool already")
+	}
+	WithSpool(store)(s)
+	return nil
 }
 
 // NewServer returns a Server for snap; Listen binds it.
@@ -101,25 +118,30 @@ func NewServer(snap *Snapshot, logger *slog.Logger, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
+	// Start a round of breaker sweeps: a reload drops the breakers its
+	// snapshot does not use.
+	if snap.breakers != nil {
+		snap.breakers.Sweep()
+	}
 	return s
 }
 
-// Spool returns the store given with WithSpool, or nil.
+// Spool returns the store given with WithSpool or AttachSpool, or nil.
 func (s *Server) Spool() spool.Store {
-	if s.spool == nil {
-		return nil
+	if sp := s.spool.Load(); sp != nil {
+		return sp.store
 	}
-	return s.spool.store
+	return nil
 }
 
 // Deliveries returns the status of each async route's deliverer, by route
 // name, while Serve runs them (empty before Serve and after Shutdown). It
 // takes no lock on the delivery path: the figures are atomics.
 func (s *Server) Deliveries() map[string]DeliveryStatus {
-	if s.deliveries == nil {
-		return map[string]DeliveryStatus{}
+	if sp := s.spool.Load(); sp != nil {
+		return sp.group.status()
 	}
-	return s.deliveries.status()
+	return map[string]DeliveryStatus{}
 }
 
 // Snapshot returns the snapshot requests are served with now.
@@ -178,7 +200,7 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 		protos.SetUnencryptedHTTP2(true)
 	}
 	return &http.Server{
-		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: s.spool},
+		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool},
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
@@ -207,16 +229,20 @@ func (s *Server) Serve() {
 		return
 	}
 	s.serving = true
-	if s.deliveries != nil {
-		s.deliveries.reconcile(s.snap.Load(), s.newDeliverer)
+	if sp := s.spool.Load(); sp != nil {
+		sp.group.reconcile(s.snap.Load(), sp.newDeliverer(s))
 	}
 	for _, b := range s.live {
 		s.serveLocked(b)
 	}
 }
 
-func (s *Server) newDeliverer(route string) *deliverer {
-	return &deliverer{route: route, store: s.spool.store, snap: s.snap.Load, log: s.log}
+// newDeliverer returns the function that makes the deliverer of a
+// route of s, for deliveryGroup.reconcile.
+func (sp *spooler) newDeliverer(s *Server) func(route string) *deliverer {
+	return func(route string) *deliverer {
+		return &deliverer{route: route, store: sp.store, snap: s.snap.Load, log: s.log}
+	}
 }
 
 // serveLocked serves b in the background until its server shuts down.
@@ -288,8 +314,11 @@ func (s *Server) Reload(next *Snapshot, drain time.Duration) error {
 	for _, b := range retire {
 		s.retireLocked(b, drain)
 	}
-	if s.deliveries != nil && s.serving {
-		s.deliveries.reconcile(next, s.newDeliverer)
+	if sp := s.spool.Load(); sp != nil && s.serving {
+		sp.group.reconcile(next, sp.newDeliverer(s))
+	}
+	if next.breakers != nil {
+		next.breakers.Sweep()
 	}
 	prev.Close(next)
 	return nil
@@ -402,8 +431,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.wg.Wait()
-	if s.deliveries != nil {
-		errs = append(errs, s.deliveries.shutdown(ctx))
+	if sp := s.spool.Load(); sp != nil {
+		errs = append(errs, sp.group.shutdown(ctx))
 	}
 	s.snap.Load().Close(nil)
 	return errors.Join(errs...)

@@ -280,27 +280,8 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 	}
 	var opts []proxy.Option
 	if hasAsync(cfg) {
-		var store spool.Store
-		var err error
-		where := []any{"backend", cfg.Spool.Backend, "dir", cfg.Spool.Dir}
-		if cfg.Spool.Backend == "jetstream" {
-			where = []any{"backend", cfg.Spool.Backend, "stream", cfg.Spool.JetStream.Stream}
-			store, err = interruptible(st, func() (spool.Store, error) {
-				js, err := openJetStream(st.ctx, cfg, logger)
-				if err != nil {
-					return nil, err
-				}
-				return js, nil
-			})
-		} else {
-			store, err = interruptible(st, func() (spool.Store, error) {
-				fs, err := openSpool(cfg, logger, ptel.Instruments)
-				if err != nil {
-					return nil, err // not a nil *FileStore in a non-nil Store
-				}
-				return fs, nil
-			})
-		}
+		where := spoolWhere(cfg)
+		store, err := interruptible(st, func() (spool.Store, error) { return openStore(st.ctx, cfg, logger, ptel.Instruments) })
 		if sig := st.interrupted(); sig != nil {
 			if err == nil {
 				store.Close()
@@ -319,6 +300,47 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 		opts = append(opts, proxy.WithSpool(store))
 	}
 	srv := proxy.NewServer(snap, logger, opts...)
+	// A spool that a reload opened (the first async route) is closed on
+	// the way out, after the proxy has shut down.
+	var lateSpool struct {
+		sync.Mutex
+		store spool.Store
+	}
+	defer func() {
+		lateSpool.Lock()
+		defer lateSpool.Unlock()
+		if lateSpool.store != nil {
+			if err := lateSpool.store.Close(); err != nil {
+				logger.Error("closing the spool", "error", err)
+			}
+		}
+	}()
+	// applySpool runs in a reload before the swap: it opens the spool for
+	// the first async route, or gives the open one the routes' limits.
+	applySpool := func(cfg *config.Config) error {
+		if srv.Spool() != nil {
+			setSpoolRoutes(srv.Spool(), cfg, logger)
+			return nil
+		}
+		if !hasAsync(cfg) {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		store, err := openStore(ctx, cfg, logger, ptel.Instruments)
+		if err != nil {
+			return fmt.Errorf("cannot open the spool for the first async route (%s): %w", fmt.Sprint(spoolWhere(cfg)...), err)
+		}
+		if err := srv.AttachSpool(store); err != nil {
+			store.Close()
+			return err
+		}
+		lateSpool.Lock()
+		lateSpool.store = store
+		lateSpool.Unlock()
+		logger.Info("spool opened for the first async route", spoolWhere(cfg)...)
+		return nil
+	}
 	if tel.MetricsOn() {
 		reg, err := srv.RegisterMetrics(tel.Meter())
 		if err != nil {
@@ -338,7 +360,7 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 			return proxy.Build(cfg, prev, logger)
 		},
 		SpoolOpen: func() bool { return srv.Spool() != nil },
-		Apply:     func(cfg *config.Config) error { setSpoolRoutes(srv.Spool(), cfg, logger); return nil },
+		Apply:     applySpool,
 		Meter:     tel.Meter(),
 	})
 	if err != nil {
@@ -493,4 +515,29 @@ func setSpoolRoutes(store spool.Store, cfg *config.Config, logger *slog.Logger) 
 	case *jsstore.Store:
 		st.SetRoutes(jetStreamRoutes(cfg, logger))
 	}
+}
+
+// spoolWhere names the configured spool, for log lines.
+func spoolWhere(cfg *config.Config) []any {
+	if cfg.Spool.Backend == "jetstream" {
+		return []any{"backend", cfg.Spool.Backend, "stream", cfg.Spool.JetStream.Stream}
+	}
+	return []any{"backend", cfg.Spool.Backend, "dir", cfg.Spool.Dir}
+}
+
+// openStore opens the spool that cfg configures; ins, when not nil, times
+// the file spool's fsyncs.
+func openStore(ctx context.Context, cfg *config.Config, logger *slog.Logger, ins *telemetry.Instruments) (spool.Store, error) {
+	if cfg.Spool.Backend == "jetstream" {
+		js, err := openJetStream(ctx, cfg, logger)
+		if err != nil {
+			return nil, err
+		}
+		return js, nil
+	}
+	fs, err := openSpool(cfg, logger, ins)
+	if err != nil {
+		return nil, err // not a nil *FileStore in a non-nil Store
+	}
+	return fs, nil
 }

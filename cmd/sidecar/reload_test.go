@@ -714,3 +714,31 @@ func TestReloadAsyncRoutesAddedRemovedReturned(t *testing.T) {
 		return ev.Depth == 0 && !ev.Orphaned
 	})
 }
+
+func TestReloadFirstAsyncRouteOpensTheSpool(t *testing.T) {
+	var hits sync.Map
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Store(r.URL.Path, true)
+	}))
+	defer up.Close()
+	dir := filepath.Join(t.TempDir(), "spool")
+	cfg := writeConfig(t, asyncRoutesConfig(up.URL, dir))
+	r := startRunning(t, cfg, "-watch=false")
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("spool dir with no async route: stat = %v, want not there (the spool opens only for async routes)", err)
+	}
+	rewrite(t, cfg, asyncRoutesConfig(up.URL, dir, "ev"))
+	r.mustReload(t)
+	resp, err := http.Post("http://"+r.addrs["app"]+"/ev/1", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || resp.Header.Get("Sidecar-Spool-Id") == "" {
+		t.Fatalf("POST /ev/1 on the first async route = %d (spool id %q), want 202 spooled", resp.StatusCode, resp.Header.Get("Sidecar-Spool-Id"))
+	}
+	poll.Until(t, 10*time.Second, "the message is delivered", func() bool { _, ok := hits.Load("/ev/1"); return ok })
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Errorf("spool dir after the first async route: %v", err)
+	}
+}

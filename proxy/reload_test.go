@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/config"
+)
+
+// reloadConfig is two listeners' worth of config: "app" at appAddr and,
+// when extraAddr is not empty, "extra" at extraAddr.
+func reloadConfig(upstream, appAddr, extraAddr string) string {
+	c := `
+version: 1
+upstreams:
+  up: {endpoints: ["` + upstream + `"]}
+listeners:
+  - name: app
+    address: ` + appAddr + `
+    routes:
+      - {name: a, upstream: up}
+`
+	if extraAddr != "" {
+		c += `  - name: extra
+    address: ` + extraAddr + `
+    routes:
+      - {name: x, upstream: up}
+`
+	}
+	return c
+}
+
+func buildFrom(t *testing.T, yaml string, prev *Snapshot) *Snapshot {
+	t.Helper()
+	cfg, err := config.Parse("t.yaml", []byte(yaml), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := Build(cfg, prev, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+func getOK(t *testing.T, addr string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatalf("GET on %s: %v", addr, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET on %s = %d, want 200", addr, resp.StatusCode)
+	}
+}
+
+// A reload whose listener cannot bind changes nothing: the old snapshot
+// and sockets keep serving, even those whose addresses it freed to retry.
+func TestReloadBindFailureChangesNothing(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer up.Close()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	appLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	appAddr := appLn.Addr().String()
+	appLn.Close()
+	extraLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	extraAddr := extraLn.Addr().String()
+	extraLn.Close()
+
+	snap := buildFrom(t, reloadConfig(up.URL, appAddr, extraAddr), nil)
+	srv := NewServer(snap, slog.New(slog.DiscardHandler))
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Serve()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}()
+
+	// "extra" moves to a taken address and "app" to extra's: the binds
+	// are retried after extra's socket is closed, and still fail.
+	next := buildFrom(t, reloadConfig(up.URL, extraAddr, taken.Addr().String()), srv.Snapshot())
+	err = srv.Reload(next, time.Second)
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Reload onto a taken address = %v, want address already in use", err)
+	}
+	if srv.Snapshot() != snap {
+		t.Errorf("a failed reload swapped the snapshot")
+	}
+	getOK(t, appAddr)
+	getOK(t, extraAddr) // closed to retry, then opened again
+	if got := srv.Addrs(); got["app"].String() != appAddr || got["extra"].String() != extraAddr {
+		t.Errorf("Addrs after a failed reload = %v, want app %s, extra %s", got, appAddr, extraAddr)
+	}
+
+	// Swapping two listeners' addresses works: the sockets of both are
+	// closed, then bound again the other way round.
+	next = buildFrom(t, reloadConfig(up.URL, extraAddr, appAddr), srv.Snapshot())
+	if err := srv.Reload(next, time.Second); err != nil {
+		t.Fatalf("Reload swapping two addresses = %v", err)
+	}
+	if got := srv.Addrs(); got["app"].String() != extraAddr || got["extra"].String() != appAddr {
+		t.Errorf("Addrs after the swap = %v, want app %s, extra %s", got, extraAddr, appAddr)
+	}
+	getOK(t, appAddr)
+	getOK(t, extraAddr)
+}

@@ -321,6 +321,10 @@ func (s *Server) Reload(next *Snapshot, drain time.Duration) error {
 		next.breakers.Sweep()
 	}
 	prev.Close(next)
+	// Requests in flight on the pools left behind return their
+	// connections to them when they end: close those too, once the
+	// requests have had the drain's time.
+	time.AfterFunc(drain, func() { prev.Close(s.snap.Load()) })
 	return nil
 }
 

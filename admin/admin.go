@@ -60,8 +60,6 @@ type Server struct {
 	// Shutdown unregisters it, once.
 	reg        metric.Registration
 	unregister sync.Once
-	// lossWindow is the spool's fsync loss window (see fsyncLossWindow).
-	lossWindow time.Duration
 	now        func() time.Time
 	// reloader serves POST /v1/reload and last_reload; nil without
 	// WithReloader.
@@ -96,15 +94,10 @@ func WithToken(token string) Option {
 }
 
 // New returns an admin Server for src. It is not ready until SetReady(true).
-// The spool's fsync loss window that /metrics reports comes from the
-// configuration of src's snapshot at New, the one the spool was opened
-// with. With WithTelemetry, New registers the metric observations on the
+// With WithTelemetry, New registers the metric observations on the
 // provider's meter; call Shutdown to unregister them.
 func New(src Source, logger *slog.Logger, opts ...Option) *Server {
 	s := &Server{src: src, log: logger, now: time.Now}
-	if cfg := src.Snapshot().Config; cfg != nil {
-		s.lossWindow = fsyncLossWindow(cfg.Spool)
-	}
 	for _, o := range opts {
 		o(s)
 	}

@@ -225,8 +225,12 @@ func (s *Server) observeSpool(o metric.Observer, in *instruments, snap *proxy.Sn
 	o.ObserveInt64(in.corrupt, st.CorruptRecords)
 	o.ObserveInt64(in.tornTail, boolValue(st.TornTail))
 	o.ObserveInt64(in.segments, int64(st.Segments))
-	if s.lossWindow >= 0 { // unknown for JetStream: left out
-		o.ObserveFloat64(in.lossWindow, s.lossWindow.Seconds())
+	// The running configuration's spool keys are those the spool was
+	// opened with: a reload cannot change them while it is open.
+	if snap.Config != nil {
+		if lw := fsyncLossWindow(snap.Config.Spool); lw >= 0 { // unknown for JetStream: left out
+			o.ObserveFloat64(in.lossWindow, lw.Seconds())
+		}
 	}
 }
 

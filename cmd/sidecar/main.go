@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -52,8 +53,13 @@ const (
 	defaultConfig = "sidecar.yaml"
 )
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
-var version = ""
+// Set at build time for releases:
+//
+//	go build -ldflags "-X main.version=v1.2.3 -X main.commit=$(git rev-parse HEAD) -X main.date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" ./cmd/sidecar
+//
+// Without them, "sidecar version" reads the commit and its time from the
+// toolchain's VCS stamp.
+var version, commit, date string
 
 func main() {
 	sigs := make(chan os.Signal, 2)
@@ -89,7 +95,7 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 	watchFile := fs.Bool("watch", true, "reload when the configuration file changes (run)")
 	switch cmd {
 	case "version", "-version", "--version":
-		fmt.Fprintln(stdout, "sidecar", buildVersion())
+		fmt.Fprint(stdout, readBuildInfo())
 		return exitOK
 	case "run", "validate":
 	case "help", "-h", "-help", "--help":
@@ -458,6 +464,49 @@ func buildVersion() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// buildInfo is what "sidecar version" prints: the version, the commit and
+// the build date (from -ldflags -X, else from the Go toolchain's VCS
+// stamp, else "unknown"), and the Go version.
+type buildInfo struct {
+	Version, Commit, Date, Go string
+	Modified                  bool
+}
+
+func readBuildInfo() buildInfo {
+	b := buildInfo{Version: buildVersion(), Commit: commit, Date: date, Go: runtime.Version()}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				if b.Commit == "" {
+					b.Commit = s.Value
+				}
+			case "vcs.time":
+				if b.Date == "" {
+					b.Date = s.Value
+				}
+			case "vcs.modified":
+				b.Modified = s.Value == "true"
+			}
+		}
+	}
+	if b.Commit == "" {
+		b.Commit = "unknown"
+	}
+	if b.Date == "" {
+		b.Date = "unknown"
+	}
+	return b
+}
+
+func (b buildInfo) String() string {
+	commit := b.Commit
+	if b.Modified {
+		commit += " (modified)"
+	}
+	return fmt.Sprintf("sidecar %s\ncommit  %s\nbuilt   %s\ngo      %s\n", b.Version, commit, b.Date, b.Go)
 }
 
 // hasAsync reports whether any route is async, so that the spool is needed.

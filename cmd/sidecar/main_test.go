@@ -92,6 +92,8 @@ func TestCLIExitCodes(t *testing.T) {
 		wantOutput string
 	}{
 		{"version", []string{"version"}, 0, "sidecar "},
+		{"version shows the Go version", []string{"version"}, 0, "\ngo      go1."},
+		{"version shows the commit", []string{"version"}, 0, "\ncommit  "},
 		{"no command", nil, 2, "usage:"},
 		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{"unknown flag", []string{"validate", "-nope"}, 2, "flag provided but not defined"},

@@ -50,6 +50,9 @@ type Server struct {
 	ready atomic.Bool
 	srv   *http.Server
 	ln    net.Listener
+	// probe is the read-only probe listener (ListenProbe); nil without.
+	probe   *http.Server
+	probeLn net.Listener
 	// tokenSum is the SHA-256 of the admin token; zero when there is none.
 	tokenSum [sha256.Size]byte
 	hasToken bool
@@ -137,20 +140,80 @@ func (s *Server) Listen(addr string) error {
 // Addr returns the bound address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
+// ListenProbe binds the probe listener at addr (admin.probe_address): a
+// second, read-only listener for kubelet probes and scrapes that reach
+// the pod on its own IP. It serves GET /healthz, /readyz and /metrics and
+// nothing else (404), without the admin API's loopback Host check. Serve
+// serves it too.
+func (s *Server) ListenProbe(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	s.probeLn = ln
+	s.probe = &http.Server{
+		Handler:           s.ProbeHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: "probe http server"}, "", 0),
+	}
+	return nil
+}
+
+// ProbeAddr returns the probe listener's bound address, or nil without one.
+func (s *Server) ProbeAddr() net.Addr {
+	if s.probeLn == nil {
+		return nil
+	}
+	return s.probeLn.Addr()
+}
+
+// ProbeHandler returns the probe listener's routes: GET /healthz, /readyz
+// and /metrics, as on the admin API; every other path is 404.
+func (s *Server) ProbeHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", s.metricsHandler())
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, map[string]any{"error": "the probe listener serves only GET /healthz, /readyz and /metrics"})
+	})
+	return mux
+}
+
 // Serve serves the bound listener in the background until Shutdown (or a
 // listener error, which it logs), then calls done; it returns at once.
 func (s *Server) Serve(done func()) {
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
-		defer done()
+		defer wg.Done()
 		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("admin listener stopped", "error", err)
 		}
+	}()
+	if s.probe != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.probe.Serve(s.probeLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("probe listener stopped", "error", err)
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		done()
 	}()
 }
 
 // Shutdown stops the admin API and unregisters its metric observations.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.srv.Shutdown(ctx)
+	if s.probe != nil {
+		err = errors.Join(err, s.probe.Shutdown(ctx))
+	}
 	s.unregister.Do(func() {
 		if s.reg != nil {
 			err = errors.Join(err, s.reg.Unregister())
@@ -178,20 +241,8 @@ func (s *Server) readiness() (bool, string) {
 // and, for mutating calls, the web-page guard (sameOriginOnly).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if ok, reason := s.readiness(); !ok {
-			body := map[string]any{"ready": false}
-			if reason != "" {
-				body["reason"] = reason
-			}
-			writeJSON(w, http.StatusServiceUnavailable, body)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"ready": true})
-	})
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.HandleFunc("GET /v1/config", func(w http.ResponseWriter, r *http.Request) {
 		v := config.Public(s.src.Snapshot().Config)
@@ -215,6 +266,25 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/spool/purge", s.authorized(s.spoolPurge))
 	mux.Handle("POST /v1/reload", s.authorized(s.reload))
 	return loopbackOnly(sameOriginOnly(mux))
+}
+
+// healthz serves GET /healthz: 200 while the process runs.
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+}
+
+// readyz serves GET /readyz: 200 when ready, else 503 with the reason
+// when there is one.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if ok, reason := s.readiness(); !ok {
+		body := map[string]any{"ready": false}
+		if reason != "" {
+			body["reason"] = reason
+		}
+		writeJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ready": true})
 }
 
 // RequestHeader is the header that every mutating admin call (any method

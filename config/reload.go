@@ -6,13 +6,12 @@ import (
 )
 
 // RestartNeeded returns the keys that differ between cur, the running
-// configuration, and next, and that a reload cannot apply: admin.address
-// and admin.token_env (the admin listener and its token are set up at
-// start), every spool key while the spool is open (spoolOpen: its store
-// was opened with them), and the telemetry keys but access_log (the
-// tracer and the meter are built at start). See docs/operations.md,
-// "Reload". The keys come in a stable order, as key paths
-// ("spool.jetstream.url").
+// configuration, and next, and that a reload cannot apply: the admin keys
+// (the admin and probe listeners and the token are set up at start),
+// every spool key while the spool is open (spoolOpen: its store was
+// opened with them), and the telemetry keys but access_log (the tracer
+// and the meter are built at start). See docs/operations.md, "Reload".
+// The keys come in a stable order, as key paths ("spool.jetstream.url").
 func RestartNeeded(cur, next *Config, spoolOpen bool) []string {
 	var keys []string
 	keys = diffKeys(keys, "admin", reflect.ValueOf(cur.Admin), reflect.ValueOf(next.Admin))

@@ -32,6 +32,11 @@ type Admin struct {
 	// Default SIDECAR_ADMIN_TOKEN. When that variable is set and not empty,
 	// mutating admin calls need "Authorization: Bearer <token>".
 	TokenEnv string `yaml:"token_env"`
+	// ProbeAddress, when set (such as 0.0.0.0:9902), opens a second,
+	// read-only listener serving only GET /healthz, /readyz and /metrics,
+	// for kubelet probes and scrapes that reach the pod on its own IP.
+	// Default "": none.
+	ProbeAddress string `yaml:"probe_address"`
 }
 
 // Telemetry configures traces, metrics and the access log

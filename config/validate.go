@@ -131,6 +131,13 @@ func (v *validator) admin(a Admin) {
 	if a.TokenEnv != "" && !validEnvName(a.TokenEnv) {
 		v.errorf("admin.token_env", "invalid environment variable name %s", v.q("admin.token_env", a.TokenEnv))
 	}
+	if a.ProbeAddress != "" {
+		if _, port, err := net.SplitHostPort(a.ProbeAddress); err != nil || port == "" {
+			v.errorf("admin.probe_address", "invalid address %s: want host:port, such as 0.0.0.0:9902", v.q("admin.probe_address", a.ProbeAddress))
+		} else if a.ProbeAddress == a.Address && port != "0" {
+			v.errorf("admin.probe_address", "address %s is also the admin address", v.q("admin.probe_address", a.ProbeAddress))
+		}
+	}
 }
 
 // IsLoopback reports whether host (without port) names the loopback
@@ -354,6 +361,8 @@ func (v *validator) listeners(c *Config) {
 			v.errorf(lp+".address", "duplicate address %s (also %s)", v.q(lp+".address", l.Address), prev)
 		} else if l.Address == c.Admin.Address && port != "0" {
 			v.errorf(lp+".address", "address %s is also the admin address", v.q(lp+".address", l.Address))
+		} else if l.Address == c.Admin.ProbeAddress && port != "0" {
+			v.errorf(lp+".address", "address %s is also admin.probe_address", v.q(lp+".address", l.Address))
 		} else {
 			addrs[l.Address] = lp
 		}

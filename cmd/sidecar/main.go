@@ -75,6 +75,7 @@ const usage = `usage:
                    [-admin 127.0.0.1:9901] [-route NAME] [-state pending|dead]
                    [-after ID] [-limit N] [-token-env SIDECAR_ADMIN_TOKEN]
                    (flags may also follow the subcommand and its ID)
+  sidecar healthcheck [-admin 127.0.0.1:9901] [-ready] [-timeout 2s]
   sidecar version
 `
 
@@ -84,8 +85,11 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		return exitUsage
 	}
 	cmd, args := args[0], args[1:]
-	if cmd == "spool" {
+	switch cmd {
+	case "spool":
 		return runSpool(args, stdout, stderr)
+	case "healthcheck":
+		return runHealthcheck(args, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("sidecar "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -378,6 +382,13 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 		logger.Error("cannot bind the admin listener", "error", err)
 		return exitFailure
 	}
+	if cfg.Admin.ProbeAddress != "" {
+		if err := adm.ListenProbe(cfg.Admin.ProbeAddress); err != nil {
+			adm.Shutdown(context.Background())
+			logger.Error("cannot bind the probe listener", "error", err)
+			return exitFailure
+		}
+	}
 	if err := srv.Listen(); err != nil {
 		logger.Error("cannot bind a listener", "error", err)
 		return exitFailure
@@ -394,7 +405,11 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 	for _, l := range snap.Listeners {
 		addrs = append(addrs, l.Name+"="+bound[l.Name].String())
 	}
-	logger.Info("sidecar started", "version", buildVersion(), "listeners", strings.Join(addrs, ","), "admin", adm.Addr().String(), "admin_token_required", adm.TokenRequired())
+	attrs := []any{"version", buildVersion(), "listeners", strings.Join(addrs, ","), "admin", adm.Addr().String(), "admin_token_required", adm.TokenRequired()}
+	if a := adm.ProbeAddr(); a != nil {
+		attrs = append(attrs, "probe", a.String())
+	}
+	logger.Info("sidecar started", attrs...)
 
 	var fileChanged <-chan struct{} // nil: not watched
 	if changes != nil {

@@ -118,6 +118,7 @@ type started struct {
 	Msg       string `json:"msg"`
 	Listeners string `json:"listeners"`
 	Admin     string `json:"admin"`
+	Probe     string `json:"probe"`
 }
 
 // startBinary runs "sidecar run" and waits for its "sidecar started" line.

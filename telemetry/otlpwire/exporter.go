@@ -265,7 +265,7 @@ func NewFromEnv() (*Exporter, error) {
 
 var (
 	errShutdown = errors.New("otlp: exporter is shut down")
-	errTimeout  = errors.New("export timeout")
+	errTimeout  = fmt.Errorf("export timeout (OTEL_EXPORTER_OTLP_TIMEOUT): %w", context.DeadlineExceeded)
 )
 
 // ExportSpans encodes spans and POSTs them, retrying while the receiver

@@ -354,7 +354,7 @@ func (e *Exporter) post(ctx context.Context, body []byte) (time.Duration, error)
 // partialSuccess reports the spans a receiver says it rejected.
 func partialSuccess(resp *http.Response) {
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
-	if err != nil || len(b) == 0 || resp.Header.Get("Content-Type") != contentType {
+	if err != nil || len(b) == 0 || !strings.HasPrefix(resp.Header.Get("Content-Type"), contentType) {
 		return
 	}
 	var r coltracepb.ExportTraceServiceResponse

@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/metric"
@@ -26,6 +25,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/telemetry/otlpwire"
 )
 
 // ScopeName is the instrumentation scope of every span and instrument.
@@ -81,8 +81,9 @@ func WithStdout(w io.Writer) Option {
 // New builds the SDK from cfg and the standard OTEL_* environment
 // variables (docs/observability.md):
 //   - traces: exporter otlp (OTEL_EXPORTER_OTLP_PROTOCOL grpc or
-//     http/protobuf, the default; endpoint, headers and TLS from their
-//     OTEL_EXPORTER_OTLP_* variables), stdout or none; a batch span
+//     http/protobuf, the default, through package otlpwire; endpoint,
+//     headers and TLS from their OTEL_EXPORTER_OTLP_* variables), stdout
+//     or none; a batch span
 //     processor that honours OTEL_BSP_*; parent-based sampling with
 //     sample_ratio for roots; service.name from service_name and the
 //     rest of the resource from OTEL_RESOURCE_ATTRIBUTES.
@@ -173,7 +174,10 @@ func spanExporter(ctx context.Context, name string, stdout io.Writer) (sdktrace.
 		}
 		switch strings.TrimSpace(proto) {
 		case "", "http/protobuf":
-			return otlptracehttp.New(ctx)
+			// Our own exporter, not the SDK's otlptracehttp: it encodes
+			// each batch straight to protobuf, at a fraction of the CPU
+			// (docs/BENCHMARKS.md, "Telemetry cost").
+			return otlpwire.NewFromEnv()
 		case "grpc":
 			return otlptracegrpc.New(ctx)
 		default:

@@ -124,3 +124,14 @@ func TestOTLPProtocol(t *testing.T) {
 		})
 	}
 }
+
+// TestOTLPHTTPEnvErrors: a bad OTEL_EXPORTER_OTLP_* setting for
+// http/protobuf stops New with an error naming the variable.
+func TestOTLPHTTPEnvErrors(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318")
+	_, err := New(t.Context(), traces("otlp", 1))
+	if err == nil || !strings.Contains(err.Error(), "OTEL_EXPORTER_OTLP_ENDPOINT") {
+		t.Errorf("New(otlp) with an endpoint without a scheme = %v, want an error naming OTEL_EXPORTER_OTLP_ENDPOINT", err)
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -189,7 +190,7 @@ func parseYAML(file string, data []byte) (*yaml.Node, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, Errors{{File: file, Msg: "file is empty"}}
 		}
-		return nil, Errors{syntaxError(file, err)}
+		return nil, Errors{syntaxError(file, data, err)}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
@@ -198,13 +199,107 @@ func parseYAML(file string, data []byte) (*yaml.Node, error) {
 	return &root, nil
 }
 
-// syntaxError turns yaml.v3's "yaml: line N: msg" into an *Error at line N.
-func syntaxError(file string, err error) *Error {
+// syntaxError turns yaml.v3's "yaml: line N: msg" into an *Error at the
+// line of the construct that failed, with the column of its first
+// character and, where the lines before it tell, the key path it is
+// under.
+//
+// yaml.v3 numbers the lines of its parser's errors from 0 and those of
+// its scanner's from 1 (see parserProblems): the parser's are moved one
+// line down.
+func syntaxError(file string, data []byte, err error) *Error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	var line int
-	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
-		_, msg, _ = strings.Cut(msg, ": ")
-		return &Error{File: file, Line: line, Col: 1, Msg: msg}
+	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n != 1 {
+		return &Error{File: file, Msg: msg}
 	}
-	return &Error{File: file, Msg: msg}
+	_, msg, _ = strings.Cut(msg, ": ")
+	if parserProblems[msg] {
+		line++
+	}
+	e := &Error{File: file, Line: line, Msg: msg}
+	lines := strings.SplitAfter(string(data), "\n")
+	if line <= len(lines) {
+		text := strings.TrimRight(lines[line-1], "\r\n")
+		if trimmed := strings.TrimLeft(text, " "); trimmed != "" {
+			e.Col = len(text) - len(trimmed) + 1
+		}
+		e.Path = keyPathAt(lines[:line-1], text)
+	}
+	return e
+}
+
+// parserProblems are the messages of yaml.v3's parser, as opposed to its
+// scanner: their line numbers count from 0.
+var parserProblems = map[string]bool{
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected <document start>": true,
+	"did not find expected <stream-start>":   true,
+	"did not find expected key":              true,
+	"did not find expected node content":     true,
+	"found duplicate %TAG directive":         true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
+// keyPathAt guesses the key path of line, the text of a line that does
+// not parse, from before, the lines above it: it parses them and walks
+// down the last entry of each block collection that encloses line's
+// indentation, then adds line's own key if it starts with one. It returns
+// "" when the lines above do not parse either.
+func keyPathAt(before []string, line string) string {
+	var doc yaml.Node
+	if yaml.Unmarshal([]byte(strings.Join(before, "")), &doc) != nil || len(doc.Content) == 0 {
+		return ""
+	}
+	col := len(line) - len(strings.TrimLeft(line, " ")) + 1
+	item := strings.HasPrefix(strings.TrimLeft(line, " "), "- ")
+	path := ""
+	n := doc.Content[0]
+	for {
+		last := len(n.Content) - 1
+		if last < 0 || n.Style&yaml.FlowStyle != 0 {
+			break
+		}
+		if n.Kind == yaml.MappingNode {
+			k, v := n.Content[last-1], n.Content[last]
+			if item && k.Column == col && v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+				// "key:" then "- item" at the key's own column: the
+				// first item of key's sequence.
+				return join(path, k.Value) + "[0]"
+			}
+			if k.Column >= col {
+				break // line is a key of this mapping
+			}
+			path = join(path, k.Value)
+			n = n.Content[last]
+			continue
+		}
+		if n.Kind == yaml.SequenceNode {
+			// An item's node starts after its "- ": line is inside the
+			// last item when it is indented past the dash.
+			if item && n.Content[last].Column-2 >= col {
+				path += "[" + strconv.Itoa(last+1) + "]" // line starts the next item
+				return path
+			}
+			if n.Content[last].Column > col {
+				break
+			}
+			path += "[" + strconv.Itoa(last) + "]"
+			n = n.Content[last]
+			continue
+		}
+		break
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag != "!!null" {
+		return path // line continues a scalar value
+	}
+	key, _, ok := strings.Cut(strings.TrimPrefix(strings.TrimLeft(line, " "), "- "), ":")
+	if ok && key != "" && !strings.ContainsAny(key, " \t{}[],'\"#&*!|>%@`") {
+		path = join(path, key)
+	}
+	return path
 }

@@ -458,3 +458,29 @@ listeners:
 		t.Errorf("PublicAt(match) = %s, want methods shown and host redacted", match)
 	}
 }
+
+// YAML syntax errors point at the line of the construct that fails, its
+// first column, and the key path above it where the lines before tell.
+func TestSyntaxErrorPosition(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		// yaml.v3's parser counts lines from 0: this is line 4, not 3.
+		{"version: 1\nadmin:\n  address: x\n  token_env: [a, b\nspool:\n  dir: y\n",
+			"t.yaml:4:3: admin.token_env: did not find expected ',' or ']'"},
+		{"version: 1\nlisteners:\n  - name: a\n    address: 127.0.0.1:1\n    routes:\n      - name: r\n        upstream: u\n      - name: s\n        match: {path: /x\n        upstream: u\n",
+			"t.yaml:9:9: listeners[0].routes[1].match: did not find expected ',' or '}'"},
+		{"version: 1\nlisteners:\n- name: a\n  routes:\n  - {name: x\n  - y\n",
+			"t.yaml:5:3: listeners[0].routes[0]: did not find expected ',' or '}'"},
+		// The scanner's lines count from 1 already.
+		{"version: 1\nupstreams:\n  u:\n    endpoints: [\"http://x]\n",
+			"t.yaml:4:5: upstreams.u.endpoints: found unexpected end of stream"},
+		{"version: 1\nadmin:\n  address: 127.0.0.1:1\n   token_env: X\n",
+			"t.yaml:4:4: admin.address: mapping values are not allowed in this context"},
+		{"version: 1\nadmin:\n\taddress: x\n",
+			"t.yaml:3:1: found character that cannot start any token"},
+	} {
+		_, err := Parse("t.yaml", []byte(tc.yaml), func(string) (string, bool) { return "", false })
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("Parse(%q) = %v\nwant %s", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -94,9 +94,12 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 	fs := flag.NewFlagSet("sidecar "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", defaultConfig, "configuration file")
-	logFormat := fs.String("log-format", "text", "log format: text or json")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	watchFile := fs.Bool("watch", true, "reload when the configuration file changes (run)")
+	logFormat, logLevel, watchFile := new(string), new(string), new(bool)
+	if cmd == "run" {
+		fs.StringVar(logFormat, "log-format", "text", "log format: text or json")
+		fs.StringVar(logLevel, "log-level", "info", "log level: debug, info, warn or error")
+		fs.BoolVar(watchFile, "watch", true, "reload when the configuration file changes")
+	}
 	switch cmd {
 	case "version", "-version", "--version":
 		fmt.Fprint(stdout, readBuildInfo())
@@ -110,6 +113,9 @@ func run(args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
 		return exitUsage
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
 		return exitUsage
 	}
 	if fs.NArg() > 0 {

@@ -83,6 +83,14 @@ listeners:
 `, grace, upstream, addr))
 }
 
+// validate's help lists only the flags validate reads.
+func TestValidateHelpListsItsOwnFlags(t *testing.T) {
+	code, stdout, stderr := runCLI(t, "validate", "-h")
+	if code != 0 || strings.Contains(stdout+stderr, "-log-format") || strings.Contains(stdout+stderr, "-watch") {
+		t.Errorf("validate -h = exit %d, %q; want 0 and no run-only flags", code, stdout+stderr)
+	}
+}
+
 func TestCLIExitCodes(t *testing.T) {
 	bad := writeConfig(t, "version: 1\nlisteners:\n  - name: a\n    adress: x\n")
 	tests := []struct {
@@ -92,6 +100,10 @@ func TestCLIExitCodes(t *testing.T) {
 		wantOutput string
 	}{
 		{"version", []string{"version"}, 0, "sidecar "},
+		{"run -h", []string{"run", "-h"}, 0, "-watch"},
+		{"validate --help", []string{"validate", "--help"}, 0, "-config"},
+		{"healthcheck -h", []string{"healthcheck", "-h"}, 0, "-ready"},
+		{"spool -h", []string{"spool", "-h"}, 0, "sidecar spool stats"},
 		{"version shows the Go version", []string{"version"}, 0, "\ngo      go1."},
 		{"version shows the commit", []string{"version"}, 0, "\ncommit  "},
 		{"no command", nil, 2, "usage:"},

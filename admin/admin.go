@@ -265,8 +265,41 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("DELETE /v1/spool/messages/{id}", s.authorized(s.spoolDelete))
 	mux.Handle("POST /v1/spool/purge", s.authorized(s.spoolPurge))
 	mux.Handle("POST /v1/reload", s.authorized(s.reload))
-	return loopbackOnly(sameOriginOnly(mux))
+	return loopbackOnly(sameOriginOnly(jsonNotFound(mux)))
 }
+
+// jsonNotFound answers what mux has no route for, or no route for with
+// the request's method, with a JSON error, as every other answer of the
+// admin API is JSON (but /metrics).
+func jsonNotFound(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" {
+			// ServeMux reports a path served for other methods with 405.
+			rec := &statusOnly{header: http.Header{}}
+			h, _ := mux.Handler(r)
+			h.ServeHTTP(rec, r)
+			if rec.status == http.StatusMethodNotAllowed {
+				w.Header().Set("Allow", rec.header.Get("Allow"))
+				writeJSON(w, http.StatusMethodNotAllowed, map[string]any{"error": r.Method + " is not allowed on " + r.URL.Path})
+				return
+			}
+			writeJSON(w, http.StatusNotFound, map[string]any{"error": "no such endpoint: " + r.URL.Path})
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// statusOnly records the status and headers a handler answers with, and
+// drops its body.
+type statusOnly struct {
+	header http.Header
+	status int
+}
+
+func (s *statusOnly) Header() http.Header         { return s.header }
+func (s *statusOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (s *statusOnly) WriteHeader(code int)        { s.status = code }
 
 // healthz serves GET /healthz: 200 while the process runs.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {

@@ -296,3 +296,22 @@ func TestReadinessFollowsTheSpool(t *testing.T) {
 		t.Errorf("/readyz with the spool back = %d, want 200", code)
 	}
 }
+
+// Unknown paths and methods get JSON errors too.
+func TestUnknownPathsAnswerJSON(t *testing.T) {
+	_, ts := newTestAdmin(t)
+	for _, c := range []struct {
+		method, path string
+		want         int
+	}{
+		{"GET", "/nope", 404},
+		{"GET", "/v1/spool/messages/x/y/z", 404},
+		{"DELETE", "/v1/config", 405},
+		{"PUT", "/v1/reload", 405},
+	} {
+		code, body := do(t, ts, c.method, c.path, "") // do checks the JSON content type
+		if code != c.want || !strings.Contains(body, `"error"`) {
+			t.Errorf("%s %s = %d %s, want %d with a JSON error", c.method, c.path, code, body, c.want)
+		}
+	}
+}

@@ -36,6 +36,12 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	// The race runtime sleeps 1 s at exit by default, so that reports
+	// from other threads can finish; every test here starts and stops the
+	// binary at least once. 50 ms is plenty for a report already begun.
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=50")
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -1,9 +1,10 @@
 // Package admin serves the sidecar's admin API on a loopback listener:
 // health and readiness, the effective configuration (secrets redacted),
 // the routes with their live figures, the spool's depth and its messages
-// (list, show, replay, delete, purge), and metrics for Prometheus at
-// /metrics. Mutating calls (POST, DELETE) must come from a program, not a
-// web page (see sameOriginOnly and RequestHeader), and need
+// (list, show, replay, delete, purge), metrics for Prometheus at
+// /metrics, and a status page at / (status.go). Mutating calls (POST,
+// DELETE) must come from a program or the status page, never from a page
+// of another origin (see sameOriginOnly and RequestHeader), and need
 // "Authorization: Bearer <token>" when the Server has a token (WithToken).
 package admin
 
@@ -237,10 +238,13 @@ func (s *Server) readiness() (bool, string) {
 	return true, ""
 }
 
-// Handler returns the admin API's routes behind the loopback Host check
-// and, for mutating calls, the web-page guard (sameOriginOnly).
+// Handler returns the admin API's routes, and the status page at /, behind
+// the loopback Host check and, for mutating calls, the web-page guard
+// (sameOriginOnly).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", s.statusHandler()) // the status page (status.go)
+	mux.HandleFunc("GET /static/{file}", statusStatic)
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", s.metricsHandler())

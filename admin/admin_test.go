@@ -315,3 +315,23 @@ func TestUnknownPathsAnswerJSON(t *testing.T) {
 		}
 	}
 }
+
+// /v1/routes names every figure in snake_case, the budget's and the
+// breaker counts' too.
+func TestRoutesKeysSnakeCase(t *testing.T) {
+	_, ts := newTestAdmin(t)
+	code, body := do(t, ts, "GET", "/v1/routes", "")
+	if code != 200 {
+		t.Fatalf("GET /v1/routes = %d", code)
+	}
+	for _, key := range []string{`"retry_budget"`, `"available"`, `"retries"`, `"consecutive_failures"`, `"successes"`} {
+		if !strings.Contains(body, key) {
+			t.Errorf("GET /v1/routes has no %s:\n%s", key, body)
+		}
+	}
+	for _, key := range []string{`"Available"`, `"ConsecutiveFailures"`, `"Requests"`} {
+		if strings.Contains(body, key) {
+			t.Errorf("GET /v1/routes has %s, want snake_case", key)
+		}
+	}
+}

@@ -141,11 +141,11 @@ type BreakerSettings struct {
 // BreakerCounts are a Breaker's counts in its current state (within Window
 // while closed). They are reset on every change of state.
 type BreakerCounts struct {
-	Requests            uint32 // requests allowed, including those still in flight
-	Successes           uint32 // reported BreakerSuccess
-	Failures            uint32 // reported BreakerFailure
-	Ignored             uint32 // reported BreakerIgnore
-	ConsecutiveFailures uint32 // failures since the last success
+	Requests            uint32 `json:"requests"`             // requests allowed, including those still in flight
+	Successes           uint32 `json:"successes"`            // reported BreakerSuccess
+	Failures            uint32 `json:"failures"`             // reported BreakerFailure
+	Ignored             uint32 `json:"ignored"`              // reported BreakerIgnore
+	ConsecutiveFailures uint32 `json:"consecutive_failures"` // failures since the last success
 }
 
 // Breaker is a circuit breaker for one upstream endpoint, built on

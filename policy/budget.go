@@ -54,9 +54,9 @@ type budgetBucket struct {
 
 // BudgetStats is a snapshot of a Budget's window.
 type BudgetStats struct {
-	Requests  int64   // first attempts counted in the window
-	Retries   int64   // retries counted in the window
-	Available float64 // retries still allowed now; never negative; +Inf for a nil Budget
+	Requests  int64   `json:"requests"`  // first attempts counted in the window
+	Retries   int64   `json:"retries"`   // retries counted in the window
+	Available float64 `json:"available"` // retries still allowed now; never negative; +Inf for a nil Budget
 }
 
 // NewBudget returns a retry budget allowing ratio retries per request (0.2

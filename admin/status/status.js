@@ -255,7 +255,7 @@
       const notes = [];
       if (ep.in_flight > 0) notes.push(ep.in_flight + ' in flight');
       if (b) {
-        if (b.counts && b.counts.ConsecutiveFailures > 0) notes.push(b.counts.ConsecutiveFailures + ' failing');
+        if (b.counts && b.counts.consecutive_failures > 0) notes.push(b.counts.consecutive_failures + ' failing');
         if (b.retry_in && durationSeconds(b.retry_in) > 0) notes.push('probe in ' + ageText(durationSeconds(b.retry_in)));
       }
       return { url: ep.url, state: b ? b.state : 'no breaker', cls: b ? 'badge ' + breakerClass(b.state) : 'badge st-none', note: notes.join(' · ') };
@@ -296,7 +296,7 @@
           build: (td) => { td.append(el('div', 'name', r.name), el('div', 'sub', routeSub(r))); },
         },
         text(inFlightText(st.in_flight || 0, st.max_in_flight || 0), 'num'),
-        text(b ? b.Available.toFixed(1) + ' left (' + b.Retries + ' retries / ' + b.Requests + ' req)' : '—', 'nowrap'),
+        text(b ? b.available.toFixed(1) + ' left (' + b.retries + ' retries / ' + b.requests + ' req)' : '—', 'nowrap'),
         text(typeof st.rate_limit_tokens === 'number' ? st.rate_limit_tokens.toFixed(1) + ' tokens' : '—', 'num'),
         endpointsCell(r.endpoints || []),
         text(rps, 'num' + (rps !== '—' && rps !== '…' && Number(rps) > 0 ? ' live' : '')),

@@ -19,9 +19,9 @@ type routeView struct {
 	Stats struct {
 		Attempts int `json:"attempts"`
 		Budget   *struct {
-			Requests  int64
-			Retries   int64
-			Available float64
+			Requests  int64   `json:"requests"`
+			Retries   int64   `json:"retries"`
+			Available float64 `json:"available"`
 		} `json:"retry_budget"`
 	} `json:"stats"`
 	Endpoints []struct {
@@ -30,10 +30,10 @@ type routeView struct {
 			State   string `json:"state"`
 			RetryIn string `json:"retry_in"`
 			Counts  struct {
-				Requests            uint32
-				Successes           uint32
-				Failures            uint32
-				ConsecutiveFailures uint32
+				Requests            uint32 `json:"requests"`
+				Successes           uint32 `json:"successes"`
+				Failures            uint32 `json:"failures"`
+				ConsecutiveFailures uint32 `json:"consecutive_failures"`
 			} `json:"counts"`
 		} `json:"circuit_breaker"`
 	} `json:"endpoints"`

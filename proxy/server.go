@@ -78,6 +78,7 @@ type boundListener struct {
 	name, address, protocol string
 	ln                      net.Listener
 	srv                     *http.Server
+	tunnels                 *tunnelSet // the server's CONNECT tunnels
 }
 
 // Option configures NewServer.
@@ -174,7 +175,8 @@ func (s *Server) bind(l *Listener) (*boundListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
-	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newHTTPServer(l)}, nil
+	tunnels := &tunnelSet{}
+	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newHTTPServer(l, tunnels), tunnels: tunnels}, nil
 }
 
 // Addrs returns the bound addresses, by listener name.
@@ -188,7 +190,7 @@ func (s *Server) Addrs() map[string]net.Addr {
 	return out
 }
 
-func (s *Server) newHTTPServer(l *Listener) *http.Server {
+func (s *Server) newHTTPServer(l *Listener, tunnels *tunnelSet) *http.Server {
 	protos := new(http.Protocols)
 	switch l.Protocol {
 	case "http1":
@@ -200,7 +202,7 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 		protos.SetUnencryptedHTTP2(true)
 	}
 	return &http.Server{
-		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool},
+		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool, tunnels: tunnels},
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
@@ -398,7 +400,8 @@ func (s *Server) retireLocked(b *boundListener, drain time.Duration) {
 		if err := b.srv.Shutdown(ctx); err != nil {
 			b.srv.Close()
 		}
-		b.ln.Close() // if Serve never ran
+		b.tunnels.closeAll() // once the requests have drained
+		b.ln.Close()         // if Serve never ran
 		s.mu.Lock()
 		delete(s.retiring, b.srv)
 		s.mu.Unlock()
@@ -411,8 +414,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	var servers []*http.Server
+	var tunnels []*tunnelSet
 	for _, b := range s.live {
 		servers = append(servers, b.srv)
+		tunnels = append(tunnels, b.tunnels)
 		if !s.serving {
 			b.ln.Close()
 		}
@@ -434,6 +439,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	// The CONNECT tunnels, which http.Server does not track, once the
+	// requests have drained (or the grace is over).
+	for _, t := range tunnels {
+		t.closeAll()
+	}
 	s.wg.Wait()
 	if sp := s.spool.Load(); sp != nil {
 		errs = append(errs, sp.group.shutdown(ctx))

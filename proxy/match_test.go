@@ -53,7 +53,7 @@ func TestHasPathPrefix(t *testing.T) {
 func TestHostMatches(t *testing.T) {
 	tests := []struct {
 		match, method, target string // target: an absolute URL, or host:port for CONNECT
-		ok                        bool
+		ok                    bool
 	}{
 		{"api.internal", "GET", "http://api.internal/x", true},
 		{"api.internal", "GET", "http://API.Internal:8080/x", true},

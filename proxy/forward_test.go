@@ -457,3 +457,79 @@ listeners:
 		t.Errorf("the delivery carries Proxy-Connection")
 	}
 }
+
+func TestForwardProxyModeChangesOnReload(t *testing.T) {
+	inv := newUpstream(t, nil)
+	sc := startSidecar(t, `
+version: 1
+upstreams:
+  inv: {endpoints: ["UPSTREAM0"]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: inventory, match: {host: inventory.internal}, upstream: inv}
+`, inv)
+	addr := sc.addr["app"]
+	connect := func() int {
+		resp, _ := rawConnect(t, addr, "inventory.internal:443")
+		return resp.StatusCode
+	}
+	if got := connect(); got != 400 {
+		t.Fatalf("CONNECT on a reverse_proxy listener = %d, want 400", got)
+	}
+	// The same address and protocol: the socket stays, the mode applies
+	// to the next request.
+	next := buildFrom(t, `
+version: 1
+upstreams:
+  inv: {endpoints: ["`+inv.URL+`"]}
+listeners:
+  - name: app
+    address: `+addr+`
+    mode: forward_proxy
+    routes:
+      - {name: inventory, match: {host: inventory.internal}, upstream: inv, connect: true}
+`, sc.srv.Snapshot())
+	if err := sc.srv.Reload(next, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := connect(); got != 200 {
+		t.Errorf("CONNECT after the reload to forward_proxy = %d, want 200", got)
+	}
+	resp, _ := doGet(t, proxyClient(t, addr, nil), "http://elsewhere.internal/")
+	if resp.StatusCode != 403 {
+		t.Errorf("an unknown host after the reload = %d, want 403", resp.StatusCode)
+	}
+}
+
+func TestForwardProxyShutdownClosesTunnels(t *testing.T) {
+	tlsUp := tunnelUpstream(t)
+	inv := newUpstream(t, nil)
+	sc := startSidecar(t, forwardConfig, inv, inv, tlsUp)
+	conn, err := net.Dial("tcp", sc.addr["app"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(conn)
+	io.WriteString(conn, "CONNECT tls.internal:443 HTTP/1.1\r\nHost: tls.internal:443\r\n\r\n")
+	if resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT = %v, %v; want 200", resp, err)
+	}
+	// An idle tunnel, as a client's pool keeps one: the shutdown closes
+	// it once the listener's requests have drained, not after the grace.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := sc.srv.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown = %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Shutdown took %v with an idle tunnel open, want it closed at once", d)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the tunnel is still open after Shutdown")
+	}
+}

@@ -249,11 +249,14 @@ func (sp *spooler) newDeliverer(s *Server) func(route string) *deliverer {
 
 // serveLocked serves b in the background until its server shuts down.
 func (s *Server) serveLocked(b *boundListener) {
+	// The socket now: rebind replaces b.ln, under s.mu, while this
+	// goroutine may not have started yet.
+	ln := b.ln
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := b.srv.Serve(b.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			s.log.Error("listener stopped", "listener", b.name, "address", b.ln.Addr().String(), "error", err)
+		if err := b.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("listener stopped", "listener", b.name, "address", ln.Addr().String(), "error", err)
 		}
 	}()
 }

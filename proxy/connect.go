@@ -64,6 +64,11 @@ func (h *handler) serveConnect(l *Listener, w http.ResponseWriter, r *http.Reque
 		writeError(w, r, policy.BadRequest, route.Name, 0, "CONNECT is tunnelled over HTTP/1.1 only", 0)
 		return
 	}
+	if r.ContentLength != 0 || r.TransferEncoding != nil {
+		// Bytes framed as a body would go into the tunnel.
+		writeError(w, r, policy.BadRequest, route.Name, 0, "CONNECT with a body", 0)
+		return
+	}
 	if !route.pol.inFlight.Acquire() {
 		route.tel.Rejected(r.Context(), policy.Overloaded)
 		writeError(w, r, policy.Overloaded, route.Name, 0, "", time.Second)

@@ -379,6 +379,13 @@ func TestForwardProxyConnectRefused(t *testing.T) {
 			}
 		})
 	}
+	resp, _, _ := rawRequest(t, sc.addr["app"], "CONNECT tls.internal:443 HTTP/1.1\r\nHost: tls.internal:443\r\nContent-Length: 5\r\n\r\nhello")
+	if resp.StatusCode != 400 || resp.Header.Get(HeaderOutcome) != "bad_request" {
+		t.Errorf("CONNECT with a body = %d %s, want 400 bad_request", resp.StatusCode, resp.Header.Get(HeaderOutcome))
+	}
+	if n := tlsUp.count.Load(); n != 0 {
+		t.Errorf("the TLS upstream saw %d requests, want none", n)
+	}
 	if n := accepts.Load(); n != 0 {
 		t.Errorf("the CONNECT target was dialed %d times, want never", n)
 	}

@@ -121,7 +121,9 @@ func (h *handler) serveConnect(l *Listener, w http.ResponseWriter, r *http.Reque
 		return
 	}
 	if x != nil {
+		// For the telemetry, which reads the answer's status and headers.
 		x.status = http.StatusOK
+		w.Header().Set(HeaderAttempts, "1")
 	}
 	// Bytes the app sent after its CONNECT head, which the server read
 	// ahead (a TLS ClientHello sent without waiting for the 200).

@@ -319,7 +319,7 @@ func TestForwardProxyConnectTunnels(t *testing.T) {
 	poll.Until(t, 5*time.Second, "the tunnel's access log line", func() bool {
 		return strings.Contains(sc.logs.String(), "method=CONNECT path=\"\" status=200")
 	})
-	if !strings.Contains(sc.logs.String(), "route=tls method=CONNECT") {
+	if !strings.Contains(sc.logs.String(), "route=tls method=CONNECT") || !strings.Contains(sc.logs.String(), "outcome=ok attempts=1") {
 		t.Errorf("access log =\n%s\nwant a CONNECT line for route tls", sc.logs.String())
 	}
 }

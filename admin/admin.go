@@ -392,6 +392,8 @@ func loopbackOnly(next http.Handler) http.Handler {
 type routeView struct {
 	Name          string                `json:"name"`
 	Listener      string                `json:"listener"`
+	ListenerMode  string                `json:"listener_mode"`
+	Connect       bool                  `json:"connect"`
 	Upstream      string                `json:"upstream"`
 	Policy        string                `json:"policy"`
 	Match         any                   `json:"match"`
@@ -424,6 +426,7 @@ func routes(snap *proxy.Snapshot) []routeView {
 		v := routeView{
 			Name:          r.Name,
 			Listener:      r.Listener,
+			Connect:       r.Connect,
 			Upstream:      r.Upstream,
 			Policy:        r.PolicyName,
 			Match:         config.PublicAt(snap.Config, paths[r.Name], r.MatchConfig),
@@ -432,6 +435,9 @@ func routes(snap *proxy.Snapshot) []routeView {
 			LoadBalancing: r.Pool.LoadBalancing(),
 			Stats:         r.Stats(),
 			Endpoints:     r.EndpointStats(),
+		}
+		if l := snap.Listener(r.Listener); l != nil {
+			v.ListenerMode = l.Mode
 		}
 		out = append(out, v)
 	}

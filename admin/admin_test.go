@@ -99,6 +99,8 @@ func TestRoutes(t *testing.T) {
 	var got struct {
 		Routes []struct {
 			Name, Listener, Upstream, Policy string
+			Mode                             string `json:"listener_mode"`
+			Connect                          *bool  `json:"connect"`
 			Timeout                          string `json:"timeout"`
 			PerTry                           string `json:"per_try_timeout"`
 			LB                               string `json:"load_balancing"`
@@ -124,7 +126,7 @@ func TestRoutes(t *testing.T) {
 		t.Fatalf("/v1/routes = %d %s (%v)", code, body, err)
 	}
 	r := got.Routes[0]
-	if r.Name != "reads" || r.Listener != "app" || r.Upstream != "inv" || r.Policy != "default" || r.Timeout != "3s" || r.PerTry != "1s" || r.LB != "least_request" || len(r.Endpoints) != 2 || r.Match["path_prefix"] != "/items" {
+	if r.Name != "reads" || r.Listener != "app" || r.Upstream != "inv" || r.Policy != "default" || r.Timeout != "3s" || r.PerTry != "1s" || r.LB != "least_request" || len(r.Endpoints) != 2 || r.Match["path_prefix"] != "/items" || r.Mode != "reverse_proxy" || r.Connect == nil || *r.Connect {
 		t.Errorf("/v1/routes route = %+v", r)
 	}
 	if st := r.Stats; st.InFlight == nil || st.MaxInFlight != 7 || st.Attempts != 3 || st.Budget == nil || st.Tokens == nil || *st.Tokens != 5 {

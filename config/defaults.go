@@ -11,6 +11,16 @@ const (
 	DefaultIdempotencyHeader = "Idempotency-Key"
 )
 
+// The listener modes (listeners[].mode).
+const (
+	// ModeReverseProxy: apps call the listener's address; routes match on
+	// the request's path (and host, headers, ...).
+	ModeReverseProxy = "reverse_proxy"
+	// ModeForwardProxy: apps use the listener as their HTTP_PROXY;
+	// requests are routed by their target's host.
+	ModeForwardProxy = "forward_proxy"
+)
+
 func (c *Config) setDefaults() {
 	c.ShutdownGrace = Duration(15 * time.Second)
 	c.Admin = Admin{Address: DefaultAdminAddress, TokenEnv: DefaultTokenEnv}
@@ -91,6 +101,7 @@ func (r *RateLimit) setDefaults() {
 
 func (l *Listener) setDefaults() {
 	l.Protocol = "auto"
+	l.Mode = ModeReverseProxy
 	l.BodyIdleTimeout = Duration(30 * time.Second)
 }
 

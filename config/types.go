@@ -247,6 +247,12 @@ type Listener struct {
 	Address string `yaml:"address"`
 	// Protocol is auto, http1 or h2c. Default auto.
 	Protocol string `yaml:"protocol"`
+	// Mode is reverse_proxy (apps call the listener's address, routes
+	// match by path) or forward_proxy (apps use it as their HTTP_PROXY:
+	// requests in absolute form are routed by the target's host, every
+	// route must set match.host, and CONNECT is tunnelled only to routes
+	// with connect: true). Default reverse_proxy.
+	Mode string `yaml:"mode"`
 	// BodyIdleTimeout is the longest an app may pause while sending a
 	// request body: no byte for this long ends the request with 408
 	// request_timeout and closes the connection. Default 30s; 0s turns it
@@ -275,6 +281,10 @@ type Route struct {
 	// WebSocket lets WebSocket upgrades through. Default false: every
 	// protocol upgrade is refused.
 	WebSocket bool `yaml:"websocket"`
+	// Connect tunnels CONNECT requests for the route's match.host to the
+	// route's upstream endpoints. Only on a forward_proxy listener, and
+	// only with match.host. Default false: CONNECT is refused with 403.
+	Connect bool `yaml:"connect"`
 }
 
 // Match selects requests. All present conditions must hold; an empty
@@ -291,7 +301,10 @@ type Match struct {
 	Methods []string `yaml:"methods"`
 	// Headers that must be present with exactly these values.
 	Headers map[string]string `yaml:"headers"`
-	// Host matches the request's host (port ignored, case-insensitive).
+	// Host matches the request's host, case-insensitive: a host without a
+	// port matches any port, a host with one (inventory.internal:8080)
+	// only that port, where a target without a port has its scheme's
+	// default (80 for http, 443 for https and CONNECT).
 	Host string `yaml:"host"`
 	// GRPCService and GRPCMethod match gRPC calls (/service/method).
 	GRPCService string `yaml:"grpc_service"`

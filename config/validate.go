@@ -2,6 +2,7 @@ package config
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -367,6 +368,7 @@ func (v *validator) listeners(c *Config) {
 			addrs[l.Address] = lp
 		}
 		v.oneOf(lp+".protocol", l.Protocol, "auto", "http1", "h2c")
+		v.oneOf(lp+".mode", l.Mode, ModeReverseProxy, ModeForwardProxy)
 		if l.BodyIdleTimeout < 0 {
 			v.errorf(lp+".body_idle_timeout", "must not be negative")
 		}
@@ -386,6 +388,7 @@ func (v *validator) listeners(c *Config) {
 				routes[r.Name] = rp
 			}
 			v.route(rp, r, c, hasSpool)
+			v.routeMode(rp, r, l.Mode == ModeForwardProxy)
 		}
 	}
 }
@@ -439,6 +442,11 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 	if strings.ContainsAny(m.GRPCService, "/ ") || strings.ContainsAny(m.GRPCMethod, "/ ") {
 		v.errorf(mp, "grpc_service and grpc_method take bare names without slashes")
 	}
+	if m.Host != "" {
+		if _, _, err := ParseMatchHost(m.Host); err != nil {
+			v.errorf(mp+".host", "invalid host %s: %v", v.q(mp+".host", m.Host), err)
+		}
+	}
 	if m.GRPCMethod != "" && m.GRPCService == "" {
 		v.errorf(mp+".grpc_method", "needs grpc_service")
 	}
@@ -462,6 +470,93 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 		v.atLeast(ap+".max_messages", a.MaxMessages, 0)
 		v.atLeast(ap+".max_bytes", int64(a.MaxBytes), 0)
 	}
+}
+
+// routeMode checks what a route may be on its listener's mode: on a
+// forward_proxy listener every route names its host, and connect: true
+// is only for such a route.
+func (v *validator) routeMode(path string, r *Route, forward bool) {
+	switch {
+	case forward && r.Match.Host == "":
+		// Without a host the route would take any target: an open proxy.
+		v.errorf(path+".match.host", "missing key: every route of a forward_proxy listener needs match.host, or it would route requests for any host (an open proxy)")
+	case r.Connect && !forward:
+		v.errorf(path+".connect", "connect: true needs a listener with mode: forward_proxy")
+	}
+}
+
+// ParseMatchHost splits a match.host value into its lower-case host and
+// its port, "" when it names none: "inventory.internal",
+// "inventory.internal:8080", "10.0.0.7", "[::1]:8080" or "::1". It
+// refuses a scheme, a path, a wildcard, an empty or invalid port.
+func ParseMatchHost(s string) (host, port string, err error) {
+	host = s
+	switch {
+	case strings.Contains(s, "://"):
+		return "", "", errors.New("want the host alone, without a scheme")
+	case strings.HasPrefix(s, "["):
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return "", "", errors.New("missing ] after an IPv6 address")
+		}
+		host = s[1:end]
+		if rest := s[end+1:]; rest != "" {
+			if rest[0] != ':' {
+				return "", "", errors.New("want [address] or [address]:port")
+			}
+			port = rest[1:]
+			if port == "" {
+				return "", "", errors.New("empty port")
+			}
+		}
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
+			return "", "", errors.New("not an IPv6 address in brackets")
+		}
+	case strings.Count(s, ":") == 1:
+		host, port, _ = strings.Cut(s, ":")
+		if port == "" {
+			return "", "", errors.New("empty port")
+		}
+	case strings.Contains(s, ":"):
+		if a, err := netip.ParseAddr(s); err != nil || !a.Is6() {
+			return "", "", errors.New("want a host name or IP address, optionally with :port (an IPv6 address with a port as [address]:port)")
+		}
+	}
+	if port != "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 || port[0] < '0' || port[0] > '9' {
+			return "", "", fmt.Errorf("invalid port %q", port)
+		}
+		port = strconv.Itoa(n)
+	}
+	if !strings.Contains(host, ":") {
+		switch {
+		case strings.Contains(host, "*"):
+			return "", "", errors.New("wildcards are not supported: name each host")
+		case !validHostName(host):
+			return "", "", errors.New("want a host name or IP address, optionally with :port, and no scheme or path")
+		}
+	}
+	return strings.ToLower(host), port, nil
+}
+
+// validHostName reports whether h is made of DNS labels: letters, digits,
+// '-' and '_', separated by single dots.
+func validHostName(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // known lists the names defined in section (upstreams or policies), the

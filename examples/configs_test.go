@@ -172,3 +172,35 @@ func TestGRPC(t *testing.T) {
 		}
 	}
 }
+
+func TestEgressForwardProxy(t *testing.T) {
+	cfg := load(t, "egress-forward-proxy.yaml")
+	if len(cfg.Listeners) != 1 || cfg.Listeners[0].Mode != config.ModeForwardProxy || cfg.Listeners[0].Address != "127.0.0.1:3128" {
+		t.Fatalf("listeners: want one forward_proxy listener on 127.0.0.1:3128, the port the comments give")
+	}
+	connect := map[string]bool{}
+	for _, r := range cfg.Listeners[0].Routes {
+		connect[r.Name] = r.Connect
+		if r.Match.Host == "" {
+			t.Errorf("route %s has no match.host", r.Name)
+		}
+	}
+	if !connect["payments-tls"] || connect["inventory"] || connect["events"] {
+		t.Errorf("connect: %v, want only payments-tls to tunnel", connect)
+	}
+	r, p := route(t, cfg, "payments-tls")
+	if r.Match.Host != "payments.example.com:443" || p.MaxInFlight == 0 {
+		t.Errorf("payments-tls: host %q, max_in_flight %d; want the :443 host and a cap on tunnels", r.Match.Host, p.MaxInFlight)
+	}
+	if eps := cfg.Upstreams[r.Upstream].Endpoints; len(eps) != 1 || eps[0] != "https://payments.example.com:443" {
+		t.Errorf("payments endpoints %q, want the one the tunnel goes to", eps)
+	}
+	for _, rr := range cfg.Listeners[0].Routes {
+		if rr.Name == "events" && (rr.Async == nil || rr.Async.When != "upstream_down") {
+			t.Errorf("events: async %+v, want when: upstream_down", rr.Async)
+		}
+	}
+	if d := cfg.Policies["default"]; d == nil || !d.Retry.Active() || !d.CircuitBreaker.Active() {
+		t.Errorf("default policy %+v, want retries and a breaker for the routed calls", d)
+	}
+}

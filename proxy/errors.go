@@ -163,6 +163,13 @@ type errorBody struct {
 // Sidecar-* headers and Retry-After, plus grpc-retry-pushback-ms where
 // Retry-After applies (the same delay in milliseconds, at least 1000).
 func writeError(w http.ResponseWriter, r *http.Request, o policy.Outcome, route string, attempts int, msg string, retryAfter time.Duration) {
+	writeErrorStatus(w, r, o, statusOf(o), route, attempts, msg, retryAfter)
+}
+
+// writeErrorStatus is writeError with the HTTP status given: a
+// forward_proxy listener answers no_route with 403. A gRPC caller gets
+// the outcome's gRPC code as always.
+func writeErrorStatus(w http.ResponseWriter, r *http.Request, o policy.Outcome, status int, route string, attempts int, msg string, retryAfter time.Duration) {
 	h := w.Header()
 	if msg == "" {
 		msg = errorMessages[o]
@@ -177,7 +184,7 @@ func writeError(w http.ResponseWriter, r *http.Request, o policy.Outcome, route 
 		h.Set(HeaderAttempts, strconv.Itoa(attempts))
 	}
 	pushback := false
-	if status := statusOf(o); status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", strconv.FormatInt(max(1, int64((retryAfter+time.Second-1)/time.Second)), 10))
 		pushback = true
 	}
@@ -202,6 +209,6 @@ func writeError(w http.ResponseWriter, r *http.Request, o policy.Outcome, route 
 	body, _ := json.Marshal(errorBody{Error: msg, Route: route, Outcome: o.String()})
 	body = append(body, '\n')
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(statusOf(o))
+	w.WriteHeader(status)
 	w.Write(body)
 }

@@ -23,6 +23,10 @@ type handler struct {
 	snap     *atomic.Pointer[Snapshot]
 	log      *slog.Logger
 	spool    *atomic.Pointer[spooler] // holds nil without a store: async routes are served synchronously
+	// tunnels are the CONNECT tunnels this listener's server has open
+	// (a forward_proxy listener's); the server closes them when it
+	// retires. nil in tests that call the handler directly: no tunnel.
+	tunnels *tunnelSet
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -63,7 +67,16 @@ func (h *handler) serve(snap *Snapshot, w http.ResponseWriter, r *http.Request, 
 		r.Body = body
 		defer body.finish()
 	}
+	if l.forward {
+		// Addressed to this proxy, and never forwarded: the sidecar asks
+		// no proxy credentials, and an upstream must not see the app's.
+		dropProxyHeaders(r.Header)
+	}
 	if r.Method == http.MethodConnect {
+		if l.forward {
+			h.serveConnect(l, w, r, x)
+			return
+		}
 		writeError(w, r, policy.BadRequest, "", 0, "CONNECT is not proxied", 0)
 		return
 	}
@@ -73,6 +86,11 @@ func (h *handler) serve(snap *Snapshot, w http.ResponseWriter, r *http.Request, 
 	}
 	route := l.route(r, cleanPath(r.URL.Path))
 	if route == nil {
+		if l.forward {
+			// The target host chose no route, and is never dialed.
+			writeErrorStatus(w, r, policy.NoRoute, http.StatusForbidden, "", 0, "no route for this host: a forward_proxy listener reaches only the hosts its routes name", 0)
+			return
+		}
 		writeError(w, r, policy.NoRoute, "", 0, "", 0)
 		return
 	}

@@ -16,7 +16,8 @@ type matcher struct {
 	regex       *regexp.Regexp
 	methods     []string
 	headers     []headerMatch
-	host        string
+	host        string // lower case; "" matches any host
+	port        string // "" matches any port
 	grpcService string
 	grpcMethod  string
 }
@@ -28,9 +29,12 @@ func compileMatch(m config.Match) *matcher {
 		path:        m.Path,
 		prefix:      m.PathPrefix,
 		methods:     m.Methods,
-		host:        strings.ToLower(m.Host),
 		grpcService: m.GRPCService,
 		grpcMethod:  m.GRPCMethod,
+	}
+	if m.Host != "" {
+		// Validated by config.
+		c.host, c.port, _ = config.ParseMatchHost(m.Host)
 	}
 	if m.PathRegex != "" {
 		// Validated by config; anchored so the whole path must match.
@@ -53,7 +57,7 @@ func (m *matcher) matches(r *http.Request, p string) bool {
 		return false
 	case m.methods != nil && !contains(m.methods, r.Method):
 		return false
-	case m.host != "" && !hostIs(r.Host, m.host):
+	case m.host != "" && !m.hostMatches(r):
 		return false
 	case m.grpcService != "" && !m.grpcMatches(p):
 		return false
@@ -91,13 +95,52 @@ func hasPathPrefix(p, prefix string) bool {
 	return len(p) == len(prefix) || prefix[len(prefix)-1] == '/' || p[len(prefix)] == '/'
 }
 
-// hostIs compares a request's Host, port dropped, with a lower-case name.
-func hostIs(host, want string) bool {
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
-		host = host[:i]
+// hostMatches reports whether r's target host (r.Host: the host of a
+// request in absolute form, else its Host header; the authority of a
+// CONNECT) is the matcher's, case-insensitive. A matcher with a port
+// matches only that port; a target without one has its scheme's default
+// (defaultPort).
+func (m *matcher) hostMatches(r *http.Request) bool {
+	host, port := splitHostPort(r.Host)
+	if !strings.EqualFold(host, m.host) {
+		return false
 	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	return strings.EqualFold(host, want)
+	if m.port == "" {
+		return true
+	}
+	if port == "" {
+		port = defaultPort(r)
+	}
+	return port == m.port || strings.TrimLeft(port, "0") == m.port
+}
+
+// splitHostPort splits a request's host[:port], "[v6]" or "[v6]:port"
+// without allocating; port is "" when there is none.
+func splitHostPort(hostport string) (host, port string) {
+	if strings.HasPrefix(hostport, "[") {
+		end := strings.IndexByte(hostport, ']')
+		if end < 0 {
+			return hostport, ""
+		}
+		host, rest := hostport[1:end], hostport[end+1:]
+		if len(rest) > 1 && rest[0] == ':' {
+			port = rest[1:]
+		}
+		return host, port
+	}
+	if i := strings.IndexByte(hostport, ':'); i >= 0 && strings.IndexByte(hostport[i+1:], ':') < 0 {
+		return hostport[:i], hostport[i+1:]
+	}
+	return hostport, ""
+}
+
+// defaultPort is the port of r's target when it names none: 443 for a
+// CONNECT or an https:// target, else 80.
+func defaultPort(r *http.Request) string {
+	if r.Method == http.MethodConnect || r.URL != nil && r.URL.Scheme == "https" {
+		return "443"
+	}
+	return "80"
 }
 
 // cleanPath returns p with dot segments and repeated slashes resolved, so

@@ -78,6 +78,7 @@ type boundListener struct {
 	name, address, protocol string
 	ln                      net.Listener
 	srv                     *http.Server
+	tunnels                 *tunnelSet // the server's CONNECT tunnels
 }
 
 // Option configures NewServer.
@@ -174,7 +175,8 @@ func (s *Server) bind(l *Listener) (*boundListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
-	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newHTTPServer(l)}, nil
+	tunnels := &tunnelSet{}
+	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newHTTPServer(l, tunnels), tunnels: tunnels}, nil
 }
 
 // Addrs returns the bound addresses, by listener name.
@@ -188,7 +190,7 @@ func (s *Server) Addrs() map[string]net.Addr {
 	return out
 }
 
-func (s *Server) newHTTPServer(l *Listener) *http.Server {
+func (s *Server) newHTTPServer(l *Listener, tunnels *tunnelSet) *http.Server {
 	protos := new(http.Protocols)
 	switch l.Protocol {
 	case "http1":
@@ -200,7 +202,7 @@ func (s *Server) newHTTPServer(l *Listener) *http.Server {
 		protos.SetUnencryptedHTTP2(true)
 	}
 	return &http.Server{
-		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool},
+		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool, tunnels: tunnels},
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
@@ -247,11 +249,14 @@ func (sp *spooler) newDeliverer(s *Server) func(route string) *deliverer {
 
 // serveLocked serves b in the background until its server shuts down.
 func (s *Server) serveLocked(b *boundListener) {
+	// The socket now: rebind replaces b.ln, under s.mu, while this
+	// goroutine may not have started yet.
+	ln := b.ln
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := b.srv.Serve(b.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			s.log.Error("listener stopped", "listener", b.name, "address", b.ln.Addr().String(), "error", err)
+		if err := b.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("listener stopped", "listener", b.name, "address", ln.Addr().String(), "error", err)
 		}
 	}()
 }
@@ -398,7 +403,8 @@ func (s *Server) retireLocked(b *boundListener, drain time.Duration) {
 		if err := b.srv.Shutdown(ctx); err != nil {
 			b.srv.Close()
 		}
-		b.ln.Close() // if Serve never ran
+		b.tunnels.closeAll() // once the requests have drained
+		b.ln.Close()         // if Serve never ran
 		s.mu.Lock()
 		delete(s.retiring, b.srv)
 		s.mu.Unlock()
@@ -411,8 +417,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
 	var servers []*http.Server
+	var tunnels []*tunnelSet
 	for _, b := range s.live {
 		servers = append(servers, b.srv)
+		tunnels = append(tunnels, b.tunnels)
 		if !s.serving {
 			b.ln.Close()
 		}
@@ -434,6 +442,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	// The CONNECT tunnels, which http.Server does not track, once the
+	// requests have drained (or the grace is over).
+	for _, t := range tunnels {
+		t.closeAll()
+	}
 	s.wg.Wait()
 	if sp := s.spool.Load(); sp != nil {
 		errs = append(errs, sp.group.shutdown(ctx))

@@ -40,7 +40,13 @@ type Listener struct {
 	Name     string
 	Address  string
 	Protocol string
-	Routes   []*Route // matched in order, first match wins
+	// Mode is config.ModeReverseProxy or config.ModeForwardProxy.
+	Mode   string
+	Routes []*Route // matched in order, first match wins
+	// forward is mode forward_proxy: routes are chosen by the target's
+	// host, no_route is 403, Proxy-* headers are dropped and CONNECT is
+	// tunnelled to routes with connect: true.
+	forward bool
 	// bodyIdle is body_idle_timeout: the longest pause in an app's
 	// request body; 0: none.
 	bodyIdle time.Duration
@@ -59,6 +65,9 @@ type Route struct {
 	Policy     *config.Policy
 	// MatchConfig is the route's match block as configured.
 	MatchConfig config.Match
+	// Connect is connect: true: CONNECT to the route's host is tunnelled
+	// to its upstream.
+	Connect bool
 
 	match        *matcher
 	pol          routePolicy
@@ -75,6 +84,9 @@ type Route struct {
 	// ErrorHandler per request. nil unless the route is async.
 	asyncProxy *httputil.ReverseProxy
 }
+
+// Listener returns the listener named name, or nil.
+func (s *Snapshot) Listener(name string) *Listener { return s.byName[name] }
 
 // Route returns the route named name, or nil.
 func (s *Snapshot) Route(name string) *Route { return s.routes[name] }
@@ -127,7 +139,8 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 		errLog = slog.NewLogLogger(logger.Handler(), slog.LevelDebug)
 	}
 	for _, lc := range cfg.Listeners {
-		l := &Listener{Name: lc.Name, Address: lc.Address, Protocol: lc.Protocol, bodyIdle: lc.BodyIdleTimeout.D(), strictPaths: lc.StrictPaths}
+		l := &Listener{Name: lc.Name, Address: lc.Address, Protocol: lc.Protocol, Mode: lc.Mode, bodyIdle: lc.BodyIdleTimeout.D(), strictPaths: lc.StrictPaths}
+		l.forward = lc.Mode == config.ModeForwardProxy
 		for _, rc := range lc.Routes {
 			var old *Route
 			if prev != nil {
@@ -176,6 +189,7 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 		Pool:         pool,
 		Policy:       pol,
 		MatchConfig:  rc.Match,
+		Connect:      rc.Connect,
 		match:        compileMatch(rc.Match),
 		pol:          compilePolicy(pol, pool, prev, breakers),
 		preserveHost: pool.cfg.PreserveHost,

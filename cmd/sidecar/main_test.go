@@ -117,6 +117,7 @@ func TestCLIExitCodes(t *testing.T) {
 		{"unknown flag", []string{"validate", "-nope"}, 2, "flag provided but not defined"},
 		{"validate ok", []string{"validate", "-config", "../../examples/quickstart.yaml"}, 0, "quickstart.yaml: ok"},
 		{"validate every example", []string{"validate", "-config", "../../examples/full.yaml"}, 0, "ok"},
+		{"validate the forward-proxy example", []string{"validate", "-config", "../../examples/egress-forward-proxy.yaml"}, 0, "egress-forward-proxy.yaml: ok"},
 		{"validate bad", []string{"validate", "-config", bad}, 1, bad + `:4:5: listeners[0].adress: unknown key (did you mean "address"?)`},
 		{"validate missing file", []string{"validate", "-config", filepath.Join(t.TempDir(), "none.yaml")}, 1, "no such file"},
 		{"run bad config", []string{"run", "-config", bad}, 1, "unknown key"},

@@ -112,14 +112,21 @@ func New(src Source, logger *slog.Logger, opts ...Option) *Server {
 		}
 		s.reg = reg
 	}
-	s.srv = &http.Server{
-		Handler:           s.Handler(),
+	s.srv = s.newHTTPServer(s.Handler(), "admin http server")
+	return s
+}
+
+// newHTTPServer returns the http.Server of the admin or the probe
+// listener: small headers, short timeouts, its errors logged at debug
+// level as msg.
+func (s *Server) newHTTPServer(h http.Handler, msg string) *http.Server {
+	return &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: "admin http server"}, "", 0),
+		ErrorLog:          log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: msg}, "", 0),
 	}
-	return s
 }
 
 // TokenRequired reports whether mutating calls need a bearer token.
@@ -152,13 +159,7 @@ func (s *Server) ListenProbe(addr string) error {
 		return err
 	}
 	s.probeLn = ln
-	s.probe = &http.Server{
-		Handler:           s.ProbeHandler(),
-		ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: "probe http server"}, "", 0),
-	}
+	s.probe = s.newHTTPServer(s.ProbeHandler(), "probe http server")
 	return nil
 }
 

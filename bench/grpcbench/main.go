@@ -1,22 +1,31 @@
-// Command grpcbench is the gRPC side of bench/h2.sh: a grpc-go server
-// (the interop TestService) and a closed-loop unary-call load generator.
+// Command grpcbench is the gRPC side of bench/h2.sh and bench/run.sh: a
+// grpc-go server (the interop TestService) and a closed-loop load
+// generator of unary calls or of messages on streams.
 //
 //	grpcbench -mode server -addr 127.0.0.1:18090
 //	grpcbench -mode client -target 127.0.0.1:18091 -streams 64 -duration 10s -warmup 2s
+//	grpcbench -mode client -call stream -target 127.0.0.1:18091 -streams 64 -duration 10s
 //
 // The client opens ONE grpc.ClientConn (plaintext h2c) and runs -streams
-// goroutines, each issuing UnaryCall back to back (so at most -streams calls
-// are in flight on that one HTTP/2 connection), for -duration after a
-// -warmup that is not recorded, and at most -max recorded calls. It prints
-// one JSON line:
+// goroutines, for -duration after a -warmup that is not recorded, and at
+// most -max recorded calls. With -call unary (the default) each goroutine
+// issues UnaryCall back to back (so at most -streams calls are in flight on
+// that one HTTP/2 connection). With -call stream each goroutine opens one
+// FullDuplexCall (bidirectional streaming) for the whole run and plays
+// ping-pong on it: it sends one message (-size bytes, asking for one
+// -size-byte answer) and waits for the answer before sending the next, so
+// -streams long-lived streams carry one message each way at a time (each
+// stream is replaced by a new one every -stream-life, if set); a "call" is
+// then one message and its answer. It prints one JSON line:
 //
-//	{"target":"127.0.0.1:18091","streams":64,"duration_s":10,"calls":123456,
-//	 "errors":0,"calls_per_s":12345.6,"p50_us":..,"p90_us":..,"p99_us":..,
-//	 "max_us":..,"mean_us":..}
+//	{"target":"127.0.0.1:18091","call":"unary","streams":64,"duration_s":10,
+//	 "calls":123456,"errors":0,"calls_per_s":12345.6,"p50_us":..,"p90_us":..,
+//	 "p99_us":..,"max_us":..,"mean_us":..}
 //
-// Latency is per call, from the start of the call to its response
-// (closed loop: no correction for coordinated omission; the number of
-// streams is the concurrency). Only loopback targets are accepted.
+// Latency is per call (or per message round trip), from its start to its
+// response (closed loop: no correction for coordinated omission; the
+// number of streams is the concurrency). Only loopback targets are
+// accepted.
 package main
 
 import (
@@ -50,7 +59,9 @@ func main() {
 	warmup := flag.Duration("warmup", time.Second, "client: unrecorded warm-up before the measurement")
 	maxCalls := flag.Int64("max", 10_000_000, "client: stop after this many recorded calls")
 	size := flag.Int("size", 64, "client: request and response payload bytes")
-	timeout := flag.Duration("timeout", 5*time.Second, "client: per-call deadline")
+	timeout := flag.Duration("timeout", 5*time.Second, "client: per-call deadline (-call stream: per message, and for the end of the run)")
+	callKind := flag.String("call", "unary", "client: unary (UnaryCall) or stream (ping-pong messages on one FullDuplexCall per -streams)")
+	streamLife := flag.Duration("stream-life", 0, "client, -call stream: end each stream and open a new one after this long (0: one stream for the whole run)")
 	flag.Parse()
 
 	switch *mode {
@@ -60,10 +71,13 @@ func main() {
 		if err := checkLoopback(*target); err != nil {
 			log.Fatalf("grpcbench: %v", err)
 		}
-		if *streams < 1 || *duration <= 0 || *maxCalls < 1 || *size < 0 || *warmup < 0 {
-			log.Fatal("grpcbench: need -streams >= 1, -duration > 0, -max >= 1, -size >= 0, -warmup >= 0")
+		if *streams < 1 || *duration <= 0 || *maxCalls < 1 || *size < 0 || *warmup < 0 || *timeout <= 0 || *streamLife < 0 {
+			log.Fatal("grpcbench: need -streams >= 1, -duration > 0, -max >= 1, -size >= 0, -warmup >= 0, -timeout > 0, -stream-life >= 0")
 		}
-		res, err := run(*target, *streams, *duration, *warmup, *maxCalls, *size, *timeout)
+		if *callKind != "unary" && *callKind != "stream" {
+			log.Fatalf("grpcbench: -call %q: want unary or stream", *callKind)
+		}
+		res, err := run(*target, *callKind, *streams, *duration, *warmup, *maxCalls, *size, *timeout, *streamLife)
 		if err != nil {
 			log.Fatalf("grpcbench: %v", err)
 		}
@@ -106,6 +120,7 @@ func serve(addr string) {
 
 type result struct {
 	Target    string  `json:"target"`
+	Call      string  `json:"call"`
 	Streams   int     `json:"streams"`
 	DurationS float64 `json:"duration_s"`
 	Calls     int64   `json:"calls"`
@@ -119,29 +134,27 @@ type result struct {
 	Mean      float64 `json:"mean_us"`
 }
 
-func run(target string, streams int, duration, warmup time.Duration, maxCalls int64, size int, timeout time.Duration) (*result, error) {
+func run(target, kind string, streams int, duration, warmup time.Duration, maxCalls int64, size int, timeout, streamLife time.Duration) (*result, error) {
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	client := testgrpc.NewTestServiceClient(conn)
-	req := &testgrpc.SimpleRequest{
-		ResponseSize: int32(size),
-		Payload:      &testgrpc.Payload{Body: make([]byte, size)},
-	}
-	call := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		resp, err := client.UnaryCall(ctx, req)
-		if err == nil && len(resp.GetPayload().GetBody()) != size {
-			err = fmt.Errorf("response payload %d bytes, want %d", len(resp.GetPayload().GetBody()), size)
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	newCaller := func() caller { return &unaryCaller{client: client, size: size, timeout: timeout} }
+	if kind == "stream" {
+		newCaller = func() caller {
+			return &streamCaller{client: client, ctx: runCtx, size: size, timeout: timeout, life: streamLife}
 		}
-		return err
 	}
 	// One call first: the connection must work before anything is timed.
-	if err := call(); err != nil {
-		return nil, fmt.Errorf("first call to %s: %v", target, err)
+	first := newCaller()
+	err = first.call()
+	first.close()
+	if err != nil {
+		return nil, fmt.Errorf("first %s call to %s: %v", kind, target, err)
 	}
 
 	var (
@@ -160,9 +173,11 @@ func run(target string, streams int, duration, warmup time.Duration, maxCalls in
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
+			c := newCaller()
+			defer c.close()
 			for !stop.Load() {
 				t0 := time.Now()
-				err := call()
+				err := c.call()
 				d := time.Since(t0)
 				if !recording.Load() {
 					continue
@@ -209,6 +224,7 @@ wait:
 	slices.Sort(all)
 	res := &result{
 		Target:    target,
+		Call:      kind,
 		Streams:   streams,
 		DurationS: elapsed.Seconds(),
 		Calls:     int64(len(all)),
@@ -237,3 +253,110 @@ wait:
 }
 
 func us(d time.Duration) float64 { return float64(d.Round(time.Microsecond)) / 1e3 }
+
+// caller makes one call (unary) or one message round trip (stream); each
+// worker has its own.
+type caller interface {
+	call() error
+	close()
+}
+
+type unaryCaller struct {
+	client  testgrpc.TestServiceClient
+	size    int
+	timeout time.Duration
+	req     *testgrpc.SimpleRequest
+}
+
+func (u *unaryCaller) call() error {
+	if u.req == nil {
+		u.req = &testgrpc.SimpleRequest{
+			ResponseSize: int32(u.size),
+			Payload:      &testgrpc.Payload{Body: make([]byte, u.size)},
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), u.timeout)
+	defer cancel()
+	resp, err := u.client.UnaryCall(ctx, u.req)
+	if err == nil && len(resp.GetPayload().GetBody()) != u.size {
+		err = fmt.Errorf("response payload %d bytes, want %d", len(resp.GetPayload().GetBody()), u.size)
+	}
+	return err
+}
+
+func (u *unaryCaller) close() {}
+
+// streamCaller plays ping-pong on one FullDuplexCall: one message out, its
+// one answer back. The stream is opened on the first call and reopened
+// after an error or once it is older than life; a message not answered
+// within timeout cancels it.
+type streamCaller struct {
+	client  testgrpc.TestServiceClient
+	ctx     context.Context
+	size    int
+	timeout time.Duration
+	life    time.Duration // reopen the stream after this long; 0: never
+	req     *testgrpc.StreamingOutputCallRequest
+	stream  testgrpc.TestService_FullDuplexCallClient
+	cancel  context.CancelFunc
+	opened  time.Time
+}
+
+func (s *streamCaller) call() error {
+	if s.req == nil {
+		s.req = &testgrpc.StreamingOutputCallRequest{
+			ResponseParameters: []*testgrpc.ResponseParameters{{Size: int32(s.size)}},
+			Payload:            &testgrpc.Payload{Body: make([]byte, s.size)},
+		}
+	}
+	if s.stream != nil && s.life > 0 && time.Since(s.opened) > s.life {
+		s.close()
+	}
+	if s.stream == nil {
+		ctx, cancel := context.WithCancel(s.ctx)
+		st, err := s.client.FullDuplexCall(ctx)
+		if err != nil {
+			cancel()
+			return err
+		}
+		s.stream, s.cancel, s.opened = st, cancel, time.Now()
+	}
+	var timedOut atomic.Bool
+	t := time.AfterFunc(s.timeout, func() { timedOut.Store(true); s.cancel() })
+	err := s.stream.Send(s.req)
+	var resp *testgrpc.StreamingOutputCallResponse
+	if err == nil {
+		resp, err = s.stream.Recv()
+	}
+	t.Stop()
+	switch {
+	case timedOut.Load():
+		err = fmt.Errorf("no answer on the stream within %v", s.timeout)
+	case err == nil && len(resp.GetPayload().GetBody()) != s.size:
+		err = fmt.Errorf("response payload %d bytes, want %d", len(resp.GetPayload().GetBody()), s.size)
+	}
+	if err != nil {
+		s.cancel()
+		s.stream = nil
+	}
+	return err
+}
+
+// close half-closes the stream and waits (at most timeout) for the server
+// to end it.
+func (s *streamCaller) close() {
+	if s.stream == nil {
+		return
+	}
+	t := time.AfterFunc(s.timeout, s.cancel)
+	if s.stream.CloseSend() == nil {
+		for {
+			if _, err := s.stream.Recv(); err != nil {
+				break
+			}
+		}
+	}
+	t.Stop()
+	s.cancel()
+	s.stream = nil
+}

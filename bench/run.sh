@@ -691,7 +691,10 @@ COMMIT_LINE=$(commit_line) # now: edits made while it runs are not in this run
 pick_tools
 check_quiet_start
 RUN_DATE=$(date -u +%Y-%m-%dT%H%M%SZ)
-if [ -z "$OUT" ]; then OUT="$BENCH_DIR/results/$RUN_DATE$([ "$SMOKE" = 1 ] && echo -smoke)"; fi
+if [ -z "$OUT" ]; then
+	OUT="$BENCH_DIR/results/$RUN_DATE"
+	if [ "$SMOKE" = 1 ]; then OUT="$OUT-smoke"; fi
+fi
 mkdir -p "$OUT" "$BENCH_TMPDIR"
 OUT=$(cd "$OUT" && pwd)
 TMP=$(mktemp -d "$BENCH_TMPDIR/sidecar-run.XXXXXX")

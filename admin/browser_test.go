@@ -86,26 +86,10 @@ func browserSidecar(t *testing.T, yaml, token string, withSpool bool) (app, adm 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	srv.Serve()
+	t.Cleanup(func() { reg.Unregister() }) // runs after serveWithAdmin's: cleanups run last first
 	a := New(srv, proxytest.Discard, WithToken(token), WithTelemetry(tel))
 	a.SetReady(true)
-	if err := a.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	a.Serve(func() { close(done) })
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		a.Shutdown(ctx)
-		<-done
-		srv.Shutdown(ctx)
-		reg.Unregister()
-	})
-	return "http://" + srv.Addrs()["app"].String(), "http://" + a.Addr().String()
+	return serveWithAdmin(t, srv, a)
 }
 
 // refusedURL returns the URL of a loopback port nothing listens on.

@@ -416,11 +416,17 @@ func sidecarWithAdmin(t *testing.T, cfg string) (app, adm string) {
 	snap := proxytest.Snapshot(t, cfg)
 	st := openTestStore(t, spool.FileOptions{})
 	srv := proxy.NewServer(snap, proxytest.Discard, proxy.WithSpool(st))
+	return serveWithAdmin(t, srv, New(srv, proxytest.Discard, WithTelemetry(newProvider(t, snap.Config.Telemetry))))
+}
+
+// serveWithAdmin binds and serves srv and its admin API a until
+// the test ends, and returns the app's and the admin API's base URLs.
+func serveWithAdmin(t *testing.T, srv *proxy.Server, a *Server) (app, adm string) {
+	t.Helper()
 	if err := srv.Listen(); err != nil {
 		t.Fatal(err)
 	}
 	srv.Serve()
-	a := New(srv, proxytest.Discard, WithTelemetry(newProvider(t, snap.Config.Telemetry)))
 	if err := a.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}

@@ -120,9 +120,7 @@ func (h *handler) serve(snap *Snapshot, w http.ResponseWriter, r *http.Request, 
 	case route.async != nil && h.spool.Load() != nil:
 		h.serveAsync(h.spool.Load(), w, r, route, start)
 	default:
-		route.serveGated(route.proxy, w, r, start, func(ue *UpstreamError) {
-			route.answerError(w, r, ue, h.log)
-		})
+		route.serveForward(w, r, start, h.log)
 	}
 }
 

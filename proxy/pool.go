@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/internal/h1client"
 )
 
 // Upstream connection limits that are not configurable.
@@ -31,8 +32,11 @@ type Pool struct {
 	cfg       config.Upstream
 	pick      func(*Pool) *Endpoint
 	rr        atomic.Uint64
-	transport *http.Transport
-	rt        http.RoundTripper // transport, or a stand-in in benchmarks
+	transport interface {
+		http.RoundTripper
+		CloseIdleConnections()
+	}
+	rt http.RoundTripper // transport, or a stand-in in benchmarks
 }
 
 // Endpoint is one address of an upstream.
@@ -62,6 +66,14 @@ func newPool(name string, u *config.Upstream) (*Pool, error) {
 		p.pick = pickRandom
 	default:
 		p.pick = pickRoundRobin
+	}
+	if u.Protocol == "" || u.Protocol == "http1" {
+		t, err := newH1Transport(u)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", name, err)
+		}
+		p.transport, p.rt = t, t
+		return p, nil
 	}
 	t, err := newTransport(u)
 	if err != nil {
@@ -112,16 +124,43 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
-func newTransport(u *config.Upstream) (*http.Transport, error) {
+// dialFunc dials an upstream within connect_timeout; its errors are
+// *dialError.
+func dialFunc(u *config.Upstream) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	dialer := &net.Dialer{Timeout: u.ConnectTimeout.D(), KeepAlive: 30 * time.Second}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &dialError{err}
+		}
+		return c, nil
+	}
+}
+
+// newH1Transport is the transport of an HTTP/1.1 upstream: the sidecar's
+// own client (internal/h1client), which uses pooled connections on the
+// calling goroutine; see docs/design.md, "The HTTP/1.1 engine".
+func newH1Transport(u *config.Upstream) (*h1client.Transport, error) {
+	tlsCfg, err := tlsConfig(u.TLS)
+	if err != nil {
+		return nil, err
+	}
+	return &h1client.Transport{
+		DialContext:            dialFunc(u),
+		TLSClientConfig:        tlsCfg,
+		TLSHandshakeTimeout:    u.ConnectTimeout.D(),
+		MaxIdleConnsPerHost:    u.MaxIdleConns,
+		IdleConnTimeout:        u.IdleConnTimeout.D(),
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		ExpectContinueTimeout:  expectContinueTimeout,
+		ReadBufferSize:         16 << 10,
+		WriteBufferSize:        16 << 10,
+	}, nil
+}
+
+func newTransport(u *config.Upstream) (*http.Transport, error) {
 	t := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &dialError{err}
-			}
-			return c, nil
-		},
+		DialContext:            dialFunc(u),
 		MaxIdleConnsPerHost:    u.MaxIdleConns,
 		IdleConnTimeout:        u.IdleConnTimeout.D(),
 		TLSHandshakeTimeout:    u.ConnectTimeout.D(),

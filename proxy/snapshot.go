@@ -78,7 +78,8 @@ type Route struct {
 	tel          *telemetry.Route       // the route's metrics; nil: none
 	obs          *Telemetry             // the snapshot's; nil: none
 	accessLog    bool                   // telemetry.access_log: attempts note their endpoint
-	proxy        *httputil.ReverseProxy // the sync path
+	attempt      *attempter             // the sync path's attempt loop
+	proxy        *httputil.ReverseProxy // the sync path of gRPC calls and upgrades
 	// asyncProxy is the upstream_down path of an async route: its attempt
 	// loop ends on an answer that spool_on lists, and serveAsync sets its
 	// ErrorHandler per request. nil unless the route is async.
@@ -197,7 +198,8 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 		async:        compileAsync(rc.Async),
 		asyncConfig:  rc.Async,
 	}
-	r.proxy = r.newReverseProxy(&attempter{route: r}, r.proxyError(logger), errLog)
+	r.attempt = &attempter{route: r}
+	r.proxy = r.newReverseProxy(r.attempt, r.proxyError(logger), errLog)
 	if r.async != nil {
 		r.asyncProxy = r.newReverseProxy(&attempter{route: r, spoolOn: r.async}, nil, errLog)
 	}

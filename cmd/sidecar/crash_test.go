@@ -179,6 +179,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 		var nAcked, nErr int
 		other := map[int]int{}
 		deadline := time.Now().Add(loadMax)
+		firstAck := make(chan struct{})
 		for w := 0; w < workers; w++ {
 			wg.Add(1)
 			go func() {
@@ -209,7 +210,9 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 					id := resp.Header.Get("Sidecar-Spool-Id")
 					mu.Lock()
 					if resp.StatusCode == http.StatusAccepted && id != "" {
-						nAcked++
+						if nAcked++; nAcked == 1 {
+							close(firstAck)
+						}
 						ackedBy[key] = acked{loop: loop, spoolID: id, body: body}
 					} else {
 						other[resp.StatusCode]++
@@ -217,6 +220,13 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 					mu.Unlock()
 				}
 			}()
+		}
+		// The load is under way once a request is acknowledged (on a busy
+		// machine the first one can take a while); the kill comes at a
+		// random instant after that.
+		select {
+		case <-firstAck:
+		case <-time.After(loadMax):
 		}
 		delay := time.Duration(50+rng.Intn(351)) * time.Millisecond
 		time.Sleep(delay) // the random kill instant is the point of the test
@@ -230,7 +240,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 		t.Logf("loop %d (%s): killed after %v: %d acknowledged, %d errors, other answers %v; at start: depth %d dead %d torn_tail %v corrupt %d",
 			loop, when, delay, nAcked, nErr, other, st.Total.Depth, st.Total.Dead, st.TornTail, st.CorruptRecords)
 		if nAcked == 0 {
-			t.Errorf("loop %d: no request was acknowledged in %v of load", loop, delay)
+			t.Errorf("loop %d: no request was acknowledged in %v of load", loop, loadMax)
 		}
 	}
 	t.Logf("%d loops in %v: %d requests acknowledged; %d restarts found a torn tail, %d corrupt records skipped",

@@ -637,4 +637,3 @@ func mustReq(t *testing.T, url string) *http.Request {
 	}
 	return req
 }
-

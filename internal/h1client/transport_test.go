@@ -516,18 +516,20 @@ func TestRequestAsWritten(t *testing.T) {
 // instead means it is never sent.
 func TestExpectContinue(t *testing.T) {
 	s := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.URL.Path == "/refuse" {
+				io.WriteString(c, "HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")
+				io.Copy(io.Discard, c)
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+			b, _ := io.ReadAll(req.Body)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(b))+"\r\n\r\n"+string(b))
 		}
-		if req.URL.Path == "/refuse" {
-			io.WriteString(c, "HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n")
-			io.Copy(io.Discard, c)
-			return
-		}
-		io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
-		b, _ := io.ReadAll(req.Body)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(b))+"\r\n\r\n"+string(b))
 	})
 	tr := &Transport{ExpectContinueTimeout: 5 * time.Second}
 	defer tr.CloseIdleConnections()

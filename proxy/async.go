@@ -152,20 +152,20 @@ func (a *asyncPolicy) spoolsOn(o policy.Outcome, status int) bool {
 }
 
 // tryUpstream sends an upstream_down request through the route's async
-// attempt loop (asyncProxy, whose loop ends on an answer that spoolsOn
-// lists instead of passing it on) and, when the loop returns an answer,
-// passes it to the app as the sync path does, behind a gate. Otherwise,
-// or when the answer's body broke off before anything of it reached the
-// app, it writes nothing and returns how the call ended, for serveAsync
-// to decide.
+// attempt loop (asyncAttempt, which ends on an answer that spoolsOn lists
+// instead of passing it on) and, when the loop returns an answer, passes
+// it to the app as the sync path does, behind a gate. Otherwise, or when
+// the answer's body broke off before anything of it reached the app, it
+// writes nothing and returns how the call ended, for serveAsync to
+// decide.
 func (rt *Route) tryUpstream(w http.ResponseWriter, out *http.Request, start time.Time) *UpstreamError {
-	var failed *UpstreamError
-	p := *rt.asyncProxy
-	p.ErrorHandler = func(_ http.ResponseWriter, r *http.Request, err error) {
-		failed = rt.upstreamError(r, err)
+	g := newGate(w)
+	defer g.release()
+	if ue := rt.forward(rt.asyncAttempt, g, out, start); ue != nil {
+		return ue
 	}
-	rt.serveGated(&p, w, out, start, func(ue *UpstreamError) { failed = ue })
-	return failed
+	_ = g.commit()
+	return nil
 }
 
 // readBody reads up to limit+1 bytes of body; a known length is read into

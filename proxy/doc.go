@@ -10,19 +10,22 @@
 //	  CONNECT and unwanted upgrades refused, route match
 //	  admission: rate limit, then max_in_flight
 //	    |
-//	    +-- sync path: Route.proxy, a ReverseProxy whose Transport is the
-//	    |   attempter (attempt.go): overall deadline, then per attempt
-//	    |   breaker pick, per-try deadline, round trip, classify,
-//	    |   breaker record, retry decision, back-off, budget.
-//	    |   An answer goes to the app; no answer: Route.proxyError
-//	    |   writes the proxy's own error (errors.go).
+//	    +-- sync path: Route.serveForward (forward.go) builds the
+//	    |   outbound request and hands it to the attempter (attempt.go):
+//	    |   overall deadline, then per attempt breaker pick, per-try
+//	    |   deadline, round trip, classify, breaker record, retry
+//	    |   decision, back-off, budget. An answer goes to the app behind
+//	    |   a gate (gate.go); no answer, or a body that broke before any
+//	    |   of it was sent: the proxy's own error (errors.go). gRPC calls
+//	    |   and upgrades go through Route.proxy, a ReverseProxy with the
+//	    |   same attempter as its Transport.
 //	    |
 //	    +-- async path: an async route with a spool, neither gRPC nor an
 //	        upgrade: serveAsync (async.go) reads the body and builds the
 //	        spool.Message with its idempotency key.
 //	          when: always         spooler.enqueue: Append, then 202
 //	          when: upstream_down  Route.tryUpstream: the async attempt
-//	                               loop (Route.asyncProxy), which ends on
+//	                               loop (Route.asyncAttempt), which ends on
 //	                               an answer spool_on lists; serveAsync
 //	                               then decides with asyncPolicy.spoolsOn:
 //	                               listed: enqueue and 202; else the

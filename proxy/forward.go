@@ -26,17 +26,18 @@ import (
 func (rt *Route) serveForward(w http.ResponseWriter, r *http.Request, start time.Time, logger *slog.Logger) {
 	g := newGate(w)
 	defer g.release()
-	if ue := rt.forward(g, r, start); ue != nil {
+	if ue := rt.forward(rt.attempt, g, r, start); ue != nil {
 		rt.answerError(g, r, ue, logger)
 	}
 	_ = g.commit()
 }
 
-// forward sends r through the route's attempt loop and passes the answer
-// to g. It returns how the call ended when nothing of an answer reached
-// the app; once bytes were sent, a broken body aborts the connection
-// (panic http.ErrAbortHandler, as net/http's server expects).
-func (rt *Route) forward(g *gate, r *http.Request, start time.Time) *UpstreamError {
+// forward sends r through the attempt loop a and passes the answer to g.
+// It returns how the call ended when nothing of an answer reached the
+// app, having written nothing; once bytes were sent, a broken body aborts
+// the connection (panic http.ErrAbortHandler, as net/http's server
+// expects).
+func (rt *Route) forward(a *attempter, g *gate, r *http.Request, start time.Time) *UpstreamError {
 	fw := &forwarding{g: g}
 	fw.trace.Got1xxResponse = fw.got1xx
 	out := rt.outbound(r.WithContext(httptrace.WithClientTrace(r.Context(), &fw.trace)), r)
@@ -44,7 +45,7 @@ func (rt *Route) forward(g *gate, r *http.Request, start time.Time) *UpstreamErr
 		defer out.Body.Close()
 	}
 
-	resp, err := rt.attempt.RoundTrip(out)
+	resp, err := a.RoundTrip(out)
 	if err != nil {
 		return rt.upstreamError(r, err)
 	}

@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"net/http"
-	"net/http/httputil"
 	"strconv"
 	"sync"
 	"time"
@@ -20,9 +19,9 @@ const gateSize = 4 << 10
 // ends. Until then nothing of the response has reached the app, so an
 // upstream that fails mid-body (a reset, a body shorter than its
 // Content-Length, the route's timeout) can still be answered with the
-// proxy's own error; ReverseProxy alone would have sent the status and
-// headers already and could only cut the connection. 1xx answers pass
-// through at once.
+// proxy's own error; without it the status and headers would be sent
+// already, and only cutting the connection would be left. 1xx answers
+// pass through at once.
 type gate struct {
 	w         http.ResponseWriter
 	status    int // 0 until WriteHeader or Write
@@ -132,39 +131,6 @@ func (g *gate) failed(deadline time.Time) (o policy.Outcome, attempts int, ok bo
 		o = policy.Timeout
 	}
 	return o, attempts, true
-}
-
-// serveGated serves r through p behind a gate. When the response's body
-// fails before anything reached the app (ReverseProxy panics with
-// http.ErrAbortHandler), onFail is called with how the call ended, to
-// answer on the app's writer; once bytes were sent, the panic goes on and
-// the server cuts the connection. start is when the route's overall
-// deadline began.
-func (rt *Route) serveGated(p *httputil.ReverseProxy, w http.ResponseWriter, r *http.Request, start time.Time, onFail func(*UpstreamError)) {
-	g := newGate(w)
-	defer g.release()
-	defer func() {
-		v := recover()
-		if v == nil {
-			return
-		}
-		if v == http.ErrAbortHandler {
-			var deadline time.Time
-			if rt.pol.timeout > 0 {
-				deadline = start.Add(rt.pol.timeout)
-			}
-			if o, attempts, ok := g.failed(deadline); ok {
-				if r.Context().Err() != nil {
-					o = policy.Canceled
-				}
-				onFail(&UpstreamError{Route: rt.Name, Outcome: o, Attempts: attempts, Err: errBodyBroke})
-				return
-			}
-		}
-		panic(v)
-	}()
-	p.ServeHTTP(g, r)
-	_ = g.commit()
 }
 
 // errBodyBroke is the Err of an *UpstreamError whose upstream answer broke

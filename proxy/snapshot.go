@@ -80,10 +80,10 @@ type Route struct {
 	accessLog    bool                   // telemetry.access_log: attempts note their endpoint
 	attempt      *attempter             // the sync path's attempt loop
 	proxy        *httputil.ReverseProxy // the sync path of gRPC calls and upgrades
-	// asyncProxy is the upstream_down path of an async route: its attempt
-	// loop ends on an answer that spool_on lists, and serveAsync sets its
-	// ErrorHandler per request. nil unless the route is async.
-	asyncProxy *httputil.ReverseProxy
+	// asyncAttempt is the upstream_down path's attempt loop of an async
+	// route: it ends on an answer that spool_on lists. nil unless the
+	// route is async.
+	asyncAttempt *attempter
 }
 
 // Listener returns the listener named name, or nil.
@@ -201,7 +201,7 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 	r.attempt = &attempter{route: r}
 	r.proxy = r.newReverseProxy(r.attempt, r.proxyError(logger), errLog)
 	if r.async != nil {
-		r.asyncProxy = r.newReverseProxy(&attempter{route: r, spoolOn: r.async}, nil, errLog)
+		r.asyncAttempt = &attempter{route: r, spoolOn: r.async}
 	}
 	return r, nil
 }

@@ -18,14 +18,15 @@
 //   - Cancellation: context.AfterFunc on the request's context puts the
 //     connection's deadline in the past, which ends a blocked write or
 //     read at once. The connection is then never reused.
-//   - An idle connection the upstream closed, or wrote to: before reuse,
-//     a non-blocking peek (one recv(2) that finds nothing) checks that
-//     neither a FIN nor unsolicited bytes arrived; either makes the
-//     connection unusable, so bytes an upstream sent unasked are never
-//     taken for the answer to the next request. A request that fails on
-//     a reused connection before any byte of an answer arrived (the
-//     upstream closed it just as it was reused) is sent again once, on a
-//     new connection, when it has no body, as net/http's Transport does.
+//   - An idle connection the upstream closed, or wrote to: before the
+//     reuse of a connection idle for 100 ms or more, a non-blocking peek
+//     (one recv(2) that finds nothing) checks that neither a FIN nor
+//     unsolicited bytes arrived; either makes the connection unusable.
+//     Bytes that came with an answer, past its end, make it unusable at
+//     once. A request that fails on a reused connection before any byte
+//     of an answer arrived (the upstream closed it just as it was reused)
+//     is sent again once, on a new connection, when it has no body, as
+//     net/http's Transport does.
 //   - A request body of unknown length, or larger than the write buffer,
 //     is written by a second goroutine while the caller reads the answer,
 //     so an upstream may answer before reading all of it (and a streaming

@@ -118,6 +118,8 @@ func TestChunkedAnswerWithTrailers(t *testing.T) {
 // TestIdleConnectionClosedByUpstream: a connection the upstream closed
 // while idle is found dead before reuse; the request goes on a new one.
 func TestIdleConnectionClosedByUpstream(t *testing.T) {
+	defer func(d time.Duration) { peekAfter = d }(peekAfter)
+	peekAfter = 0 // as if the connection had been idle long enough
 	closed := make(chan struct{})
 	s := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
 		req, err := http.ReadRequest(br)
@@ -229,6 +231,8 @@ func TestStaleConnectionRetry(t *testing.T) {
 // TestUnsolicitedBytesNeverAnswer: bytes an upstream writes on an idle
 // connection are not taken for the next answer.
 func TestUnsolicitedBytesNeverAnswer(t *testing.T) {
+	defer func(d time.Duration) { peekAfter = d }(peekAfter)
+	peekAfter = 0 // as if the connection had been idle long enough
 	wrote := make(chan struct{})
 	s := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
 		for {
@@ -638,4 +642,31 @@ func mustReq(t *testing.T, url string) *http.Request {
 		t.Fatal(err)
 	}
 	return req
+}
+
+// TestBytesPastTheAnswer: bytes that come with an answer, past its end,
+// make the connection unusable even when it is reused at once (no peek).
+func TestBytesPastTheAnswer(t *testing.T) {
+	s := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			if n > 1 {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+				continue
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+		}
+	})
+	tr := &Transport{}
+	defer tr.CloseIdleConnections()
+	if _, body, err := get(t, tr, s.url("/")); err != nil || body != "ok" {
+		t.Fatalf("first: %q %v", body, err)
+	}
+	if _, body, err := get(t, tr, s.url("/")); err != nil || body != "fresh" {
+		t.Fatalf("second: %q %v, want fresh from a new connection", body, err)
+	}
 }

@@ -1,0 +1,751 @@
+package h1server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Connection states, for Shutdown (as net/http's ConnState).
+const (
+	stateNew    = iota // accepted, no byte of a request read yet
+	stateActive        // reading or serving a request
+	stateIdle          // waiting for the next request
+)
+
+// Buffer sizes. A read buffer holds a request head and what follows it in
+// the same reads; a head longer than rbufSize moves to a buffer of the
+// server's head limit. The write buffer holds a response head and, until
+// the handler returns or flushes, up to pendingMax bytes of its body: a
+// body that fits gets a Content-Length, a longer one is chunked.
+const (
+	rbufSize   = 4 << 10
+	wbufSize   = 8 << 10
+	pendingMax = 4 << 10
+	// reserve is the room left between a response's header fields and
+	// its body for the framing fields, which are known only once the
+	// body is (see response.commit).
+	reserve = 256
+)
+
+var (
+	rbufPool = sync.Pool{New: func() any { return new([rbufSize]byte) }}
+	wbufPool = sync.Pool{New: func() any { return new([wbufSize]byte) }}
+)
+
+// watchDelay is how long a request must have been in flight, its body
+// read, before the server starts watching its connection for the client
+// going away (see conn.armWatch).
+const watchDelay = 5 * time.Millisecond
+
+// aLongTimeAgo is a deadline in the past: setting it wakes a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// tap is a connection that watches the bytes read through it:
+// internal/h1guard's *Conn. The server reads the socket beneath it
+// (NetConn) and hands it the bytes (Feed).
+type tap interface {
+	NetConn() net.Conn
+	Feed([]byte)
+}
+
+// testHookIdle, when set by a test, is called each time a connection
+// starts waiting for its next request.
+var testHookIdle func(c *conn)
+
+// conn is one client connection, served by one goroutine (serve). The
+// fields without a comment belong to that goroutine, or, while a handler
+// runs, to whichever goroutine reads the request body (under its mutex).
+type conn struct {
+	srv        *Server
+	rwc        net.Conn // as accepted
+	ctx        context.Context
+	remoteAddr string
+
+	// raw is the socket beneath rwc, read directly; nil if it has none,
+	// and then the connection is read through rwc, holding a buffer while
+	// idle, and has no disconnect watcher. feed is rwc's, if it is a tap.
+	raw    syscall.RawConn
+	feed   func([]byte)
+	readFn func(uintptr) bool // c.readSock's function, made once
+	idleFn func(uintptr) bool // c.readIdle's
+	// readFn's and idleFn's argument and results.
+	rdst    []byte
+	rn      int
+	rerrno  error
+	idleTry bool // idleFn only tries: it does not wait
+
+	// The read buffer: rb[rp:rw] is read and not consumed. nil while
+	// idle with nothing buffered.
+	rb     []byte
+	rp, rw int
+	rerr   error // sticky read error
+	// headDL is set while a head deadline (ReadHeaderTimeout or
+	// IdleTimeout) is in force on the socket.
+	headDL bool
+	// The handler set a deadline: reset before the next request.
+	hdlReadDL, hdlWriteDL atomic.Bool
+
+	// The write buffer: wb[ws:wn] is waiting to be written. nil while
+	// idle.
+	wb     []byte
+	ws, wn int
+	werr   error
+
+	lastMethod string
+	hs         headScan
+
+	state atomic.Uint64 // unix seconds << 8 | state
+
+	mu       sync.Mutex // guards hijacked and handedOff
+	hijacked bool
+
+	// The disconnect watcher (see armWatch).
+	wmu      sync.Mutex
+	wstate   int
+	wcur     *response // the request in flight; nil between requests
+	wtimer   *time.Timer
+	wdone    chan struct{}
+	waborted bool
+	peekFn   func(uintptr) bool
+	pbuf     [1]byte
+	pn       int
+	perr     error
+}
+
+func newConn(s *Server, rwc net.Conn, ctx context.Context) *conn {
+	c := &conn{srv: s, rwc: rwc, ctx: ctx}
+	if ra := rwc.RemoteAddr(); ra != nil {
+		c.remoteAddr = ra.String()
+	}
+	inner := rwc
+	var feed func([]byte)
+	if t, ok := rwc.(tap); ok {
+		inner, feed = t.NetConn(), t.Feed
+	}
+	if sc, ok := inner.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw, c.feed = raw, feed
+			c.readFn = c.doRead
+			c.idleFn = c.doIdleRead
+			c.peekFn = c.doPeek
+		}
+	}
+	c.setState(stateNew)
+	return c
+}
+
+func (c *conn) setState(st int) {
+	c.state.Store(uint64(time.Now().Unix())<<8 | uint64(st))
+}
+
+func (c *conn) getState() (int, int64) {
+	v := c.state.Load()
+	return int(v & 0xff), int64(v >> 8)
+}
+
+// errHandedOff ends serve for a connection given to Server.HandOff.
+var errHandedOff = errors.New("h1server: connection handed off")
+
+// serve reads requests off the connection and serves them in order until
+// the connection closes, fails, is hijacked or handed off.
+func (c *conn) serve() {
+	var inFlight *response
+	defer func() {
+		if p := recover(); p != nil && p != http.ErrAbortHandler {
+			const size = 64 << 10
+			buf := make([]byte, size)
+			buf = buf[:runtime.Stack(buf, false)]
+			c.srv.logf("http: panic serving %v: %v\n%s", c.remoteAddr, p, buf)
+		}
+		if inFlight != nil {
+			inFlight.cancel()
+			inFlight.disableWriteContinue()
+		}
+		c.mu.Lock()
+		gone := c.hijacked
+		c.mu.Unlock()
+		if gone {
+			return
+		}
+		if inFlight != nil {
+			c.stopWatch()
+			if inFlight.body != nil {
+				inFlight.body.Close()
+			}
+		}
+		c.close()
+	}()
+
+	if d := c.srv.ReadHeaderTimeout; d > 0 {
+		c.rwc.SetReadDeadline(time.Now().Add(d))
+		c.headDL = true
+	}
+	first := true
+	for {
+		w, err := c.readRequest(first)
+		if err == errHandedOff {
+			return
+		}
+		if c.rp != 0 || c.rw != 0 || w != nil {
+			c.setState(stateActive)
+		}
+		if c.srv.shuttingDown() {
+			return
+		}
+		if err != nil {
+			c.replyError(err)
+			return
+		}
+		first = false
+		req := w.req
+
+		if hasToken(req.Header.Get("Expect"), "100-continue") {
+			if req.ProtoAtLeast(1, 1) && req.ContentLength != 0 && w.body != nil {
+				w.body.expect = true
+				w.canWriteContinue.Store(true)
+			}
+		} else if req.Header.Get("Expect") != "" {
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusExpectationFailed)
+			w.finishRequest()
+			return
+		}
+
+		c.wmu.Lock()
+		c.wcur = w
+		c.wmu.Unlock()
+		if w.body == nil {
+			c.armWatch(w)
+		}
+		inFlight = w
+		if req.Method == "OPTIONS" && req.RequestURI == "*" {
+			optionsStar(w, req)
+		} else {
+			c.srv.Handler.ServeHTTP(w, req)
+		}
+		inFlight = nil
+		w.cancel()
+		c.mu.Lock()
+		gone := c.hijacked
+		c.mu.Unlock()
+		if gone {
+			return
+		}
+		w.finishRequest()
+		if !w.shouldReuseConnection() {
+			if w.requestBodyLimitHit || (w.body != nil && w.body.earlyClosed()) {
+				c.closeWriteAndWait()
+			}
+			return
+		}
+		c.releaseWbuf()
+		c.setState(stateIdle)
+		if c.srv.shuttingDown() {
+			return
+		}
+		c.srv.notifyChanged()
+	}
+}
+
+// optionsStar answers "OPTIONS *" as net/http's server does, whose
+// handler never sees it.
+func optionsStar(w *response, r *http.Request) {
+	w.Header().Set("Content-Length", "0")
+	if r.ContentLength != 0 {
+		// Up to 4 KiB of body is read; beyond that the connection closes.
+		n, _ := io.Copy(io.Discard, io.LimitReader(r.Body, 4<<10+1))
+		if n > 4<<10 {
+			w.requestTooLarge()
+		}
+	}
+}
+
+// close releases the connection's buffers and closes it.
+func (c *conn) close() {
+	if c.ws < c.wn && c.werr == nil {
+		c.flush()
+	}
+	c.releaseWbuf()
+	c.releaseRbuf()
+	c.rwc.Close()
+	c.srv.trackConn(c, false)
+}
+
+// closeWriteAndWait sends FIN and, rather than closing at once (which
+// would make the kernel answer the client's unread bytes with RST, which
+// can destroy the answer before the client reads it), reads and discards
+// what the client still sends for up to 500 ms, as net/http waits.
+func (c *conn) closeWriteAndWait() {
+	if c.ws < c.wn && c.werr == nil {
+		c.flush()
+	}
+	if cw, ok := c.rwc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.rwc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if c.rb == nil {
+		c.getRbuf()
+	}
+	for total := 0; total < 256<<10; {
+		n, err := c.sockRead(c.rb)
+		total += n
+		if err != nil {
+			break
+		}
+	}
+}
+
+// Errors of a request head, answered as net/http answers them.
+var (
+	errTooLarge   = errors.New("h1server: request head too large")
+	errBadRequest = errors.New("h1server: malformed request")
+	errSilent     = errors.New("h1server: connection ended before a request")
+	errUnsupTE    = errors.New("h1server: unsupported transfer encoding")
+)
+
+// statusError is answered with its code and text.
+type statusError struct {
+	code int
+	text string
+}
+
+func (e statusError) Error() string { return http.StatusText(e.code) + ": " + e.text }
+
+const errorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+// replyError answers a request the server refuses itself, as net/http's
+// server does (same status, text and headers), and leaves the connection
+// to be closed.
+func (c *conn) replyError(err error) {
+	var msg string
+	switch err {
+	case errSilent:
+		return
+	case errTooLarge:
+		const publicErr = "431 Request Header Fields Too Large"
+		msg = "HTTP/1.1 " + publicErr + errorHeaders + publicErr
+	case errUnsupTE:
+		msg = "HTTP/1.1 501 Not Implemented" + errorHeaders + "Unsupported transfer encoding"
+	default:
+		if se, ok := err.(statusError); ok {
+			line := itoa3(se.code) + " " + http.StatusText(se.code) + ": " + se.text
+			msg = "HTTP/1.1 " + line + errorHeaders + line
+		} else {
+			const publicErr = "400 Bad Request"
+			msg = "HTTP/1.1 " + publicErr + errorHeaders + publicErr
+		}
+	}
+	c.rwc.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, werr := io.WriteString(c.rwc, msg); werr != nil {
+		return
+	}
+	c.closeWriteAndWait()
+}
+
+func itoa3(code int) string {
+	return string([]byte{byte('0' + code/100%10), byte('0' + code/10%10), byte('0' + code%10)})
+}
+
+// ---- reading ----
+
+func (c *conn) getRbuf() {
+	c.rb = rbufPool.Get().(*[rbufSize]byte)[:]
+	c.rp, c.rw = 0, 0
+}
+
+func (c *conn) releaseRbuf() {
+	if c.rb != nil && len(c.rb) == rbufSize {
+		rbufPool.Put((*[rbufSize]byte)(c.rb))
+	}
+	c.rb = nil
+	c.rp, c.rw = 0, 0
+}
+
+func (c *conn) buffered() int { return c.rw - c.rp }
+
+// doRead is c.readFn: one read(2) into c.rdst; false to wait for the
+// socket to become readable.
+func (c *conn) doRead(fd uintptr) bool {
+	for {
+		n, err := syscall.Read(int(fd), c.rdst)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == syscall.EAGAIN {
+			return false
+		}
+		c.rn, c.rerrno = n, err
+		return true
+	}
+}
+
+// sockRead reads once from the socket into p (len(p) > 0), waiting for
+// bytes if there are none; io.EOF when the client closed.
+func (c *conn) sockRead(p []byte) (int, error) {
+	if c.raw == nil {
+		return c.rwc.Read(p)
+	}
+	c.rdst = p
+	err := c.raw.Read(c.readFn)
+	n, errno := c.rn, c.rerrno
+	c.rdst, c.rn, c.rerrno = nil, 0, nil
+	return c.readResult(p, n, errno, err)
+}
+
+func (c *conn) readResult(p []byte, n int, errno, err error) (int, error) {
+	if err == nil && errno != nil {
+		err = &net.OpError{Op: "read", Net: "tcp", Source: c.rwc.LocalAddr(), Addr: c.rwc.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n <= 0 {
+		return 0, io.EOF
+	}
+	if c.feed != nil {
+		c.feed(p[:n])
+	}
+	return n, nil
+}
+
+// fill reads once more into the read buffer, after what it holds.
+func (c *conn) fill() error {
+	if c.rerr != nil {
+		return c.rerr
+	}
+	if c.rb == nil {
+		c.getRbuf()
+	}
+	if c.rp == c.rw {
+		c.rp, c.rw = 0, 0
+	} else if c.rw == len(c.rb) && c.rp > 0 {
+		c.rw = copy(c.rb, c.rb[c.rp:c.rw])
+		c.rp = 0
+	}
+	if c.rw == len(c.rb) {
+		return bufio.ErrBufferFull
+	}
+	n, err := c.sockRead(c.rb[c.rw:])
+	c.rw += n
+	if err != nil {
+		c.rerr = err
+	}
+	return err
+}
+
+// bufRead is bufio.Reader.Read on the read buffer: buffered bytes if
+// there are any, else one read of the socket, into p directly when p is
+// at least a buffer long.
+func (c *conn) bufRead(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if c.rp == c.rw {
+		if c.rerr != nil {
+			return 0, c.rerr
+		}
+		if c.rb == nil || len(p) >= len(c.rb) {
+			n, err := c.sockRead(p)
+			if err != nil {
+				c.rerr = err
+			}
+			return n, err
+		}
+		if err := c.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, c.rb[c.rp:c.rw])
+	c.rp += n
+	return n, nil
+}
+
+// doIdleRead is c.idleFn: it takes a read buffer only once the socket
+// has bytes, so that a connection waiting for its next request holds
+// none. Go's poller is edge-triggered, but records an edge that arrives
+// while nobody waits: a read that finds nothing (EAGAIN) returns the
+// buffer and waits for the next edge, and no byte that arrived in
+// between is missed.
+func (c *conn) doIdleRead(fd uintptr) bool {
+	if c.rb == nil {
+		c.rb = rbufPool.Get().(*[rbufSize]byte)[:]
+	}
+	for {
+		n, err := syscall.Read(int(fd), c.rb)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == syscall.EAGAIN {
+			rbufPool.Put((*[rbufSize]byte)(c.rb))
+			c.rb = nil
+			c.rn, c.rerrno = 0, err
+			return c.idleTry
+		}
+		c.rn, c.rerrno = n, err
+		return true
+	}
+}
+
+// waitRequest waits for the first bytes of the next request, holding no
+// buffer meanwhile, within timeout (zero: none) from now.
+func (c *conn) waitRequest(timeout time.Duration) error {
+	if c.rerr != nil {
+		return c.rerr
+	}
+	if c.raw == nil {
+		if timeout > 0 {
+			c.rwc.SetReadDeadline(time.Now().Add(timeout))
+			c.headDL = true
+		}
+		return c.fill()
+	}
+	c.releaseRbuf()
+	// One try first: under load the next request is often there already,
+	// and then no deadline needs setting.
+	c.idleTry = true
+	err := c.raw.Read(c.idleFn)
+	c.idleTry = false
+	if err == nil && c.rerrno == syscall.EAGAIN {
+		if timeout > 0 {
+			c.rwc.SetReadDeadline(time.Now().Add(timeout))
+			c.headDL = true
+		}
+		if h := testHookIdle; h != nil {
+			h(c)
+		}
+		err = c.raw.Read(c.idleFn)
+	}
+	n, errno := c.rn, c.rerrno
+	c.rn, c.rerrno = 0, nil
+	if c.rb == nil {
+		c.getRbuf() // an error: readResult needs no bytes
+	}
+	n, err = c.readResult(c.rb, n, errno, err)
+	c.rp, c.rw = 0, n
+	if err != nil {
+		c.rerr = err
+	}
+	return err
+}
+
+// ---- the disconnect watcher ----
+//
+// net/http learns that a client went away by keeping a read of one byte
+// pending in a goroutine of its own while every handler runs, started
+// per request. That costs a goroutine start, a read syscall that finds
+// nothing (EAGAIN) and two deadline changes per request. The watcher
+// here starts only once a request has been in flight for watchDelay with
+// its body read (until then a disconnect shows as a failed body read),
+// from a timer the connection keeps; it peeks (MSG_PEEK) rather than
+// reads, so that a pipelined next request stays in the socket. A request
+// shorter than watchDelay never starts it: a client that goes away is
+// noticed up to watchDelay late (see docs/operations.md).
+
+const (
+	watchOff = iota
+	watchArmed
+	watchRunning
+)
+
+// armWatch arms the watcher for w, once its body is read (or it has
+// none), if w is still in flight.
+func (c *conn) armWatch(w *response) {
+	if c.raw == nil {
+		return
+	}
+	c.wmu.Lock()
+	if c.wcur == w && c.wstate == watchOff && !w.watched {
+		w.watched = true
+		c.wstate = watchArmed
+		if c.wtimer == nil {
+			c.wtimer = time.AfterFunc(watchDelay, c.watch)
+		} else {
+			c.wtimer.Reset(watchDelay)
+		}
+	}
+	c.wmu.Unlock()
+}
+
+// watch runs on the timer's goroutine: it waits for the socket to have
+// something to say, and cancels the request if that is its end.
+func (c *conn) watch() {
+	c.wmu.Lock()
+	if c.wstate != watchArmed || c.wcur == nil {
+		c.wmu.Unlock()
+		return
+	}
+	c.wstate = watchRunning
+	w := c.wcur
+	done := make(chan struct{})
+	c.wdone = done
+	c.wmu.Unlock()
+
+	err := c.raw.Read(c.peekFn)
+	n, errno := c.pn, c.perr
+
+	c.wmu.Lock()
+	aborted := c.waborted
+	c.wstate = watchOff
+	c.wdone = nil
+	c.wmu.Unlock()
+	close(done)
+	// Bytes waiting (a pipelined request) say nothing of the client: stop
+	// watching, as net/http does. The end of the stream or an error is
+	// the client gone.
+	if !aborted && (err != nil || errno != nil || n == 0) {
+		w.cancel()
+	}
+}
+
+// doPeek is c.peekFn.
+func (c *conn) doPeek(fd uintptr) bool {
+	for {
+		n, _, err := syscall.Recvfrom(int(fd), c.pbuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == syscall.EAGAIN {
+			return false
+		}
+		c.pn, c.perr = n, err
+		return true
+	}
+}
+
+// stopWatch ends the watch of the request in flight, waiting for a
+// running watcher to return; the socket's read deadline is then cleared.
+func (c *conn) stopWatch() {
+	c.wmu.Lock()
+	c.wcur = nil
+	switch c.wstate {
+	case watchArmed:
+		c.wtimer.Stop()
+		c.wstate = watchOff
+	case watchRunning:
+		c.waborted = true
+		done := c.wdone
+		c.wmu.Unlock()
+		c.rwc.SetReadDeadline(aLongTimeAgo)
+		<-done
+		c.rwc.SetReadDeadline(time.Time{})
+		c.wmu.Lock()
+		c.waborted = false
+	}
+	c.wmu.Unlock()
+}
+
+// ---- writing ----
+
+func (c *conn) getWbuf() {
+	if c.wb == nil {
+		c.wb = wbufPool.Get().(*[wbufSize]byte)[:]
+		c.ws, c.wn = 0, 0
+	}
+}
+
+func (c *conn) releaseWbuf() {
+	if c.wb != nil && len(c.wb) == wbufSize {
+		wbufPool.Put((*[wbufSize]byte)(c.wb))
+	}
+	c.wb = nil
+	c.ws, c.wn = 0, 0
+}
+
+// flush writes what the write buffer holds. A failed write is sticky:
+// the connection is closed, and the request in flight canceled, as
+// net/http does.
+func (c *conn) flush() error {
+	if c.werr != nil {
+		return c.werr
+	}
+	if c.ws < c.wn {
+		_, err := c.rwc.Write(c.wb[c.ws:c.wn])
+		if err != nil {
+			c.writeFailed(err)
+			return err
+		}
+	}
+	c.ws, c.wn = 0, 0
+	return nil
+}
+
+// writeDirect writes p straight to the socket (after what is buffered).
+func (c *conn) writeDirect(p []byte) error {
+	if err := c.flush(); err != nil {
+		return err
+	}
+	if _, err := c.rwc.Write(p); err != nil {
+		c.writeFailed(err)
+		return err
+	}
+	return nil
+}
+
+func (c *conn) writeFailed(err error) {
+	c.werr = err
+	c.ws, c.wn = 0, 0
+	c.wmu.Lock()
+	w := c.wcur
+	c.wmu.Unlock()
+	if w != nil {
+		w.cancel()
+	}
+	c.rwc.Close()
+}
+
+// ensureW makes room for n more bytes in the write buffer, flushing it or
+// growing it.
+func (c *conn) ensureW(n int) error {
+	if c.wn+n <= len(c.wb) {
+		return nil
+	}
+	if err := c.flush(); err != nil {
+		return err
+	}
+	if n > len(c.wb) {
+		c.wb = make([]byte, n)
+	}
+	return nil
+}
+
+// ---- hijack ----
+
+// hijack takes the connection away from the server for w's handler.
+func (c *conn) hijack(w *response) (net.Conn, *bufio.ReadWriter, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hijacked {
+		return nil, nil, http.ErrHijacked
+	}
+	c.stopWatch()
+	if w.body != nil {
+		w.body.hijack()
+	}
+	c.hijacked = true
+	c.rwc.SetDeadline(time.Time{})
+	var br *bufio.Reader
+	if n := c.buffered(); n > 0 {
+		// The bytes read ahead come first, buffered as in net/http's
+		// hijack, so that Buffered reports them.
+		left := bytes.Clone(c.rb[c.rp:c.rw])
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(left), c.rwc), max(n, 4096))
+		br.Peek(n)
+	} else {
+		br = bufio.NewReader(c.rwc)
+	}
+	c.releaseRbuf()
+	c.releaseWbuf()
+	c.srv.trackConn(c, false)
+	return c.rwc, bufio.NewReadWriter(br, bufio.NewWriter(c.rwc)), nil
+}

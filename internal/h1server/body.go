@@ -87,7 +87,9 @@ func (b *body) readLocked(p []byte) (int, error) {
 		}
 	} else {
 		n, err = b.readCL(p)
-		if err == io.EOF {
+		// A body cut short ends too (net/http's reader sees EOF either
+		// way); the connection, at its end, is not reused.
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			b.sawEOF = true
 		}
 	}

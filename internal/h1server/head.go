@@ -224,6 +224,9 @@ func (c *conn) readRequest(first bool) (*response, error) {
 			return nil, errSilent
 		}
 	}
+	if h.end > limit {
+		return nil, errTooLarge
+	}
 	if c.headDL {
 		c.rwc.SetReadDeadline(time.Time{})
 		c.headDL = false
@@ -280,7 +283,15 @@ func (c *conn) buildRequest(head []byte) (*response, error) {
 		}
 		// Its body reader would read the head's copy: framed anew below.
 		r.Body = nil
-		rq = *r //nolint:govet // a fresh request, copied once
+		rq = *r
+		// http.ReadRequest drops the Host fields, which the checks below
+		// need: read them again.
+		_, fields, _ := bytes.Cut(head, []byte{'\n'})
+		if mh, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(fields))).ReadMIMEHeader(); err == nil {
+			if hv, ok := mh["Host"]; ok {
+				rq.Header["Host"] = hv
+			}
+		}
 	} else if err := c.plainRequest(head, x, req); err != nil {
 		return nil, err
 	}

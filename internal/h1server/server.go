@@ -99,6 +99,19 @@ func (s *Server) Serve(l net.Listener) error {
 		return http.ErrServerClosed
 	}
 	defer s.trackListener(&l, false)
+	// Requests carry an *http.Server under http.ServerContextKey, as
+	// net/http's do, for the code that looks there: ReverseProxy only
+	// aborts a response whose upstream body broke off (panicking with
+	// http.ErrAbortHandler, so that the connection is cut rather than
+	// the response silently truncated) when it finds one, and
+	// h1guard.ConnContext reads MaxHeaderBytes from it. It is a
+	// description of this server, never served.
+	base := context.WithValue(context.Background(), http.ServerContextKey, &http.Server{
+		MaxHeaderBytes:    s.maxHeaderBytes(),
+		ReadHeaderTimeout: s.ReadHeaderTimeout,
+		IdleTimeout:       s.IdleTimeout,
+		ErrorLog:          s.ErrorLog,
+	})
 	var tempDelay time.Duration
 	for {
 		rw, err := l.Accept()
@@ -121,7 +134,7 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		tempDelay = 0
-		ctx := context.Background()
+		ctx := base
 		if s.ConnContext != nil {
 			ctx = s.ConnContext(ctx, rw)
 		}

@@ -432,7 +432,9 @@ func (c *conn) plainRequest(head []byte, x *exchange, req *http.Request) error {
 	chunked := false
 	if te, ok := hdr["Transfer-Encoding"]; ok {
 		delete(hdr, "Transfer-Encoding")
-		if req.ProtoAtLeast(1, 1) {
+		// HTTP/1.0 requests' Transfer-Encoding is ignored; net/http's
+		// transfer code reads HTTP/0.0 as 1.1.
+		if req.ProtoAtLeast(1, 1) || req.ProtoMajor == 0 && req.ProtoMinor == 0 {
 			if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
 				return errUnsupTE
 			}

@@ -43,11 +43,6 @@ var (
 	wbufPool = sync.Pool{New: func() any { return new([wbufSize]byte) }}
 )
 
-// watchDelay is how long a request must have been in flight, its body
-// read, before the server starts watching its connection for the client
-// going away (see conn.armWatch).
-const watchDelay = 5 * time.Millisecond
-
 // aLongTimeAgo is a deadline in the past: setting it wakes a blocked read.
 var aLongTimeAgo = time.Unix(1, 0)
 
@@ -84,6 +79,7 @@ type conn struct {
 	rn      int
 	rerrno  error
 	idleTry bool // idleFn only tries: it does not wait
+	again   bool // idleFn found nothing to read
 
 	// The read buffer: rb[rp:rw] is read and not consumed. nil while
 	// idle with nothing buffered.
@@ -110,17 +106,11 @@ type conn struct {
 	mu       sync.Mutex // guards hijacked and handedOff
 	hijacked bool
 
-	// The disconnect watcher (see armWatch).
-	wmu      sync.Mutex
-	wstate   int
-	wcur     *response // the request in flight; nil between requests
-	wtimer   *time.Timer
-	wdone    chan struct{}
-	waborted bool
-	peekFn   func(uintptr) bool
-	pbuf     [1]byte
-	pn       int
-	perr     error
+	// cur is the request in flight; nil between requests.
+	cur atomic.Pointer[response]
+	// watch is the connection's part of the disconnect watcher (see
+	// armWatch, in watch_*.go).
+	watch connWatch
 }
 
 func newConn(s *Server, rwc net.Conn, ctx context.Context) *conn {
@@ -133,14 +123,7 @@ func newConn(s *Server, rwc net.Conn, ctx context.Context) *conn {
 	if t, ok := rwc.(tap); ok {
 		inner, feed = t.NetConn(), t.Feed
 	}
-	if sc, ok := inner.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			c.raw, c.feed = raw, feed
-			c.readFn = c.doRead
-			c.idleFn = c.doIdleRead
-			c.peekFn = c.doPeek
-		}
-	}
+	c.initRaw(inner, feed)
 	c.setState(stateNew)
 	return c
 }
@@ -187,6 +170,7 @@ func (c *conn) serve() {
 		c.close()
 	}()
 
+	c.watchStart()
 	if d := c.srv.ReadHeaderTimeout; d > 0 {
 		c.rwc.SetReadDeadline(time.Now().Add(d))
 		c.headDL = true
@@ -222,9 +206,7 @@ func (c *conn) serve() {
 			return
 		}
 
-		c.wmu.Lock()
-		c.wcur = w
-		c.wmu.Unlock()
+		c.cur.Store(w)
 		if w.body == nil {
 			c.armWatch(w)
 		}
@@ -243,6 +225,7 @@ func (c *conn) serve() {
 			return
 		}
 		w.finishRequest()
+		c.cur.Store(nil)
 		if !w.shouldReuseConnection() {
 			if w.requestBodyLimitHit || (w.body != nil && w.body.earlyClosed()) {
 				c.closeWriteAndWait()
@@ -278,6 +261,7 @@ func (c *conn) close() {
 	}
 	c.releaseWbuf()
 	c.releaseRbuf()
+	c.watchEnd(false)
 	c.rwc.Close()
 	c.srv.trackConn(c, false)
 }
@@ -374,22 +358,6 @@ func (c *conn) releaseRbuf() {
 
 func (c *conn) buffered() int { return c.rw - c.rp }
 
-// doRead is c.readFn: one read(2) into c.rdst; false to wait for the
-// socket to become readable.
-func (c *conn) doRead(fd uintptr) bool {
-	for {
-		n, err := syscall.Read(int(fd), c.rdst)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err == syscall.EAGAIN {
-			return false
-		}
-		c.rn, c.rerrno = n, err
-		return true
-	}
-}
-
 // sockRead reads once from the socket into p (len(p) > 0), waiting for
 // bytes if there are none; io.EOF when the client closed.
 func (c *conn) sockRead(p []byte) (int, error) {
@@ -471,32 +439,6 @@ func (c *conn) bufRead(p []byte) (int, error) {
 	return n, nil
 }
 
-// doIdleRead is c.idleFn: it takes a read buffer only once the socket
-// has bytes, so that a connection waiting for its next request holds
-// none. Go's poller is edge-triggered, but records an edge that arrives
-// while nobody waits: a read that finds nothing (EAGAIN) returns the
-// buffer and waits for the next edge, and no byte that arrived in
-// between is missed.
-func (c *conn) doIdleRead(fd uintptr) bool {
-	if c.rb == nil {
-		c.rb = rbufPool.Get().(*[rbufSize]byte)[:]
-	}
-	for {
-		n, err := syscall.Read(int(fd), c.rb)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err == syscall.EAGAIN {
-			rbufPool.Put((*[rbufSize]byte)(c.rb))
-			c.rb = nil
-			c.rn, c.rerrno = 0, err
-			return c.idleTry
-		}
-		c.rn, c.rerrno = n, err
-		return true
-	}
-}
-
 // waitRequest waits for the first bytes of the next request, holding no
 // buffer meanwhile, within timeout (zero: none) from now.
 func (c *conn) waitRequest(timeout time.Duration) error {
@@ -516,7 +458,7 @@ func (c *conn) waitRequest(timeout time.Duration) error {
 	c.idleTry = true
 	err := c.raw.Read(c.idleFn)
 	c.idleTry = false
-	if err == nil && c.rerrno == syscall.EAGAIN {
+	if err == nil && c.again {
 		if timeout > 0 {
 			c.rwc.SetReadDeadline(time.Now().Add(timeout))
 			c.headDL = true
@@ -537,112 +479,6 @@ func (c *conn) waitRequest(timeout time.Duration) error {
 		c.rerr = err
 	}
 	return err
-}
-
-// ---- the disconnect watcher ----
-//
-// net/http learns that a client went away by keeping a read of one byte
-// pending in a goroutine of its own while every handler runs, started
-// per request. That costs a goroutine start, a read syscall that finds
-// nothing (EAGAIN) and two deadline changes per request. The watcher
-// here starts only once a request has been in flight for watchDelay with
-// its body read (until then a disconnect shows as a failed body read),
-// from a timer the connection keeps; it peeks (MSG_PEEK) rather than
-// reads, so that a pipelined next request stays in the socket. A request
-// shorter than watchDelay never starts it: a client that goes away is
-// noticed up to watchDelay late (see docs/operations.md).
-
-const (
-	watchOff = iota
-	watchArmed
-	watchRunning
-)
-
-// armWatch arms the watcher for w, once its body is read (or it has
-// none), if w is still in flight.
-func (c *conn) armWatch(w *response) {
-	if c.raw == nil {
-		return
-	}
-	c.wmu.Lock()
-	if c.wcur == w && c.wstate == watchOff && !w.watched {
-		w.watched = true
-		c.wstate = watchArmed
-		if c.wtimer == nil {
-			c.wtimer = time.AfterFunc(watchDelay, c.watch)
-		} else {
-			c.wtimer.Reset(watchDelay)
-		}
-	}
-	c.wmu.Unlock()
-}
-
-// watch runs on the timer's goroutine: it waits for the socket to have
-// something to say, and cancels the request if that is its end.
-func (c *conn) watch() {
-	c.wmu.Lock()
-	if c.wstate != watchArmed || c.wcur == nil {
-		c.wmu.Unlock()
-		return
-	}
-	c.wstate = watchRunning
-	w := c.wcur
-	done := make(chan struct{})
-	c.wdone = done
-	c.wmu.Unlock()
-
-	err := c.raw.Read(c.peekFn)
-	n, errno := c.pn, c.perr
-
-	c.wmu.Lock()
-	aborted := c.waborted
-	c.wstate = watchOff
-	c.wdone = nil
-	c.wmu.Unlock()
-	close(done)
-	// Bytes waiting (a pipelined request) say nothing of the client: stop
-	// watching, as net/http does. The end of the stream or an error is
-	// the client gone.
-	if !aborted && (err != nil || errno != nil || n == 0) {
-		w.cancel()
-	}
-}
-
-// doPeek is c.peekFn.
-func (c *conn) doPeek(fd uintptr) bool {
-	for {
-		n, _, err := syscall.Recvfrom(int(fd), c.pbuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err == syscall.EAGAIN {
-			return false
-		}
-		c.pn, c.perr = n, err
-		return true
-	}
-}
-
-// stopWatch ends the watch of the request in flight, waiting for a
-// running watcher to return; the socket's read deadline is then cleared.
-func (c *conn) stopWatch() {
-	c.wmu.Lock()
-	c.wcur = nil
-	switch c.wstate {
-	case watchArmed:
-		c.wtimer.Stop()
-		c.wstate = watchOff
-	case watchRunning:
-		c.waborted = true
-		done := c.wdone
-		c.wmu.Unlock()
-		c.rwc.SetReadDeadline(aLongTimeAgo)
-		<-done
-		c.rwc.SetReadDeadline(time.Time{})
-		c.wmu.Lock()
-		c.waborted = false
-	}
-	c.wmu.Unlock()
 }
 
 // ---- writing ----
@@ -695,10 +531,7 @@ func (c *conn) writeDirect(p []byte) error {
 func (c *conn) writeFailed(err error) {
 	c.werr = err
 	c.ws, c.wn = 0, 0
-	c.wmu.Lock()
-	w := c.wcur
-	c.wmu.Unlock()
-	if w != nil {
+	if w := c.cur.Load(); w != nil {
 		w.cancel()
 	}
 	c.rwc.Close()
@@ -729,6 +562,7 @@ func (c *conn) hijack(w *response) (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, http.ErrHijacked
 	}
 	c.stopWatch()
+	c.watchEnd(true)
 	if w.body != nil {
 		w.body.hijack()
 	}

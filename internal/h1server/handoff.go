@@ -13,6 +13,7 @@ func (c *conn) handOff() error {
 	c.mu.Lock()
 	c.hijacked = true // serve's end leaves it open
 	c.mu.Unlock()
+	c.watchEnd(true)
 	rc := &replayConn{Conn: c.rwc, buf: bytes.Clone(c.rb[c.rp:c.rw])}
 	c.releaseRbuf()
 	c.releaseWbuf()

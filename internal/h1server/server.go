@@ -59,6 +59,8 @@ type Server struct {
 	// idle or away, so that Shutdown looks again without waiting for
 	// its next poll.
 	changed chan struct{}
+	// watch is the disconnect watcher (see watch_linux.go).
+	watch *watcher
 }
 
 func (s *Server) maxHeaderBytes() int {
@@ -152,6 +154,7 @@ func (s *Server) Serve(l net.Listener) error {
 // are left alone.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.inShutdown.Store(true)
+	s.watchShutdown()
 	s.mu.Lock()
 	lnerr := s.closeListenersLocked()
 	if s.changed == nil {
@@ -189,6 +192,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // flight or not, as http.Server.Close does.
 func (s *Server) Close() error {
 	s.inShutdown.Store(true)
+	s.watchShutdown()
 	s.mu.Lock()
 	err := s.closeListenersLocked()
 	s.mu.Unlock()
@@ -197,6 +201,11 @@ func (s *Server) Close() error {
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		c.rwc.Close()
+		// Its own close is no event to the watcher: cancel the request
+		// in flight, as net/http's pending read, failing, does.
+		if w := c.cur.Load(); w != nil {
+			w.cancel()
+		}
 		delete(s.conns, c)
 	}
 	return err

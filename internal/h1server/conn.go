@@ -140,11 +140,37 @@ func (c *conn) getState() (int, int64) {
 // errHandedOff ends serve for a connection given to Server.HandOff.
 var errHandedOff = errors.New("h1server: connection handed off")
 
-// serve reads requests off the connection and serves them in order until
-// the connection closes, fails, is hijacked or handed off.
+// serve serves the connection, from its accept.
 func (c *conn) serve() {
+	c.watchStart()
+	if d := c.srv.ReadHeaderTimeout; d > 0 {
+		c.rwc.SetReadDeadline(time.Now().Add(d))
+		c.headDL = true
+	}
+	c.run(true)
+}
+
+// run reads requests off the connection and serves them in order until
+// the connection closes, fails, is hijacked or handed off, or, between
+// two requests, finds nothing to read: then the wait for the next
+// request goes on on a new goroutine (waitIdle), and run returns.
+//
+// That is for the memory of idle connections. A goroutine's stack grows
+// while it serves a request through the proxy (to 16 or 32 KiB), and the
+// runtime shrinks it only at garbage collections, by half each time, so
+// an idle connection would hold the stack of its last request for a
+// while. A new goroutine starts with a small stack (the runtime sizes
+// new stacks by the average use it sees, which idle connections keep
+// low), and the old one's returns to the runtime's cache for the next
+// request. It costs a goroutine start per request that finds the
+// connection empty, and the growth of the next request's stack.
+func (c *conn) run(first bool) {
+	moved := false
 	var inFlight *response
 	defer func() {
+		if moved {
+			return
+		}
 		if p := recover(); p != nil && p != http.ErrAbortHandler {
 			const size = 64 << 10
 			buf := make([]byte, size)
@@ -170,13 +196,15 @@ func (c *conn) serve() {
 		c.close()
 	}()
 
-	c.watchStart()
-	if d := c.srv.ReadHeaderTimeout; d > 0 {
-		c.rwc.SetReadDeadline(time.Now().Add(d))
-		c.headDL = true
-	}
-	first := true
 	for {
+		if !first && c.raw != nil && c.buffered() == 0 && c.rerr == nil && !c.hdlReadDL.Load() {
+			c.releaseRbuf()
+			if c.tryRead() {
+				moved = true
+				go c.waitIdle()
+				return
+			}
+		}
 		w, err := c.readRequest(first)
 		if err == errHandedOff {
 			return
@@ -455,19 +483,41 @@ func (c *conn) waitRequest(timeout time.Duration) error {
 	c.releaseRbuf()
 	// One try first: under load the next request is often there already,
 	// and then no deadline needs setting.
+	if !c.tryRead() {
+		return c.rerr
+	}
+	return c.waitRead(timeout)
+}
+
+// tryRead reads what the socket holds, taking a buffer only if it holds
+// something; it reports whether it held nothing. The buffer must be
+// released and empty.
+func (c *conn) tryRead() (empty bool) {
 	c.idleTry = true
 	err := c.raw.Read(c.idleFn)
 	c.idleTry = false
 	if err == nil && c.again {
-		if timeout > 0 {
-			c.rwc.SetReadDeadline(time.Now().Add(timeout))
-			c.headDL = true
-		}
-		if h := testHookIdle; h != nil {
-			h(c)
-		}
-		err = c.raw.Read(c.idleFn)
+		return true
 	}
+	c.idleResult(err)
+	return false
+}
+
+// waitRead waits for the socket to have bytes (within timeout, zero:
+// none), holding no buffer meanwhile, and reads them.
+func (c *conn) waitRead(timeout time.Duration) error {
+	if timeout > 0 {
+		c.rwc.SetReadDeadline(time.Now().Add(timeout))
+		c.headDL = true
+	}
+	if h := testHookIdle; h != nil {
+		h(c)
+	}
+	c.idleResult(c.raw.Read(c.idleFn))
+	return c.rerr
+}
+
+func (c *conn) idleResult(err error) {
 	n, errno := c.rn, c.rerrno
 	c.rn, c.rerrno = 0, nil
 	if c.rb == nil {
@@ -478,7 +528,16 @@ func (c *conn) waitRequest(timeout time.Duration) error {
 	if err != nil {
 		c.rerr = err
 	}
-	return err
+}
+
+// waitIdle is the goroutine of a connection waiting for its next
+// request (see run).
+func (c *conn) waitIdle() {
+	if err := c.waitRead(c.srv.idleTimeout()); err != nil {
+		c.close()
+		return
+	}
+	c.run(false)
 }
 
 // ---- writing ----

@@ -55,8 +55,8 @@ type tap interface {
 }
 
 // testHookIdle, when set by a test, is called each time a connection
-// starts waiting for its next request.
-var testHookIdle func(c *conn)
+// starts waiting for its next request; testHookPark, when it parks.
+var testHookIdle, testHookPark func(c *conn)
 
 // conn is one client connection, served by one goroutine (serve). The
 // fields without a comment belong to that goroutine, or, while a handler
@@ -533,7 +533,35 @@ func (c *conn) idleResult(err error) {
 // waitIdle is the goroutine of a connection waiting for its next
 // request (see run).
 func (c *conn) waitIdle() {
-	if err := c.waitRead(c.srv.idleTimeout()); err != nil {
+	timeout := c.srv.idleTimeout()
+	if c.canPark() && (timeout == 0 || timeout > parkDelay) {
+		// Wait a while here, then park the connection (see park).
+		err := c.waitRead(parkDelay)
+		if err == nil {
+			c.run(false)
+			return
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.rerr = nil
+			c.releaseRbuf()
+			rest := time.Duration(0)
+			if timeout > 0 {
+				rest = timeout - parkDelay
+			}
+			if c.park(rest) {
+				return // the watcher resumes it
+			}
+			c.rwc.SetReadDeadline(time.Now().Add(rest))
+			err = c.waitRead(0)
+			if err == nil {
+				c.run(false)
+				return
+			}
+		}
+		c.close()
+		return
+	}
+	if err := c.waitRead(timeout); err != nil {
 		c.close()
 		return
 	}

@@ -197,9 +197,18 @@ func (s *Server) Close() error {
 	err := s.closeListenersLocked()
 	s.mu.Unlock()
 	s.listenerGroup.Wait()
+	var parked []*conn
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer func() {
+		s.mu.Unlock()
+		for _, c := range parked {
+			c.close()
+		}
+	}()
 	for c := range s.conns {
+		if c.takeParked() {
+			parked = append(parked, c)
+		}
 		c.rwc.Close()
 		// Its own close is no event to the watcher: cancel the request
 		// in flight, as net/http's pending read, failing, does.
@@ -214,6 +223,12 @@ func (s *Server) Close() error {
 // closeIdleConns closes the idle connections and reports whether none
 // remain.
 func (s *Server) closeIdleConns() bool {
+	var parked []*conn
+	defer func() {
+		for _, c := range parked {
+			c.close()
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	quiet := true
@@ -228,6 +243,9 @@ func (s *Server) closeIdleConns() bool {
 		if st != stateIdle {
 			quiet = false
 			continue
+		}
+		if c.takeParked() {
+			parked = append(parked, c) // no goroutine of its own to close it
 		}
 		c.rwc.Close()
 		delete(s.conns, c)

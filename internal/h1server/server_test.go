@@ -362,3 +362,61 @@ func TestHandOff(t *testing.T) {
 		t.Errorf("handed off, read %q", s)
 	}
 }
+
+// TestParkedConnection: a connection idle for parkDelay gives up its
+// goroutine and buffers, and serves its next request when it comes; at
+// Shutdown it is closed.
+func TestParkedConnection(t *testing.T) {
+	if !(&conn{watch: connWatch{}}).canParkHere() {
+		t.Skip("no parking on this system")
+	}
+	old := parkDelay
+	parkDelay = 10 * time.Millisecond
+	t.Cleanup(func() { parkDelay = old })
+	parked := make(chan bool, 16)
+	testHookPark = func(c *conn) { parked <- c.rb == nil && c.wb == nil }
+	t.Cleanup(func() { testHookPark = nil })
+	s, addr := start(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path)
+	})
+	c, br := dial(t, addr)
+	for i := range 3 {
+		roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+		if clean := <-parked; !clean {
+			t.Fatalf("parked after request %d holding a buffer", i)
+		}
+	}
+	// A client that closes a parked connection: it ends.
+	c2, br2 := dial(t, addr)
+	roundTrip(t, c2, br2, "GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-parked
+	c2.Close()
+	// Shutdown closes the parked connection at once.
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("a parked connection survived Shutdown")
+	}
+}
+
+// TestParkedConnectionIdleTimeout: a parked connection is closed at
+// IdleTimeout.
+func TestParkedConnectionIdleTimeout(t *testing.T) {
+	if !(&conn{watch: connWatch{}}).canParkHere() {
+		t.Skip("no parking on this system")
+	}
+	old := parkDelay
+	parkDelay = 10 * time.Millisecond
+	t.Cleanup(func() { parkDelay = old })
+	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {}, func(s *Server) { s.IdleTimeout = 100 * time.Millisecond })
+	c, br := dial(t, addr)
+	roundTrip(t, c, br, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	start := time.Now()
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("got a byte, want the connection closed at IdleTimeout")
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("closed after %v, want about 100ms", el)
+	}
+}

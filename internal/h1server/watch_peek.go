@@ -135,3 +135,11 @@ func (c *conn) stopWatch() {
 	}
 	c.watch.wmu.Unlock()
 }
+
+func (c *conn) canPark() bool           { return false }
+func (c *conn) park(time.Duration) bool { return false }
+func (c *conn) takeParked() bool        { return false }
+
+var parkDelay = time.Second
+
+func (c *conn) canParkHere() bool { return false }

@@ -43,9 +43,6 @@ var (
 	wbufPool = sync.Pool{New: func() any { return new([wbufSize]byte) }}
 )
 
-// aLongTimeAgo is a deadline in the past: setting it wakes a blocked read.
-var aLongTimeAgo = time.Unix(1, 0)
-
 // tap is a connection that watches the bytes read through it:
 // internal/h1guard's *Conn. The server reads the socket beneath it
 // (NetConn) and hands it the bytes (Feed).
@@ -55,8 +52,8 @@ type tap interface {
 }
 
 // testHookIdle, when set by a test, is called each time a connection
-// starts waiting for its next request; testHookPark, when it parks.
-var testHookIdle, testHookPark func(c *conn)
+// starts waiting for its next request.
+var testHookIdle func(c *conn)
 
 // conn is one client connection, served by one goroutine (serve). The
 // fields without a comment belong to that goroutine, or, while a handler
@@ -377,7 +374,7 @@ func (c *conn) getRbuf() {
 }
 
 func (c *conn) releaseRbuf() {
-	if c.rb != nil && len(c.rb) == rbufSize {
+	if len(c.rb) == rbufSize {
 		rbufPool.Put((*[rbufSize]byte)(c.rb))
 	}
 	c.rb = nil
@@ -534,6 +531,10 @@ func (c *conn) idleResult(err error) {
 // request (see run).
 func (c *conn) waitIdle() {
 	timeout := c.srv.idleTimeout()
+	parkDelay := parkDelay
+	if c.srv.parkDelay > 0 {
+		parkDelay = c.srv.parkDelay
+	}
 	if c.canPark() && (timeout == 0 || timeout > parkDelay) {
 		// Wait a while here, then park the connection (see park).
 		err := c.waitRead(parkDelay)
@@ -578,7 +579,7 @@ func (c *conn) getWbuf() {
 }
 
 func (c *conn) releaseWbuf() {
-	if c.wb != nil && len(c.wb) == wbufSize {
+	if len(c.wb) == wbufSize {
 		wbufPool.Put((*[wbufSize]byte)(c.wb))
 	}
 	c.wb = nil

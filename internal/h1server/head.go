@@ -249,7 +249,7 @@ func (c *conn) readRequest(first bool) (*response, error) {
 
 // releaseRbufKeep drops the small read buffer (its bytes copied away).
 func (c *conn) releaseRbufKeep() {
-	if c.rb != nil && len(c.rb) == rbufSize {
+	if len(c.rb) == rbufSize {
 		rbufPool.Put((*[rbufSize]byte)(c.rb))
 	}
 	c.rb = nil

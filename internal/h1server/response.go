@@ -51,7 +51,6 @@ type response struct {
 	fullDuplex          bool
 	isHEAD              bool
 	handlerDone         atomic.Bool
-	watched             bool // the disconnect watcher was armed (under c.wmu)
 
 	canWriteContinue atomic.Bool
 	continueMu       sync.Mutex

@@ -59,8 +59,11 @@ type Server struct {
 	// idle or away, so that Shutdown looks again without waiting for
 	// its next poll.
 	changed chan struct{}
-	// watch is the disconnect watcher (see watch_linux.go).
-	watch *watcher
+	// parkDelay, if set (tests), replaces parkDelay.
+	parkDelay time.Duration
+
+	// watch is the disconnect watcher's (see watch_linux.go), under mu.
+	watch serverWatch
 }
 
 func (s *Server) maxHeaderBytes() int {

@@ -370,15 +370,12 @@ func TestParkedConnection(t *testing.T) {
 	if !(&conn{watch: connWatch{}}).canParkHere() {
 		t.Skip("no parking on this system")
 	}
-	old := parkDelay
-	parkDelay = 10 * time.Millisecond
-	t.Cleanup(func() { parkDelay = old })
 	parked := make(chan bool, 16)
 	testHookPark = func(c *conn) { parked <- c.rb == nil && c.wb == nil }
 	t.Cleanup(func() { testHookPark = nil })
 	s, addr := start(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.URL.Path)
-	})
+	}, func(s *Server) { s.parkDelay = 10 * time.Millisecond })
 	c, br := dial(t, addr)
 	for i := range 3 {
 		roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -406,10 +403,10 @@ func TestParkedConnectionIdleTimeout(t *testing.T) {
 	if !(&conn{watch: connWatch{}}).canParkHere() {
 		t.Skip("no parking on this system")
 	}
-	old := parkDelay
-	parkDelay = 10 * time.Millisecond
-	t.Cleanup(func() { parkDelay = old })
-	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {}, func(s *Server) { s.IdleTimeout = 100 * time.Millisecond })
+	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {}, func(s *Server) {
+		s.IdleTimeout = 100 * time.Millisecond
+		s.parkDelay = 10 * time.Millisecond
+	})
 	c, br := dial(t, addr)
 	roundTrip(t, c, br, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	start := time.Now()

@@ -41,8 +41,13 @@ type connWatch struct {
 }
 
 // parkDelay is how long a connection waits for its next request on a
-// goroutine before it is parked (a variable for tests).
-var parkDelay = time.Second
+// goroutine before it is parked.
+const parkDelay = time.Second
+
+type serverWatch struct{ w *watcher }
+
+// testHookPark, when set by a test, is called when a connection parks.
+var testHookPark func(c *conn)
 
 type watcher struct {
 	f     *os.File // the epoll set, in Go's poller
@@ -61,8 +66,8 @@ type watcher struct {
 func (s *Server) watcherFor() *watcher {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.watch != nil || s.shuttingDown() {
-		return s.watch
+	if s.watch.w != nil || s.shuttingDown() {
+		return s.watch.w
 	}
 	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
@@ -80,7 +85,7 @@ func (s *Server) watcherFor() *watcher {
 	}
 	w := &watcher{f: f, epfd: epfd, conns: map[uint64]*conn{}, done: make(chan struct{})}
 	go w.run(raw)
-	s.watch = w
+	s.watch.w = w
 	return w
 }
 
@@ -142,7 +147,7 @@ func (w *watcher) lastLocked() bool {
 // watchShutdown is called when s starts shutting down.
 func (s *Server) watchShutdown() {
 	s.mu.Lock()
-	w := s.watch
+	w := s.watch.w
 	s.mu.Unlock()
 	if w != nil {
 		w.shutdown()

@@ -9,18 +9,24 @@ import "time"
 
 type connWatch struct{}
 
-type watcher struct{}
+type serverWatch struct{}
 
-func (s *Server) watchShutdown()   {}
+func (s *Server) watchShutdown()   { _ = s.watch }
 func (c *conn) watchStart()        {}
 func (c *conn) watchEnd(bool)      {}
 func (c *conn) armWatch(*response) {}
 func (c *conn) stopWatch()         {}
 
-func (c *conn) canPark() bool           { return false }
-func (c *conn) park(time.Duration) bool { return false }
-func (c *conn) takeParked() bool        { return false }
+func (c *conn) canPark() bool { return false }
+func (c *conn) park(time.Duration) bool {
+	_ = testHookPark
+	return false
+}
+func (c *conn) takeParked() bool { return false }
 
-var parkDelay = time.Second
+const parkDelay = time.Second
 
 func (c *conn) canParkHere() bool { return false }
+
+// testHookPark: see watch_linux.go (nothing parks here).
+var testHookPark func(c *conn)

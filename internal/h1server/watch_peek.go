@@ -29,7 +29,7 @@ const watchDelay = 5 * time.Millisecond
 type connWatch struct {
 	wmu      sync.Mutex
 	wstate   int
-	wcur     *response
+	wlast    *response // the last request armed for
 	wtimer   *time.Timer
 	wdone    chan struct{}
 	waborted bool
@@ -38,9 +38,9 @@ type connWatch struct {
 	perr     error
 }
 
-type watcher struct{}
+type serverWatch struct{}
 
-func (s *Server) watchShutdown()   {}
+func (s *Server) watchShutdown()   { _ = s.watch }
 func (c *conn) watchStart()        {}
 func (c *conn) watchEnd(keep bool) {}
 
@@ -57,8 +57,8 @@ func (c *conn) armWatch(w *response) {
 		return
 	}
 	c.watch.wmu.Lock()
-	if c.cur.Load() == w && c.watch.wstate == watchOff && !w.watched {
-		w.watched = true
+	if c.cur.Load() == w && c.watch.wstate == watchOff && c.watch.wlast != w {
+		c.watch.wlast = w
 		c.watch.wstate = watchArmed
 		if c.watch.wtimer == nil {
 			c.watch.wtimer = time.AfterFunc(watchDelay, c.peekWatch)
@@ -136,10 +136,19 @@ func (c *conn) stopWatch() {
 	c.watch.wmu.Unlock()
 }
 
-func (c *conn) canPark() bool           { return false }
-func (c *conn) park(time.Duration) bool { return false }
-func (c *conn) takeParked() bool        { return false }
+func (c *conn) canPark() bool { return false }
+func (c *conn) park(time.Duration) bool {
+	_ = testHookPark
+	return false
+}
+func (c *conn) takeParked() bool { return false }
 
-var parkDelay = time.Second
+const parkDelay = time.Second
+
+// aLongTimeAgo is a deadline in the past: setting it wakes a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
 
 func (c *conn) canParkHere() bool { return false }
+
+// testHookPark: see watch_linux.go (nothing parks here).
+var testHookPark func(c *conn)

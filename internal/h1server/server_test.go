@@ -417,3 +417,20 @@ func TestParkedConnectionIdleTimeout(t *testing.T) {
 		t.Errorf("closed after %v, want about 100ms", el)
 	}
 }
+
+// TestReadHeaderTimeout: a head that does not complete within
+// ReadHeaderTimeout ends its connection without an answer, as net/http.
+func TestReadHeaderTimeout(t *testing.T) {
+	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {}, func(s *Server) {
+		s.ReadHeaderTimeout = 100 * time.Millisecond
+	})
+	c, br := dial(t, addr)
+	start := time.Now()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n")
+	if b, err := br.ReadByte(); err == nil {
+		t.Fatalf("got %q, want the connection closed", b)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("closed after %v, want about 100ms", el)
+	}
+}

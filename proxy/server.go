@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/internal/h1guard"
+	"github.com/sidecar-proxy/sidecar/internal/h1server"
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -69,16 +70,26 @@ type Server struct {
 	closing bool // Shutdown has begun
 	// retiring are the servers of listeners a reload removed or moved,
 	// draining; Shutdown closes what remains of them.
-	retiring map[*http.Server]struct{}
+	retiring map[engine]struct{}
 	wg       sync.WaitGroup // Serve loops and drains
 }
 
-// boundListener is a listener's socket and the http.Server serving it.
+// boundListener is a listener's socket and the server serving it.
 type boundListener struct {
 	name, address, protocol string
 	ln                      net.Listener
-	srv                     *http.Server
+	srv                     engine
 	tunnels                 *tunnelSet // the server's CONNECT tunnels
+}
+
+// engine is the server of one listener: net/http's for h2c, the
+// sidecar's own HTTP/1.1 server (internal/h1server) for http1, and both
+// for auto (see autoEngine). Their Shutdown and Close mean what
+// http.Server's do.
+type engine interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+	Close() error
 }
 
 // Option configures NewServer.
@@ -114,7 +125,7 @@ func (s *Server) AttachSpool(store spool.Store) error {
 
 // NewServer returns a Server for snap; Listen binds it.
 func NewServer(snap *Snapshot, logger *slog.Logger, opts ...Option) *Server {
-	s := &Server{log: logger, live: map[string]*boundListener{}, retiring: map[*http.Server]struct{}{}}
+	s := &Server{log: logger, live: map[string]*boundListener{}, retiring: map[engine]struct{}{}}
 	s.snap.Store(snap)
 	for _, o := range opts {
 		o(s)
@@ -176,7 +187,7 @@ func (s *Server) bind(l *Listener) (*boundListener, error) {
 		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
 	tunnels := &tunnelSet{}
-	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newHTTPServer(l, tunnels), tunnels: tunnels}, nil
+	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newEngine(l, tunnels, ln.Addr()), tunnels: tunnels}, nil
 }
 
 // Addrs returns the bound addresses, by listener name.
@@ -190,24 +201,55 @@ func (s *Server) Addrs() map[string]net.Addr {
 	return out
 }
 
-func (s *Server) newHTTPServer(l *Listener, tunnels *tunnelSet) *http.Server {
-	protos := new(http.Protocols)
-	switch l.Protocol {
-	case "http1":
-		protos.SetHTTP1(true)
-	case "h2c":
-		protos.SetUnencryptedHTTP2(true)
-	default:
-		protos.SetHTTP1(true)
-		protos.SetUnencryptedHTTP2(true)
+// newEngine makes the server of listener l, bound at addr: HTTP/1.1 by
+// h1server, HTTP/2 with prior knowledge (h2c) by net/http; an auto
+// listener's h1server hands the connections that open with the HTTP/2
+// preface to its net/http server.
+func (s *Server) newEngine(l *Listener, tunnels *tunnelSet, addr net.Addr) engine {
+	h := &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool, tunnels: tunnels}
+	errorLog := s.errorLog()
+	if l.Protocol == "h2c" {
+		return newHTTP2Server(h, errorLog)
 	}
-	return &http.Server{
-		Handler:           &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool, tunnels: tunnels},
+	h1 := &h1server.Server{
+		Handler:           h,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ConnContext:       h1guard.ConnContext,
-		Protocols:         protos,
+		ErrorLog:          errorLog,
+	}
+	if l.Protocol == "http1" {
+		return h1
+	}
+	q := h1server.NewConnQueue(addr)
+	h1.HandOff = q.Put
+	return &autoEngine{h1: h1, h2: newHTTP2Server(h, errorLog), q: q}
+}
+
+// errorLog is the servers' ErrorLog: TLS handshake errors, panics, at
+// debug level, escaped and cut short, since they can quote what a client
+// sent.
+func (s *Server) errorLog() *log.Logger {
+	return log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: "http server"}, "", 0)
+}
+
+// newHTTP2Server is net/http's server for h2c: HTTP/2 with prior
+// knowledge only.
+func newHTTP2Server(h http.Handler, errorLog *log.Logger) *http.Server {
+	protos := new(http.Protocols)
+	protos.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		// An auto listener's connections come through h1server, which
+		// read their preface: h1guard's *Conn is beneath.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return h1guard.ConnContext(ctx, h1server.Unwrap(c))
+		},
+		Protocols: protos,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams:          h2MaxConcurrentStreams,
 			MaxDecoderHeaderTableSize:     h2HeaderTableSize,
@@ -216,10 +258,50 @@ func (s *Server) newHTTPServer(l *Listener, tunnels *tunnelSet) *http.Server {
 			MaxReceiveBufferPerStream:     h2MaxReceiveBufferPerStream,
 			MaxReceiveBufferPerConnection: h2MaxReceiveBufferPerConnection,
 		},
-		// TLS handshake errors, panics: at debug level, escaped and cut
-		// short, since they can quote what a client sent.
-		ErrorLog: log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: "http server"}, "", 0),
+		ErrorLog: errorLog,
 	}
+}
+
+// autoEngine serves an auto listener: h1server serves it, and hands the
+// connections that open with the HTTP/2 preface to h2, net/http's
+// server, through q, so that h2c is served exactly as on an h2c
+// listener.
+type autoEngine struct {
+	h1   *h1server.Server
+	h2   *http.Server
+	q    *h1server.ConnQueue
+	once sync.Once
+	wg   sync.WaitGroup // h2's Serve
+}
+
+func (a *autoEngine) Serve(ln net.Listener) error {
+	a.once.Do(func() {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.h2.Serve(a.q)
+		}()
+	})
+	return a.h1.Serve(ln)
+}
+
+func (a *autoEngine) Shutdown(ctx context.Context) error {
+	h2err := make(chan error, 1)
+	go func() { h2err <- a.h2.Shutdown(ctx) }()
+	err := a.h1.Shutdown(ctx)
+	if e := <-h2err; err == nil {
+		err = e
+	}
+	a.q.Close()
+	a.wg.Wait()
+	return err
+}
+
+func (a *autoEngine) Close() error {
+	err := errors.Join(a.h1.Close(), a.h2.Close())
+	a.q.Close()
+	a.wg.Wait()
+	return err
 }
 
 // Serve serves the bound listeners until Shutdown, and starts the
@@ -416,7 +498,7 @@ func (s *Server) retireLocked(b *boundListener, drain time.Duration) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
-	var servers []*http.Server
+	var servers []engine
 	var tunnels []*tunnelSet
 	for _, b := range s.live {
 		servers = append(servers, b.srv)

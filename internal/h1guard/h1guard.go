@@ -127,19 +127,35 @@ func newConn(c net.Conn) *Conn {
 // split across Reads.
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if n > 0 && c.p.st != stOff {
-		c.p.feed(b[:n])
-		if h := c.p.heads; h > 0 {
-			c.p.heads = 0
-			c.ready.Add(int64(h))
-		}
-		if c.p.st == stOff {
-			c.final = c.p.err
-			c.off.Store(true)
-		}
+	if n > 0 {
+		c.Feed(b[:n])
 	}
 	return n, err
 }
+
+// Feed judges b as though Read had just returned it. It is for a server
+// that reads the wrapped connection (NetConn) itself rather than through
+// Read: internal/h1server does, to wait for a request without holding a
+// buffer. The bytes of the stream must reach the Conn once each and in
+// order, through Read or Feed, from one goroutine at a time.
+func (c *Conn) Feed(b []byte) {
+	if c.p.st == stOff {
+		return
+	}
+	c.p.feed(b)
+	if h := c.p.heads; h > 0 {
+		c.p.heads = 0
+		c.ready.Add(int64(h))
+	}
+	if c.p.st == stOff {
+		c.final = c.p.err
+		c.off.Store(true)
+	}
+}
+
+// NetConn returns the wrapped connection, for a server that reads it
+// itself and hands the bytes to Feed.
+func (c *Conn) NetConn() net.Conn { return c.Conn }
 
 // Next pops the verdict for the next request head read on this connection,
 // in order: nil when the framing was unambiguous, else one of the Err values

@@ -1,0 +1,316 @@
+package h1server
+
+import (
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The disconnect watcher, on Linux.
+//
+// net/http learns that a client went away by keeping a one-byte read
+// pending, in a goroutine of its own, while every handler runs: per
+// request a goroutine start, a read syscall that finds nothing (EAGAIN)
+// and two deadline changes, and a goroutine stack per request in flight.
+// Here each connection is registered once, when accepted, in an epoll
+// set of the server's, for EPOLLRDHUP alone (edge-triggered): the kernel
+// reports a connection whose client closed or shut down its side (FIN),
+// or reset it, and nothing else; a pipelined request arriving is not an
+// event. One goroutine per server waits on that set, through Go's own
+// poller (an epoll set is pollable), and cancels the request in flight on
+// the connection reported, or marks it so that the next request is
+// canceled as soon as its body has been read. A request costs the
+// watcher nothing; a client that goes away is noticed at once.
+
+const (
+	epollRDHUP = 0x2000
+	epollET    = 1 << 31
+)
+
+type connWatch struct {
+	w     *watcher // nil: not watched
+	id    uint64
+	armed atomic.Pointer[response]
+	gone  atomic.Bool
+	// parked: 1 while the connection waits in the set with no goroutine
+	// (see park), 2 once someone (watcher, idle timer, shutdown) took it.
+	parked atomic.Int32
+	timer  *time.Timer // closes a parked connection at IdleTimeout
+}
+
+// parkDelay is how long a connection waits for its next request on a
+// goroutine before it is parked.
+const parkDelay = time.Second
+
+type serverWatch struct{ w *watcher }
+
+// testHookPark, when set by a test, is called when a connection parks.
+var testHookPark func(c *conn)
+
+type watcher struct {
+	f     *os.File // the epoll set, in Go's poller
+	epfd  int
+	mu    sync.Mutex
+	conns map[uint64]*conn
+	next  uint64
+	// closing: the server is shutting down; the watcher closes with its
+	// last connection.
+	closing, closed bool
+	done            chan struct{}
+}
+
+// watcherFor returns s's watcher, started on first use; nil if it cannot
+// be, or s is shutting down.
+func (s *Server) watcherFor() *watcher {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.watch.w != nil || s.shuttingDown() {
+		return s.watch.w
+	}
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil
+	}
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		syscall.Close(epfd)
+		return nil
+	}
+	f := os.NewFile(uintptr(epfd), "h1server-watch")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	w := &watcher{f: f, epfd: epfd, conns: map[uint64]*conn{}, done: make(chan struct{})}
+	go w.run(raw)
+	s.watch.w = w
+	return w
+}
+
+func (w *watcher) run(raw syscall.RawConn) {
+	defer close(w.done)
+	var evs [64]syscall.EpollEvent
+	raw.Read(func(uintptr) bool {
+		for {
+			n, err := syscall.EpollWait(w.epfd, evs[:], 0)
+			if err == syscall.EINTR {
+				continue
+			}
+			for _, ev := range evs[:max(n, 0)] {
+				id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+				w.mu.Lock()
+				c := w.conns[id]
+				w.mu.Unlock()
+				if c == nil {
+					continue
+				}
+				if c.watch.parked.Load() == 1 && c.watch.parked.CompareAndSwap(1, 2) {
+					if ev.Events&(epollRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+						c.watch.gone.Store(true)
+					}
+					go c.unpark()
+					continue
+				}
+				c.peerGone()
+			}
+			if n < len(evs) {
+				return false // drained: wait for the set to be readable
+			}
+		}
+	})
+}
+
+// shutdown lets the watcher end with the server's last connection.
+func (w *watcher) shutdown() {
+	w.mu.Lock()
+	w.closing = true
+	last := w.lastLocked()
+	w.mu.Unlock()
+	if last {
+		w.f.Close()
+	}
+}
+
+// lastLocked reports whether the watcher is done, and marks it closed:
+// the caller then closes its set, without w.mu (which run takes while
+// the set's read lock is held), which wakes run, which returns.
+func (w *watcher) lastLocked() bool {
+	if w.closing && !w.closed && len(w.conns) == 0 {
+		w.closed = true
+		return true
+	}
+	return false
+}
+
+// watchShutdown is called when s starts shutting down.
+func (s *Server) watchShutdown() {
+	s.mu.Lock()
+	w := s.watch.w
+	s.mu.Unlock()
+	if w != nil {
+		w.shutdown()
+	}
+}
+
+// watchStart registers the connection with the server's watcher.
+func (c *conn) watchStart() {
+	if c.raw == nil {
+		return
+	}
+	w := c.srv.watcherFor()
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	w.next++
+	id := w.next
+	var err error
+	c.raw.Control(func(fd uintptr) {
+		ev := syscall.EpollEvent{Events: epollRDHUP | epollET, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+		err = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+	})
+	if err != nil {
+		return
+	}
+	w.conns[id] = c
+	c.watch.w, c.watch.id = w, id
+}
+
+// watchEnd unregisters the connection; keep is set when the socket stays
+// open (hijacked, handed off), and must leave the epoll set.
+func (c *conn) watchEnd(keep bool) {
+	w := c.watch.w
+	if w == nil {
+		return
+	}
+	c.watch.w = nil
+	w.mu.Lock()
+	delete(w.conns, c.watch.id)
+	if keep && !w.closed {
+		c.raw.Control(func(fd uintptr) {
+			syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+		})
+	}
+	last := w.lastLocked()
+	w.mu.Unlock()
+	if last {
+		w.f.Close()
+	}
+}
+
+// peerGone: the client closed or reset the connection.
+func (c *conn) peerGone() {
+	c.watch.gone.Store(true)
+	if w := c.watch.armed.Load(); w != nil {
+		w.cancel()
+	}
+}
+
+// armWatch starts watching for w, whose body has been read (or which
+// has none): from then on the client going away cancels it. Until then
+// a client that goes away makes the body's read fail, which cancels it
+// too.
+func (c *conn) armWatch(w *response) {
+	c.watch.armed.Store(w)
+	if c.watch.gone.Load() {
+		w.cancel()
+	}
+}
+
+// stopWatch ends the watch of the request in flight.
+func (c *conn) stopWatch() {
+	c.watch.armed.Store(nil)
+}
+
+// Parking. A connection that has waited parkDelay for its next request
+// gives up its goroutine: it is set to report readability once
+// (EPOLLIN, EPOLLONESHOT) in the watcher's set, and its goroutine ends.
+// An idle connection then costs its structures alone, about 2 KiB of
+// heap, and no stack. When bytes (or the client's close) arrive, the
+// watcher starts a goroutine that resumes it (unpark); a timer closes it
+// at IdleTimeout; Shutdown and Close close it at once. Whoever moves
+// parked from 1 to 2 owns the connection. A connection busy enough to
+// be idle less than parkDelay at a time never parks, and pays nothing.
+
+func (c *conn) canPark() bool { return c.watch.w != nil }
+
+// park parks the connection, for at most rest (zero: no bound); false if
+// it cannot be.
+func (c *conn) park(rest time.Duration) bool {
+	w := c.watch.w
+	if rest > 0 {
+		if c.watch.timer == nil {
+			c.watch.timer = time.AfterFunc(rest, c.parkExpired)
+		} else {
+			c.watch.timer.Reset(rest)
+		}
+	}
+	if h := testHookPark; h != nil {
+		h(c)
+	}
+	c.watch.parked.Store(1)
+	w.mu.Lock()
+	var err error = syscall.EBADF
+	if !w.closed {
+		c.raw.Control(func(fd uintptr) {
+			ev := syscall.EpollEvent{Events: syscall.EPOLLIN | epollRDHUP | syscall.EPOLLONESHOT, Fd: int32(uint32(c.watch.id)), Pad: int32(uint32(c.watch.id >> 32))}
+			err = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
+		})
+	}
+	w.mu.Unlock()
+	if err != nil && c.watch.parked.CompareAndSwap(1, 0) {
+		if c.watch.timer != nil {
+			c.watch.timer.Stop()
+		}
+		return false
+	}
+	// From here on the connection may be another goroutine's already.
+	return true
+}
+
+// unpark resumes a parked connection, on a new goroutine.
+func (c *conn) unpark() {
+	if c.watch.timer != nil {
+		c.watch.timer.Stop()
+	}
+	w := c.watch.w
+	w.mu.Lock()
+	if !w.closed {
+		c.raw.Control(func(fd uintptr) {
+			ev := syscall.EpollEvent{Events: epollRDHUP | epollET, Fd: int32(uint32(c.watch.id)), Pad: int32(uint32(c.watch.id >> 32))}
+			syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
+		})
+	}
+	w.mu.Unlock()
+	c.watch.parked.Store(0)
+	c.rwc.SetReadDeadline(time.Time{})
+	c.headDL = false
+	c.run(false)
+}
+
+func (c *conn) parkExpired() {
+	if c.watch.parked.CompareAndSwap(1, 2) {
+		c.close()
+	}
+}
+
+// takeParked takes a parked connection away from the watcher, for
+// Shutdown or Close; the caller closes it. false if it is not parked.
+func (c *conn) takeParked() bool {
+	if c.watch.parked.Load() != 1 || !c.watch.parked.CompareAndSwap(1, 2) {
+		return false
+	}
+	if c.watch.timer != nil {
+		c.watch.timer.Stop()
+	}
+	return true
+}
+
+// canParkHere reports whether this system parks connections (for tests).
+func (c *conn) canParkHere() bool { return true }

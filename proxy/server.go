@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/internal/h1guard"
+	"github.com/sidecar-proxy/sidecar/internal/h2conn"
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -176,7 +177,7 @@ func (s *Server) bind(l *Listener) (*boundListener, error) {
 		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
 	tunnels := &tunnelSet{}
-	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newHTTPServer(l, tunnels), tunnels: tunnels}, nil
+	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(h2conn.Listen(ln)), srv: s.newHTTPServer(l, tunnels), tunnels: tunnels}, nil
 }
 
 // Addrs returns the bound addresses, by listener name.
@@ -384,7 +385,7 @@ func (s *Server) rebind(bs []*boundListener) {
 			s.log.Error("listener lost its socket: a reload closed it and could not open it again", "listener", b.name, "address", b.ln.Addr().String(), "error", err)
 			continue
 		}
-		b.ln = h1guard.Listen(ln)
+		b.ln = h1guard.Listen(h2conn.Listen(ln))
 		if s.serving {
 			s.serveLocked(b)
 		}

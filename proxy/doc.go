@@ -10,8 +10,9 @@
 //	  CONNECT and unwanted upgrades refused, route match
 //	  admission: rate limit, then max_in_flight
 //	    |
-//	    +-- sync path: Route.proxy, a ReverseProxy whose Transport is the
-//	    |   attempter (attempt.go): overall deadline, then per attempt
+//	    +-- sync path: Route.serveForward (forward.go; gRPC calls too,
+//	    |   docs/grpc.md), or for an upgrade Route.proxy, a ReverseProxy;
+//	    |   both go through the attempter (attempt.go): overall deadline, then per attempt
 //	    |   breaker pick, per-try deadline, round trip, classify,
 //	    |   breaker record, retry decision, back-off, budget.
 //	    |   An answer goes to the app; no answer: Route.proxyError

@@ -79,7 +79,7 @@ type Route struct {
 	obs          *Telemetry             // the snapshot's; nil: none
 	accessLog    bool                   // telemetry.access_log: attempts note their endpoint
 	attempt      *attempter             // the sync path's attempt loop
-	proxy        *httputil.ReverseProxy // the sync path of gRPC calls and upgrades
+	proxy        *httputil.ReverseProxy // the sync path of upgrades (WebSocket)
 	// asyncProxy is the upstream_down path of an async route: its attempt
 	// loop ends on an answer that spool_on lists, and serveAsync sets its
 	// ErrorHandler per request. nil unless the route is async.

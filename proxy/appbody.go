@@ -27,6 +27,10 @@ type appBody struct {
 	deadline time.Time     // the route's overall deadline; zero: none
 	err      atomic.Pointer[error]
 	eof      atomic.Bool
+	// closed is set by Close: a transport that gives up on an attempt
+	// (the upstream reset the stream) closes the body under a read in
+	// flight, and that read's error is not the app's.
+	closed atomic.Bool
 
 	// mu orders deadline changes against finish: an upstream transport
 	// may still read the body after the handler has returned, when the
@@ -107,7 +111,7 @@ func (b *appBody) Read(p []byte) (int, error) {
 			// watching for the app going away) must not time out.
 			b.setReadDeadline(time.Time{})
 		}
-	case err != nil:
+	case err != nil && !b.closed.Load():
 		// The deadline stays in force: the connection is broken for
 		// further requests, and the server must not wait on it.
 		b.err.CompareAndSwap(nil, &err)
@@ -116,7 +120,10 @@ func (b *appBody) Read(p []byte) (int, error) {
 }
 
 // Close closes the app's body.
-func (b *appBody) Close() error { return b.body.Close() }
+func (b *appBody) Close() error {
+	b.closed.Store(true)
+	return b.body.Close()
+}
 
 // readDeadline is the deadline of the next read: now plus the idle bound,
 // capped by the route's deadline; zero when neither applies.

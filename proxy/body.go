@@ -135,8 +135,15 @@ type teeBody struct {
 	err     error     // orig's error, io.EOF included; sticky
 	reading bool      // a reader is in orig.Read
 	gen     int64     // the current attempt's reader
-	scratch []byte
+	scratch *[teeScratchSize]byte
 }
+
+// teeScratchSize is what one read of a teeBody's original takes at most.
+const teeScratchSize = 16 << 10
+
+// teeScratch recycles the teeBodies' scratch buffers: a body read to its
+// end (every unary gRPC call's) returns its buffer at once.
+var teeScratch = sync.Pool{New: func() any { return new([teeScratchSize]byte) }}
 
 // next returns a reader of the whole body for the next attempt; earlier
 // readers fail from now on.
@@ -186,17 +193,20 @@ func (r *teeReader) Read(p []byte) (int, error) {
 			continue
 		}
 		if t.scratch == nil {
-			t.scratch = make([]byte, 16<<10)
+			t.scratch = teeScratch.Get().(*[teeScratchSize]byte)
 		}
 		t.reading = true
 		t.mu.Unlock()
-		n, err := t.orig.Read(t.scratch)
+		n, err := t.orig.Read(t.scratch[:])
 		t.mu.Lock()
 		t.reading = false
 		t.buf = append(t.buf, t.scratch[:n]...)
 		t.total += int64(n)
 		if err != nil {
 			t.err = err
+			// orig is not read again: the scratch buffer goes back.
+			teeScratch.Put(t.scratch)
+			t.scratch = nil
 		}
 		t.cond.Broadcast()
 	}

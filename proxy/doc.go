@@ -10,15 +10,15 @@
 //	  CONNECT and unwanted upgrades refused, route match
 //	  admission: rate limit, then max_in_flight
 //	    |
-//	    +-- sync path: Route.serveForward (forward.go) builds the
-//	    |   outbound request and hands it to the attempter (attempt.go):
-//	    |   overall deadline, then per attempt breaker pick, per-try
-//	    |   deadline, round trip, classify, breaker record, retry
-//	    |   decision, back-off, budget. An answer goes to the app behind
-//	    |   a gate (gate.go); no answer, or a body that broke before any
-//	    |   of it was sent: the proxy's own error (errors.go). gRPC calls
-//	    |   and upgrades go through Route.proxy, a ReverseProxy with the
-//	    |   same attempter as its Transport.
+//	    +-- sync path: Route.serveForward (forward.go; gRPC calls too,
+//	    |   docs/grpc.md) builds the outbound request and hands it to
+//	    |   the attempter (attempt.go): overall deadline, then per
+//	    |   attempt breaker pick, per-try deadline, round trip,
+//	    |   classify, breaker record, retry decision, back-off, budget.
+//	    |   An answer goes to the app behind a gate (gate.go); no
+//	    |   answer, or a body that broke before any of it was sent: the
+//	    |   proxy's own error (errors.go). Upgrades go through
+//	    |   Route.proxy, a ReverseProxy with the same attempter.
 //	    |
 //	    +-- async path: an async route with a spool, neither gRPC nor an
 //	        upgrade: serveAsync (async.go) reads the body and builds the

@@ -632,3 +632,25 @@ func TestGRPCStatusOf(t *testing.T) {
 		}
 	}
 }
+
+// TestGRPCResetAfterHeaders: an upstream that sends its response headers
+// and then resets the stream, before any message, gets the caller the
+// proxy's own UNAVAILABLE with sidecar-outcome reset, in gRPC's form: the
+// gate held the headers back, so the call can still be answered.
+func TestGRPCResetAfterHeaders(t *testing.T) {
+	up := grpcUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	}))
+	sc := startSidecar(t, grpcConfig(up, "{}", ""))
+	tc := testgrpc.NewTestServiceClient(dialSidecar(t, sc))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var trailer metadata.MD
+	_, err := tc.EmptyCall(ctx, &testgrpc.Empty{}, grpc.Trailer(&trailer))
+	if got := first(trailer, "sidecar-outcome"); status.Code(err) != codes.Unavailable || got != "reset" {
+		t.Fatalf("EmptyCall = %v, sidecar-outcome %q; want Unavailable, reset", err, got)
+	}
+}

@@ -113,11 +113,12 @@ func (h *handler) serve(snap *Snapshot, w http.ResponseWriter, r *http.Request, 
 	start := time.Now()
 	body.routed(route, start)
 	switch {
-	case isGRPC(r) || r.Header["Upgrade"] != nil:
-		// Streams and tunnels go straight through; an async route
-		// serves them synchronously.
+	case r.Header["Upgrade"] != nil:
+		// Tunnels go straight through; an async route serves them
+		// synchronously.
 		route.proxy.ServeHTTP(w, r)
-	case route.async != nil && h.spool.Load() != nil:
+	case route.async != nil && h.spool.Load() != nil && !isGRPC(r):
+		// gRPC calls on an async route are served synchronously.
 		h.serveAsync(h.spool.Load(), w, r, route, start)
 	default:
 		route.serveForward(w, r, start, h.log)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/h1client"
+	"github.com/sidecar-proxy/sidecar/internal/h2conn"
 )
 
 // Upstream connection limits that are not configurable.
@@ -159,8 +160,16 @@ func newH1Transport(u *config.Upstream) (*h1client.Transport, error) {
 }
 
 func newTransport(u *config.Upstream) (*http.Transport, error) {
+	dial := dialFunc(u)
 	t := &http.Transport{
-		DialContext:            dialFunc(u),
+		// HTTP/2 frames to an upstream leave in batches (internal/h2conn).
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return h2conn.Client(c), nil
+		},
 		MaxIdleConnsPerHost:    u.MaxIdleConns,
 		IdleConnTimeout:        u.IdleConnTimeout.D(),
 		TLSHandshakeTimeout:    u.ConnectTimeout.D(),

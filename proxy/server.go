@@ -15,6 +15,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/internal/h1guard"
 	"github.com/sidecar-proxy/sidecar/internal/h1server"
+	"github.com/sidecar-proxy/sidecar/internal/h2conn"
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -187,7 +188,18 @@ func (s *Server) bind(l *Listener) (*boundListener, error) {
 		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
 	tunnels := &tunnelSet{}
-	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: h1guard.Listen(ln), srv: s.newEngine(l, tunnels, ln.Addr()), tunnels: tunnels}, nil
+	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: guardListen(ln, l.Protocol), srv: s.newEngine(l, tunnels, ln.Addr()), tunnels: tunnels}, nil
+}
+
+// guardListen wraps a listener's socket: h1guard for every protocol,
+// and for h2c, where net/http's HTTP/2 server reads the socket, h2conn's
+// batched writes and buffered reads beneath it (an auto listener's h2c
+// connections get them at the hand-off, autoEngine.Serve).
+func guardListen(ln net.Listener, protocol string) net.Listener {
+	if protocol == "h2c" {
+		return h1guard.Listen(h2conn.Listen(ln))
+	}
+	return h1guard.Listen(ln)
 }
 
 // Addrs returns the bound addresses, by listener name.
@@ -247,6 +259,9 @@ func newHTTP2Server(h http.Handler, errorLog *log.Logger) *http.Server {
 		// An auto listener's connections come through h1server, which
 		// read their preface: h1guard's *Conn is beneath.
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if hc, ok := c.(*h2conn.Conn); ok {
+				c = hc.Conn
+			}
 			return h1guard.ConnContext(ctx, h1server.Unwrap(c))
 		},
 		Protocols: protos,
@@ -279,7 +294,7 @@ func (a *autoEngine) Serve(ln net.Listener) error {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			a.h2.Serve(a.q)
+			a.h2.Serve(h2conn.Listen(a.q))
 		}()
 	})
 	return a.h1.Serve(ln)
@@ -466,7 +481,7 @@ func (s *Server) rebind(bs []*boundListener) {
 			s.log.Error("listener lost its socket: a reload closed it and could not open it again", "listener", b.name, "address", b.ln.Addr().String(), "error", err)
 			continue
 		}
-		b.ln = h1guard.Listen(ln)
+		b.ln = guardListen(ln, b.protocol)
 		if s.serving {
 			s.serveLocked(b)
 		}

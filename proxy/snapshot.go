@@ -79,7 +79,7 @@ type Route struct {
 	obs          *Telemetry             // the snapshot's; nil: none
 	accessLog    bool                   // telemetry.access_log: attempts note their endpoint
 	attempt      *attempter             // the sync path's attempt loop
-	proxy        *httputil.ReverseProxy // the sync path of gRPC calls and upgrades
+	proxy        *httputil.ReverseProxy // the sync path of upgrades (WebSocket)
 	// asyncAttempt is the upstream_down path's attempt loop of an async
 	// route: it ends on an answer that spool_on lists. nil unless the
 	// route is async.

@@ -53,7 +53,7 @@
 // handler returns; both buffers go back to their pools between requests.
 // A connection waits for its next request on its own goroutine, keeping
 // the stack its requests grew (growing a fresh one for every request
-// would cost about 5 % of a request's CPU); after a second idle it parks:
+// would cost about 5 % of a request's CPU); after 100 ms idle it parks:
 // it gives up its goroutine and stack, registered to report readability
 // once in an epoll set of the server's, and a goroutine is started for
 // it when bytes arrive (watch_linux.go). On Linux the same set watches every connection for

@@ -43,7 +43,7 @@ type connWatch struct {
 // parkDelay is how long a connection waits for its next request on a
 // goroutine before it is parked. Short enough that few idle connections
 // hold a goroutine's stack at once (at 10,000 idle connections opened
-// over two seconds, a second's worth of stacks was about 40 MiB), long
+// over two seconds, a second's worth of stacks was about 35 MiB), long
 // enough that a connection in use keeps its goroutine: under load one is
 // reused every few milliseconds.
 const parkDelay = 100 * time.Millisecond

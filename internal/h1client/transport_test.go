@@ -173,20 +173,26 @@ func waitFIN(t *testing.T, tr *Transport) {
 // request came). A request without a body is sent again on a new
 // connection; one with a body is not, and fails.
 func TestStaleConnectionRetry(t *testing.T) {
-	s := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
-		for i := 0; ; i++ {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
+	// resetSecond answers a connection's first request and resets it,
+	// unanswered, on its second, on the connections for which first is
+	// true of their number.
+	resetSecond := func(first func(n int) bool) func(int, net.Conn, *bufio.Reader) {
+		return func(n int, c net.Conn, br *bufio.Reader) {
+			for i := 0; ; i++ {
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, req.Body)
+				if i == 1 && first(n) {
+					c.(*net.TCPConn).SetLinger(0)
+					return // reset, no answer
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 			}
-			io.Copy(io.Discard, req.Body)
-			if n == 1 && i == 1 {
-				c.(*net.TCPConn).SetLinger(0)
-				return // reset, no answer
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	})
+	}
+	s := newRawServer(t, resetSecond(func(n int) bool { return n == 1 }))
 	tr := &Transport{}
 	defer tr.CloseIdleConnections()
 	if _, _, err := get(t, tr, s.url("/")); err != nil {
@@ -199,22 +205,9 @@ func TestStaleConnectionRetry(t *testing.T) {
 		t.Errorf("%d connections, want 2", n)
 	}
 
-	// Now a POST with a body on connection 2's second request... make it
-	// fail the same way: a new server whose first reuse resets.
-	s2 := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
-		for i := 0; ; i++ {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			io.Copy(io.Discard, req.Body)
-			if i == 1 {
-				c.(*net.TCPConn).SetLinger(0)
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		}
-	})
+	// A POST with a body on a connection reset the same way is not sent
+	// again.
+	s2 := newRawServer(t, resetSecond(func(int) bool { return true }))
 	if _, _, err := get(t, tr, s2.url("/")); err != nil {
 		t.Fatal(err)
 	}

@@ -51,10 +51,6 @@ type tap interface {
 	Feed([]byte)
 }
 
-// testHookIdle, when set by a test, is called each time a connection
-// starts waiting for its next request.
-var testHookIdle func(c *conn)
-
 // conn is one client connection, served by one goroutine (serve). The
 // fields without a comment belong to that goroutine, or, while a handler
 // runs, to whichever goroutine reads the request body (under its mutex).
@@ -509,7 +505,7 @@ func (c *conn) waitRead(timeout time.Duration) error {
 		c.rwc.SetReadDeadline(time.Now().Add(timeout))
 		c.headDL = true
 	}
-	if h := testHookIdle; h != nil {
+	if h := c.srv.testHookIdle; h != nil {
 		h(c)
 	}
 	c.idleResult(c.raw.Read(c.idleFn))

@@ -61,6 +61,11 @@ type Server struct {
 	changed chan struct{}
 	// parkDelay, if set (tests), replaces parkDelay.
 	parkDelay time.Duration
+	// testHookIdle, when set by a test, is called each time a connection
+	// of this server starts waiting for its next request; testHookPark
+	// when one parks. Per server, so that a connection of another test's
+	// server, still closing, never calls them.
+	testHookIdle, testHookPark func(c *conn)
 
 	// watch is the disconnect watcher's (see watch_linux.go), under mu.
 	watch serverWatch

@@ -143,11 +143,11 @@ func TestPipelinedRequestDoesNotCancel(t *testing.T) {
 func TestIdleConnectionHoldsNoBuffers(t *testing.T) {
 	type seen struct{ rb, wb bool }
 	idle := make(chan seen, 16)
-	testHookIdle = func(c *conn) { idle <- seen{c.rb != nil, c.wb != nil} }
-	t.Cleanup(func() { testHookIdle = nil })
 	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		io.WriteString(w, strings.Repeat("x", 100))
+	}, func(s *Server) {
+		s.testHookIdle = func(c *conn) { idle <- seen{c.rb != nil, c.wb != nil} }
 	})
 	c, br := dial(t, addr)
 	for i := range 3 {
@@ -371,11 +371,12 @@ func TestParkedConnection(t *testing.T) {
 		t.Skip("no parking on this system")
 	}
 	parked := make(chan bool, 16)
-	testHookPark = func(c *conn) { parked <- c.rb == nil && c.wb == nil }
-	t.Cleanup(func() { testHookPark = nil })
 	s, addr := start(t, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.URL.Path)
-	}, func(s *Server) { s.parkDelay = 10 * time.Millisecond })
+	}, func(s *Server) {
+		s.parkDelay = 10 * time.Millisecond
+		s.testHookPark = func(c *conn) { parked <- c.rb == nil && c.wb == nil }
+	})
 	c, br := dial(t, addr)
 	for i := range 3 {
 		roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")

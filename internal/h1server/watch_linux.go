@@ -50,9 +50,6 @@ const parkDelay = 100 * time.Millisecond
 
 type serverWatch struct{ w *watcher }
 
-// testHookPark, when set by a test, is called when a connection parks.
-var testHookPark func(c *conn)
-
 type watcher struct {
 	f     *os.File // the epoll set, in Go's poller
 	epfd  int
@@ -255,7 +252,7 @@ func (c *conn) park(rest time.Duration) bool {
 			c.watch.timer.Reset(rest)
 		}
 	}
-	if h := testHookPark; h != nil {
+	if h := c.srv.testHookPark; h != nil {
 		h(c)
 	}
 	c.watch.parked.Store(1)

@@ -19,7 +19,6 @@ func (c *conn) stopWatch()         {}
 
 func (c *conn) canPark() bool { return false }
 func (c *conn) park(time.Duration) bool {
-	_ = testHookPark
 	return false
 }
 func (c *conn) takeParked() bool { return false }
@@ -27,6 +26,3 @@ func (c *conn) takeParked() bool { return false }
 const parkDelay = time.Second
 
 func (c *conn) canParkHere() bool { return false }
-
-// testHookPark: see watch_linux.go (nothing parks here).
-var testHookPark func(c *conn)

@@ -138,7 +138,6 @@ func (c *conn) stopWatch() {
 
 func (c *conn) canPark() bool { return false }
 func (c *conn) park(time.Duration) bool {
-	_ = testHookPark
 	return false
 }
 func (c *conn) takeParked() bool { return false }
@@ -149,6 +148,3 @@ const parkDelay = time.Second
 var aLongTimeAgo = time.Unix(1, 0)
 
 func (c *conn) canParkHere() bool { return false }
-
-// testHookPark: see watch_linux.go (nothing parks here).
-var testHookPark func(c *conn)

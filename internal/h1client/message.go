@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sidecar-proxy/sidecar/internal/httpsyntax"
 )
 
 // errMalformed is an answer that breaks HTTP/1.1 syntax.
@@ -79,8 +81,9 @@ func (ex *exchange) response(ctx context.Context, h head) (*http.Response, error
 		resp.Proto = "HTTP/1.0"
 	}
 	conn := h.header["Connection"]
-	resp.Close = hasToken(conn, "close") || h.minor == 0 && !hasToken(conn, "keep-alive")
-	if hasToken(conn, "close") {
+	closes := httpguts.HeaderValuesContainsToken(conn, "close")
+	resp.Close = closes || h.minor == 0 && !httpguts.HeaderValuesContainsToken(conn, "keep-alive")
+	if closes {
 		delete(h.header, "Connection") // as net/http does
 	}
 	if resp.Close {
@@ -96,7 +99,7 @@ func (ex *exchange) response(ctx context.Context, h head) (*http.Response, error
 	chunked := false
 	if te, ok := h.header["Transfer-Encoding"]; ok {
 		delete(h.header, "Transfer-Encoding")
-		if len(te) != 1 || !equalFoldTrim(te[0], "chunked") || h.minor == 0 {
+		if len(te) != 1 || !strings.EqualFold(strings.Trim(te[0], " \t"), "chunked") || h.minor == 0 {
 			return nil, fmt.Errorf("h1client: unsupported Transfer-Encoding %q", te)
 		}
 		chunked = true
@@ -157,7 +160,7 @@ func contentLength(vs []string) (int64, error) {
 	for _, v := range vs {
 		for len(v) > 0 {
 			var item string
-			item, v = cut(v, ',')
+			item, v, _ = strings.Cut(v, ",")
 			item = strings.Trim(item, " \t")
 			m, err := strconv.ParseUint(item, 10, 63)
 			if err != nil || item == "" || item[0] == '+' {
@@ -187,7 +190,7 @@ func announcedTrailers(resp *http.Response) error {
 	for _, v := range vs {
 		for len(v) > 0 {
 			var k string
-			k, v = cut(v, ',')
+			k, v, _ = strings.Cut(v, ",")
 			k = strings.Trim(k, " \t")
 			if k == "" {
 				continue
@@ -459,24 +462,11 @@ func readChunkSize(br *bufio.Reader) (int64, error) {
 	if i := bytes.IndexByte(line, ';'); i >= 0 {
 		line = bytes.TrimRight(line[:i], " \t")
 	}
-	if len(line) == 0 || len(line) > 15 {
+	n, ok := httpsyntax.ParseHex(line)
+	if !ok || len(line) > 15 {
 		return 0, fmt.Errorf("%w: chunk size", errMalformed)
 	}
-	var n int64
-	for _, c := range line {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, fmt.Errorf("%w: chunk size", errMalformed)
-		}
-		n = n<<4 | int64(c)
-	}
-	return n, nil
+	return int64(n), nil
 }
 
 func readCRLF(br *bufio.Reader) error {
@@ -629,7 +619,7 @@ func writeHead(w *bufio.Writer, req *http.Request, cl int64, chunked bool) error
 		w.Write(strconv.AppendInt(w.AvailableBuffer(), cl, 10))
 		w.WriteString("\r\n")
 	}
-	if req.Close && !hasToken(req.Header["Connection"], "close") {
+	if req.Close && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "close") {
 		w.WriteString("Connection: close\r\n")
 	}
 	_, err := w.WriteString("\r\n")

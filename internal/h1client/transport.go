@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Defaults of the Transport's zero fields.
@@ -415,7 +417,7 @@ func (ex *exchange) run(ctx context.Context) (*http.Response, error) {
 		}
 		return nil, err
 	}
-	expect := body != nil && hasToken(req.Header["Expect"], "100-continue")
+	expect := body != nil && httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue")
 	switch {
 	case body == nil:
 		if err := c.bw.Flush(); err != nil {
@@ -528,54 +530,6 @@ func (ex *exchange) maxHead() int64 {
 		return n
 	}
 	return defaultMaxHeadBytes
-}
-
-// hasToken reports whether a comma-separated header value of vs lists
-// token, case-insensitively.
-func hasToken(vs []string, token string) bool {
-	for _, v := range vs {
-		for len(v) > 0 {
-			var item string
-			item, v = cut(v, ',')
-			if equalFoldTrim(item, token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func cut(s string, sep byte) (before, after string) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == sep {
-			return s[:i], s[i+1:]
-		}
-	}
-	return s, ""
-}
-
-// equalFoldTrim compares s, without surrounding spaces and tabs, with the
-// lower-case ASCII token t.
-func equalFoldTrim(s, t string) bool {
-	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
-		s = s[1:]
-	}
-	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
-		s = s[:len(s)-1]
-	}
-	if len(s) != len(t) {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		b := s[i]
-		if 'A' <= b && b <= 'Z' {
-			b += 'a' - 'A'
-		}
-		if b != t[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // errClosedBody is a read of a response body after Close.

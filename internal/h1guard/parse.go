@@ -1,6 +1,10 @@
 package h1guard
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/sidecar-proxy/sidecar/internal/httpsyntax"
+)
 
 // Parser states.
 const (
@@ -213,7 +217,7 @@ func (p *parser) plausibleRequestLine(b []byte) bool {
 		case c == ' ':
 			p.m.sp = true
 		case !p.m.sp:
-			if !isToken[c] {
+			if !httpsyntax.IsTokenByte(c) {
 				return false
 			}
 		case c < ' ' || c == 0x7f:
@@ -235,7 +239,7 @@ func (p *parser) requestLine(line []byte) {
 	}
 	method, rest := line[:sp1], line[sp1+1:]
 	for _, c := range method {
-		if !isToken[c] {
+		if !httpsyntax.IsTokenByte(c) {
 			p.halt(ErrMalformedRequestLine)
 			return
 		}
@@ -412,7 +416,7 @@ func (p *parser) chunkSize(b []byte) []byte {
 	if j := bytes.IndexByte(line, ';'); j >= 0 {
 		line = line[:j]
 	}
-	n, ok := parseHex(line)
+	n, ok := httpsyntax.ParseHex(line)
 	if !ok {
 		p.halt(ErrMalformedChunked)
 		return nil
@@ -482,7 +486,7 @@ func (p *parser) trailer(b []byte) []byte {
 			return nil
 		}
 		for _, c := range line[:colon] {
-			if !isToken[c] && c != ' ' { // textproto tolerates spaces in names
+			if !httpsyntax.IsTokenByte(c) && c != ' ' { // textproto tolerates spaces in names
 				p.halt(ErrMalformedChunked)
 				return nil
 			}
@@ -497,27 +501,6 @@ func (p *parser) trailer(b []byte) []byte {
 	}
 	p.doneLine()
 	return rest
-}
-
-// parseHex mirrors net/http/internal.parseHexUint.
-func parseHex(v []byte) (n uint64, ok bool) {
-	if len(v) == 0 || len(v) > 16 {
-		return 0, false
-	}
-	for _, c := range v {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		n = n<<4 | uint64(c)
-	}
-	return n, true
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }
@@ -549,18 +532,3 @@ func equalFold(b []byte, s string) bool {
 	}
 	return true
 }
-
-// isToken marks the tchar bytes of RFC 9110, section 5.6.2.
-var isToken = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()

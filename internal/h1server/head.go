@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sidecar-proxy/sidecar/internal/httpsyntax"
 )
 
 // Reading a request head takes two passes over it. The first (headScan)
@@ -122,7 +124,7 @@ func (h *headScan) headerLine(line []byte) error {
 		return errBadRequest
 	}
 	for _, c := range line[:colon] {
-		if !validHeaderFieldByte(c) {
+		if !httpsyntax.IsTokenByte(c) {
 			if c != ' ' {
 				return errBadRequest
 			}
@@ -605,32 +607,15 @@ func validToken(b []byte) bool {
 		return false
 	}
 	for _, c := range b {
-		if !validHeaderFieldByte(c) {
+		if !httpsyntax.IsTokenByte(c) {
 			return false
 		}
 	}
 	return true
 }
 
-// validHeaderFieldByte is a token character (RFC 9110, section 5.6.2).
-func validHeaderFieldByte(c byte) bool { return tokenTable[c] }
-
 // validHeaderValueByte is a field-value byte: VCHAR, obs-text, SP, HTAB.
 func validHeaderValueByte(c byte) bool { return c >= 0x20 && c != 0x7f || c == '\t' }
-
-var tokenTable = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()
 
 // pathTable marks the bytes a plain request path may hold: those for
 // which url.ParseRequestURI leaves the path as it is (no RawPath): the

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sidecar-proxy/sidecar/internal/httpsyntax"
 )
 
 // response is the http.ResponseWriter of one request.
@@ -722,7 +724,7 @@ func validKey(k string) bool {
 		return false
 	}
 	for i := 0; i < len(k); i++ {
-		if !tokenTable[k[i]] {
+		if !httpsyntax.IsTokenByte(k[i]) {
 			return false
 		}
 	}

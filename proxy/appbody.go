@@ -22,6 +22,7 @@ import (
 // (failure), and the blocked read that holds an attempt open returns.
 type appBody struct {
 	body     io.ReadCloser
+	buf      bufferedBody // body, when it tells what is buffered; or nil
 	rc       *http.ResponseController
 	idle     time.Duration // 0: no pause bound
 	deadline time.Time     // the route's overall deadline; zero: none
@@ -31,6 +32,9 @@ type appBody struct {
 	// (the upstream reset the stream) closes the body under a read in
 	// flight, and that read's error is not the app's.
 	closed atomic.Bool
+	// armed is set once a read deadline was set: the end of the body
+	// clears it then.
+	armed atomic.Bool
 
 	// mu orders deadline changes against finish: an upstream transport
 	// may still read the body after the handler has returned, when the
@@ -46,13 +50,31 @@ type appBody struct {
 // server reads what is left of a body before it answers.
 func newAppBody(w http.ResponseWriter, r *http.Request, idle time.Duration) *appBody {
 	b := &appBody{body: r.Body, rc: http.NewResponseController(w), idle: idle}
+	b.buf, _ = r.Body.(bufferedBody)
 	if isGRPC(r) {
 		b.idle = 0
 	}
-	if b.idle > 0 {
+	if b.idle > 0 && !b.allBuffered() {
 		b.setReadDeadline(time.Now().Add(b.idle))
 	}
 	return b
+}
+
+// bufferedBody is a body that tells when its reads need no socket read:
+// internal/h1server's.
+type bufferedBody interface {
+	Buffered() (next, all bool)
+}
+
+// allBuffered reports whether the rest of the body is in the server's
+// read buffer: no read of it can wait on the app, so none needs a
+// deadline. Most small bodies arrive with their request's head.
+func (b *appBody) allBuffered() bool {
+	if b.buf == nil {
+		return false
+	}
+	_, all := b.buf.Buffered()
+	return all
 }
 
 // routed bounds the body's reads by rt's overall deadline, counted from
@@ -62,7 +84,9 @@ func (b *appBody) routed(rt *Route, now time.Time) {
 		return
 	}
 	b.deadline = now.Add(rt.pol.timeout)
-	b.setReadDeadline(b.readDeadline())
+	if !b.allBuffered() {
+		b.setReadDeadline(b.readDeadline())
+	}
 }
 
 // finish ends the handler's use of the body: later reads no longer touch
@@ -82,8 +106,21 @@ func (b *appBody) setReadDeadline(t time.Time) {
 	b.mu.Lock()
 	if !b.done {
 		_ = b.rc.SetReadDeadline(t)
+		if !t.IsZero() {
+			b.armed.Store(true)
+		}
 	}
 	b.mu.Unlock()
+}
+
+// nextBuffered reports whether the next read is served from the server's
+// read buffer.
+func (b *appBody) nextBuffered() bool {
+	if b.buf == nil {
+		return false
+	}
+	next, _ := b.buf.Buffered()
+	return next
 }
 
 func (b *appBody) Read(p []byte) (int, error) {
@@ -98,7 +135,7 @@ func (b *appBody) Read(p []byte) (int, error) {
 		// transport drops the upstream connection mid-response.
 		return 0, io.EOF
 	}
-	if b.idle > 0 {
+	if b.idle > 0 && !b.nextBuffered() {
 		// Each read may pause for idle; without it, the route's
 		// deadline set by routed stays as it is.
 		b.setReadDeadline(b.readDeadline())
@@ -106,7 +143,7 @@ func (b *appBody) Read(p []byte) (int, error) {
 	n, err := b.body.Read(p)
 	switch {
 	case err == io.EOF:
-		if b.eof.CompareAndSwap(false, true) && (b.idle > 0 || !b.deadline.IsZero()) {
+		if b.eof.CompareAndSwap(false, true) && b.armed.Load() {
 			// The body is done; the connection's next reads (the server
 			// watching for the app going away) must not time out.
 			b.setReadDeadline(time.Time{})

@@ -208,21 +208,43 @@ func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, ms
 		sp.log.Info("spool accepts messages again", "route", rt.Name)
 	}
 	sp.wake(rt.Name)
-	body, _ := json.Marshal(struct {
-		Spooled bool   `json:"spooled"`
-		ID      string `json:"id"`
-	}{true, msg.ID})
-	body = append(body, '\n')
+	body := spooledAnswer(msg.ID)
 	hd := w.Header()
-	hd.Set(HeaderSpoolID, msg.ID)
+	hd[HeaderSpoolID] = []string{msg.ID}
 	if attempts > 0 {
 		hd.Set(HeaderAttempts, strconv.Itoa(attempts))
 	}
-	hd.Set("Content-Type", "application/json")
-	hd.Set("Cache-Control", "no-store")
-	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	// The constant values are shared: nothing changes a value in place.
+	hd["Content-Type"] = jsonContentType
+	hd["Cache-Control"] = noStore
+	hd["Content-Length"] = []string{strconv.Itoa(len(body))}
 	w.WriteHeader(http.StatusAccepted)
 	w.Write(body)
+}
+
+var (
+	jsonContentType = []string{"application/json"}
+	noStore         = []string{"no-store"}
+)
+
+// spooledAnswer is the body of a 202: {"spooled":true,"id":"<id>"} and a
+// newline. A spool's IDs are hex digits, written as they are; any other
+// ID is encoded by encoding/json.
+func spooledAnswer(id string) []byte {
+	const head, tail = `{"spooled":true,"id":"`, "\"}\n"
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-' || c == '_') {
+			b, _ := json.Marshal(struct {
+				Spooled bool   `json:"spooled"`
+				ID      string `json:"id"`
+			}{true, id})
+			return append(b, '\n')
+		}
+	}
+	b := make([]byte, 0, len(head)+len(id)+len(tail))
+	b = append(b, head...)
+	b = append(b, id...)
+	return append(b, tail...)
 }
 
 // newMessage is what the spool keeps of r: method, the target as it is

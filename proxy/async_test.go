@@ -484,3 +484,17 @@ func TestAsyncDiskFailure(t *testing.T) {
 		t.Errorf("store after the failure: %+v, want 2 pending (the failed request not stored) and a reopen", s)
 	}
 }
+
+// TestSpooledAnswer: the 202's body is the JSON encoding/json writes,
+// for a spool's hex IDs and for any other.
+func TestSpooledAnswer(t *testing.T) {
+	for _, id := range []string{"0188d2a3b4c5d6e7f8a9b0c1", "a-b_C", "", `q"uote\</>&`, "é"} {
+		want, _ := json.Marshal(struct {
+			Spooled bool   `json:"spooled"`
+			ID      string `json:"id"`
+		}{true, id})
+		if got := string(spooledAnswer(id)); got != string(want)+"\n" {
+			t.Errorf("spooledAnswer(%q) = %q, want %q", id, got, want)
+		}
+	}
+}

@@ -99,6 +99,27 @@ func (b *body) readLocked(p []byte) (int, error) {
 	return n, err
 }
 
+// Buffered reports whether the body's next Read is served without
+// reading the socket (from the connection's read buffer, or because the
+// body ended or failed), and whether everything left of it is. A reader
+// that bounds its reads with a read deadline needs none for those
+// (docs/design.md, "The app-facing HTTP/1.1 server"). A chunked body
+// reports false until its end: a chunk's framing may need more bytes.
+func (b *body) Buffered() (next, all bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.sawEOF || b.closed || b.hijacked:
+		return true, true
+	case b.chunked || b.expect && b.w.canWriteContinue.Load():
+		return false, false
+	case b.remain <= 0:
+		return true, true
+	}
+	n := int64(b.c.buffered())
+	return n > 0, n >= b.remain
+}
+
 // readCL reads a Content-Length body, returning io.EOF with its last
 // bytes.
 func (b *body) readCL(p []byte) (int, error) {

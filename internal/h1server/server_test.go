@@ -435,3 +435,55 @@ func TestReadHeaderTimeout(t *testing.T) {
 		t.Errorf("closed after %v, want about 100ms", el)
 	}
 }
+
+// TestBodyBuffered: a body tells whether its next read, and its rest,
+// come from the read buffer (no read(2), so no deadline needed), and
+// never claims so for bytes still on the way.
+func TestBodyBuffered(t *testing.T) {
+	type state struct{ next, all bool }
+	got := make(chan state, 8)
+	more := make(chan struct{})
+	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {
+		bb := r.Body.(interface{ Buffered() (bool, bool) })
+		report := func() {
+			next, all := bb.Buffered()
+			got <- state{next, all}
+		}
+		report()
+		if r.URL.Path == "/partial" {
+			io.ReadFull(r.Body, make([]byte, 5))
+			report()
+			more <- struct{}{}
+		}
+		io.Copy(io.Discard, r.Body)
+		report()
+	})
+	want := func(step string, w state) {
+		t.Helper()
+		if s := <-got; s != w {
+			t.Errorf("%s: Buffered() = %v, %v; want %v, %v", step, s.next, s.all, w.next, w.all)
+		}
+	}
+	c, br := dial(t, addr)
+
+	// The whole body arrived with its head.
+	io.WriteString(c, "POST /whole HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+	want("whole body, unread", state{true, true})
+	want("whole body, read", state{true, true})
+	http.ReadResponse(br, nil)
+
+	// Half of it: the buffered half, then nothing until the rest comes.
+	io.WriteString(c, "POST /partial HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+	want("half the body, unread", state{true, false})
+	want("half the body, its half read", state{false, false})
+	<-more
+	io.WriteString(c, "world")
+	want("the rest read", state{true, true})
+	http.ReadResponse(br, nil)
+
+	// A chunked body does not say until its end.
+	io.WriteString(c, "POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+	want("chunked, unread", state{false, false})
+	want("chunked, read", state{true, true})
+	http.ReadResponse(br, nil)
+}

@@ -291,7 +291,8 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 	// The record is encoded before taking s.mu; a generated ID is patched
 	// in under it, so that keys increase in the order the writer takes the
 	// queue.
-	buf := frameMessage(m)
+	mr := getAppendRequest(messageSize(m))
+	buf := appendFramedMessage(mr.frame[:0], m)
 	size := int64(len(buf))
 	s.mu.Lock()
 	key, err := s.reserveLocked(m, given, size)
@@ -300,16 +301,59 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 		if !given {
 			m.ID = ""
 		}
+		mr.frame = buf
+		putAppendRequest(mr)
 		return err
 	}
 	if !given {
 		patchID(buf, m.ID) // the writer sets the checksum, outside s.mu
 	}
-	rec := &record{typ: recMessage, id: m.ID, msg: &Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts}}
-	req := &request{rec: rec, key: key, buf: buf, patched: !given, done: make(chan error, 1)}
-	s.enqueue(req)
+	mr.msg = Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts}
+	mr.rec = record{typ: recMessage, id: m.ID, msg: &mr.msg}
+	mr.request = request{rec: &mr.rec, key: key, buf: buf, patched: !given, done: mr.done}
+	s.enqueue(&mr.request)
 	s.mu.Unlock()
-	return <-req.done
+	err = <-mr.done
+	mr.frame = buf
+	putAppendRequest(mr)
+	return err
+}
+
+// appendRequest is a message Append's request to the writer with the
+// record, the index's copy of the message and the framed record it
+// carries. The writer is done with all of them once it sent on done, so
+// they are pooled: a message costs no allocation of its own here.
+type appendRequest struct {
+	request
+	rec   record
+	msg   Message
+	done  chan error
+	frame []byte
+}
+
+// maxPooledFrame is the largest framed record whose buffer is kept.
+const maxPooledFrame = 64 << 10
+
+var appendRequests = sync.Pool{New: func() any {
+	return &appendRequest{done: make(chan error, 1)}
+}}
+
+// getAppendRequest returns a pooled request whose frame has room for a
+// record of about size bytes.
+func getAppendRequest(size int) *appendRequest {
+	mr := appendRequests.Get().(*appendRequest)
+	if need := headerSize + size; cap(mr.frame) < need {
+		mr.frame = make([]byte, 0, need)
+	}
+	return mr
+}
+
+func putAppendRequest(mr *appendRequest) {
+	mr.request, mr.rec, mr.msg = request{}, record{}, Message{}
+	if cap(mr.frame) > maxPooledFrame {
+		mr.frame = nil
+	}
+	appendRequests.Put(mr)
 }
 
 // reserveLocked checks that m can be appended, fixes its ID and key, and

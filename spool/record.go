@@ -48,10 +48,11 @@ type record struct {
 	reason   string    // recDead
 }
 
-// frameMessage returns the framed message record of m, encoded in one
-// buffer.
-func frameMessage(m *Message) []byte {
-	buf := appendMessage(make([]byte, headerSize, headerSize+messageSize(m)), m)
+// appendFramedMessage writes the framed message record of m into dst,
+// which must be empty with room for a record header at least, and returns
+// it.
+func appendFramedMessage(dst []byte, m *Message) []byte {
+	buf := appendMessage(dst[:headerSize], m)
 	frame(buf, recMessage)
 	return buf
 }

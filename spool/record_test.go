@@ -121,7 +121,13 @@ func TestFrameMessageMatchesAppendRecord(t *testing.T) {
 	m := testMessage("r", 7, 300)
 	m.Header["X-A"] = []string{"1", "2"}
 	m.TraceParent, m.IdempotencyKey, m.Attempts = "00-aa-bb-01", "key", 3
-	if got, want := frameMessage(m), appendRecord(nil, recMessage, encodeMessage(m)); !bytes.Equal(got, want) {
-		t.Fatalf("frameMessage = %x\nwant %x", got, want)
+	want := appendRecord(nil, recMessage, encodeMessage(m))
+	if got := appendFramedMessage(make([]byte, 0, headerSize), m); !bytes.Equal(got, want) {
+		t.Fatalf("appendFramedMessage = %x\nwant %x", got, want)
+	}
+	// A pooled buffer holds an earlier record: none of it may show.
+	dirty := bytes.Repeat([]byte{0xff}, 2*len(want))
+	if got := appendFramedMessage(dirty[:0], m); !bytes.Equal(got, want) {
+		t.Fatalf("appendFramedMessage into a used buffer = %x\nwant %x", got, want)
 	}
 }

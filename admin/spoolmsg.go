@@ -36,17 +36,28 @@ const redacted = "[redacted]"
 // needs "Authorization: Bearer <token>", compared in constant time.
 func (s *Server) authorized(next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.hasToken {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			sum := sha256.Sum256([]byte(got))
-			if subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 || !ok {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="sidecar admin"`)
-				writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "this call needs Authorization: Bearer <token> with the admin token"})
-				return
-			}
+		if !s.tokenGiven(r) {
+			unauthorized(w)
+			return
 		}
 		next(w, r)
 	})
+}
+
+// tokenGiven reports whether r carries the admin token, or no token is
+// configured. The token's hash is compared in constant time.
+func (s *Server) tokenGiven(r *http.Request) bool {
+	if !s.hasToken {
+		return true
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	sum := sha256.Sum256([]byte(got))
+	return subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) == 1 && ok
+}
+
+func unauthorized(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="sidecar admin"`)
+	writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "this call needs Authorization: Bearer <token> with the admin token"})
 }
 
 // store returns the spool, or answers 404 and returns nil when there is none.
@@ -202,15 +213,49 @@ func (s *Server) spoolShow(w http.ResponseWriter, r *http.Request) {
 	if st == nil {
 		return
 	}
+	// With a token configured, the message's headers and body need it:
+	// they are the app's data. Its metadata does not. A wrong token is
+	// refused rather than ignored.
+	full := s.tokenGiven(r)
+	if !full && r.Header.Get("Authorization") != "" {
+		unauthorized(w)
+		return
+	}
 	m, in, err := st.Get(r.PathValue("id"))
 	if err != nil {
 		writeStoreError(w, err)
+		return
+	}
+	if !full {
+		writeJSON(w, http.StatusOK, struct {
+			MessageInfo
+			Message messageMetaView `json:"message"`
+		}{newInfoView(in), messageMetaView{
+			Method:         m.Method,
+			Target:         m.Target,
+			IdempotencyKey: m.IdempotencyKey,
+			TraceParent:    m.TraceParent,
+			BodySize:       len(m.Body),
+			Hidden:         "headers and body need Authorization: Bearer <token> with the admin token",
+		}})
 		return
 	}
 	writeJSON(w, http.StatusOK, struct {
 		MessageInfo
 		Message messageView `json:"message"`
 	}{newInfoView(in), newMessageView(m)})
+}
+
+// messageMetaView is a stored request without its headers and body, for
+// a caller without the admin token when one is configured; hidden says
+// why they are missing.
+type messageMetaView struct {
+	Method         string `json:"method"`
+	Target         string `json:"target"`
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	TraceParent    string `json:"traceparent,omitempty"`
+	BodySize       int    `json:"body_size"`
+	Hidden         string `json:"hidden"`
 }
 
 // spoolReplay serves POST /v1/spool/messages/{id}/replay: dead to pending.

@@ -405,3 +405,47 @@ func TestSpoolMutationsNeedHeaderAndToken(t *testing.T) {
 		t.Errorf("replay with the header and the token = %d %s, want 200", code, body)
 	}
 }
+
+// TestSpoolShowBodyNeedsToken: with an admin token, a message's headers
+// and body are shown only with it; its metadata without; a wrong token is
+// refused.
+func TestSpoolShowBodyNeedsToken(t *testing.T) {
+	const token = "s3cr3t-admin-token"
+	_, ts, ids, logs := spoolAdmin(t, WithToken(token))
+	path := "/v1/spool/messages/" + ids[0]
+
+	code, body := do(t, ts, "GET", path, "")
+	var meta struct {
+		ID      string
+		Message map[string]any
+	}
+	if err := json.Unmarshal([]byte(body), &meta); code != 200 || err != nil {
+		t.Fatalf("GET without the token = %d %s (%v), want 200 with the metadata", code, body, err)
+	}
+	if meta.ID != ids[0] || meta.Message["method"] != "POST" || meta.Message["target"] != "/ev?n=1" || meta.Message["body_size"] != 7.0 {
+		t.Errorf("metadata without the token = %s", body)
+	}
+	for _, k := range []string{"body", "headers", "body_encoding"} {
+		if _, ok := meta.Message[k]; ok {
+			t.Errorf("without the token the answer has %q: %s", k, body)
+		}
+	}
+	if meta.Message["hidden"] == nil || strings.Contains(body, `{\"n\":1}`) || strings.Contains(body, "application/json") {
+		t.Errorf("without the token: %s, want no headers or body and a hidden note", body)
+	}
+
+	for _, auth := range []string{"Bearer wrong", "Basic " + token, token} {
+		if code, body := do(t, ts, "GET", path, auth); code != 401 {
+			t.Errorf("GET with Authorization %q = %d %s, want 401", auth, code, body)
+		}
+	}
+
+	code, body = do(t, ts, "GET", path, "Bearer "+token)
+	var full struct{ Message struct{ Body string } }
+	if err := json.Unmarshal([]byte(body), &full); code != 200 || err != nil || full.Message.Body != `{"n":1}` {
+		t.Errorf("GET with the token = %d %s (%v), want the body", code, body, err)
+	}
+	if strings.Contains(logs.String(), token) {
+		t.Errorf("the log shows the token:\n%s", logs)
+	}
+}

@@ -65,7 +65,7 @@ func runSpool(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.after, "after", "", "list: only IDs after this one (the next_after of the previous page)")
 	fs.IntVar(&c.limit, "limit", 100, "list: at most this many messages (the API caps it at 1000)")
 	fs.BoolVar(&c.dead, "dead", false, "purge: purge dead messages instead of pending ones")
-	fs.StringVar(&c.tokenEnv, "token-env", config.DefaultTokenEnv, "environment variable holding the admin token, sent on replay, delete and purge")
+	fs.StringVar(&c.tokenEnv, "token-env", config.DefaultTokenEnv, "environment variable holding the admin token, sent on show (for headers and body), replay, delete and purge")
 
 	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -305,7 +305,8 @@ func (c *spoolCmd) list() int {
 }
 
 func (c *spoolCmd) show(id string) int {
-	body, err := c.call("GET", "/v1/spool/messages/"+url.PathEscape(id), false, nil)
+	// The token, when set, shows the message's headers and body.
+	body, err := c.call("GET", "/v1/spool/messages/"+url.PathEscape(id), true, nil)
 	if err != nil {
 		return c.fail(err)
 	}

@@ -212,7 +212,16 @@ func TestSpoolCLIToken(t *testing.T) {
 	if code, _, errOut := runSpoolCLI(t, "list", "-admin", addr, "-token-env", spoolCmdTokenEnv); code != 0 {
 		t.Errorf("list without a token = %d %q", code, errOut)
 	}
+	// show without the token gets the metadata, with it the body too.
+	code, out, errOut := runSpoolCLI(t, "show", ids[2], "-admin", addr, "-token-env", spoolCmdTokenEnv)
+	if code != 0 || !strings.Contains(out, `"hidden"`) || strings.Contains(out, `"body":`) {
+		t.Errorf("show without a token = %d %q %q, want the metadata alone", code, out, errOut)
+	}
 	t.Setenv(spoolCmdTokenEnv, token)
+	code, out, errOut = runSpoolCLI(t, "show", ids[2], "-admin", addr, "-token-env", spoolCmdTokenEnv)
+	if code != 0 || strings.Contains(out, `"hidden"`) || !strings.Contains(out, `"body":`) {
+		t.Errorf("show with the token = %d %q %q, want the body", code, out, errOut)
+	}
 	if code, out, errOut := runSpoolCLI(t, "replay", ids[0], "-admin", addr, "-token-env", spoolCmdTokenEnv); code != 0 || !strings.HasPrefix(out, "replayed") {
 		t.Errorf("replay with the token = %d %q %q", code, out, errOut)
 	}

@@ -38,6 +38,11 @@ func (s *FileStore) enqueue(req *request) {
 // waiters. It stops when Close closes s.stop, after draining the queue.
 func (s *FileStore) run() {
 	defer close(s.done)
+	defer func() {
+		if s.aio != nil {
+			s.aio.release()
+		}
+	}()
 	var tick <-chan time.Time
 	if s.opts.Fsync == FsyncInterval {
 		t := time.NewTicker(s.opts.Interval)
@@ -189,7 +194,7 @@ func (s *FileStore) syncFile(seg *segment) error {
 	if s.opts.OnFsync != nil {
 		start = time.Now()
 	}
-	if err := seg.f.Sync(); err != nil {
+	if err := s.fsync(seg.f); err != nil {
 		s.syncErrs.Add(1)
 		return fmt.Errorf("%w: fsync %s: %v", ErrFailed, seg.path, err)
 	}
@@ -199,6 +204,32 @@ func (s *FileStore) syncFile(seg *segment) error {
 	s.syncs.Add(1)
 	seg.synced = size
 	return nil
+}
+
+// fsync syncs a segment's file: through s.aio when the store has one,
+// so that the writer waits for the disk without holding its P, and with
+// fsync(2) otherwise, or from the first time the kernel refuses AIO's.
+func (s *FileStore) fsync(f File) error {
+	if osf, ok := f.(*os.File); ok && s.aio != nil {
+		err := s.aio.sync(osf)
+		switch {
+		case err == errAIOUnsupported:
+			s.log.Debug("spool: fsync through AIO refused; using fsync(2)", "dir", s.dir)
+		case s.aio.broken:
+			// An fsync may still be in flight: its completion must not
+			// be taken for a later one's.
+			s.log.Warn("spool: waiting for an fsync through AIO failed; using fsync(2) from now on", "dir", s.dir, "err", err)
+		default:
+			return err
+		}
+		s.aio.broken = true // not to be used again
+		s.aio.release()
+		s.aio = nil
+		if err != errAIOUnsupported {
+			return err
+		}
+	}
+	return f.Sync()
 }
 
 // fail marks the store failed: it refuses writes until reopened.

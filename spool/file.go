@@ -66,6 +66,9 @@ type FileOptions struct {
 	// OnFsync, when set, is told how long each successful data fsync
 	// took, from the writer goroutine: it must not block.
 	OnFsync func(time.Duration)
+
+	// noAIO makes the store sync with fsync(2) alone (tests).
+	noAIO bool
 }
 
 // Limits bounds one route's unsettled messages; a zero field means no bound.
@@ -125,6 +128,9 @@ type FileStore struct {
 	done  chan struct{}
 	dirty bool   // written but not synced (FsyncInterval); writer only
 	wbuf  []byte // writer only
+	// aio syncs segments without holding the writer's P; nil: fsync(2).
+	// Writer only.
+	aio *aioSyncer
 }
 
 var _ Store = (*FileStore)(nil)
@@ -176,6 +182,9 @@ func OpenFile(dir string, opts FileOptions) (*FileStore, error) {
 	if err := s.recover(); err != nil {
 		s.closeFiles()
 		return nil, err
+	}
+	if _, ok := s.fs.(OSFS); ok && !s.opts.noAIO {
+		s.aio = getAIOSyncer()
 	}
 	go s.run()
 	return s, nil

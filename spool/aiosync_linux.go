@@ -1,0 +1,181 @@
+//go:build linux && (amd64 || arm64)
+
+package spool
+
+import (
+	"errors"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// aioSyncer fsyncs a segment through Linux's native AIO (IOCB_CMD_FSYNC,
+// kernel 4.18 and later) and waits for it on an eventfd in Go's poller.
+//
+// A plain fsync(2) holds its goroutine's P for as long as the disk takes,
+// until the runtime's monitor notices and hands the P on: with one P (a
+// sidecar limited to one CPU) every goroutine of the process, the app's
+// connections and their reads included, waited for each group commit,
+// about one fsync in ten of the time under load. Here the writer waits in
+// the poller like a network read, and the others run meanwhile
+// (docs/spool.md, "How the writer waits for the disk").
+type aioSyncer struct {
+	ctx   uintptr  // aio_context_t
+	efd   *os.File // the eventfd, in the poller
+	efdNo int      // its descriptor (os.File.Fd would make it blocking)
+	cb    iocb
+	cbs   [1]*iocb
+	ev    [1]ioEvent
+	buf   [8]byte
+	seq   uint64 // the data of the last iocb submitted
+	// broken is set when a wait failed with an fsync in flight: the
+	// store stops using the syncer.
+	broken bool
+}
+
+// iocb is the kernel's struct iocb (little-endian layout). An fsync uses
+// none of the fields named _: aio_key, aio_rw_flags, aio_reqprio,
+// aio_buf, aio_nbytes, aio_offset and aio_reserved2, all zero.
+type iocb struct {
+	data   uint64
+	_      [2]uint32
+	opcode uint16
+	_      int16
+	fildes uint32
+	_      [4]uint64
+	flags  uint32
+	resfd  uint32
+}
+
+// ioEvent is the kernel's struct io_event: its data and result (the
+// object and second result are not used).
+type ioEvent struct {
+	data uint64
+	_    uint64
+	res  int64
+	_    int64
+}
+
+const (
+	iocbCmdFsync  = 2
+	iocbFlagResfd = 1 << 0
+)
+
+// errAIOUnsupported is sync's answer when the kernel or the file system
+// cannot fsync through AIO: the store falls back to fsync(2).
+var errAIOUnsupported = errors.New("spool: fsync through AIO not supported")
+
+// spareSyncers are syncers of closed stores, kept for the next store:
+// destroying an AIO context waits for the kernel's RCU grace period, tens
+// of milliseconds.
+var spareSyncers struct {
+	sync.Mutex
+	list []*aioSyncer
+}
+
+// maxSpareSyncers bounds spareSyncers.
+const maxSpareSyncers = 4
+
+// getAIOSyncer returns a spare syncer or a new one, or nil when AIO or
+// eventfd is not available (an old kernel, a seccomp profile that refuses
+// them).
+func getAIOSyncer() *aioSyncer {
+	spareSyncers.Lock()
+	if n := len(spareSyncers.list); n > 0 {
+		a := spareSyncers.list[n-1]
+		spareSyncers.list = spareSyncers.list[:n-1]
+		spareSyncers.Unlock()
+		return a
+	}
+	spareSyncers.Unlock()
+	return newAIOSyncer()
+}
+
+// release gives a back for another store to use, or destroys it when it
+// is broken or enough are kept. Nothing of it may be in flight.
+func (a *aioSyncer) release() {
+	if !a.broken {
+		spareSyncers.Lock()
+		if len(spareSyncers.list) < maxSpareSyncers {
+			spareSyncers.list = append(spareSyncers.list, a)
+			spareSyncers.Unlock()
+			return
+		}
+		spareSyncers.Unlock()
+	}
+	a.close()
+}
+
+func newAIOSyncer() *aioSyncer {
+	a := &aioSyncer{}
+	if _, _, e := syscall.Syscall(syscall.SYS_IO_SETUP, 1, uintptr(unsafe.Pointer(&a.ctx)), 0); e != 0 {
+		return nil
+	}
+	fd, _, e := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if e != 0 {
+		syscall.Syscall(syscall.SYS_IO_DESTROY, a.ctx, 0, 0)
+		return nil
+	}
+	a.efdNo = int(fd)
+	a.efd = os.NewFile(fd, "spool-fsync-eventfd") // non-blocking: in the poller
+	a.cbs[0] = &a.cb
+	return a
+}
+
+// sync fsyncs f and returns the fsync's result, or errAIOUnsupported
+// before anything was submitted. Only one sync runs at a time: the
+// writer's.
+func (a *aioSyncer) sync(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return errAIOUnsupported
+	}
+	var serr syscall.Errno
+	cerr := rc.Control(func(fd uintptr) {
+		a.seq++
+		a.cb = iocb{data: a.seq, opcode: iocbCmdFsync, fildes: uint32(fd), flags: iocbFlagResfd, resfd: uint32(a.efdNo)}
+		for {
+			_, _, e := syscall.Syscall(syscall.SYS_IO_SUBMIT, a.ctx, 1, uintptr(unsafe.Pointer(&a.cbs[0])))
+			if e != syscall.EINTR {
+				serr = e
+				return
+			}
+		}
+	})
+	switch {
+	case cerr != nil:
+		return cerr
+	case serr == syscall.EINVAL || serr == syscall.ENOSYS || serr == syscall.EPERM || serr == syscall.EOPNOTSUPP:
+		return errAIOUnsupported
+	case serr != 0:
+		return serr
+	}
+	// The fsync is in flight: wait for its completion, which the kernel
+	// counts on the eventfd, then reap it.
+	for {
+		if _, err := a.efd.Read(a.buf[:]); err != nil {
+			a.broken = true
+			return err
+		}
+		ts := syscall.Timespec{}
+		n, _, e := syscall.Syscall6(syscall.SYS_IO_GETEVENTS, a.ctx, 1, 1, uintptr(unsafe.Pointer(&a.ev[0])), uintptr(unsafe.Pointer(&ts)), 0)
+		switch {
+		case e == syscall.EINTR:
+		case e != 0:
+			a.broken = true
+			return e
+		case n == 1 && a.ev[0].data == a.seq:
+			if res := a.ev[0].res; res < 0 {
+				return syscall.Errno(-res)
+			}
+			return nil
+		}
+	}
+}
+
+// close releases the AIO context and the eventfd.
+func (a *aioSyncer) close() {
+	syscall.Syscall(syscall.SYS_IO_DESTROY, a.ctx, 0, 0)
+	a.efd.Close()
+}

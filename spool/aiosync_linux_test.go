@@ -1,0 +1,94 @@
+//go:build linux && (amd64 || arm64)
+
+package spool
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"unsafe"
+)
+
+// TestAIOSync: a segment's fsync through AIO completes, reports the
+// kernel's result, and the store uses it by default.
+func TestAIOSync(t *testing.T) {
+	a := newAIOSyncer()
+	if a == nil {
+		t.Skip("no AIO here (kernel or seccomp): the store uses fsync(2)")
+	}
+	defer a.close()
+	f, err := os.Create(filepath.Join(t.TempDir(), "seg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := range 3 {
+		if _, err := f.Write([]byte("record")); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.sync(f); err != nil {
+			t.Fatalf("sync %d: %v", i, err)
+		}
+	}
+	if a.broken {
+		t.Error("syncer broken after successful syncs")
+	}
+	f.Close()
+	if err := a.sync(f); err == nil || err == errAIOUnsupported {
+		t.Errorf("sync of a closed file = %v, want its error", err)
+	}
+
+	// A store syncs through AIO; a closed store's syncer serves the next.
+	dir := t.TempDir()
+	for i := range 3 {
+		st, err := OpenFile(dir, FileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.aio == nil {
+			t.Error("a store on the OS's file system does not sync through AIO")
+		}
+		if err := st.Append(t.Context(), testMessage("r", i, 10)); err != nil {
+			t.Fatal(err)
+		}
+		if got := st.syncs.Load(); got == 0 {
+			t.Error("no fsync counted for an appended message")
+		}
+		if st.aio != nil && st.aio.broken {
+			t.Error("the store's syncer broke")
+		}
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := OpenFile(dir, FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if got := st.Stats().Total.Pending; got != 3 {
+		t.Errorf("after reopening: %d pending, want the 3 appended", got)
+	}
+}
+
+// TestAIOLayout: the structures match the kernel's sizes and offsets.
+func TestAIOLayout(t *testing.T) {
+	var cb iocb
+	var ev ioEvent
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"sizeof(iocb)", unsafe.Sizeof(cb), 64},
+		{"iocb.aio_lio_opcode", unsafe.Offsetof(cb.opcode), 16},
+		{"iocb.aio_fildes", unsafe.Offsetof(cb.fildes), 20},
+		{"iocb.aio_flags", unsafe.Offsetof(cb.flags), 56},
+		{"iocb.aio_resfd", unsafe.Offsetof(cb.resfd), 60},
+		{"sizeof(io_event)", unsafe.Sizeof(ev), 32},
+		{"io_event.res", unsafe.Offsetof(ev.res), 16},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+}

@@ -100,7 +100,8 @@ type conn struct {
 	peerMaxFrame int               // the peer's SETTINGS_MAX_FRAME_SIZE, capped
 	wroteGoAway  bool
 
-	// mu guards the streams and the flow-control windows.
+	// mu guards the streams and the flow-control windows. Lock order:
+	// wmu before mu, mu before a stream's bmu.
 	mu               sync.Mutex
 	flowCond         sync.Cond // L is &mu: windows grew, or a stream or the connection closed
 	streams          map[uint32]*stream

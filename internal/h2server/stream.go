@@ -197,6 +197,9 @@ func (c *conn) runHandler(st *stream) *stream {
 	rst := false
 	c.mu.Lock()
 	c.handlers--
+	if c.handlers == 0 && len(c.streams) == 0 {
+		c.idleSince = time.Now()
+	}
 	st.localDone = true
 	if !st.closed {
 		if st.remoteDone {
@@ -368,8 +371,9 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	}
 	if st.needsContinue {
 		st.needsContinue = false
+		c, id := st.c, st.id
 		st.bmu.Unlock()
-		st.c.write100Continue(st)
+		c.write100Continue(st, id)
 		st.bmu.Lock()
 		if st.gen != b.gen {
 			st.bmu.Unlock()
@@ -450,12 +454,16 @@ func (c *conn) bodyRead(st *stream, id uint32, n int) {
 }
 
 // write100Continue answers Expect: 100-continue on the body's first
-// read, unless the response has begun.
-func (c *conn) write100Continue(st *stream) {
+// read, unless the response has begun or the stream has ended (st may
+// serve another request by now: the table tells).
+func (c *conn) write100Continue(st *stream, id uint32) {
 	if c.lockWrite() != nil {
 		return
 	}
-	if !st.dead.Load() && !st.sentFinal.Load() {
+	c.mu.Lock()
+	live := c.streams[id] == st
+	c.mu.Unlock()
+	if live && !st.dead.Load() && !st.sentFinal.Load() {
 		c.hbuf.Reset()
 		c.encodeField(":status", "100")
 		c.writeHeaderBlockLocked(st.id, c.hbuf.Bytes(), false)
@@ -567,7 +575,7 @@ func (st *stream) writeHeader(code int) {
 		case "Connection":
 			if len(vv) > 0 && vv[0] == "close" {
 				// As net/http's server: the connection ends once idle.
-				go st.c.startGracefulShutdown()
+				st.c.startGracefulShutdown()
 			}
 			continue
 		case "Date":

@@ -667,3 +667,57 @@ func (rc *rawClient) untilClosed(t *testing.T) {
 		t.Fatal("the server kept the connection open")
 	}
 }
+
+// TestInformationalAndHead: a 1xx leaves at once with the fields set
+// then, and the final answer without them (as the proxy passes 103 Early
+// Hints on); a HEAD answer has no body; request trailers reach the
+// handler at the body's end.
+func TestInformationalAndHead(t *testing.T) {
+	addr := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case "HEAD":
+			w.Header().Set("Content-Length", "5")
+			w.Write([]byte("hello"))
+		case "POST":
+			io.ReadAll(r.Body)
+			io.WriteString(w, "trailer="+r.Trailer.Get("X-Sum"))
+		default:
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			w.Header().Del("Link")
+			io.WriteString(w, "final")
+		}
+	})})
+	rc := dialRaw(t, addr)
+	rc.request(1, true, "GET", "/", nil)
+	f := rc.next(t, func(f http2.Frame) bool { _, ok := f.(*http2.MetaHeadersFrame); return ok })
+	h := f.(*http2.MetaHeadersFrame)
+	if h.PseudoValue("status") != "103" || !strings.Contains(fmt.Sprint(h.Fields), "style.css") || h.StreamEnded() {
+		t.Errorf("first HEADERS %v, want 103 with the Link field", h.Fields)
+	}
+	f = rc.next(t, func(f http2.Frame) bool { _, ok := f.(*http2.MetaHeadersFrame); return ok })
+	if h := f.(*http2.MetaHeadersFrame); h.PseudoValue("status") != "200" || strings.Contains(fmt.Sprint(h.Fields), "style.css") {
+		t.Errorf("final HEADERS %v", h.Fields)
+	}
+
+	rc.request(3, true, "HEAD", "/", nil)
+	f = rc.next(t, func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 3
+	})
+	if h := f.(*http2.MetaHeadersFrame); !h.StreamEnded() || h.PseudoValue("status") != "200" {
+		t.Errorf("HEAD answer %v, end_stream %v: want its headers alone", h.Fields, h.StreamEnded())
+	}
+
+	rc.request(5, false, "POST", "/", [][2]string{{"trailer", "X-Sum"}})
+	rc.write(t, func() error { return rc.fr.WriteData(5, false, []byte("data")) })
+	rc.wmu.Lock()
+	rc.hb.Reset()
+	rc.enc.WriteField(hpack.HeaderField{Name: "x-sum", Value: "42"})
+	rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: rc.hb.Bytes(), EndStream: true, EndHeaders: true})
+	rc.wmu.Unlock()
+	f = rc.next(t, func(f http2.Frame) bool { d, ok := f.(*http2.DataFrame); return ok && d.StreamID == 5 })
+	if d := f.(*http2.DataFrame); string(d.Data()) != "trailer=42" {
+		t.Errorf("POST answer %q, want the trailer", d.Data())
+	}
+}

@@ -721,3 +721,61 @@ func TestInformationalAndHead(t *testing.T) {
 		t.Errorf("POST answer %q, want the trailer", d.Data())
 	}
 }
+
+// TestSendFlowControl: the server sends no more than the client's
+// windows allow, and goes on as WINDOW_UPDATE and a new
+// SETTINGS_INITIAL_WINDOW_SIZE open them.
+func TestSendFlowControl(t *testing.T) {
+	body := bytes.Repeat([]byte("z"), 1000)
+	addr := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		w.Write(body)
+	})})
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	rc := &rawClient{nc: nc, fr: http2.NewFramer(nc, nc)}
+	rc.enc = hpack.NewEncoder(&rc.hb)
+	rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	rc.write(t, func() error {
+		io.WriteString(nc, http2.ClientPreface)
+		return rc.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 100})
+	})
+	rc.request(1, true, "GET", "/", nil)
+	got := 0
+	// readUntilPing reads DATA until the acknowledgement of a PING sent
+	// now, and checks the total against the window.
+	readUntilPing := func(window int) {
+		t.Helper()
+		rc.write(t, func() error { return rc.fr.WritePing(false, [8]byte{1}) })
+		for {
+			f := rc.next(t, func(f http2.Frame) bool {
+				switch f := f.(type) {
+				case *http2.DataFrame:
+					return true
+				case *http2.PingFrame:
+					return f.IsAck()
+				}
+				return false
+			})
+			if d, ok := f.(*http2.DataFrame); ok {
+				got += len(d.Data())
+				if got > window {
+					t.Fatalf("%d bytes sent, the window was %d", got, window)
+				}
+				continue
+			}
+			if got == window {
+				return
+			}
+			rc.write(t, func() error { return rc.fr.WritePing(false, [8]byte{1}) })
+		}
+	}
+	readUntilPing(100)
+	rc.write(t, func() error { return rc.fr.WriteWindowUpdate(1, 400) })
+	readUntilPing(500)
+	rc.write(t, func() error { return rc.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 600}) })
+	readUntilPing(1000)
+}

@@ -374,9 +374,9 @@ func (c *conn) newStream(hb *headerBlock) (*stream, error) {
 	}
 
 	st := getStream(c, id)
-	st.handler = c.srv.Handler.ServeHTTP
+	st.handler = c.srv.Handler
 	if hb.truncated {
-		st.handler = headerListTooLong
+		st.handler = http.HandlerFunc(headerListTooLong)
 	}
 	st.isHead = hb.method == "HEAD"
 	st.recvAvail = c.initRecvWindow

@@ -40,7 +40,7 @@ type stream struct {
 	cancel  context.CancelFunc
 	req     *http.Request
 	rs      *reqState
-	handler func(http.ResponseWriter, *http.Request)
+	handler http.Handler
 	isHead  bool
 
 	// dead is set (under c.mu) when the stream closes; read under wmu,
@@ -253,7 +253,7 @@ func (c *conn) callHandler(st *stream) (ok bool) {
 			c.srv.logf("http2: panic serving %v: %v\n%s", c.remoteAddr, e, buf)
 		}
 	}()
-	st.handler(&st.rs.rw, st.req)
+	st.handler.ServeHTTP(&st.rs.rw, st.req)
 	return true
 }
 

@@ -88,7 +88,6 @@ type conn struct {
 	maxHeaderList  uint32
 	advMaxStreams  uint32
 	initRecvWindow int32 // per stream, as advertised
-	linger         bool  // the read deadline is set to end the connection
 
 	// wmu serializes writing: the HPACK encoder and the framer's write
 	// side. Nothing blocks on the socket under it (see lockWrite).
@@ -122,6 +121,7 @@ type conn struct {
 	closedResetByUs  [recentClosed]bool
 	closedNext       int
 	maxHandlersQueue int
+	linger           bool // the read deadline is set to end the connection
 }
 
 func newConn(s *Server, nc net.Conn, ctx context.Context) *conn {
@@ -316,7 +316,13 @@ func (c *conn) processFrame(f http2.Frame) error {
 		}
 		c.sawSettings = true
 		if c.srv.ReadHeaderTimeout > 0 {
-			c.bc.SetReadDeadline(time.Time{})
+			// Unless a GOAWAY has set the deadline to end the
+			// connection meanwhile.
+			c.mu.Lock()
+			if !c.linger {
+				c.bc.SetReadDeadline(time.Time{})
+			}
+			c.mu.Unlock()
 		}
 	}
 	switch f := f.(type) {

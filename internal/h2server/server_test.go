@@ -779,3 +779,40 @@ func TestSendFlowControl(t *testing.T) {
 	rc.write(t, func() error { return rc.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 600}) })
 	readUntilPing(1000)
 }
+
+// TestShutdownBeforeSettings: a connection that Shutdown finds before
+// the client's first SETTINGS still ends, and Shutdown returns.
+func TestShutdownBeforeSettings(t *testing.T) {
+	s := &Server{Handler: http.NotFoundHandler(), ReadHeaderTimeout: time.Minute}
+	addr := start(t, s)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fr := http2.NewFramer(nc, nc)
+	if _, err := fr.ReadFrame(); err != nil { // the server's SETTINGS: it serves the connection
+		t.Fatal(err)
+	}
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			break
+		}
+	}
+	io.WriteString(nc, http2.ClientPreface)
+	fr.WriteSettings()
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Errorf("Shutdown = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return: the connection stayed open")
+	}
+}

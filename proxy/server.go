@@ -189,14 +189,14 @@ func (s *Server) bind(l *Listener) (*boundListener, error) {
 		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
 	tunnels := &tunnelSet{}
-	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: guardListen(ln, l.Protocol), srv: s.newEngine(l, tunnels, ln.Addr()), tunnels: tunnels}, nil
+	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: guardListen(ln), srv: s.newEngine(l, tunnels, ln.Addr()), tunnels: tunnels}, nil
 }
 
 // guardListen wraps a listener's socket in h1guard, for every protocol:
 // the handler refuses a request whose connection it does not find (on
 // an h2c connection the guard stops at the preface, and has nothing to
 // judge).
-func guardListen(ln net.Listener, _ string) net.Listener {
+func guardListen(ln net.Listener) net.Listener {
 	return h1guard.Listen(ln)
 }
 
@@ -468,7 +468,7 @@ func (s *Server) rebind(bs []*boundListener) {
 			s.log.Error("listener lost its socket: a reload closed it and could not open it again", "listener", b.name, "address", b.ln.Addr().String(), "error", err)
 			continue
 		}
-		b.ln = guardListen(ln, b.protocol)
+		b.ln = guardListen(ln)
 		if s.serving {
 			s.serveLocked(b)
 		}

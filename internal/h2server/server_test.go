@@ -816,3 +816,34 @@ func TestShutdownBeforeSettings(t *testing.T) {
 		t.Fatal("Shutdown did not return: the connection stayed open")
 	}
 }
+
+// TestWriteDeadline: a write held back by the client's window past the
+// write deadline fails, and the stream is reset (INTERNAL_ERROR).
+func TestWriteDeadline(t *testing.T) {
+	werr := make(chan error, 1)
+	addr := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err := w.Write(make([]byte, 64<<10))
+		werr <- err
+	})})
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	rc := &rawClient{nc: nc, fr: http2.NewFramer(nc, nc)}
+	rc.enc = hpack.NewEncoder(&rc.hb)
+	rc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	rc.write(t, func() error {
+		io.WriteString(nc, http2.ClientPreface)
+		return rc.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 10})
+	})
+	rc.request(1, true, "GET", "/", nil)
+	f := rc.next(t, func(f http2.Frame) bool { _, ok := f.(*http2.RSTStreamFrame); return ok })
+	if rst := f.(*http2.RSTStreamFrame); rst.StreamID != 1 || rst.ErrCode != http2.ErrCodeInternal {
+		t.Errorf("RST_STREAM stream %d %v, want stream 1 INTERNAL_ERROR", rst.StreamID, rst.ErrCode)
+	}
+	if err := <-werr; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the write returned %v, want a deadline error", err)
+	}
+}

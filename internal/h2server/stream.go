@@ -73,6 +73,8 @@ type stream struct {
 	gotTrailer    http.Header // trailers received, for reqTrailer at the body's end
 	readDeadline  time.Time
 	rdTimer       *time.Timer
+	writeDeadline time.Time
+	wdTimer       *time.Timer
 
 	// The response: the handler's goroutine's.
 	hdr         http.Header
@@ -110,8 +112,10 @@ var streamPool = sync.Pool{New: func() any {
 
 func getStream(c *conn, id uint32) *stream {
 	st := streamPool.Get().(*stream)
+	st.bmu.Lock() // for the deadline timers, which read them
 	st.c = c
 	st.id = id
+	st.bmu.Unlock()
 	st.ctx, st.cancel = context.WithCancel(c.ctx)
 	st.rs = new(reqState)
 	st.clen = -1
@@ -137,10 +141,15 @@ func (st *stream) release() {
 	if st.rdTimer != nil {
 		st.rdTimer.Stop()
 	}
+	st.writeDeadline = time.Time{}
+	if st.wdTimer != nil {
+		st.wdTimer.Stop()
+	}
+	st.c = nil
 	st.bmu.Unlock()
 
 	st.cancel()
-	st.c, st.ctx, st.cancel, st.req, st.rs, st.handler = nil, nil, nil, nil, nil, nil
+	st.ctx, st.cancel, st.req, st.rs, st.handler = nil, nil, nil, nil, nil
 	st.isHead = false
 	st.dead.Store(false)
 	st.sentFinal.Store(false)
@@ -348,6 +357,54 @@ func (st *stream) setReadDeadline(t time.Time) {
 	st.bcond.Broadcast()
 }
 
+// setWriteDeadline arms the stream's write deadline: when it passes, the
+// stream is reset (INTERNAL_ERROR) and writes fail, as net/http's server
+// does; a write waiting for the flow-control windows returns at once, one
+// waiting for a slow reader's socket when the connection ends.
+func (st *stream) setWriteDeadline(t time.Time) {
+	st.bmu.Lock()
+	st.writeDeadline = t
+	switch {
+	case t.IsZero():
+		if st.wdTimer != nil {
+			st.wdTimer.Stop()
+		}
+	case st.wdTimer == nil:
+		st.wdTimer = time.AfterFunc(time.Until(t), st.onWriteDeadline)
+	default:
+		st.wdTimer.Reset(time.Until(t))
+	}
+	st.bmu.Unlock()
+	if !t.IsZero() && !time.Now().Before(t) {
+		st.onWriteDeadline()
+	}
+}
+
+var errWriteDeadline = fmt.Errorf("http2: response write: %w", os.ErrDeadlineExceeded)
+
+// onWriteDeadline resets the stream if its write deadline has passed; a
+// timer of a request the stream no longer serves finds it not due, or
+// the stream gone from the connection's table.
+func (st *stream) onWriteDeadline() {
+	st.bmu.Lock()
+	due := !st.writeDeadline.IsZero() && !time.Now().Before(st.writeDeadline)
+	c, id := st.c, st.id
+	st.bmu.Unlock()
+	if !due || c == nil {
+		return
+	}
+	c.mu.Lock()
+	live := c.streams[id] == st
+	if live {
+		c.closeStreamLocked(st, errWriteDeadline, true)
+	}
+	c.mu.Unlock()
+	if live && c.lockControl() == nil {
+		c.framer.WriteRSTStream(id, http2.ErrCodeInternal)
+		c.unlockControl()
+	}
+}
+
 // requestBody is a request's Body: reads wait for DATA and give flow
 // control back as the handler takes the bytes.
 type requestBody struct {
@@ -474,9 +531,9 @@ func (c *conn) write100Continue(st *stream, id uint32) {
 // The response.
 
 // responseWriter is a request's http.ResponseWriter. It supports
-// Flush, http.ResponseController's FlushError, SetReadDeadline and
-// EnableFullDuplex (always on), and trailers as net/http's server
-// does; not Hijack.
+// Flush, http.ResponseController's FlushError, SetReadDeadline,
+// SetWriteDeadline and EnableFullDuplex (always on), and trailers as
+// net/http's server does; not Hijack.
 type responseWriter struct{ st *stream }
 
 var (
@@ -527,6 +584,11 @@ func (w *responseWriter) FlushError() error {
 
 func (w *responseWriter) SetReadDeadline(t time.Time) error {
 	w.stream().setReadDeadline(t)
+	return nil
+}
+
+func (w *responseWriter) SetWriteDeadline(t time.Time) error {
+	w.stream().setWriteDeadline(t)
 	return nil
 }
 

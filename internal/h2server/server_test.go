@@ -847,3 +847,49 @@ func TestWriteDeadline(t *testing.T) {
 		t.Errorf("the write returned %v, want a deadline error", err)
 	}
 }
+
+// TestIdleTimeoutSparesBusyConnection: a connection whose stream runs
+// longer than IdleTimeout is not idle: the stream completes.
+func TestIdleTimeoutSparesBusyConnection(t *testing.T) {
+	addr := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		timer := time.NewTimer(300 * time.Millisecond) // longer than the idle timeout
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "late")
+	}), IdleTimeout: 50 * time.Millisecond})
+	resp, err := client(t).Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(body) != "late" {
+		t.Errorf("body %q, %v: want the whole answer", body, err)
+	}
+}
+
+// TestClientGoAway: a client's GOAWAY ends the connection once its
+// streams are done, with their answers.
+func TestClientGoAway(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{})
+	addr := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		<-release
+		io.WriteString(w, "bye")
+	})})
+	rc := dialRaw(t, addr)
+	rc.request(1, true, "GET", "/", nil)
+	<-arrived
+	rc.write(t, func() error { return rc.fr.WriteGoAway(0, http2.ErrCodeNo, nil) })
+	close(release)
+	f := rc.next(t, func(f http2.Frame) bool { d, ok := f.(*http2.DataFrame); return ok && d.StreamID == 1 })
+	if d := f.(*http2.DataFrame); string(d.Data()) != "bye" {
+		t.Errorf("DATA %q", d.Data())
+	}
+	rc.untilClosed(t)
+}

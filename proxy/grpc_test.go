@@ -94,8 +94,16 @@ func newInteropServer(t *testing.T) *grpc.Server {
 // tee: a bidi ping-pong proves nothing is read ahead. A failing case ends
 // the test binary (the interop cases call grpclog's Fatal).
 func TestGRPCInterop(t *testing.T) {
+	// An auto listener hands gRPC's connections from internal/h1server
+	// to internal/h2server; an h2c listener gives them to it at once.
+	for _, proto := range []string{"auto", "h2c"} {
+		t.Run(proto, func(t *testing.T) { testGRPCInterop(t, proto) })
+	}
+}
+
+func testGRPCInterop(t *testing.T, proto string) {
 	url := grpcUpstream(t, newInteropServer(t))
-	sc := startSidecar(t, grpcConfig(url, "{timeout: 20s, retry: {attempts: 3}}", ""))
+	sc := startSidecar(t, strings.Replace(grpcConfig(url, "{timeout: 20s, retry: {attempts: 3}}", ""), "protocol: auto", "protocol: "+proto, 1))
 	cc := dialSidecar(t, sc)
 	tc := testgrpc.NewTestServiceClient(cc)
 	cases := []struct {

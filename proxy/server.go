@@ -15,7 +15,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/internal/h1guard"
 	"github.com/sidecar-proxy/sidecar/internal/h1server"
-	"github.com/sidecar-proxy/sidecar/internal/h2conn"
+	"github.com/sidecar-proxy/sidecar/internal/h2server"
 	"github.com/sidecar-proxy/sidecar/internal/stdlog"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -30,14 +30,15 @@ const (
 	idleTimeout = 120 * time.Second
 )
 
-// HTTP/2 limits of the app-facing listeners (h2c). Go 1.26's bundled
-// HTTP/2 server carries the rapid-reset mitigation (CVE-2023-44487: no
-// more handlers than MaxConcurrentStreams run per connection, further
-// streams queue, and a connection that queues too many is closed) and the
-// CONTINUATION-flood one (CVE-2023-45288: headers past MaxHeaderBytes,
-// which it advertises as SETTINGS_MAX_HEADER_LIST_SIZE, are not stored,
-// and a peer that keeps sending them loses the connection); these settings
-// bound the rest deliberately.
+// HTTP/2 limits of the app-facing listeners (h2c). internal/h2server
+// carries net/http's protections: the rapid-reset mitigation
+// (CVE-2023-44487: no more handlers than MaxConcurrentStreams run per
+// connection, further streams queue, and a connection that queues too
+// many is closed) and the CONTINUATION-flood one (CVE-2024-27316: headers
+// past MaxHeaderBytes, which it advertises as
+// SETTINGS_MAX_HEADER_LIST_SIZE, are not stored, and a peer that keeps
+// sending them loses the connection); these settings bound the rest
+// deliberately (docs/design.md, "HTTP/2 connections").
 const (
 	// h2MaxConcurrentStreams is per connection: one app may multiplex
 	// many gRPC calls over one connection.
@@ -83,10 +84,10 @@ type boundListener struct {
 	tunnels                 *tunnelSet // the server's CONNECT tunnels
 }
 
-// engine is the server of one listener: net/http's for h2c, the
-// sidecar's own HTTP/1.1 server (internal/h1server) for http1, and both
-// for auto (see autoEngine). Their Shutdown and Close mean what
-// http.Server's do.
+// engine is the server of one listener: the sidecar's own HTTP/2 server
+// (internal/h2server) for h2c, its own HTTP/1.1 server
+// (internal/h1server) for http1, and both for auto (see autoEngine).
+// Their Shutdown and Close mean what http.Server's do.
 type engine interface {
 	Serve(net.Listener) error
 	Shutdown(context.Context) error
@@ -188,17 +189,14 @@ func (s *Server) bind(l *Listener) (*boundListener, error) {
 		return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 	}
 	tunnels := &tunnelSet{}
-	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: guardListen(ln, l.Protocol), srv: s.newEngine(l, tunnels, ln.Addr()), tunnels: tunnels}, nil
+	return &boundListener{name: l.Name, address: l.Address, protocol: l.Protocol, ln: guardListen(ln), srv: s.newEngine(l, tunnels, ln.Addr()), tunnels: tunnels}, nil
 }
 
-// guardListen wraps a listener's socket: h1guard for every protocol,
-// and for h2c, where net/http's HTTP/2 server reads the socket, h2conn's
-// batched writes and buffered reads beneath it (an auto listener's h2c
-// connections get them at the hand-off, autoEngine.Serve).
-func guardListen(ln net.Listener, protocol string) net.Listener {
-	if protocol == "h2c" {
-		return h1guard.Listen(h2conn.Listen(ln))
-	}
+// guardListen wraps a listener's socket in h1guard, for every protocol:
+// the handler refuses a request whose connection it does not find (on
+// an h2c connection the guard stops at the preface, and has nothing to
+// judge).
+func guardListen(ln net.Listener) net.Listener {
 	return h1guard.Listen(ln)
 }
 
@@ -214,9 +212,9 @@ func (s *Server) Addrs() map[string]net.Addr {
 }
 
 // newEngine makes the server of listener l, bound at addr: HTTP/1.1 by
-// h1server, HTTP/2 with prior knowledge (h2c) by net/http; an auto
+// h1server, HTTP/2 with prior knowledge (h2c) by h2server; an auto
 // listener's h1server hands the connections that open with the HTTP/2
-// preface to its net/http server.
+// preface to its h2server.
 func (s *Server) newEngine(l *Listener, tunnels *tunnelSet, addr net.Addr) engine {
 	h := &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool, tunnels: tunnels}
 	errorLog := s.errorLog()
@@ -246,12 +244,9 @@ func (s *Server) errorLog() *log.Logger {
 	return log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: "http server"}, "", 0)
 }
 
-// newHTTP2Server is net/http's server for h2c: HTTP/2 with prior
-// knowledge only.
-func newHTTP2Server(h http.Handler, errorLog *log.Logger) *http.Server {
-	protos := new(http.Protocols)
-	protos.SetUnencryptedHTTP2(true)
-	return &http.Server{
+// newHTTP2Server is the server for h2c: HTTP/2 with prior knowledge.
+func newHTTP2Server(h http.Handler, errorLog *log.Logger) *h2server.Server {
+	return &h2server.Server{
 		Handler:           h,
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
@@ -259,31 +254,23 @@ func newHTTP2Server(h http.Handler, errorLog *log.Logger) *http.Server {
 		// An auto listener's connections come through h1server, which
 		// read their preface: h1guard's *Conn is beneath.
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if hc, ok := c.(*h2conn.Conn); ok {
-				c = hc.Conn
-			}
 			return h1guard.ConnContext(ctx, h1server.Unwrap(c))
 		},
-		Protocols: protos,
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams:          h2MaxConcurrentStreams,
-			MaxDecoderHeaderTableSize:     h2HeaderTableSize,
-			MaxEncoderHeaderTableSize:     h2HeaderTableSize,
-			MaxReadFrameSize:              h2MaxReadFrameSize,
-			MaxReceiveBufferPerStream:     h2MaxReceiveBufferPerStream,
-			MaxReceiveBufferPerConnection: h2MaxReceiveBufferPerConnection,
-		},
-		ErrorLog: errorLog,
+		MaxConcurrentStreams:          h2MaxConcurrentStreams,
+		HeaderTableSize:               h2HeaderTableSize,
+		MaxReadFrameSize:              h2MaxReadFrameSize,
+		MaxReceiveBufferPerStream:     h2MaxReceiveBufferPerStream,
+		MaxReceiveBufferPerConnection: h2MaxReceiveBufferPerConnection,
+		ErrorLog:                      errorLog,
 	}
 }
 
 // autoEngine serves an auto listener: h1server serves it, and hands the
-// connections that open with the HTTP/2 preface to h2, net/http's
-// server, through q, so that h2c is served exactly as on an h2c
-// listener.
+// connections that open with the HTTP/2 preface to h2 through q, so
+// that h2c is served exactly as on an h2c listener.
 type autoEngine struct {
 	h1   *h1server.Server
-	h2   *http.Server
+	h2   *h2server.Server
 	q    *h1server.ConnQueue
 	once sync.Once
 	wg   sync.WaitGroup // h2's Serve
@@ -294,7 +281,7 @@ func (a *autoEngine) Serve(ln net.Listener) error {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			a.h2.Serve(h2conn.Listen(a.q))
+			a.h2.Serve(a.q)
 		}()
 	})
 	return a.h1.Serve(ln)
@@ -481,7 +468,7 @@ func (s *Server) rebind(bs []*boundListener) {
 			s.log.Error("listener lost its socket: a reload closed it and could not open it again", "listener", b.name, "address", b.ln.Addr().String(), "error", err)
 			continue
 		}
-		b.ln = guardListen(ln, b.protocol)
+		b.ln = guardListen(ln)
 		if s.serving {
 			s.serveLocked(b)
 		}

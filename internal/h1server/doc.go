@@ -64,9 +64,9 @@
 // # What it does not do
 //
 // TLS (the listeners are cleartext), HTTP/2 (an auto listener hands the
-// connections that open with the HTTP/2 preface to net/http's server
-// through HandOff and ConnQueue, so that h2c is served exactly as
-// before), CloseNotifier, ReadFrom fast paths, and the ConnState hook.
+// connections that open with the HTTP/2 preface to internal/h2server
+// through HandOff and ConnQueue, so that h2c is served exactly as on an
+// h2c listener), CloseNotifier, ReadFrom fast paths, and the ConnState hook.
 // Header fields of a response are written in map order, not sorted. A
 // client that half-closes its connection after sending pipelined requests
 // has the request in flight canceled (net/http cancels only the last).

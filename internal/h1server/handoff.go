@@ -54,9 +54,10 @@ func Unwrap(c net.Conn) net.Conn {
 }
 
 // ConnQueue is a net.Listener whose Accept returns the connections given
-// to Put: pass its Put as Server.HandOff, and the queue to an
-// http.Server's Serve, and the h2c connections of an HTTP/1 listener are
-// served by that http.Server as if it had accepted them.
+// to Put: pass its Put as Server.HandOff, and the queue to another
+// server's Serve (internal/h2server's, an http.Server's), and the h2c
+// connections of an HTTP/1 listener are served by that server as if it
+// had accepted them.
 type ConnQueue struct {
 	ch   chan net.Conn
 	done chan struct{}

@@ -41,7 +41,7 @@ type Server struct {
 	// HTTP/2 connection preface (h2c prior knowledge), as a net.Conn that
 	// replays the bytes the server read of it; the connection is then no
 	// longer the server's: Shutdown and Close leave it alone. See
-	// ConnQueue to give them to an http.Server.
+	// ConnQueue to give them to another server.
 	HandOff func(c net.Conn)
 
 	// ErrorLog receives handler panics and handler mistakes (superfluous

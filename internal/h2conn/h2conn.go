@@ -1,20 +1,18 @@
-// Package h2conn wraps the connections that net/http's HTTP/2 server and
-// transport use, to cut their syscalls per stream:
+// Package h2conn wraps the connections that carry HTTP/2, the app-facing
+// ones of internal/h2server and the upstream ones of net/http's HTTP/2
+// transport, to cut their syscalls per stream:
 //
-//   - Batched writes. Both flush after nearly every frame, each flush a
-//     write(2). Here Write appends to a buffer and returns; one writer
-//     goroutine, started when the buffer goes from empty to not empty,
-//     yields to every goroutine already runnable and then writes what has
-//     piled up, the frames of many streams, in one syscall. Nothing waits
-//     on a timer.
-//   - Buffered reads (the app-facing side). The server reads each frame
-//     straight from its connection, its 9-byte header and its payload in
-//     two read(2)s; here a read takes what the socket holds, up to 16 KiB,
-//     and the frames are served from that.
+//   - Batched writes. Frames are written one at a time, by many streams;
+//     here Write appends to a buffer and returns; one writer goroutine,
+//     started when the buffer goes from empty to not empty, yields to
+//     every goroutine already runnable and then writes what has piled up,
+//     the frames of many streams, in one syscall. Nothing waits on a
+//     timer.
+//   - Buffered reads (the app-facing side, Server). A frame is read as
+//     its 9-byte header and its payload; here a read takes what the
+//     socket holds, up to 16 KiB, and the frames are served from that.
 //
-// A connection accepted by Listen stays as it is (every call passes
-// through) unless it opens with the HTTP/2 preface: HTTP/1.1 keeps its
-// own writes, sendfile and all. See docs/design.md, "HTTP/2 connections".
+// See docs/design.md, "HTTP/2 connections".
 package h2conn
 
 import (
@@ -23,12 +21,8 @@ import (
 	"net"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 )
-
-// preface is what an HTTP/2 client sends first (RFC 9113, section 3.4).
-const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 const (
 	// maxPending is how many bytes may wait for the writer before Write
@@ -45,21 +39,16 @@ const (
 )
 
 // Conn is a net.Conn whose writes are batched (and, on the app-facing
-// side, reads buffered) once it carries HTTP/2. A failed write is not
-// reported by the Write whose bytes it carried, but by every later one;
-// the connection is broken then, and its reads fail as well.
+// side, reads buffered). A failed write is not reported by the Write
+// whose bytes it carried, but by every later one; the connection is
+// broken then, and its reads fail as well.
 type Conn struct {
 	net.Conn
 
-	on atomic.Bool // batching and buffering are on
-
-	// The reading goroutine's: sniffing for the preface, then the read
-	// buffer. net/http never reads one connection from two goroutines at
-	// once.
-	sniffing bool
-	sniffed  int // bytes of the preface matched so far
-	rbuf     []byte
-	r, w     int // rbuf[r:w] is read and not yet returned
+	// The reading goroutine's read buffer (Server's). Nothing reads one
+	// connection from two goroutines at once.
+	rbuf []byte
+	r, w int // rbuf[r:w] is read and not yet returned
 
 	mu       sync.Mutex
 	cond     sync.Cond // L is &mu; signalled when the writer takes or ends
@@ -71,34 +60,22 @@ type Conn struct {
 	closeNow bool      // ... while the writer ran: the writer closes
 }
 
-// Client returns c with its writes batched from the start: an upstream
-// connection of net/http's HTTP/2 transport, which buffers its reads
-// itself.
+// Client returns c with its writes batched: an upstream connection of
+// net/http's HTTP/2 transport, which buffers its reads itself.
 func Client(c net.Conn) *Conn {
 	bc := &Conn{Conn: c}
 	bc.cond.L = &bc.mu
-	bc.on.Store(true)
 	return bc
 }
 
-// Listen wraps l: each connection it accepts is a *Conn that turns
-// batching and read buffering on if it opens with the HTTP/2 preface.
-func Listen(l net.Listener) net.Listener { return listener{l} }
-
-type listener struct{ net.Listener }
-
-func (l listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	bc := &Conn{Conn: c, sniffing: true}
-	bc.cond.L = &bc.mu
-	return bc, nil
+// Server returns c with its writes batched and its reads buffered: an
+// app-facing connection of internal/h2server, which reads every frame
+// in two small reads.
+func Server(c net.Conn) *Conn {
+	bc := Client(c)
+	bc.rbuf = make([]byte, readBufSize)
+	return bc
 }
-
-// HTTP2 reports whether c carries HTTP/2 (batching and buffering are on).
-func (c *Conn) HTTP2() bool { return c.on.Load() }
 
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.r < c.w {
@@ -107,11 +84,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if c.rbuf == nil || len(p) >= len(c.rbuf) {
-		n, err := c.Conn.Read(p)
-		if c.sniffing && n > 0 {
-			c.sniff(p[:n])
-		}
-		return n, err
+		return c.Conn.Read(p)
 	}
 	n, err := c.Conn.Read(c.rbuf)
 	c.r, c.w = 0, n
@@ -120,31 +93,31 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return m, err
 }
 
-// sniff matches the first bytes read against the preface.
-func (c *Conn) sniff(b []byte) {
-	k := min(len(b), len(preface)-c.sniffed)
-	if string(b[:k]) != preface[c.sniffed:c.sniffed+k] {
-		c.sniffing = false
-		return
-	}
-	c.sniffed += k
-	if c.sniffed == len(preface) {
-		c.sniffing = false
-		c.rbuf = make([]byte, readBufSize)
-		c.on.Store(true)
-	}
-}
-
-// Write queues p for the writer once batching is on; it blocks only while
-// maxPending bytes wait already.
+// Write queues p for the writer; it blocks only while maxPending bytes
+// wait already.
 func (c *Conn) Write(p []byte) (int, error) {
-	if !c.on.Load() {
-		return c.Conn.Write(p)
-	}
 	c.mu.Lock()
 	for c.err == nil && !c.closed && len(c.buf) >= maxPending {
 		c.cond.Wait()
 	}
+	if _, err := c.queueLocked(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Queue is Write without the wait: it queues p whatever waits already,
+// and returns how many bytes wait then. It is for a writer that must not
+// block on a peer that does not read (the reading goroutine of
+// internal/h2server, answering PINGs and SETTINGS) and bounds what it
+// queues itself.
+func (c *Conn) Queue(p []byte) (pending int, err error) {
+	c.mu.Lock()
+	return c.queueLocked(p)
+}
+
+// queueLocked appends p to the buffer and unlocks c.mu.
+func (c *Conn) queueLocked(p []byte) (int, error) {
 	switch {
 	case c.err != nil:
 		err := c.err
@@ -159,9 +132,44 @@ func (c *Conn) Write(p []byte) (int, error) {
 		c.writing = true
 		go c.writeLoop()
 	}
+	n := len(c.buf)
 	c.mu.Unlock()
-	return len(p), nil
+	return n, nil
 }
+
+// Writable reports whether fewer than maxPending bytes wait, so that a
+// Write would not block, or the error a Write would return.
+func (c *Conn) Writable() (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.err != nil:
+		return false, c.err
+	case c.closed:
+		return false, net.ErrClosed
+	}
+	return len(c.buf) < maxPending, nil
+}
+
+// WaitWritable blocks while maxPending bytes wait; it returns the error
+// a Write would return.
+func (c *Conn) WaitWritable() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.err == nil && !c.closed && len(c.buf) >= maxPending {
+		c.cond.Wait()
+	}
+	switch {
+	case c.err != nil:
+		return c.err
+	case c.closed:
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// MaxPending is how many bytes may wait before Write blocks.
+const MaxPending = maxPending
 
 // writeLoop writes the buffer until it stays empty.
 func (c *Conn) writeLoop() {
@@ -243,10 +251,8 @@ func (c *Conn) CloseWrite() error {
 // ReadFrom copies r to the connection after what is pending, keeping the
 // wrapped connection's fast paths (sendfile, splice).
 func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
-	if c.on.Load() {
-		if err := c.wait(); err != nil {
-			return 0, err
-		}
+	if err := c.wait(); err != nil {
+		return 0, err
 	}
 	return io.Copy(c.Conn, r)
 }

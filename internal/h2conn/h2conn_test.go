@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// pair is a loopback TCP connection: the accepted end through Listen,
+// pair is a loopback TCP connection: the accepted end through Server,
 // and the dialled end.
 func pair(t *testing.T) (*Conn, net.Conn) {
 	t.Helper()
@@ -18,7 +18,6 @@ func pair(t *testing.T) (*Conn, net.Conn) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	l := Listen(ln)
 	dialled := make(chan net.Conn, 1)
 	go func() {
 		c, err := net.Dial("tcp", ln.Addr().String())
@@ -27,16 +26,17 @@ func pair(t *testing.T) (*Conn, net.Conn) {
 		}
 		dialled <- c
 	}()
-	c, err := l.Accept()
+	raw, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
+	c := Server(raw)
 	peer := <-dialled
 	if peer == nil {
 		t.FailNow()
 	}
 	t.Cleanup(func() { c.Close(); peer.Close() })
-	return c.(*Conn), peer
+	return c, peer
 }
 
 // countingConn counts the writes that reach the wrapped connection.
@@ -53,58 +53,12 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-func TestHTTP1PassesThrough(t *testing.T) {
-	c, peer := pair(t)
-	req := "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-	go peer.Write([]byte(req))
-	buf := make([]byte, 4)
-	got := ""
-	for len(got) < len(req) {
-		n, err := c.Read(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got += string(buf[:n])
-		if n > len(buf) {
-			t.Fatal("read past the caller's buffer")
-		}
-	}
-	if got != req {
-		t.Fatalf("read %q", got)
-	}
-	if c.HTTP2() || c.rbuf != nil {
-		t.Fatal("an HTTP/1.1 connection turned batching on")
-	}
-	if _, err := c.Write([]byte("HTTP/1.1 200 OK\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	if c.writing {
-		t.Fatal("an HTTP/1.1 write went to the writer goroutine")
-	}
-}
-
-func TestPrefaceTurnsOn(t *testing.T) {
+// TestBufferedReads: small reads are served from one read of the
+// socket, and keep the bytes and their order.
+func TestBufferedReads(t *testing.T) {
 	c, peer := pair(t)
 	frames := bytes.Repeat([]byte("0123456789abcdef"), 100)
-	// The preface split over two reads, then frames read in small pieces.
-	go func() {
-		peer.Write([]byte(preface[:10]))
-		peer.Write([]byte(preface[10:]))
-		peer.Write(frames)
-	}()
-	head := make([]byte, len(preface))
-	if _, err := io.ReadFull(c, head[:10]); err != nil {
-		t.Fatal(err)
-	}
-	if c.HTTP2() {
-		t.Fatal("on before the whole preface")
-	}
-	if _, err := io.ReadFull(c, head[10:]); err != nil {
-		t.Fatal(err)
-	}
-	if string(head) != preface || !c.HTTP2() {
-		t.Fatalf("preface %q, on %v", head, c.HTTP2())
-	}
+	go peer.Write(frames)
 	got := make([]byte, len(frames))
 	for i := 0; i < len(got); i += 9 {
 		if _, err := io.ReadFull(c, got[i:min(i+9, len(got))]); err != nil {
@@ -113,6 +67,37 @@ func TestPrefaceTurnsOn(t *testing.T) {
 	}
 	if !bytes.Equal(got, frames) {
 		t.Fatal("buffered reads changed the bytes")
+	}
+}
+
+// TestQueueDoesNotWait: Queue appends past MaxPending where Write would
+// block, reports what waits, and WaitWritable returns once the writer
+// has taken it.
+func TestQueueDoesNotWait(t *testing.T) {
+	c, peer := pair(t)
+	big := make([]byte, MaxPending+1)
+	n, err := c.Queue(big)
+	if err != nil || n < len(big) {
+		t.Fatalf("Queue = %d, %v", n, err)
+	}
+	if _, err := c.Queue([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.WaitWritable() }()
+	got, err := io.ReadAll(io.LimitReader(peer, int64(len(big)+4)))
+	if err != nil || len(got) != len(big)+4 || string(got[len(big):]) != "more" {
+		t.Fatalf("peer read %d bytes, %v", len(got), err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := c.WaitWritable(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WaitWritable after Close = %v", err)
+	}
+	if _, err := c.Queue([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Queue after Close = %v", err)
 	}
 }
 
@@ -184,7 +169,6 @@ func TestWritesBatch(t *testing.T) {
 // and writes after Close fail.
 func TestCloseWritesPending(t *testing.T) {
 	c, peer := pair(t)
-	c.on.Store(true)
 	if _, err := c.Write([]byte("goaway")); err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +190,6 @@ func TestCloseWritesPending(t *testing.T) {
 // TestWriteErrorSticks: once a write fails, later writes fail too.
 func TestWriteErrorSticks(t *testing.T) {
 	c, peer := pair(t)
-	c.on.Store(true)
 	peer.Close()
 	c.Conn.Close() // the socket is gone under the writer
 	c.Write([]byte("lost"))

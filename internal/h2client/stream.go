@@ -201,8 +201,8 @@ func (cc *conn) roundTrip(ctx context.Context, req *http.Request, rb *reqBody) (
 	}
 
 	cc.mu.Lock()
-	for s.resp == nil && s.err == nil {
-		if len(s.info) > 0 {
+	for len(s.info) > 0 || s.resp == nil && s.err == nil {
+		if len(s.info) > 0 { // informational answers first, in order
 			inf := s.info[0]
 			s.info = append(s.info[:0], s.info[1:]...)
 			cc.mu.Unlock()

@@ -206,14 +206,7 @@ func newTransport(u *config.Upstream) (*http.Transport, error) {
 	}
 	t.TLSClientConfig = tlsCfg
 	protos := new(http.Protocols)
-	switch u.Protocol {
-	case "h2c", "grpc":
-		protos.SetUnencryptedHTTP2(true)
-	case "h2":
-		protos.SetHTTP2(true)
-	default:
-		protos.SetHTTP1(true)
-	}
+	protos.SetHTTP2(true)
 	t.Protocols = protos
 	return t, nil
 }

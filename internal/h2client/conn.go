@@ -327,6 +327,7 @@ func (cc *conn) fail(err error) {
 		if s.err == nil {
 			if cc.peerGoaway && id > cc.goawayID && s.resp == nil {
 				s.err = fmt.Errorf("%w: stream %d above the GOAWAY's last stream ID %d", ErrUnprocessed, id, cc.goawayID)
+				s.unprocessed = true
 			} else {
 				s.err = lost
 				if s.writer && s.rb.started.Load() {
@@ -634,6 +635,7 @@ func (cc *conn) onReset(f *http2.RSTStreamFrame) error {
 		// The answer is complete: stop sending.
 	case f.ErrCode == http2.ErrCodeRefusedStream && s.resp == nil && s.n1xx == 0:
 		s.err = fmt.Errorf("%w: stream %d refused (REFUSED_STREAM)", ErrUnprocessed, id)
+		s.unprocessed = true
 		abort = false // the body, if unread, may be sent again
 	default:
 		if s.err == nil {
@@ -664,6 +666,7 @@ func (cc *conn) onGoAway(f *http2.GoAwayFrame) {
 		}
 		if s.resp == nil {
 			s.err = fmt.Errorf("%w: stream %d above the GOAWAY's last stream ID %d", ErrUnprocessed, id, last)
+			s.unprocessed = true
 		} else {
 			s.err = fmt.Errorf("h2client: stream %d above the GOAWAY's last stream ID %d", id, last)
 		}

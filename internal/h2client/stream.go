@@ -54,6 +54,7 @@ type stream struct {
 	trailer     http.Header
 	trailerDone bool
 	err         error
+	unprocessed bool // err is ErrUnprocessed: the body may be sent again
 	bodyClosed  bool
 }
 
@@ -323,7 +324,13 @@ func (s *stream) copyBody(id uint32, rb *reqBody, b io.ReadCloser) error {
 	for {
 		cc.mu.Lock()
 		if s.wstop {
+			keep := s.unprocessed
 			cc.mu.Unlock()
+			if !keep && !rb.started.Load() {
+				// Ended before the body was read, not to be sent
+				// again: closing it is this writer's.
+				rb.close()
+			}
 			return errStopped
 		}
 		rb.started.Store(true)

@@ -40,6 +40,11 @@ func (cc *conn) encodeHeaders(req *http.Request, rb *reqBody) error {
 	if method == http.MethodConnect {
 		return errors.New("h2client: CONNECT is not supported")
 	}
+	if v := req.Header["Upgrade"]; len(v) > 0 && v[0] != "" {
+		// HTTP/2 has no Upgrade (RFC 9113, section 8.6); net/http's
+		// transport refuses it too.
+		return errors.New("h2client: a protocol upgrade cannot be sent over HTTP/2")
+	}
 	path := req.URL.RequestURI()
 	if !validPseudoPath(path) {
 		return fmt.Errorf("h2client: invalid request :path %q", path)

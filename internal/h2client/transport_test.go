@@ -683,3 +683,28 @@ func TestDialErrorIsReturned(t *testing.T) {
 		t.Error("https URL: no error")
 	}
 }
+
+// TestRefusedRequests: what HTTP/2 cannot carry is an error before
+// anything is sent, and the connection serves on.
+func TestRefusedRequests(t *testing.T) {
+	s := newH2CServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	tr := newTransport(t)
+	for name, mod := range map[string]func(*http.Request){
+		"upgrade":     func(r *http.Request) { r.Header.Set("Upgrade", "websocket") },
+		"bad name":    func(r *http.Request) { r.Header["Bad Name"] = []string{"x"} },
+		"bad value":   func(r *http.Request) { r.Header.Set("X-Bad", "a\nb") },
+		"CONNECT":     func(r *http.Request) { r.Method = "CONNECT" },
+		"bad method":  func(r *http.Request) { r.Method = "GE T" },
+		"bad trailer": func(r *http.Request) { r.Trailer = http.Header{"Connection": nil} },
+	} {
+		req, _ := http.NewRequest("POST", s.url+"/", strings.NewReader(strings.Repeat("b", 20_000)))
+		mod(req)
+		if resp, err := tr.RoundTrip(req); err == nil {
+			resp.Body.Close()
+			t.Errorf("%s: sent, want an error", name)
+		}
+	}
+	if _, body, err := do(t, tr, "GET", s.url+"/", nil); err != nil || body != "ok" {
+		t.Errorf("after the refusals: %q, %v", body, err)
+	}
+}

@@ -62,7 +62,10 @@ type conn struct {
 	idleTimer         *time.Timer
 	idleArmed         bool
 
-	canon map[string]string // the reader's: wire names to canonical keys
+	// The reader's.
+	hdec  *hpack.Decoder
+	hb    headerBlock
+	canon map[string]string // wire names to canonical keys
 }
 
 // frameBuf collects the framer's writes.
@@ -187,8 +190,8 @@ func (cc *conn) dial(ctx context.Context) {
 	cc.fr = http2.NewFramer(&cc.wbuf, cc.br)
 	cc.fr.SetReuseFrames()
 	cc.fr.SetMaxReadFrameSize(maxFrameSize)
-	cc.fr.MaxHeaderListSize = cc.t.maxHeaderBytes()
-	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	cc.hdec = hpack.NewDecoder(4096, cc.emit)
+	cc.hdec.SetMaxStringLength(int(cc.t.maxHeaderBytes()))
 	cc.henc = hpack.NewEncoder(&cc.hbuf)
 	cc.lower = map[string]string{}
 
@@ -258,8 +261,17 @@ func (cc *conn) handle(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.DataFrame:
 		return cc.onData(f)
-	case *http2.MetaHeadersFrame:
-		return cc.onHeaders(f)
+	case *http2.HeadersFrame, *http2.ContinuationFrame:
+		b, err := cc.headerFragment(f)
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			cc.streamFailed(se.StreamID, se.Code, err)
+			return nil
+		}
+		if b == nil {
+			return err
+		}
+		return cc.onHeaders(b)
 	case *http2.SettingsFrame:
 		return cc.onSettings(f)
 	case *http2.WindowUpdateFrame:
@@ -451,8 +463,8 @@ func (cc *conn) sendWindowUpdates(s *stream, id uint32, inc, cinc uint32) {
 	cc.wmu.Unlock()
 }
 
-func (cc *conn) onHeaders(f *http2.MetaHeadersFrame) error {
-	id := f.StreamID
+func (cc *conn) onHeaders(f *headerBlock) error {
+	id := f.streamID
 	if err := cc.checkID(id); err != nil {
 		return err
 	}
@@ -514,7 +526,7 @@ func (cc *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		if !isHead && resp.StatusCode != 204 && resp.StatusCode != 304 {
 			s.cl = resp.ContentLength
 		}
-		if f.StreamEnded() {
+		if f.endStream {
 			if s.cl > 0 {
 				s.err = fmt.Errorf("h2client: response ended before its Content-Length %d", s.cl)
 			}

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
-	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -227,8 +226,8 @@ var errHeadersTooLarge = errors.New("h2client: response header list larger than 
 
 // parseResponse reads response headers: a final response, or (info not
 // nil) an informational one.
-func (cc *conn) parseResponse(f *http2.MetaHeadersFrame, isHead bool) (*http.Response, *info1xx, error) {
-	if f.Truncated {
+func (cc *conn) parseResponse(f *headerBlock, isHead bool) (*http.Response, *info1xx, error) {
+	if f.truncated {
 		return nil, nil, errHeadersTooLarge
 	}
 	status := ""
@@ -275,7 +274,7 @@ func (cc *conn) parseResponse(f *http2.MetaHeadersFrame, isHead bool) (*http.Res
 		if code == http.StatusSwitchingProtocols {
 			return nil, nil, errors.New("h2client: 101 Switching Protocols in HTTP/2")
 		}
-		if f.StreamEnded() {
+		if f.endStream {
 			return nil, nil, errors.New("h2client: informational response with END_STREAM")
 		}
 		return nil, &info1xx{code: code, header: textproto.MIMEHeader(header)}, nil
@@ -295,18 +294,18 @@ func (cc *conn) parseResponse(f *http2.MetaHeadersFrame, isHead bool) (*http.Res
 			return nil, nil, fmt.Errorf("h2client: malformed Content-Length %q", cls)
 		}
 		resp.ContentLength = cl
-	} else if f.StreamEnded() && !isHead {
+	} else if f.endStream && !isHead {
 		resp.ContentLength = 0
 	}
 	return resp, nil, nil
 }
 
 // parseTrailers reads the trailers that end a response.
-func (cc *conn) parseTrailers(f *http2.MetaHeadersFrame) (http.Header, error) {
+func (cc *conn) parseTrailers(f *headerBlock) (http.Header, error) {
 	switch {
-	case f.Truncated:
+	case f.truncated:
 		return nil, errHeadersTooLarge
-	case !f.StreamEnded():
+	case !f.endStream:
 		return nil, errors.New("h2client: HEADERS without END_STREAM after the response headers")
 	case len(f.PseudoFields()) > 0:
 		return nil, errors.New("h2client: pseudo-header in trailers")

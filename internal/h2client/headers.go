@@ -279,8 +279,12 @@ func (cc *conn) parseResponse(f *headerBlock, isHead bool) (*http.Response, *inf
 		}
 		return nil, &info1xx{code: code, header: textproto.MIMEHeader(header)}, nil
 	}
+	text := "200 OK"
+	if code != http.StatusOK {
+		text = status + " " + http.StatusText(code)
+	}
 	resp := &http.Response{
-		Status:        status + " " + http.StatusText(code),
+		Status:        text,
 		StatusCode:    code,
 		Proto:         "HTTP/2.0",
 		ProtoMajor:    2,
@@ -312,12 +316,20 @@ func (cc *conn) parseTrailers(f *headerBlock) (http.Header, error) {
 	}
 	regular := f.RegularFields()
 	t := make(http.Header, len(regular))
+	strs := make([]string, len(regular))
 	for _, hf := range regular {
 		if isConnectionSpecific(hf.Name) || hf.Name == "te" {
 			return nil, fmt.Errorf("h2client: connection-specific field %q in trailers", hf.Name)
 		}
 		key := cc.canonical(hf.Name)
-		t[key] = append(t[key], hf.Value)
+		if vv := t[key]; vv != nil {
+			t[key] = append(vv, hf.Value)
+			continue
+		}
+		vv := strs[:1:1]
+		strs = strs[1:]
+		vv[0] = hf.Value
+		t[key] = vv
 	}
 	return t, nil
 }

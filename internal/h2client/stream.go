@@ -509,13 +509,12 @@ func (s *stream) endLocked() error {
 	}
 	if s.trailer != nil && !s.trailerDone {
 		s.trailerDone = true
-		t := s.resp.Trailer
-		if t == nil {
-			t = make(http.Header, len(s.trailer))
-			s.resp.Trailer = t
-		}
-		for k, vv := range s.trailer {
-			t[k] = vv
+		if t := s.resp.Trailer; t == nil {
+			s.resp.Trailer = s.trailer // none declared: the map as it came
+		} else {
+			for k, vv := range s.trailer {
+				t[k] = vv
+			}
 		}
 	}
 	return io.EOF

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/h2client"
 	"github.com/sidecar-proxy/sidecar/policy"
 )
 
@@ -71,6 +72,10 @@ func classify(err error, app, attempt context.Context, body *appBody) policy.Out
 	case attempt.Err() != nil || errors.Is(err, context.DeadlineExceeded):
 		return policy.Timeout
 	case errors.As(err, &de), errors.As(err, &cve), errors.As(err, &uae), errors.As(err, &hne):
+		return policy.ConnectError
+	case errors.Is(err, h2client.ErrUnprocessed):
+		// The HTTP/2 upstream refused the stream unprocessed (GOAWAY,
+		// REFUSED_STREAM): as good as never sent.
 		return policy.ConnectError
 	}
 	return policy.Reset

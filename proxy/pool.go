@@ -15,6 +15,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/h1client"
+	"github.com/sidecar-proxy/sidecar/internal/h2client"
 	"github.com/sidecar-proxy/sidecar/internal/h2conn"
 )
 
@@ -68,11 +69,16 @@ func newPool(name string, u *config.Upstream) (*Pool, error) {
 	default:
 		p.pick = pickRoundRobin
 	}
-	if u.Protocol == "" || u.Protocol == "http1" {
+	switch u.Protocol {
+	case "", "http1":
 		t, err := newH1Transport(u)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", name, err)
 		}
+		p.transport, p.rt = t, t
+		return p, nil
+	case "h2c", "grpc":
+		t := newH2CTransport(u)
 		p.transport, p.rt = t, t
 		return p, nil
 	}
@@ -159,6 +165,21 @@ func newH1Transport(u *config.Upstream) (*h1client.Transport, error) {
 	}, nil
 }
 
+// newH2CTransport is the transport of an h2c or gRPC upstream: the
+// sidecar's own HTTP/2 client (internal/h2client), which multiplexes
+// calls on pooled connections with one reader goroutine each; see
+// docs/design.md, "The HTTP/2 upstream client".
+func newH2CTransport(u *config.Upstream) *h2client.Transport {
+	return &h2client.Transport{
+		DialContext:            dialFunc(u),
+		IdleConnTimeout:        u.IdleConnTimeout.D(),
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		ReadBufferSize:         16 << 10,
+	}
+}
+
+// newTransport is net/http's transport, for h2 (HTTP/2 over TLS)
+// upstreams.
 func newTransport(u *config.Upstream) (*http.Transport, error) {
 	dial := dialFunc(u)
 	t := &http.Transport{
@@ -185,14 +206,7 @@ func newTransport(u *config.Upstream) (*http.Transport, error) {
 	}
 	t.TLSClientConfig = tlsCfg
 	protos := new(http.Protocols)
-	switch u.Protocol {
-	case "h2c", "grpc":
-		protos.SetUnencryptedHTTP2(true)
-	case "h2":
-		protos.SetHTTP2(true)
-	default:
-		protos.SetHTTP1(true)
-	}
+	protos.SetHTTP2(true)
 	t.Protocols = protos
 	return t, nil
 }

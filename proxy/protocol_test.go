@@ -2,12 +2,18 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/h2client"
+	"github.com/sidecar-proxy/sidecar/policy"
 )
 
 func TestH2CPriorKnowledgeOnAutoListener(t *testing.T) {
@@ -79,5 +85,20 @@ func TestWebSocketUpgradeWhenAllowed(t *testing.T) {
 	io.WriteString(c, "again\n")
 	if line, err := br.ReadString('\n'); err != nil || line != "echo: again\n" {
 		t.Errorf("tunnel read after the route timeout = %q, %v; want the tunnel still open", line, err)
+	}
+}
+
+// TestUnprocessedStreamIsConnectError: a stream an HTTP/2 upstream
+// refused unprocessed (GOAWAY, REFUSED_STREAM), which internal/h2client
+// could not send again itself, counts as connect_error: nothing reached
+// the upstream's application, so the retry rules may send it again
+// whatever the method.
+func TestUnprocessedStreamIsConnectError(t *testing.T) {
+	err := fmt.Errorf("%w: stream 3 above the GOAWAY's last stream ID 1", h2client.ErrUnprocessed)
+	if o := classify(err, context.Background(), context.Background(), nil); o != policy.ConnectError {
+		t.Errorf("classify(unprocessed) = %v, want connect_error", o)
+	}
+	if o := classify(errors.New("stream reset"), context.Background(), context.Background(), nil); o != policy.Reset {
+		t.Errorf("classify(other) = %v, want reset", o)
 	}
 }

@@ -91,8 +91,9 @@ type conn struct {
 	ws, wn int
 	werr   error
 
-	lastMethod string
-	hs         headScan
+	// afterPOST: the last request was a POST (CR and LF bytes before the
+	// next head are skipped, as net/http does).
+	afterPOST bool
 
 	state atomic.Uint64 // unix seconds << 8 | state
 

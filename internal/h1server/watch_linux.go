@@ -290,6 +290,7 @@ func (c *conn) unpark() {
 	}
 	w.mu.Unlock()
 	c.watch.parked.Store(0)
+	c.attachIO()
 	c.rwc.SetReadDeadline(time.Time{})
 	c.headDL = false
 	c.run(false)

@@ -375,13 +375,13 @@ func TestParkedConnection(t *testing.T) {
 		io.WriteString(w, r.URL.Path)
 	}, func(s *Server) {
 		s.parkDelay = 10 * time.Millisecond
-		s.testHookPark = func(c *conn) { parked <- c.connIO == nil }
+		s.testHookPark = func(c *conn) { parked <- c.rb == nil && c.wb == nil }
 	})
 	c, br := dial(t, addr)
 	for i := range 3 {
 		roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
 		if clean := <-parked; !clean {
-			t.Fatalf("parked after request %d holding its buffers' state", i)
+			t.Fatalf("parked after request %d holding a buffer", i)
 		}
 	}
 	// A client that closes a parked connection: it ends.
@@ -486,4 +486,45 @@ func TestBodyBuffered(t *testing.T) {
 	want("chunked, unread", state{false, false})
 	want("chunked, read", state{true, true})
 	http.ReadResponse(br, nil)
+}
+
+// TestParkedConnectionsIdleQueue: parked connections share one idle
+// timer; a connection resumed from the middle of the queue leaves it,
+// serves its request, and every connection is still closed at its idle
+// timeout.
+func TestParkedConnectionsIdleQueue(t *testing.T) {
+	if !(&conn{watch: connWatch{}}).canParkHere() {
+		t.Skip("no parking on this system")
+	}
+	parked := make(chan struct{}, 16)
+	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path)
+	}, func(s *Server) {
+		s.IdleTimeout = 300 * time.Millisecond
+		s.parkDelay = 10 * time.Millisecond
+		s.testHookPark = func(*conn) { parked <- struct{}{} }
+	})
+	type client struct {
+		c  net.Conn
+		br *bufio.Reader
+	}
+	var cs []client
+	for range 3 {
+		c, br := dial(t, addr)
+		roundTrip(t, c, br, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+		<-parked
+		cs = append(cs, client{c, br})
+	}
+	mid := cs[1]
+	if resp := roundTrip(t, mid.c, mid.br, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("resumed connection answered %d", resp.StatusCode)
+	}
+	<-parked
+	for i, cl := range cs {
+		if b, err := cl.br.ReadByte(); err == nil {
+			t.Fatalf("connection %d: got %q, want it closed at IdleTimeout", i, b)
+		} else if errors.Is(err, osErrDeadlineExceeded) {
+			t.Fatalf("connection %d not closed at IdleTimeout", i)
+		}
+	}
 }

@@ -35,9 +35,13 @@ type connWatch struct {
 	armed atomic.Pointer[response]
 	gone  atomic.Bool
 	// parked: 1 while the connection waits in the set with no goroutine
-	// (see park), 2 once someone (watcher, idle timer, shutdown) took it.
+	// (see park), 2 once someone (watcher, idle sweep, shutdown) took it.
 	parked atomic.Int32
-	timer  *time.Timer // closes a parked connection at IdleTimeout
+	// A parked connection with an idle timeout is in its watcher's idle
+	// queue, under the watcher's mu, until deadline (see idleQueue).
+	prev, next *conn
+	deadline   int64
+	queued     bool
 }
 
 // parkDelay is how long a connection waits for its next request on a
@@ -60,6 +64,84 @@ type watcher struct {
 	// last connection.
 	closing, closed bool
 	done            chan struct{}
+	idle            idleQueue
+}
+
+// idleQueue closes the parked connections at their idle timeout, with
+// one timer for them all rather than one per connection (a timer costs
+// about 150 bytes, and a parked connection costs its structures alone).
+// Every connection of a server parks for the same time, so the queue,
+// appended to as they park, is in the order of their deadlines: the
+// timer is set for the first, and closes every connection due when it
+// fires, up to idleSlack late so that connections parked together are
+// closed together.
+type idleQueue struct {
+	head, tail *conn
+	start      time.Time // deadlines are nanoseconds since start
+	timer      *time.Timer
+}
+
+const idleSlack = 10 * time.Millisecond
+
+func (q *idleQueue) now() int64 { return int64(time.Since(q.start)) }
+
+// pushLocked queues c to be closed rest from now; w.mu is held.
+func (w *watcher) pushLocked(c *conn, rest time.Duration) {
+	q := &w.idle
+	c.watch.deadline = q.now() + int64(rest)
+	c.watch.queued = true
+	c.watch.prev, c.watch.next = q.tail, nil
+	if q.tail != nil {
+		q.tail.watch.next = c
+	} else {
+		q.head = c
+		if q.timer == nil {
+			q.timer = time.AfterFunc(rest+idleSlack, w.sweep)
+		} else {
+			q.timer.Reset(rest + idleSlack)
+		}
+	}
+	q.tail = c
+}
+
+// unqueueLocked takes c off the queue if it is on it; w.mu is held.
+func (w *watcher) unqueueLocked(c *conn) {
+	if !c.watch.queued {
+		return
+	}
+	q := &w.idle
+	if p := c.watch.prev; p != nil {
+		p.watch.next = c.watch.next
+	} else {
+		q.head = c.watch.next
+	}
+	if n := c.watch.next; n != nil {
+		n.watch.prev = c.watch.prev
+	} else {
+		q.tail = c.watch.prev
+	}
+	c.watch.prev, c.watch.next, c.watch.queued = nil, nil, false
+}
+
+// sweep closes the parked connections whose idle timeout has passed.
+func (w *watcher) sweep() {
+	var due []*conn
+	w.mu.Lock()
+	q := &w.idle
+	now := q.now()
+	for c := q.head; c != nil && c.watch.deadline <= now; c = q.head {
+		w.unqueueLocked(c)
+		if c.watch.parked.CompareAndSwap(1, 2) {
+			due = append(due, c)
+		}
+	}
+	if c := q.head; c != nil {
+		q.timer.Reset(time.Duration(c.watch.deadline-now) + idleSlack)
+	}
+	w.mu.Unlock()
+	for _, c := range due {
+		c.close()
+	}
 }
 
 // watcherFor returns s's watcher, started on first use; nil if it cannot
@@ -85,6 +167,7 @@ func (s *Server) watcherFor() *watcher {
 		return nil
 	}
 	w := &watcher{f: f, epfd: epfd, conns: map[uint64]*conn{}, done: make(chan struct{})}
+	w.idle.start = time.Now()
 	go w.run(raw)
 	s.watch.w = w
 	return w
@@ -140,6 +223,9 @@ func (w *watcher) shutdown() {
 func (w *watcher) lastLocked() bool {
 	if w.closing && !w.closed && len(w.conns) == 0 {
 		w.closed = true
+		if w.idle.timer != nil {
+			w.idle.timer.Stop()
+		}
 		return true
 	}
 	return false
@@ -193,6 +279,7 @@ func (c *conn) watchEnd(keep bool) {
 	c.watch.w = nil
 	w.mu.Lock()
 	delete(w.conns, c.watch.id)
+	w.unqueueLocked(c)
 	if keep && !w.closed {
 		c.raw.Control(func(fd uintptr) {
 			syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
@@ -232,10 +319,11 @@ func (c *conn) stopWatch() {
 // Parking. A connection that has waited parkDelay for its next request
 // gives up its goroutine: it is set to report readability once
 // (EPOLLIN, EPOLLONESHOT) in the watcher's set, and its goroutine ends.
-// An idle connection then costs its structures alone, about 2 KiB of
-// heap, and no stack. When bytes (or the client's close) arrive, the
-// watcher starts a goroutine that resumes it (unpark); a timer closes it
-// at IdleTimeout; Shutdown and Close close it at once. Whoever moves
+// An idle connection then costs its structures alone, about 1 KiB of
+// heap with the socket's, and no stack nor buffer. When bytes (or the
+// client's close) arrive, the watcher starts a goroutine that resumes it
+// (unpark); the watcher's idle queue closes it at IdleTimeout; Shutdown
+// and Close close it at once. Whoever moves
 // parked from 1 to 2 owns the connection. A connection busy enough to
 // be idle less than parkDelay at a time never parks, and pays nothing.
 
@@ -245,13 +333,6 @@ func (c *conn) canPark() bool { return c.watch.w != nil }
 // it cannot be.
 func (c *conn) park(rest time.Duration) bool {
 	w := c.watch.w
-	if rest > 0 {
-		if c.watch.timer == nil {
-			c.watch.timer = time.AfterFunc(rest, c.parkExpired)
-		} else {
-			c.watch.timer.Reset(rest)
-		}
-	}
 	if h := c.srv.testHookPark; h != nil {
 		h(c)
 	}
@@ -264,11 +345,11 @@ func (c *conn) park(rest time.Duration) bool {
 			err = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
 		})
 	}
+	if err == nil && rest > 0 {
+		w.pushLocked(c, rest)
+	}
 	w.mu.Unlock()
 	if err != nil && c.watch.parked.CompareAndSwap(1, 0) {
-		if c.watch.timer != nil {
-			c.watch.timer.Stop()
-		}
 		return false
 	}
 	// From here on the connection may be another goroutine's already.
@@ -277,11 +358,9 @@ func (c *conn) park(rest time.Duration) bool {
 
 // unpark resumes a parked connection, on a new goroutine.
 func (c *conn) unpark() {
-	if c.watch.timer != nil {
-		c.watch.timer.Stop()
-	}
 	w := c.watch.w
 	w.mu.Lock()
+	w.unqueueLocked(c)
 	if !w.closed {
 		c.raw.Control(func(fd uintptr) {
 			ev := syscall.EpollEvent{Events: epollRDHUP | epollET, Fd: int32(uint32(c.watch.id)), Pad: int32(uint32(c.watch.id >> 32))}
@@ -296,22 +375,11 @@ func (c *conn) unpark() {
 	c.run(false)
 }
 
-func (c *conn) parkExpired() {
-	if c.watch.parked.CompareAndSwap(1, 2) {
-		c.close()
-	}
-}
-
 // takeParked takes a parked connection away from the watcher, for
-// Shutdown or Close; the caller closes it. false if it is not parked.
+// Shutdown or Close; the caller closes it (which takes it off the idle
+// queue). false if it is not parked.
 func (c *conn) takeParked() bool {
-	if c.watch.parked.Load() != 1 || !c.watch.parked.CompareAndSwap(1, 2) {
-		return false
-	}
-	if c.watch.timer != nil {
-		c.watch.timer.Stop()
-	}
-	return true
+	return c.watch.parked.Load() == 1 && c.watch.parked.CompareAndSwap(1, 2)
 }
 
 // canParkHere reports whether this system parks connections (for tests).

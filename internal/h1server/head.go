@@ -355,10 +355,12 @@ func (c *conn) buildRequest(head []byte, h *headScan) (*response, error) {
 	default:
 		req.Body = http.NoBody
 	}
-	req = req.WithContext(ctx)
-	w.req = req
+	// A variable of its own, so that the request on the stack does not
+	// escape with it.
+	r := req.WithContext(ctx)
+	w.req = r
 	if w.body != nil {
-		w.body.req = req
+		w.body.req = r
 	}
 	return w, nil
 }

@@ -2,6 +2,7 @@ package h1server
 
 import (
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -65,6 +66,7 @@ type watcher struct {
 	closing, closed bool
 	done            chan struct{}
 	idle            idleQueue
+	rel             memRelease
 }
 
 // idleQueue closes the parked connections at their idle timeout, with
@@ -168,6 +170,10 @@ func (s *Server) watcherFor() *watcher {
 	}
 	w := &watcher{f: f, epfd: epfd, conns: map[uint64]*conn{}, done: make(chan struct{})}
 	w.idle.start = time.Now()
+	w.rel.parks, w.rel.quiet, w.rel.every, w.rel.release = releaseParks, releaseQuiet, releaseEvery, debug.FreeOSMemory
+	if s.releaseParks > 0 {
+		w.rel.parks, w.rel.quiet, w.rel.every, w.rel.release = s.releaseParks, s.releaseQuiet, s.releaseEvery, s.testHookRelease
+	}
 	go w.run(raw)
 	s.watch.w = w
 	return w
@@ -225,6 +231,9 @@ func (w *watcher) lastLocked() bool {
 		w.closed = true
 		if w.idle.timer != nil {
 			w.idle.timer.Stop()
+		}
+		if w.rel.timer != nil {
+			w.rel.timer.Stop()
 		}
 		return true
 	}
@@ -345,8 +354,11 @@ func (c *conn) park(rest time.Duration) bool {
 			err = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
 		})
 	}
-	if err == nil && rest > 0 {
-		w.pushLocked(c, rest)
+	if err == nil {
+		if rest > 0 {
+			w.pushLocked(c, rest)
+		}
+		w.parkedLocked()
 	}
 	w.mu.Unlock()
 	if err != nil && c.watch.parked.CompareAndSwap(1, 0) {
@@ -384,3 +396,85 @@ func (c *conn) takeParked() bool {
 
 // canParkHere reports whether this system parks connections (for tests).
 func (c *conn) canParkHere() bool { return true }
+
+// Handing memory back after a burst. A connection's first request grows
+// its goroutine's stack (16 or 32 KiB through the proxy) and leaves
+// garbage; when it parks, the stack is freed, but the runtime keeps the
+// freed memory, up to the heap goal of its last collection (twice what
+// was live then, with GOGC=100), and an idle process makes no garbage
+// that would start a collection: after thousands of connections open
+// and go idle, the process would stay at the size of the burst for as
+// long as it is idle. So when at least releaseParks connections have
+// parked since the last time, and none has for releaseQuiet (the burst
+// is over), the watcher has the runtime collect and hand its free memory
+// back to the system (debug.FreeOSMemory), at most once per releaseEvery
+// in the process: one collection a minute at most, and none while the
+// server is busy. See docs/design.md, "The app-facing HTTP/1.1 server".
+const (
+	releaseParks = 1000
+	releaseQuiet = 500 * time.Millisecond
+	releaseEvery = time.Minute
+)
+
+var (
+	releaseEpoch = time.Now()
+	// lastRelease is when the process last handed memory back, in
+	// nanoseconds since releaseEpoch; 0: never.
+	lastRelease atomic.Int64
+)
+
+// memRelease is a watcher's part of handing memory back, under its mu.
+type memRelease struct {
+	parks   int           // parks that make it worth it (releaseParks)
+	quiet   time.Duration // releaseQuiet
+	every   time.Duration // releaseEvery
+	release func()        // debug.FreeOSMemory
+
+	n     int   // parks since the last hand-back
+	last  int64 // the last park, on the idle queue's clock
+	armed bool  // timer is set
+	timer *time.Timer
+}
+
+// parkedLocked counts a park; w.mu is held.
+func (w *watcher) parkedLocked() {
+	r := &w.rel
+	r.n++
+	r.last = w.idle.now()
+	if r.armed || r.n < r.parks {
+		return
+	}
+	r.armed = true
+	if r.timer == nil {
+		r.timer = time.AfterFunc(r.quiet, w.releaseCheck)
+	} else {
+		r.timer.Reset(r.quiet)
+	}
+}
+
+// releaseCheck hands memory back if the burst is over and the process
+// has not done so lately; otherwise it looks again when it might be.
+func (w *watcher) releaseCheck() {
+	w.mu.Lock()
+	r := &w.rel
+	if w.closed {
+		r.armed = false
+		w.mu.Unlock()
+		return
+	}
+	if wait := time.Duration(r.last-w.idle.now()) + r.quiet; wait > 0 {
+		r.timer.Reset(wait) // still parking
+		w.mu.Unlock()
+		return
+	}
+	now := int64(time.Since(releaseEpoch))
+	last := lastRelease.Load()
+	if wait := time.Duration(last-now) + r.every; last != 0 && wait > 0 || !lastRelease.CompareAndSwap(last, now) {
+		r.timer.Reset(max(wait, r.quiet)) // done lately, here or by another server
+		w.mu.Unlock()
+		return
+	}
+	r.n, r.armed = 0, false
+	w.mu.Unlock()
+	r.release()
+}

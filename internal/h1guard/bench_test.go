@@ -83,7 +83,7 @@ func BenchmarkConnRead(b *testing.B) {
 				conn.Read(buf)
 			}
 			if gc != nil {
-				for gc.ready.Load() > 0 {
+				for gc.verdicts.Load()&^offBit > 0 {
 					gc.Next()
 				}
 			}

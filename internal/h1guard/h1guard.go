@@ -103,21 +103,22 @@ func (l listener) Accept() (net.Conn, error) {
 type Conn struct {
 	net.Conn
 
-	// ready counts the queued nil verdicts not yet returned by Next.
-	ready atomic.Int64
-	// off is set, after final, once the parser has stopped.
-	off atomic.Bool
-	// final is what Next returns once ready is exhausted and off is set:
-	// nil after a pass-through stop, the error after an error verdict.
-	final error
+	// verdicts counts the queued nil verdicts not yet returned by Next,
+	// with offBit set once the parser has stopped: then, the queue
+	// exhausted, Next returns p.err (nil after a pass-through stop, the
+	// error after an error verdict), which the parser no longer changes.
+	verdicts atomic.Int64
 
 	// p is owned by the reading goroutine.
 	p parser
 }
 
+// offBit marks, in Conn.verdicts, a parser that has stopped.
+const offBit = 1 << 62
+
 func newConn(c net.Conn) *Conn {
 	gc := &Conn{Conn: c}
-	gc.p.limit = http.DefaultMaxHeaderBytes + headSlack
+	gc.p.setLimit(http.DefaultMaxHeaderBytes + headSlack)
 	gc.p.skipOptionsStar = true
 	return gc
 }
@@ -145,11 +146,10 @@ func (c *Conn) Feed(b []byte) {
 	c.p.feed(b)
 	if h := c.p.heads; h > 0 {
 		c.p.heads = 0
-		c.ready.Add(int64(h))
+		c.verdicts.Add(int64(h))
 	}
 	if c.p.st == stOff {
-		c.final = c.p.err
-		c.off.Store(true)
+		c.verdicts.Or(offBit)
 	}
 }
 
@@ -173,18 +173,18 @@ func (c *Conn) Next() error {
 	// The verdicts form a run of nils, possibly ended by one final verdict:
 	// a counter is the whole queue.
 	for {
-		r := c.ready.Load()
-		if r <= 0 {
-			break
+		v := c.verdicts.Load()
+		if v&^offBit > 0 {
+			if c.verdicts.CompareAndSwap(v, v-1) {
+				return nil
+			}
+			continue
 		}
-		if c.ready.CompareAndSwap(r, r-1) {
-			return nil
+		if v&offBit != 0 {
+			return c.p.err
 		}
+		return nil
 	}
-	if c.off.Load() {
-		return c.final
-	}
-	return nil
 }
 
 // CloseWrite shuts down the writing side of the wrapped connection if it
@@ -222,7 +222,7 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 		if limit <= 0 {
 			limit = http.DefaultMaxHeaderBytes
 		}
-		gc.p.limit = limit + headSlack
+		gc.p.setLimit(limit + headSlack)
 		gc.p.skipOptionsStar = !srv.DisableGeneralOptionsHandler
 	}
 	return context.WithValue(ctx, connKey{}, gc)

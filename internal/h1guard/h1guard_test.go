@@ -380,7 +380,7 @@ func TestOversizeHeadDefaultLimit(t *testing.T) {
 	}
 	chunks = append(chunks, "\r\n\r\n"+clte)
 	c := readAll(t, chunks, nil)
-	if !c.off.Load() {
+	if c.verdicts.Load()&offBit == 0 {
 		t.Fatalf("off = false, want true")
 	}
 	if c.p.line != nil {
@@ -436,7 +436,7 @@ func TestConnContext(t *testing.T) {
 			if got != tc.conn {
 				t.Fatalf("FromContext() = %p, want %p", got, tc.conn)
 			}
-			if got.p.limit != tc.limit || got.p.skipOptionsStar != tc.skipOpts {
+			if int(got.p.limit) != tc.limit || got.p.skipOptionsStar != tc.skipOpts {
 				t.Fatalf("limit, skipOptionsStar = %d, %v, want %d, %v", got.p.limit, got.p.skipOptionsStar, tc.limit, tc.skipOpts)
 			}
 		})
@@ -467,10 +467,10 @@ func TestConcurrentNext(t *testing.T) {
 		}
 	}()
 	for i := 0; i < n; {
-		if c.ready.Load() == 0 {
+		if c.verdicts.Load()&^offBit == 0 {
 			select {
 			case <-done:
-				if c.ready.Load() == 0 {
+				if c.verdicts.Load()&^offBit == 0 {
 					t.Fatalf("request %d: no verdict queued after the stream ended", i+1)
 				}
 			default:

@@ -2,6 +2,7 @@ package h1guard
 
 import (
 	"bytes"
+	"math"
 
 	"github.com/sidecar-proxy/sidecar/internal/httpsyntax"
 )
@@ -34,53 +35,61 @@ const (
 )
 
 // msg is the per-request state of the parser, reset for every head.
+//
+// The parser is part of every open connection, idle ones included (a
+// parked app-facing connection costs little more than its structures:
+// docs/design.md, "The app-facing HTTP/1.1 server"), so its fields are
+// as small as their bounds allow.
 type msg struct {
-	start     int64 // stream offset of the request line (for tests)
-	headBytes int   // bytes of the head consumed so far
-	reqLine   bool  // the request line has been read
-	headers   int   // header field lines seen so far
-	sp        bool  // a space was seen in a partial request line
+	start     int64  // stream offset of the request line (for tests)
+	clVal     uint64 // first valid Content-Length value
+	headBytes int32  // bytes of the head consumed so far (at most limit)
+	clLen     uint8  // the first Content-Length's length in digits (at most 19)
+	teCount   uint8  // Transfer-Encoding fields seen, counting up to 2
+
+	reqLine bool // the request line has been read
+	headers bool // a header field line was seen
+	sp      bool // a space was seen in a partial request line
 
 	post        bool // method is POST: tolerate CR/LF before the next head
 	optionsStar bool // "OPTIONS * HTTP/1.x"
 	pri         bool // "PRI * HTTP/2.0"
 	http10      bool // HTTP/1.0 (Go ignores Transfer-Encoding)
 
-	clCount    int
-	clVal      uint64 // first valid Content-Length value
-	clLen      int    // and its length in digits
+	clSeen     bool // a Content-Length field was seen
 	clBad      bool
 	clConflict bool
-
-	teCount int
-	teBad   bool
+	teBad      bool
 }
 
 // parser follows HTTP/1.x request framing over a stream fed in pieces,
 // mirroring the rules of Go's net/http server (see doc.go).
 type parser struct {
-	st     int
+	st    uint8
+	skip  int8  // leading CR/LF bytes still tolerated (after a POST)
+	trail int32 // bytes of the trailer section consumed so far (at most maxTrailer)
+	// heads counts the nil verdicts produced and not yet collected by
+	// Conn (it is collected after every feed).
+	heads  int32
 	m      msg
 	remain uint64 // body or chunk-data bytes left to skip
 	excess int64  // chunkedReader overhead accounting
-	trail  int    // bytes of the trailer section consumed so far
-	skip   int    // leading CR/LF bytes still tolerated (after a POST)
 	line   []byte // a line split across feeds
 	err    error  // verdict once st == stOff
-
-	heads int   // nil verdicts produced and not yet collected by Conn
-	pos   int64 // stream offset of the current feed's first byte
-	total int   // length of the current feed
+	end    int64  // stream offset past the current feed's last byte
 
 	// Configuration.
-	limit           int  // give up on a head larger than this
-	skipOptionsStar bool // the server answers "OPTIONS *" without the handler
+	limit           int32 // give up on a head larger than this
+	skipOptionsStar bool  // the server answers "OPTIONS *" without the handler
 
 	onHead func(start int64) // test hook: a head got a nil verdict
 }
 
+// setLimit sets the head limit, n bytes (clamped to what an int32 holds).
+func (p *parser) setLimit(n int) { p.limit = int32(min(n, math.MaxInt32)) }
+
 func (p *parser) feed(b []byte) {
-	p.total = len(b)
+	p.end += int64(len(b))
 	for len(b) > 0 {
 		switch p.st {
 		case stHead:
@@ -120,7 +129,6 @@ func (p *parser) feed(b []byte) {
 			b = nil
 		}
 	}
-	p.pos += int64(p.total)
 }
 
 // halt stops parsing; err becomes the verdict for every later request.
@@ -166,11 +174,11 @@ func (p *parser) head(b []byte) []byte {
 		p.skip = 0
 	}
 	if p.m.headBytes == 0 && len(p.line) == 0 {
-		p.m.start = p.pos + int64(p.total-len(b))
+		p.m.start = p.end - int64(len(b))
 	}
 	i := bytes.IndexByte(b, '\n')
 	if i < 0 {
-		if p.m.headBytes+len(p.line)+len(b) > p.limit {
+		if int(p.m.headBytes)+len(p.line)+len(b) > int(p.limit) {
 			p.halt(nil)
 			return nil
 		}
@@ -182,11 +190,12 @@ func (p *parser) head(b []byte) []byte {
 		return nil
 	}
 	line, rest := p.takeLine(b, i)
-	p.m.headBytes += len(line) + 1
-	if p.m.headBytes > p.limit {
+	hb := int(p.m.headBytes) + len(line) + 1
+	if hb > int(p.limit) {
 		p.halt(nil)
 		return nil
 	}
+	p.m.headBytes = int32(hb)
 	if n := len(line); n > 0 && line[n-1] == '\r' {
 		line = line[:n-1]
 	}
@@ -289,7 +298,7 @@ func (p *parser) headerLine(line []byte) {
 		p.halt(ErrSpaceBeforeColon)
 		return
 	}
-	p.m.headers++
+	p.m.headers = true
 	name := line[:colon]
 	switch len(name) {
 	case len("content-length"):
@@ -298,7 +307,7 @@ func (p *parser) headerLine(line []byte) {
 		}
 	case len("transfer-encoding"):
 		if equalFold(name, "transfer-encoding") {
-			p.m.teCount++
+			p.m.teCount = min(p.m.teCount+1, 2)
 			if v := trimOWS(line[colon+1:]); !equalFold(v, "chunked") {
 				p.m.teBad = true
 			}
@@ -310,7 +319,7 @@ func (p *parser) headerLine(line []byte) {
 // must be ASCII digits only, at most 1<<63-1, and repeated values must be
 // identical strings (for digit strings: same length and same value).
 func (p *parser) contentLength(v []byte) {
-	p.m.clCount++
+	p.m.clSeen = true
 	if len(v) == 0 {
 		p.m.clBad = true
 		return
@@ -329,8 +338,8 @@ func (p *parser) contentLength(v []byte) {
 		n = n*10 + d
 	}
 	if p.m.clLen == 0 {
-		p.m.clVal, p.m.clLen = n, len(v)
-	} else if p.m.clLen != len(v) || p.m.clVal != n {
+		p.m.clVal, p.m.clLen = n, uint8(len(v))
+	} else if int(p.m.clLen) != len(v) || p.m.clVal != n {
 		p.m.clConflict = true
 	}
 }
@@ -338,7 +347,7 @@ func (p *parser) contentLength(v []byte) {
 func (p *parser) endHead() {
 	var err error
 	switch {
-	case p.m.clCount > 0 && p.m.teCount > 0:
+	case p.m.clSeen && p.m.teCount > 0:
 		err = ErrContentLengthAndTransferEncoding
 	case p.m.teCount > 1:
 		err = ErrMultipleTransferEncoding
@@ -364,7 +373,7 @@ func (p *parser) endHead() {
 		}
 	}
 	switch {
-	case p.m.pri && p.m.headers == 0:
+	case p.m.pri && !p.m.headers:
 		// The HTTP/2 preface. Go's server either speaks HTTP/2 from here
 		// on or hands this request to the handler and closes afterwards.
 		p.halt(nil)
@@ -385,6 +394,11 @@ func (p *parser) endMessage() {
 	}
 	p.m = msg{}
 	p.st = stHead
+	// Between requests a connection keeps at most a small split-line
+	// buffer: an idle connection holds no large one.
+	if cap(p.line) > 256 {
+		p.line = nil
+	}
 }
 
 // chunkSize mirrors net/http/internal.(*chunkedReader).beginChunk.
@@ -447,7 +461,7 @@ func (p *parser) chunkSize(b []byte) []byte {
 func (p *parser) trailer(b []byte) []byte {
 	i := bytes.IndexByte(b, '\n')
 	if i < 0 {
-		if p.trail+len(p.line)+len(b) >= maxTrailer {
+		if int(p.trail)+len(p.line)+len(b) >= maxTrailer {
 			p.halt(ErrMalformedChunked)
 			return nil
 		}
@@ -455,12 +469,13 @@ func (p *parser) trailer(b []byte) []byte {
 		return nil
 	}
 	line, rest := p.takeLine(b, i)
-	p.trail += len(line) + 1
-	first := p.trail == len(line)+1
-	if p.trail > maxTrailer {
+	trail := int(p.trail) + len(line) + 1
+	first := trail == len(line)+1
+	if trail > maxTrailer {
 		p.halt(ErrMalformedChunked)
 		return nil
 	}
+	p.trail = int32(trail)
 	if cr := bytes.IndexByte(line, '\r'); cr < 0 || cr != len(line)-1 {
 		p.halt(ErrMalformedChunked)
 		return nil

@@ -54,6 +54,11 @@ type tap interface {
 // conn is one client connection, served by one goroutine (serve). The
 // fields without a comment belong to that goroutine, or, while a handler
 // runs, to whichever goroutine reads the request body (under its mutex).
+//
+// It is what an idle connection costs, 10,000 of them for an app that
+// keeps a large keep-alive pool: what only a connection being served
+// needs is in its connIO, which a parked connection gives back (see
+// docs/design.md, "The app-facing HTTP/1.1 server").
 type conn struct {
 	srv        *Server
 	rwc        net.Conn // as accepted
@@ -63,10 +68,42 @@ type conn struct {
 	// raw is the socket beneath rwc, read directly; nil if it has none,
 	// and then the connection is read through rwc, holding a buffer while
 	// idle, and has no disconnect watcher. feed is rwc's, if it is a tap.
-	raw    syscall.RawConn
-	feed   func([]byte)
-	readFn func(uintptr) bool // c.readSock's function, made once
-	idleFn func(uintptr) bool // c.readIdle's
+	raw  syscall.RawConn
+	feed func([]byte)
+
+	// connIO is the state of the connection's reads and writes: nil while
+	// it is parked, from a pool otherwise.
+	*connIO
+
+	// headDL is set while a head deadline (ReadHeaderTimeout or
+	// IdleTimeout) is in force on the socket.
+	headDL bool
+	// afterPOST: the last request was a POST (CR and LF bytes before the
+	// next head are skipped, as net/http does).
+	afterPOST bool
+	// The handler set a deadline: reset before the next request.
+	hdlReadDL, hdlWriteDL atomic.Bool
+
+	mu       sync.Mutex // guards hijacked and handedOff
+	hijacked bool
+
+	state atomic.Uint64 // unix seconds << 8 | state
+
+	// cur is the request in flight; nil between requests.
+	cur atomic.Pointer[response]
+	// watch is the connection's part of the disconnect watcher (see
+	// armWatch, in watch_*.go).
+	watch connWatch
+}
+
+// connIO is the part of a connection that only a connection being served
+// needs: its buffers (held only while a request is read or answered) and
+// the state of its reads and writes. A connection parked (see park) has
+// none: it gives its connIO back to ioPool, and takes one again when it
+// resumes. Its fields belong to the connection's goroutine.
+type connIO struct {
+	readFn func(uintptr) bool // io.doRead, made once per connIO
+	idleFn func(uintptr) bool // io.doIdleRead
 	// readFn's and idleFn's argument and results.
 	rdst    []byte
 	rn      int
@@ -79,35 +116,31 @@ type conn struct {
 	rb     []byte
 	rp, rw int
 	rerr   error // sticky read error
-	// headDL is set while a head deadline (ReadHeaderTimeout or
-	// IdleTimeout) is in force on the socket.
-	headDL bool
-	// The handler set a deadline: reset before the next request.
-	hdlReadDL, hdlWriteDL atomic.Bool
 
 	// The write buffer: wb[ws:wn] is waiting to be written. nil while
 	// idle.
 	wb     []byte
 	ws, wn int
 	werr   error
+}
 
-	lastMethod string
-	hs         headScan
+var ioPool = sync.Pool{New: func() any { return newConnIO() }}
 
-	state atomic.Uint64 // unix seconds << 8 | state
+// attachIO gives the connection a connIO.
+func (c *conn) attachIO() { c.connIO = ioPool.Get().(*connIO) }
 
-	mu       sync.Mutex // guards hijacked and handedOff
-	hijacked bool
-
-	// cur is the request in flight; nil between requests.
-	cur atomic.Pointer[response]
-	// watch is the connection's part of the disconnect watcher (see
-	// armWatch, in watch_*.go).
-	watch connWatch
+// detachIO gives the connection's connIO back, clean: the connection
+// holds no buffer, and has no error and nothing buffered.
+func (c *conn) detachIO() {
+	x := c.connIO
+	c.connIO = nil
+	*x = connIO{readFn: x.readFn, idleFn: x.idleFn}
+	ioPool.Put(x)
 }
 
 func newConn(s *Server, rwc net.Conn, ctx context.Context) *conn {
 	c := &conn{srv: s, rwc: rwc, ctx: ctx}
+	c.attachIO()
 	if ra := rwc.RemoteAddr(); ra != nil {
 		c.remoteAddr = ra.String()
 	}
@@ -277,13 +310,17 @@ func optionsStar(w *response, r *http.Request) {
 	}
 }
 
-// close releases the connection's buffers and closes it.
+// close releases the connection's buffers and closes it. A parked
+// connection has none. Its connIO is left to the collector: a handler's
+// goroutine may still hold the connection through its request.
 func (c *conn) close() {
-	if c.ws < c.wn && c.werr == nil {
-		c.flush()
+	if c.connIO != nil {
+		if c.ws < c.wn && c.werr == nil {
+			c.flush()
+		}
+		c.releaseWbuf()
+		c.releaseRbuf()
 	}
-	c.releaseWbuf()
-	c.releaseRbuf()
 	c.watchEnd(false)
 	c.rwc.Close()
 	c.srv.trackConn(c, false)
@@ -558,9 +595,11 @@ func (c *conn) waitNext() (parked bool, err error) {
 	if timeout > 0 {
 		rest = timeout - parkDelay
 	}
+	c.detachIO()
 	if c.park(rest) {
 		return true, nil
 	}
+	c.attachIO()
 	if rest > 0 {
 		c.rwc.SetReadDeadline(time.Now().Add(rest))
 	} else {

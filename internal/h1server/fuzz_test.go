@@ -53,15 +53,16 @@ const fuzzMaxHeaderBytes = 1 << 20
 // ourParse runs both passes on b as one read would deliver it.
 func ourParse(b []byte) (req *http.Request, n int, errText string, complete bool) {
 	c := &conn{srv: &Server{MaxHeaderBytes: fuzzMaxHeaderBytes}, ctx: context.Background()}
-	done, err := c.hs.scan(b)
+	var hs headScan
+	done, err := hs.scan(b)
 	if err == nil && !done {
 		return nil, 0, "", false
 	}
 	if err == nil {
 		var w *response
-		w, err = c.buildRequest(b[:c.hs.end])
+		w, err = c.buildRequest(b[:hs.end], &hs)
 		if err == nil {
-			return w.req, c.hs.end, "", true
+			return w.req, hs.end, "", true
 		}
 	}
 	return nil, 0, errClass(err), true

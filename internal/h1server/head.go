@@ -30,7 +30,8 @@ import (
 // the malformed, take the fast path, and the differential tests and the
 // fuzz target hold the two to the same result.
 
-// headScan is the first pass's state over the head in c.rb[c.rp:c.rw].
+// headScan is the first pass's state over the head in c.rb[c.rp:c.rw],
+// kept on the stack of the goroutine that reads the head.
 type headScan struct {
 	pos   int  // offset of the first line not yet scanned
 	line  int  // lines scanned
@@ -168,10 +169,13 @@ func (c *conn) readRequest(first bool) (*response, error) {
 	// bytes (net/http waits for them under IdleTimeout, then reads the
 	// head under ReadHeaderTimeout); the first request's, from the accept.
 	headTimed := first
-	c.hs = headScan{}
-	h := &c.hs
+	// The scan's state lives on this goroutine's stack, not in the
+	// connection, which an idle connection keeps (docs/design.md, "The
+	// app-facing HTTP/1.1 server").
+	var hs headScan
+	h := &hs
 	limit := c.srv.headLimit()
-	if c.lastMethod == "POST" {
+	if c.afterPOST {
 		// As net/http: up to 4 CR or LF bytes after a POST's body are
 		// skipped (RFC 9112, section 2.2, for old clients).
 		h.skip = -1
@@ -240,12 +244,12 @@ func (c *conn) readRequest(first bool) (*response, error) {
 		}
 		return nil, errHandedOff
 	}
-	w, err := c.buildRequest(head)
+	w, err := c.buildRequest(head, h)
 	c.rp += h.end
 	if err != nil {
 		return nil, err
 	}
-	c.lastMethod = w.req.Method
+	c.afterPOST = w.req.Method == "POST"
 	return w, nil
 }
 
@@ -268,8 +272,7 @@ type exchange struct {
 
 // buildRequest is the second pass: the request and its response from a
 // complete head.
-func (c *conn) buildRequest(head []byte) (*response, error) {
-	h := &c.hs
+func (c *conn) buildRequest(head []byte, h *headScan) (*response, error) {
 	// The request is built on the stack; WithContext makes its one copy
 	// on the heap.
 	var rq http.Request
@@ -294,7 +297,7 @@ func (c *conn) buildRequest(head []byte) (*response, error) {
 				rq.Header["Host"] = hv
 			}
 		}
-	} else if err := c.plainRequest(head, x, req); err != nil {
+	} else if err := c.plainRequest(head, h, x, req); err != nil {
 		return nil, err
 	}
 
@@ -352,18 +355,19 @@ func (c *conn) buildRequest(head []byte) (*response, error) {
 	default:
 		req.Body = http.NoBody
 	}
-	req = req.WithContext(ctx)
-	w.req = req
+	// A variable of its own, so that the request on the stack does not
+	// escape with it.
+	r := req.WithContext(ctx)
+	w.req = r
 	if w.body != nil {
-		w.body.req = req
+		w.body.req = r
 	}
 	return w, nil
 }
 
 // plainRequest builds the request of a plain head (see headScan) as
 // http.ReadRequest would.
-func (c *conn) plainRequest(head []byte, x *exchange, req *http.Request) error {
-	h := &c.hs
+func (c *conn) plainRequest(head []byte, h *headScan, x *exchange, req *http.Request) error {
 	hs := string(head)
 	eol := strings.IndexByte(hs, '\n')
 	line := hs[:eol]

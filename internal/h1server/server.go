@@ -66,6 +66,11 @@ type Server struct {
 	// when one parks. Per server, so that a connection of another test's
 	// server, still closing, never calls them.
 	testHookIdle, testHookPark func(c *conn)
+	// releaseParks, if set (tests), replaces releaseParks, and with it
+	// releaseQuiet, releaseEvery and the hand-back (testHookRelease).
+	releaseParks               int
+	releaseQuiet, releaseEvery time.Duration
+	testHookRelease            func()
 
 	// watch is the disconnect watcher's (see watch_linux.go), under mu.
 	watch serverWatch

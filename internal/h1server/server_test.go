@@ -487,3 +487,86 @@ func TestBodyBuffered(t *testing.T) {
 	want("chunked, read", state{true, true})
 	http.ReadResponse(br, nil)
 }
+
+// TestParkedConnectionsIdleQueue: parked connections share one idle
+// timer; a connection resumed from the middle of the queue leaves it,
+// serves its request, and every connection is still closed at its idle
+// timeout.
+func TestParkedConnectionsIdleQueue(t *testing.T) {
+	if !(&conn{watch: connWatch{}}).canParkHere() {
+		t.Skip("no parking on this system")
+	}
+	parked := make(chan struct{}, 16)
+	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path)
+	}, func(s *Server) {
+		s.IdleTimeout = 300 * time.Millisecond
+		s.parkDelay = 10 * time.Millisecond
+		s.testHookPark = func(*conn) { parked <- struct{}{} }
+	})
+	type client struct {
+		c  net.Conn
+		br *bufio.Reader
+	}
+	var cs []client
+	for range 3 {
+		c, br := dial(t, addr)
+		roundTrip(t, c, br, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+		<-parked
+		cs = append(cs, client{c, br})
+	}
+	mid := cs[1]
+	if resp := roundTrip(t, mid.c, mid.br, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("resumed connection answered %d", resp.StatusCode)
+	}
+	<-parked
+	for i, cl := range cs {
+		if b, err := cl.br.ReadByte(); err == nil {
+			t.Fatalf("connection %d: got %q, want it closed at IdleTimeout", i, b)
+		} else if errors.Is(err, osErrDeadlineExceeded) {
+			t.Fatalf("connection %d not closed at IdleTimeout", i)
+		}
+	}
+}
+
+// TestParkedBurstHandsMemoryBack: once enough connections have parked
+// and none parks any more, the server has the runtime hand its free
+// memory back, and the parked connections still serve.
+func TestParkedBurstHandsMemoryBack(t *testing.T) {
+	if !(&conn{watch: connWatch{}}).canParkHere() {
+		t.Skip("no parking on this system")
+	}
+	parked := make(chan struct{}, 16)
+	released := make(chan struct{}, 16)
+	_, addr := start(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.URL.Path)
+	}, func(s *Server) {
+		s.parkDelay = 10 * time.Millisecond
+		s.releaseParks = 3
+		s.releaseQuiet = 20 * time.Millisecond
+		s.releaseEvery = time.Nanosecond
+		s.testHookPark = func(*conn) { parked <- struct{}{} }
+		s.testHookRelease = func() { released <- struct{}{} }
+	})
+	type client struct {
+		c  net.Conn
+		br *bufio.Reader
+	}
+	var cs []client
+	for range 3 {
+		c, br := dial(t, addr)
+		roundTrip(t, c, br, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+		<-parked
+		cs = append(cs, client{c, br})
+	}
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no hand-back after 3 connections parked")
+	}
+	for i, cl := range cs {
+		if resp := roundTrip(t, cl.c, cl.br, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+			t.Fatalf("connection %d answered %d after the hand-back", i, resp.StatusCode)
+		}
+	}
+}

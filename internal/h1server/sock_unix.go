@@ -18,13 +18,17 @@ func (c *conn) initRaw(inner net.Conn, feed func([]byte)) {
 		return
 	}
 	c.raw, c.feed = raw, feed
-	c.readFn = c.doRead
-	c.idleFn = c.doIdleRead
+}
+
+func newConnIO() *connIO {
+	x := new(connIO)
+	x.readFn, x.idleFn = x.doRead, x.doIdleRead
+	return x
 }
 
 // doRead is c.readFn: one read(2) into c.rdst; false to wait for the
 // socket to become readable.
-func (c *conn) doRead(fd uintptr) bool {
+func (c *connIO) doRead(fd uintptr) bool {
 	for {
 		n, err := syscall.Read(int(fd), c.rdst)
 		if err == syscall.EINTR {
@@ -44,7 +48,7 @@ func (c *conn) doRead(fd uintptr) bool {
 // while nobody waits: a read that finds nothing (EAGAIN) returns the
 // buffer and waits for the next edge, and no byte that arrived in
 // between is missed.
-func (c *conn) doIdleRead(fd uintptr) bool {
+func (c *connIO) doIdleRead(fd uintptr) bool {
 	if c.rb == nil {
 		c.rb = rbufPool.Get().(*[rbufSize]byte)[:]
 	}

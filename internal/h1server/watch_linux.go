@@ -2,6 +2,7 @@ package h1server
 
 import (
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,9 +36,13 @@ type connWatch struct {
 	armed atomic.Pointer[response]
 	gone  atomic.Bool
 	// parked: 1 while the connection waits in the set with no goroutine
-	// (see park), 2 once someone (watcher, idle timer, shutdown) took it.
+	// (see park), 2 once someone (watcher, idle sweep, shutdown) took it.
 	parked atomic.Int32
-	timer  *time.Timer // closes a parked connection at IdleTimeout
+	// A parked connection with an idle timeout is in its watcher's idle
+	// queue, under the watcher's mu, until deadline (see idleQueue).
+	prev, next *conn
+	deadline   int64
+	queued     bool
 }
 
 // parkDelay is how long a connection waits for its next request on a
@@ -60,6 +65,85 @@ type watcher struct {
 	// last connection.
 	closing, closed bool
 	done            chan struct{}
+	idle            idleQueue
+	rel             memRelease
+}
+
+// idleQueue closes the parked connections at their idle timeout, with
+// one timer for them all rather than one per connection (a timer costs
+// about 150 bytes, and a parked connection costs its structures alone).
+// Every connection of a server parks for the same time, so the queue,
+// appended to as they park, is in the order of their deadlines: the
+// timer is set for the first, and closes every connection due when it
+// fires, up to idleSlack late so that connections parked together are
+// closed together.
+type idleQueue struct {
+	head, tail *conn
+	start      time.Time // deadlines are nanoseconds since start
+	timer      *time.Timer
+}
+
+const idleSlack = 10 * time.Millisecond
+
+func (q *idleQueue) now() int64 { return int64(time.Since(q.start)) }
+
+// pushLocked queues c to be closed rest from now; w.mu is held.
+func (w *watcher) pushLocked(c *conn, rest time.Duration) {
+	q := &w.idle
+	c.watch.deadline = q.now() + int64(rest)
+	c.watch.queued = true
+	c.watch.prev, c.watch.next = q.tail, nil
+	if q.tail != nil {
+		q.tail.watch.next = c
+	} else {
+		q.head = c
+		if q.timer == nil {
+			q.timer = time.AfterFunc(rest+idleSlack, w.sweep)
+		} else {
+			q.timer.Reset(rest + idleSlack)
+		}
+	}
+	q.tail = c
+}
+
+// unqueueLocked takes c off the queue if it is on it; w.mu is held.
+func (w *watcher) unqueueLocked(c *conn) {
+	if !c.watch.queued {
+		return
+	}
+	q := &w.idle
+	if p := c.watch.prev; p != nil {
+		p.watch.next = c.watch.next
+	} else {
+		q.head = c.watch.next
+	}
+	if n := c.watch.next; n != nil {
+		n.watch.prev = c.watch.prev
+	} else {
+		q.tail = c.watch.prev
+	}
+	c.watch.prev, c.watch.next, c.watch.queued = nil, nil, false
+}
+
+// sweep closes the parked connections whose idle timeout has passed.
+func (w *watcher) sweep() {
+	var due []*conn
+	w.mu.Lock()
+	q := &w.idle
+	now := q.now()
+	for c := q.head; c != nil && c.watch.deadline <= now; c = q.head {
+		w.unqueueLocked(c)
+		if c.watch.parked.CompareAndSwap(1, 2) {
+			due = append(due, c)
+		}
+	}
+	if c := q.head; c != nil {
+		q.timer.Reset(time.Duration(c.watch.deadline-now) + idleSlack)
+	}
+	w.mu.Unlock()
+	for _, c := range due {
+		c.close()
+	}
 }
 
 // watcherFor returns s's watcher, started on first use; nil if it cannot
@@ -85,6 +169,11 @@ func (s *Server) watcherFor() *watcher {
 		return nil
 	}
 	w := &watcher{f: f, epfd: epfd, conns: map[uint64]*conn{}, done: make(chan struct{})}
+	w.idle.start = time.Now()
+	w.rel.parks, w.rel.quiet, w.rel.every, w.rel.release = releaseParks, releaseQuiet, releaseEvery, debug.FreeOSMemory
+	if s.releaseParks > 0 {
+		w.rel.parks, w.rel.quiet, w.rel.every, w.rel.release = s.releaseParks, s.releaseQuiet, s.releaseEvery, s.testHookRelease
+	}
 	go w.run(raw)
 	s.watch.w = w
 	return w
@@ -140,6 +229,12 @@ func (w *watcher) shutdown() {
 func (w *watcher) lastLocked() bool {
 	if w.closing && !w.closed && len(w.conns) == 0 {
 		w.closed = true
+		if w.idle.timer != nil {
+			w.idle.timer.Stop()
+		}
+		if w.rel.timer != nil {
+			w.rel.timer.Stop()
+		}
 		return true
 	}
 	return false
@@ -193,6 +288,7 @@ func (c *conn) watchEnd(keep bool) {
 	c.watch.w = nil
 	w.mu.Lock()
 	delete(w.conns, c.watch.id)
+	w.unqueueLocked(c)
 	if keep && !w.closed {
 		c.raw.Control(func(fd uintptr) {
 			syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
@@ -232,11 +328,12 @@ func (c *conn) stopWatch() {
 // Parking. A connection that has waited parkDelay for its next request
 // gives up its goroutine: it is set to report readability once
 // (EPOLLIN, EPOLLONESHOT) in the watcher's set, and its goroutine ends.
-// An idle connection then costs its structures alone, about 2 KiB of
-// heap, and no stack. When bytes (or the client's close) arrive, the
-// watcher starts a goroutine that resumes it (unpark); a timer closes it
-// at IdleTimeout; Shutdown and Close close it at once. Whoever moves
-// parked from 1 to 2 owns the connection. A connection busy enough to
+// An idle connection then costs its structures alone, about 800 bytes
+// of heap with the socket's (its connIO went back to the pool), and no
+// stack nor buffer. When bytes (or the client's close) arrive, the
+// watcher starts a goroutine that resumes it (unpark); the watcher's
+// idle queue closes it at IdleTimeout; Shutdown and Close close it at
+// once. Whoever moves parked from 1 to 2 owns the connection. A connection busy enough to
 // be idle less than parkDelay at a time never parks, and pays nothing.
 
 func (c *conn) canPark() bool { return c.watch.w != nil }
@@ -245,13 +342,6 @@ func (c *conn) canPark() bool { return c.watch.w != nil }
 // it cannot be.
 func (c *conn) park(rest time.Duration) bool {
 	w := c.watch.w
-	if rest > 0 {
-		if c.watch.timer == nil {
-			c.watch.timer = time.AfterFunc(rest, c.parkExpired)
-		} else {
-			c.watch.timer.Reset(rest)
-		}
-	}
 	if h := c.srv.testHookPark; h != nil {
 		h(c)
 	}
@@ -264,11 +354,14 @@ func (c *conn) park(rest time.Duration) bool {
 			err = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
 		})
 	}
+	if err == nil {
+		if rest > 0 {
+			w.pushLocked(c, rest)
+		}
+		w.parkedLocked()
+	}
 	w.mu.Unlock()
 	if err != nil && c.watch.parked.CompareAndSwap(1, 0) {
-		if c.watch.timer != nil {
-			c.watch.timer.Stop()
-		}
 		return false
 	}
 	// From here on the connection may be another goroutine's already.
@@ -277,11 +370,9 @@ func (c *conn) park(rest time.Duration) bool {
 
 // unpark resumes a parked connection, on a new goroutine.
 func (c *conn) unpark() {
-	if c.watch.timer != nil {
-		c.watch.timer.Stop()
-	}
 	w := c.watch.w
 	w.mu.Lock()
+	w.unqueueLocked(c)
 	if !w.closed {
 		c.raw.Control(func(fd uintptr) {
 			ev := syscall.EpollEvent{Events: epollRDHUP | epollET, Fd: int32(uint32(c.watch.id)), Pad: int32(uint32(c.watch.id >> 32))}
@@ -290,28 +381,100 @@ func (c *conn) unpark() {
 	}
 	w.mu.Unlock()
 	c.watch.parked.Store(0)
+	c.attachIO()
 	c.rwc.SetReadDeadline(time.Time{})
 	c.headDL = false
 	c.run(false)
 }
 
-func (c *conn) parkExpired() {
-	if c.watch.parked.CompareAndSwap(1, 2) {
-		c.close()
-	}
-}
-
 // takeParked takes a parked connection away from the watcher, for
-// Shutdown or Close; the caller closes it. false if it is not parked.
+// Shutdown or Close; the caller closes it (which takes it off the idle
+// queue). false if it is not parked.
 func (c *conn) takeParked() bool {
-	if c.watch.parked.Load() != 1 || !c.watch.parked.CompareAndSwap(1, 2) {
-		return false
-	}
-	if c.watch.timer != nil {
-		c.watch.timer.Stop()
-	}
-	return true
+	return c.watch.parked.Load() == 1 && c.watch.parked.CompareAndSwap(1, 2)
 }
 
 // canParkHere reports whether this system parks connections (for tests).
 func (c *conn) canParkHere() bool { return true }
+
+// Handing memory back after a burst. A connection's first request grows
+// its goroutine's stack (16 or 32 KiB through the proxy) and leaves
+// garbage; when it parks, the stack is freed, but the runtime keeps the
+// freed memory, up to the heap goal of its last collection (twice what
+// was live then, with GOGC=100), and an idle process makes no garbage
+// that would start a collection: after thousands of connections open
+// and go idle, the process would stay at the size of the burst for as
+// long as it is idle. So when at least releaseParks connections have
+// parked since the last time, and none has for releaseQuiet (the burst
+// is over), the watcher has the runtime collect and hand its free memory
+// back to the system (debug.FreeOSMemory), at most once per releaseEvery
+// in the process: one collection a minute at most, and none while the
+// server is busy. See docs/design.md, "The app-facing HTTP/1.1 server".
+const (
+	releaseParks = 1000
+	releaseQuiet = 500 * time.Millisecond
+	releaseEvery = time.Minute
+)
+
+var (
+	releaseEpoch = time.Now()
+	// lastRelease is when the process last handed memory back, in
+	// nanoseconds since releaseEpoch; 0: never.
+	lastRelease atomic.Int64
+)
+
+// memRelease is a watcher's part of handing memory back, under its mu.
+type memRelease struct {
+	parks   int           // parks that make it worth it (releaseParks)
+	quiet   time.Duration // releaseQuiet
+	every   time.Duration // releaseEvery
+	release func()        // debug.FreeOSMemory
+
+	n     int   // parks since the last hand-back
+	last  int64 // the last park, on the idle queue's clock
+	armed bool  // timer is set
+	timer *time.Timer
+}
+
+// parkedLocked counts a park; w.mu is held.
+func (w *watcher) parkedLocked() {
+	r := &w.rel
+	r.n++
+	r.last = w.idle.now()
+	if r.armed || r.n < r.parks {
+		return
+	}
+	r.armed = true
+	if r.timer == nil {
+		r.timer = time.AfterFunc(r.quiet, w.releaseCheck)
+	} else {
+		r.timer.Reset(r.quiet)
+	}
+}
+
+// releaseCheck hands memory back if the burst is over and the process
+// has not done so lately; otherwise it looks again when it might be.
+func (w *watcher) releaseCheck() {
+	w.mu.Lock()
+	r := &w.rel
+	if w.closed {
+		r.armed = false
+		w.mu.Unlock()
+		return
+	}
+	if wait := time.Duration(r.last-w.idle.now()) + r.quiet; wait > 0 {
+		r.timer.Reset(wait) // still parking
+		w.mu.Unlock()
+		return
+	}
+	now := int64(time.Since(releaseEpoch))
+	last := lastRelease.Load()
+	if wait := time.Duration(last-now) + r.every; last != 0 && wait > 0 || !lastRelease.CompareAndSwap(last, now) {
+		r.timer.Reset(max(wait, r.quiet)) // done lately, here or by another server
+		w.mu.Unlock()
+		return
+	}
+	r.n, r.armed = 0, false
+	w.mu.Unlock()
+	r.release()
+}

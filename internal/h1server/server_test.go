@@ -375,13 +375,13 @@ func TestParkedConnection(t *testing.T) {
 		io.WriteString(w, r.URL.Path)
 	}, func(s *Server) {
 		s.parkDelay = 10 * time.Millisecond
-		s.testHookPark = func(c *conn) { parked <- c.rb == nil && c.wb == nil }
+		s.testHookPark = func(c *conn) { parked <- c.connIO == nil }
 	})
 	c, br := dial(t, addr)
 	for i := range 3 {
 		roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
 		if clean := <-parked; !clean {
-			t.Fatalf("parked after request %d holding a buffer", i)
+			t.Fatalf("parked after request %d holding its buffers' state", i)
 		}
 	}
 	// A client that closes a parked connection: it ends.

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/lnset"
 )
 
 // Server serves HTTP/1.x on the listeners given to Serve. Set its fields
@@ -51,10 +53,9 @@ type Server struct {
 
 	inShutdown atomic.Bool
 
-	mu            sync.Mutex
-	listeners     map[*net.Listener]struct{}
-	conns         map[*conn]struct{}
-	listenerGroup sync.WaitGroup
+	mu        sync.Mutex
+	listeners lnset.Set
+	conns     map[*conn]struct{}
 	// changed is signalled, during a shutdown, when a connection goes
 	// idle or away, so that Shutdown looks again without waiting for
 	// its next poll.
@@ -108,12 +109,12 @@ func (s *Server) logf(format string, args ...any) {
 // until Shutdown or Close. It always returns a non-nil error, and closes
 // l; after Shutdown or Close the error is http.ErrServerClosed.
 func (s *Server) Serve(l net.Listener) error {
-	l = &onceCloseListener{Listener: l}
+	l = &lnset.OnceClose{Listener: l}
 	defer l.Close()
-	if !s.trackListener(&l, true) {
+	if !s.listeners.Track(&l, true, s.shuttingDown) {
 		return http.ErrServerClosed
 	}
-	defer s.trackListener(&l, false)
+	defer s.listeners.Track(&l, false, nil)
 	// Requests carry an *http.Server under http.ServerContextKey, as
 	// net/http's do, for the code that looks there: ReverseProxy only
 	// aborts a response whose upstream body broke off (panicking with
@@ -169,13 +170,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.inShutdown.Store(true)
 	s.watchShutdown()
 	s.mu.Lock()
-	lnerr := s.closeListenersLocked()
+	lnerr := s.listeners.Close()
 	if s.changed == nil {
 		s.changed = make(chan struct{}, 1)
 	}
 	changed := s.changed
 	s.mu.Unlock()
-	s.listenerGroup.Wait()
+	s.listeners.Wait()
 
 	// Poll as net/http does (a connection not yet sent its first request
 	// turns idle after 5 s), but wake up early when a connection changes.
@@ -207,9 +208,9 @@ func (s *Server) Close() error {
 	s.inShutdown.Store(true)
 	s.watchShutdown()
 	s.mu.Lock()
-	err := s.closeListenersLocked()
+	err := s.listeners.Close()
 	s.mu.Unlock()
-	s.listenerGroup.Wait()
+	s.listeners.Wait()
 	var parked []*conn
 	s.mu.Lock()
 	defer func() {
@@ -266,35 +267,6 @@ func (s *Server) closeIdleConns() bool {
 	return quiet
 }
 
-func (s *Server) closeListenersLocked() error {
-	var err error
-	for ln := range s.listeners {
-		if cerr := (*ln).Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}
-	return err
-}
-
-func (s *Server) trackListener(ln *net.Listener, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.listeners == nil {
-		s.listeners = map[*net.Listener]struct{}{}
-	}
-	if add {
-		if s.shuttingDown() {
-			return false
-		}
-		s.listeners[ln] = struct{}{}
-		s.listenerGroup.Add(1)
-	} else {
-		delete(s.listeners, ln)
-		s.listenerGroup.Done()
-	}
-	return true
-}
-
 func (s *Server) trackConn(c *conn, add bool) {
 	s.mu.Lock()
 	if s.conns == nil {
@@ -325,17 +297,4 @@ func (s *Server) notifyChanged() {
 		default:
 		}
 	}
-}
-
-// onceCloseListener wraps a net.Listener, protecting it from multiple
-// Close calls (Serve's and Shutdown's).
-type onceCloseListener struct {
-	net.Listener
-	once     sync.Once
-	closeErr error
-}
-
-func (oc *onceCloseListener) Close() error {
-	oc.once.Do(func() { oc.closeErr = oc.Listener.Close() })
-	return oc.closeErr
 }

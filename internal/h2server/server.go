@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/lnset"
 )
 
 // Server serves HTTP/2 with prior knowledge (h2c) on the listeners given
@@ -59,10 +61,9 @@ type Server struct {
 
 	inShutdown atomic.Bool
 
-	mu            sync.Mutex
-	listeners     map[*net.Listener]struct{}
-	conns         map[*conn]struct{}
-	listenerGroup sync.WaitGroup
+	mu        sync.Mutex
+	listeners lnset.Set
+	conns     map[*conn]struct{}
 	// changed is signalled, during a shutdown, when a connection ends.
 	changed chan struct{}
 
@@ -127,12 +128,12 @@ func (s *Server) shuttingDown() bool { return s.inShutdown.Load() }
 // until Shutdown or Close. It always returns a non-nil error and closes
 // l; after Shutdown or Close the error is http.ErrServerClosed.
 func (s *Server) Serve(l net.Listener) error {
-	l = &onceCloseListener{Listener: l}
+	l = &lnset.OnceClose{Listener: l}
 	defer l.Close()
-	if !s.trackListener(&l, true) {
+	if !s.listeners.Track(&l, true, s.shuttingDown) {
 		return http.ErrServerClosed
 	}
-	defer s.trackListener(&l, false)
+	defer s.listeners.Track(&l, false, nil)
 	// Requests carry an *http.Server under http.ServerContextKey, as
 	// net/http's do, for the code that looks there (h1guard.ConnContext
 	// reads MaxHeaderBytes from it). It describes this server and is
@@ -185,7 +186,7 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.inShutdown.Store(true)
 	s.mu.Lock()
-	lnerr := s.closeListenersLocked()
+	lnerr := s.listeners.Close()
 	if s.changed == nil {
 		s.changed = make(chan struct{}, 1)
 	}
@@ -195,7 +196,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	s.listenerGroup.Wait()
+	s.listeners.Wait()
 	for _, c := range conns {
 		c.startGracefulShutdown()
 	}
@@ -229,47 +230,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.inShutdown.Store(true)
 	s.mu.Lock()
-	err := s.closeListenersLocked()
+	err := s.listeners.Close()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	s.listenerGroup.Wait()
+	s.listeners.Wait()
 	for _, c := range conns {
 		c.closeNow()
 	}
 	s.workers.close()
 	return err
-}
-
-func (s *Server) closeListenersLocked() error {
-	var err error
-	for ln := range s.listeners {
-		if cerr := (*ln).Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}
-	return err
-}
-
-func (s *Server) trackListener(ln *net.Listener, add bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.listeners == nil {
-		s.listeners = map[*net.Listener]struct{}{}
-	}
-	if add {
-		if s.shuttingDown() {
-			return false
-		}
-		s.listeners[ln] = struct{}{}
-		s.listenerGroup.Add(1)
-	} else {
-		delete(s.listeners, ln)
-		s.listenerGroup.Done()
-	}
-	return true
 }
 
 // trackConn adds or removes c; it refuses to add one once Close or
@@ -298,19 +270,6 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 		}
 	}
 	return true
-}
-
-// onceCloseListener protects a listener from Serve's and Shutdown's
-// Close both.
-type onceCloseListener struct {
-	net.Listener
-	once     sync.Once
-	closeErr error
-}
-
-func (oc *onceCloseListener) Close() error {
-	oc.once.Do(func() { oc.closeErr = oc.Listener.Close() })
-	return oc.closeErr
 }
 
 // Handler goroutines are reused: a stream's handler runs on an idle

@@ -2,7 +2,6 @@ package h2server
 
 import (
 	"context"
-	"errors"
 	"log"
 	"math/rand/v2"
 	"net"
@@ -144,27 +143,11 @@ func (s *Server) Serve(l net.Listener) error {
 		IdleTimeout:       s.IdleTimeout,
 		ErrorLog:          s.ErrorLog,
 	})
-	var tempDelay time.Duration
 	for {
-		rw, err := l.Accept()
+		rw, err := lnset.Accept(l, s.shuttingDown, s.logf, "http2")
 		if err != nil {
-			if s.shuttingDown() {
-				return http.ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				if tempDelay == 0 {
-					tempDelay = 5 * time.Millisecond
-				} else {
-					tempDelay = min(2*tempDelay, time.Second)
-				}
-				s.logf("http2: Accept error: %v; retrying in %v", err, tempDelay)
-				time.Sleep(tempDelay)
-				continue
-			}
 			return err
 		}
-		tempDelay = 0
 		ctx := context.WithValue(base, http.LocalAddrContextKey, rw.LocalAddr())
 		if s.ConnContext != nil {
 			ctx = s.ConnContext(ctx, rw)

@@ -1,12 +1,15 @@
 // Package lnset keeps the listeners a server serves on, as net/http's
 // Server does, for internal/h1server and internal/h2server: Serve tracks
-// its listener while it accepts, Shutdown and Close close every one and
-// wait until each Serve has returned.
+// its listener while it accepts (Accept), Shutdown and Close close every
+// one and wait until each Serve has returned.
 package lnset
 
 import (
+	"errors"
 	"net"
+	"net/http"
 	"sync"
+	"time"
 )
 
 // Set is a server's listeners. The zero value is ready.
@@ -67,4 +70,32 @@ type OnceClose struct {
 func (oc *OnceClose) Close() error {
 	oc.once.Do(func() { oc.closeErr = oc.Listener.Close() })
 	return oc.closeErr
+}
+
+// Accept accepts a connection from l as net/http's Serve does: an
+// accept that timed out (too many open files, say) is logged through
+// logf with name and tried again after a pause that doubles from 5 ms to
+// 1 s; once closing reports true, any failure is http.ErrServerClosed.
+func Accept(l net.Listener, closing func() bool, logf func(format string, args ...any), name string) (net.Conn, error) {
+	var delay time.Duration
+	for {
+		rw, err := l.Accept()
+		if err == nil {
+			return rw, nil
+		}
+		if closing() {
+			return nil, http.ErrServerClosed
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return nil, err
+		}
+		if delay == 0 {
+			delay = 5 * time.Millisecond
+		} else {
+			delay = min(2*delay, time.Second)
+		}
+		logf("%s: Accept error: %v; retrying in %v", name, err, delay)
+		time.Sleep(delay)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/inmem"
 	"github.com/sidecar-proxy/sidecar/policy"
 )
 
@@ -35,6 +36,10 @@ type appBody struct {
 	// armed is set once a read deadline was set: the end of the body
 	// clears it then.
 	armed atomic.Bool
+	// waiting counts reads in flight that wait on the app (not served
+	// from the server's buffer): an attempt that times out meanwhile was
+	// held up by the app, not the upstream (awaited).
+	waiting atomic.Int32
 
 	// mu orders deadline changes against finish: an upstream transport
 	// may still read the body after the handler has returned, when the
@@ -61,10 +66,25 @@ func newAppBody(w http.ResponseWriter, r *http.Request, idle time.Duration) *app
 }
 
 // bufferedBody is a body that tells when its reads need no socket read:
-// internal/h1server's.
-type bufferedBody interface {
-	Buffered() (next, all bool)
+// the app-facing servers'.
+type bufferedBody = inmem.Buffered
+
+// Buffered reports whether the body's next read, and all of it, are
+// served without waiting on the app, for a client deciding whether to
+// read it before sending the request's head (internal/inmem).
+func (b *appBody) Buffered() (next, all bool) {
+	if b.err.Load() != nil || b.eof.Load() {
+		return true, true
+	}
+	if b.buf == nil {
+		return false, false
+	}
+	return b.buf.Buffered()
 }
+
+// Buffered passes on the app's body's Buffered: ReverseProxy's wrapper
+// hides it.
+func (b *outBody) Buffered() (next, all bool) { return b.app.Buffered() }
 
 // allBuffered reports whether the rest of the body is in the server's
 // read buffer: no read of it can wait on the app, so none needs a
@@ -135,12 +155,25 @@ func (b *appBody) Read(p []byte) (int, error) {
 		// transport drops the upstream connection mid-response.
 		return 0, io.EOF
 	}
-	if b.idle > 0 && !b.nextBuffered() {
-		// Each read may pause for idle; without it, the route's
-		// deadline set by routed stays as it is.
-		b.setReadDeadline(b.readDeadline())
+	wait := !b.nextBuffered()
+	if wait {
+		if b.idle > 0 {
+			// Each read may pause for idle; without it, the route's
+			// deadline set by routed stays as it is.
+			b.setReadDeadline(b.readDeadline())
+		}
+		b.waiting.Add(1)
+		if b.closed.Load() {
+			// Close may have missed this read (it looks at waiting
+			// after it sets closed): it must not start.
+			b.waiting.Add(-1)
+			return 0, http.ErrBodyReadAfterClose
+		}
 	}
 	n, err := b.body.Read(p)
+	if wait {
+		b.waiting.Add(-1)
+	}
 	switch {
 	case err == io.EOF:
 		if b.eof.CompareAndSwap(false, true) && b.armed.Load() {
@@ -156,9 +189,16 @@ func (b *appBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Close closes the app's body.
+// Close closes the app's body. A read waiting on the app meanwhile (an
+// attempt's body writer, its attempt over) holds the server's body until
+// it returns: the read deadline, set to now, ends it at once, so that the
+// handler's answer does not wait for the app's next bytes or the read's
+// own deadline. Nothing reads the body after Close.
 func (b *appBody) Close() error {
 	b.closed.Store(true)
+	if b.waiting.Load() > 0 {
+		b.setReadDeadline(time.Now())
+	}
 	return b.body.Close()
 }
 
@@ -190,6 +230,12 @@ func (b *appBody) failure() policy.Outcome {
 		return policy.RequestTimeout
 	}
 	return policy.BadRequest
+}
+
+// awaited reports whether a read of the body is waiting on the app: an
+// attempt that times out meanwhile timed out on the app's upload.
+func (b *appBody) awaited() bool {
+	return b != nil && b.waiting.Load() > 0
 }
 
 // outBody is the outbound request's body on a route's ReverseProxy: the

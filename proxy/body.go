@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/sidecar-proxy/sidecar/internal/inmem"
 	"github.com/sidecar-proxy/sidecar/policy"
 )
 
@@ -69,7 +70,7 @@ func (b *replayBody) next() io.ReadCloser {
 	case b.orig == nil:
 		return nil
 	case b.buf != nil:
-		return io.NopCloser(bytes.NewReader(b.buf))
+		return inmem.NewBody(b.buf)
 	case b.tee != nil:
 		return b.tee.next()
 	case b.stream == nil:

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/internal/inmem"
 	"github.com/sidecar-proxy/sidecar/policy"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -574,8 +574,8 @@ func (d *deliverer) attempt(rt *Route, m *spool.Message) (int, time.Duration, po
 	}
 	req.ContentLength = int64(len(m.Body))
 	if len(m.Body) > 0 {
-		req.Body = io.NopCloser(bytes.NewReader(m.Body))
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(m.Body)), nil }
+		req.Body = inmem.NewBody(m.Body)
+		req.GetBody = func() (io.ReadCloser, error) { return inmem.NewBody(m.Body), nil }
 	}
 	resp, err := (&attempter{route: rt}).RoundTrip(req)
 	if err != nil {

@@ -56,7 +56,8 @@ func (e *UpstreamError) Unwrap() error { return e.Err }
 //
 // A failed read of the app's body (body, nil when there is none) blames
 // the app: the transport's error then only reports that the request
-// could not be sent.
+// could not be sent. So does a timeout while a read of the body waits on
+// the app.
 func classify(err error, app, attempt context.Context, body *appBody) policy.Outcome {
 	var de *dialError
 	var cve *tls.CertificateVerificationError
@@ -70,6 +71,11 @@ func classify(err error, app, attempt context.Context, body *appBody) policy.Out
 	case app.Err() != nil:
 		return policy.Canceled
 	case attempt.Err() != nil || errors.Is(err, context.DeadlineExceeded):
+		if body.awaited() {
+			// The attempt ran out of time while the app was still
+			// sending its body: the app's delay, not the upstream's.
+			return policy.RequestTimeout
+		}
 		return policy.Timeout
 	case errors.As(err, &de), errors.As(err, &cve), errors.As(err, &uae), errors.As(err, &hne):
 		return policy.ConnectError

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
@@ -58,18 +57,60 @@ func expectStallAnswer(t *testing.T, br *bufio.Reader) {
 // in-flight slot is freed, and the breaker does not count it against the
 // upstream.
 func TestStalledUploadEndsAtRouteDeadline(t *testing.T) {
-	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })
-	sc := startSidecar(t, oneRoute(`{timeout: 1s, per_try_timeout: 500ms, max_in_flight: 1,
+	arrived := make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/items/x" {
+			close(arrived)
+		}
+		io.Copy(io.Discard, r.Body)
+	})
+	sc := startSidecar(t, oneRoute(`{timeout: 1s, max_in_flight: 1,
       circuit_breaker: {consecutive_failures: 1, open_for: 1m}}`), up)
 	_, br := stallUpload(t, sc.addr["app"], "/items/x")
-	// The stalled upload holds the route's only slot meanwhile.
-	poll.Until(t, 900*time.Millisecond, "the stalled upload holding the route's slot", func() bool {
-		resp, _ := get(t, sc.url("/items/busy"))
-		return resp.Header.Get(HeaderOutcome) == "overloaded"
-	})
+	// Once forwarded, the stalled upload holds the route's only slot. (A
+	// probe sent before that could take the slot first.)
+	select {
+	case <-arrived:
+	case <-time.After(900 * time.Millisecond):
+		t.Fatal("the stalled upload did not reach the upstream within its timeout")
+	}
+	if resp, _ := get(t, sc.url("/items/busy")); resp.Header.Get(HeaderOutcome) != "overloaded" {
+		t.Fatalf("GET while the stalled upload holds the only slot = %d %s=%q, want 503 overloaded", resp.StatusCode, HeaderOutcome, resp.Header.Get(HeaderOutcome))
+	}
 	expectStallAnswer(t, br)
 	if resp, _ := get(t, sc.url("/items/y")); resp.StatusCode != http.StatusOK {
 		t.Errorf("GET after the stalled upload = %d %s, want 200: slot freed, breaker closed", resp.StatusCode, resp.Header.Get(HeaderOutcome))
+	}
+}
+
+// TestStalledUploadEndsAtPerTryTimeout: an attempt whose per-try timeout
+// passes while the app is still sending its body (the upstream already
+// has the request's head) ends as the app's 408 request_timeout, at the
+// per-try timeout, not the route's, and is not counted by the breaker.
+func TestStalledUploadEndsAtPerTryTimeout(t *testing.T) {
+	var heads atomic.Int32
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/items/x" {
+			heads.Add(1)
+		}
+		io.Copy(io.Discard, r.Body)
+	})
+	// One attempt: with retries on, a body this small is read whole, for
+	// replay, before the first attempt starts (bounded by the route's
+	// timeout and body_idle_timeout instead).
+	sc := startSidecar(t, oneRoute(`{timeout: 20s, per_try_timeout: 300ms,
+      circuit_breaker: {consecutive_failures: 1, open_for: 1m}}`), up)
+	start := time.Now()
+	_, br := stallUpload(t, sc.addr["app"], "/items/x")
+	expectStallAnswer(t, br)
+	if el := time.Since(start); el > 10*time.Second {
+		t.Errorf("answered after %v, want about the 300ms per-try timeout, not the 20s route timeout", el)
+	}
+	if n := heads.Load(); n != 1 {
+		t.Errorf("the upstream saw the stalled request's head %d times, want once", n)
+	}
+	if resp, _ := get(t, sc.url("/items/y")); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET after the stalled upload = %d %s, want 200: the breaker must not open", resp.StatusCode, resp.Header.Get(HeaderOutcome))
 	}
 }
 

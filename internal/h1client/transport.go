@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/sidecar-proxy/sidecar/internal/inmem"
 )
 
 // Defaults of the Transport's zero fields.
@@ -423,8 +425,9 @@ func (ex *exchange) run(ctx context.Context) (*http.Response, error) {
 		if err := c.bw.Flush(); err != nil {
 			return nil, ex.stale(err)
 		}
-	case !expect && cl > 0 && cl <= int64(c.bw.Available()):
-		// The hot path: head and body in one write.
+	case !expect && cl > 0 && cl <= int64(c.bw.Available()) && inmem.Whole(body):
+		// The hot path: head and body, all of it at hand, in one write.
+		// A body still arriving is not read ahead: its head goes first.
 		err := writeBody(c.bw, body, cl, req.Trailer)
 		body.Close()
 		if err == nil {

@@ -663,3 +663,53 @@ func TestBytesPastTheAnswer(t *testing.T) {
 		t.Fatalf("second: %q %v, want fresh from a new connection", body, err)
 	}
 }
+
+// TestHeadGoesBeforeABodyStillArriving: a small body of known length that
+// is not all at hand (here a pipe) is not read ahead of the head: the
+// upstream sees the request while the body's sender still waits.
+func TestHeadGoesBeforeABodyStillArriving(t *testing.T) {
+	head := make(chan string, 1)
+	s := newRawServer(t, func(n int, c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		head <- req.URL.Path
+		b, _ := io.ReadAll(req.Body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: "+strconv.Itoa(len(b))+"\r\n\r\n"+string(b))
+	})
+	tr := &Transport{}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("PUT", s.url("/upload"), pr)
+	req.ContentLength = 5
+	type result struct {
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{string(b), err}
+	}()
+	select {
+	case p := <-head:
+		if p != "/upload" {
+			t.Fatalf("upstream saw %q", p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream saw no request head while the body was pending")
+	}
+	io.WriteString(pw, "hello")
+	pw.Close()
+	if r := <-done; r.err != nil || r.body != "hello" {
+		t.Fatalf("answer %q, %v; want the body echoed", r.body, r.err)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/inmem"
 )
 
 // Limits and windows.
@@ -236,8 +238,9 @@ type reqBody struct {
 
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, 0, smallBody); return &b }}
 
-// newReqBody takes req's body; a small one of known length is read at
-// once.
+// newReqBody takes req's body; a small one of known length, all of it at
+// hand, is read at once. One still arriving is not read ahead: the
+// HEADERS go first.
 func newReqBody(req *http.Request) (*reqBody, error) {
 	rb := &reqBody{body: req.Body, cl: req.ContentLength, trailer: req.Trailer, getBody: req.GetBody}
 	if rb.body == http.NoBody {
@@ -249,7 +252,7 @@ func newReqBody(req *http.Request) (*reqBody, error) {
 	case rb.cl == 0:
 		rb.cl = -1 // a Body with ContentLength 0 is of unknown length
 	}
-	if rb.body != nil && rb.cl > 0 && rb.cl <= smallBody && len(rb.trailer) == 0 {
+	if rb.body != nil && rb.cl > 0 && rb.cl <= smallBody && len(rb.trailer) == 0 && inmem.Whole(rb.body) {
 		bp := smallBufs.Get().(*[]byte)
 		b := (*bp)[:rb.cl]
 		_, err := io.ReadFull(rb.body, b)

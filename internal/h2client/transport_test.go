@@ -711,3 +711,65 @@ func TestRefusedRequests(t *testing.T) {
 		t.Errorf("after the refusals: %q, %v", body, err)
 	}
 }
+
+// TestHeadersGoBeforeABodyStillArriving: a small body of known length
+// that is not all at hand (here a pipe) is not read ahead of the HEADERS:
+// the upstream sees the request while the body's sender still waits.
+func TestHeadersGoBeforeABodyStillArriving(t *testing.T) {
+	head := make(chan string, 1)
+	s := newRawServer(t, func(n int, c *rawConn) {
+		r, err := c.readRequest(false)
+		if err != nil {
+			return
+		}
+		head <- r.fields[":path"]
+		for {
+			f, err := c.fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if d, ok := f.(*http2.DataFrame); ok && d.StreamID == r.id {
+				r.body = append(r.body, d.Data()...)
+				if d.StreamEnded() {
+					break
+				}
+			}
+		}
+		c.writeHeaders(r.id, false, ":status", "200")
+		c.fr.WriteData(r.id, true, r.body)
+		c.drain()
+	})
+	tr := newTransport(t)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("PUT", s.url+"/upload", pr)
+	req.ContentLength = 5
+	type result struct {
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{string(b), err}
+	}()
+	select {
+	case p := <-head:
+		if p != "/upload" {
+			t.Fatalf("upstream saw %q", p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream saw no HEADERS while the body was pending")
+	}
+	io.WriteString(pw, "hello")
+	pw.Close()
+	if r := <-done; r.err != nil || r.body != "hello" {
+		t.Fatalf("answer %q, %v; want the body echoed", r.body, r.err)
+	}
+}

@@ -893,3 +893,55 @@ func TestClientGoAway(t *testing.T) {
 	}
 	rc.untilClosed(t)
 }
+
+// TestBodyBuffered: a request body tells what of it is at hand: nothing
+// before DATA, the next read once some came, all of it once END_STREAM
+// came.
+func TestBodyBuffered(t *testing.T) {
+	type state struct{ next, all bool }
+	states := make(chan state)
+	step := make(chan struct{})
+	addr := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b := r.Body.(interface{ Buffered() (next, all bool) })
+		last := state{}
+		report := func() {
+			next, all := b.Buffered()
+			last = state{next, all}
+			states <- last
+		}
+		report() // before any DATA
+		for range 2 {
+			<-step
+			// The frame may still be on its way: wait for it to show.
+			for want, end := last, time.Now().Add(10*time.Second); time.Now().Before(end); {
+				if next, all := b.Buffered(); (state{next, all}) != want {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			report()
+		}
+		io.Copy(io.Discard, r.Body)
+	})})
+	rc := dialRaw(t, addr)
+	rc.request(1, false, "POST", "/", nil)
+	expect := func(want state) {
+		t.Helper()
+		select {
+		case got := <-states:
+			if got != want {
+				t.Fatalf("Buffered() = %+v, want %+v", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the handler reported nothing")
+		}
+	}
+	expect(state{false, false})
+	rc.write(t, func() error { return rc.fr.WriteData(1, false, []byte("some")) })
+	step <- struct{}{}
+	expect(state{true, false})
+	rc.write(t, func() error { return rc.fr.WriteData(1, true, []byte("more")) })
+	step <- struct{}{}
+	expect(state{true, true})
+	rc.next(t, func(f http2.Frame) bool { _, ok := f.(*http2.MetaHeadersFrame); return ok })
+}

@@ -474,6 +474,24 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	return 0, err
 }
 
+// Buffered reports whether the body's next Read, and whether all of it,
+// is served without waiting for DATA: what arrived is buffered, and the
+// end is known once END_STREAM (or a failure) came. A body that awaits
+// its 100 Continue is not at hand.
+func (b *requestBody) Buffered() (next, all bool) {
+	st := b.st
+	st.bmu.Lock()
+	defer st.bmu.Unlock()
+	switch {
+	case st.gen != b.gen || b.closed || st.bclosed:
+		return true, true
+	case st.needsContinue:
+		return false, false
+	}
+	done := st.berr != nil
+	return done || st.rpos < len(st.rbuf), done
+}
+
 func (b *requestBody) Close() error {
 	st := b.st
 	st.bmu.Lock()

@@ -184,9 +184,16 @@ func (b *appBody) Read(p []byte) (int, error) {
 	case err != nil && !b.closed.Load():
 		// The deadline stays in force: the connection is broken for
 		// further requests, and the server must not wait on it.
-		b.err.CompareAndSwap(nil, &err)
+		b.fail(err)
 	}
 	return n, err
+}
+
+// fail records err, the first failed read's. A function of its own: the
+// pointer to err would otherwise move Read's err to the heap on every
+// call.
+func (b *appBody) fail(err error) {
+	b.err.CompareAndSwap(nil, &err)
 }
 
 // Close closes the app's body. A read waiting on the app meanwhile (an

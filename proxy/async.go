@@ -13,6 +13,7 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -93,7 +94,14 @@ func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request
 	}
 	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
-		b, err := readBody(r.Body, r.ContentLength, a.maxBody)
+		var pooled *[]byte
+		if a.always && r.ContentLength >= 0 && r.ContentLength <= asyncBufSize {
+			// Spooled at once: the store keeps nothing of the body once
+			// Append returns (spool.Store), so its buffer is recycled.
+			pooled = asyncBufs.Get().(*[]byte)
+			defer asyncBufs.Put(pooled)
+		}
+		b, err := readBody(r.Body, r.ContentLength, a.maxBody, pooled)
 		if err != nil {
 			ab, _ := r.Body.(*appBody)
 			if o := ab.failure(); o != policy.OK {
@@ -169,18 +177,29 @@ func (rt *Route) tryUpstream(w http.ResponseWriter, out *http.Request, start tim
 }
 
 // readBody reads up to limit+1 bytes of body; a known length is read into
-// a buffer of its size.
-func readBody(body io.Reader, length, limit int64) ([]byte, error) {
+// a buffer of its size, or into buf when one is given (it has room).
+func readBody(body io.Reader, length, limit int64, buf *[]byte) ([]byte, error) {
 	if length < 0 || length > limit {
 		return io.ReadAll(io.LimitReader(body, limit+1))
 	}
-	b := make([]byte, length, length+1)
+	var b []byte
+	if buf != nil {
+		b = (*buf)[:length]
+	} else {
+		b = make([]byte, length, length+1)
+	}
 	if _, err := io.ReadFull(body, b); err != nil {
 		return nil, err
 	}
 	// The declared length is all there is: net/http ends the body there.
 	return b, nil
 }
+
+// asyncBufs recycles the body buffers of requests spooled at once, up to
+// asyncBufSize bytes.
+var asyncBufs = sync.Pool{New: func() any { b := make([]byte, asyncBufSize); return &b }}
+
+const asyncBufSize = 16 << 10
 
 // enqueue appends msg and answers 202 once it is durable, or the error that
 // kept it from being stored.
@@ -210,14 +229,16 @@ func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, ms
 	sp.wake(rt.Name)
 	body := spooledAnswer(msg.ID)
 	hd := w.Header()
-	hd[HeaderSpoolID] = []string{msg.ID}
+	vals := make([]string, 2) // one allocation for both fields' values
+	vals[0], vals[1] = msg.ID, contentLength(len(body))
+	hd[HeaderSpoolID] = vals[0:1:1]
 	if attempts > 0 {
 		hd.Set(HeaderAttempts, strconv.Itoa(attempts))
 	}
 	// The constant values are shared: nothing changes a value in place.
 	hd["Content-Type"] = jsonContentType
 	hd["Cache-Control"] = noStore
-	hd["Content-Length"] = []string{strconv.Itoa(len(body))}
+	hd["Content-Length"] = vals[1:2:2]
 	w.WriteHeader(http.StatusAccepted)
 	w.Write(body)
 }
@@ -226,6 +247,23 @@ var (
 	jsonContentType = []string{"application/json"}
 	noStore         = []string{"no-store"}
 )
+
+// contentLengths holds the decimal strings of the 202 bodies' usual
+// lengths (a spool ID's length is fixed per backend), made once.
+var contentLengths = func() (s [128]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+// contentLength is n in decimal, without allocating for the usual n.
+func contentLength(n int) string {
+	if n < len(contentLengths) {
+		return contentLengths[n]
+	}
+	return strconv.Itoa(n)
+}
 
 // spooledAnswer is the body of a 202: {"spooled":true,"id":"<id>"} and a
 // newline. A spool's IDs are hex digits, written as they are; any other
@@ -253,13 +291,16 @@ func spooledAnswer(id string) []byte {
 // it, the body, and the idempotency key (the app's, or a new random one).
 func newMessage(r *http.Request, rt *Route, body []byte) *spool.Message {
 	a := rt.async
-	hd := r.Header.Clone()
-	removeHopByHop(hd)
-	for k := range hd {
-		if strings.HasPrefix(k, "Sidecar-") {
-			delete(hd, k)
+	// The value slices are the request's, shared: below, fields are only
+	// deleted or replaced, never changed in place, and the store encodes
+	// the message before Append returns, keeping none of it.
+	hd := make(http.Header, len(r.Header)+2)
+	for k, vv := range r.Header {
+		if !strings.HasPrefix(k, "Sidecar-") {
+			hd[k] = vv
 		}
 	}
+	removeHopByHop(hd)
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		if prior := hd["X-Forwarded-For"]; len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip

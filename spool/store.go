@@ -118,7 +118,8 @@ type Store interface {
 	// Append stores m durably and returns once it is durable; it assigns
 	// m.ID if empty and sets m.Arrived to the current time if zero. It
 	// returns ErrFull if a limit would be exceeded, and ErrFailed once a
-	// write has failed.
+	// write has failed. It keeps nothing of m's Header and Body after it
+	// returns: the caller may share them with a request it still serves.
 	Append(ctx context.Context, m *Message) error
 	// Next leases and returns the earliest appended pending message of
 	// route whose NextAttempt is not after now and which is not leased; ok

@@ -74,6 +74,11 @@ type Server struct {
 	// draining; Shutdown closes what remains of them.
 	retiring map[engine]struct{}
 	wg       sync.WaitGroup // Serve loops and drains
+
+	// headerTimeout bounds reading a request's head (HTTP/1.1) or a
+	// connection's preface and first SETTINGS (HTTP/2), counted from the
+	// accept; readHeaderTimeout unless WithReadHeaderTimeout.
+	headerTimeout time.Duration
 }
 
 // boundListener is a listener's socket and the server serving it.
@@ -108,6 +113,20 @@ func WithSpool(store spool.Store) Option {
 	}
 }
 
+// WithReadHeaderTimeout bounds the time an app-facing connection may take
+// to send a request's head (HTTP/1.1: from the accept, or from the first
+// byte of a later request's head) or its preface and first SETTINGS
+// (HTTP/2); past it the connection is closed. The default, 10 s, is the
+// listeners' fixed limit (docs/configuration.md, "listeners[]"); the
+// configuration has no key for it. d <= 0 keeps the default.
+func WithReadHeaderTimeout(d time.Duration) Option {
+	return func(s *Server) {
+		if d > 0 {
+			s.headerTimeout = d
+		}
+	}
+}
+
 // AttachSpool is WithSpool on a running server, for a reload that brings
 // the first async route: the caller opens the store, attaches it, then
 // reloads. It fails if the server has a store already or is shutting
@@ -127,7 +146,7 @@ func (s *Server) AttachSpool(store spool.Store) error {
 
 // NewServer returns a Server for snap; Listen binds it.
 func NewServer(snap *Snapshot, logger *slog.Logger, opts ...Option) *Server {
-	s := &Server{log: logger, live: map[string]*boundListener{}, retiring: map[engine]struct{}{}}
+	s := &Server{log: logger, live: map[string]*boundListener{}, retiring: map[engine]struct{}{}, headerTimeout: readHeaderTimeout}
 	s.snap.Store(snap)
 	for _, o := range opts {
 		o(s)
@@ -219,11 +238,11 @@ func (s *Server) newEngine(l *Listener, tunnels *tunnelSet, addr net.Addr) engin
 	h := &handler{listener: l.Name, snap: &s.snap, log: s.log, spool: &s.spool, tunnels: tunnels}
 	errorLog := s.errorLog()
 	if l.Protocol == "h2c" {
-		return newHTTP2Server(h, errorLog)
+		return newHTTP2Server(h, errorLog, s.headerTimeout)
 	}
 	h1 := &h1server.Server{
 		Handler:           h,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: s.headerTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ConnContext:       h1guard.ConnContext,
@@ -234,7 +253,7 @@ func (s *Server) newEngine(l *Listener, tunnels *tunnelSet, addr net.Addr) engin
 	}
 	q := h1server.NewConnQueue(addr)
 	h1.HandOff = q.Put
-	return &autoEngine{h1: h1, h2: newHTTP2Server(h, errorLog), q: q}
+	return &autoEngine{h1: h1, h2: newHTTP2Server(h, errorLog, s.headerTimeout), q: q}
 }
 
 // errorLog is the servers' ErrorLog: TLS handshake errors, panics, at
@@ -244,11 +263,12 @@ func (s *Server) errorLog() *log.Logger {
 	return log.New(stdlog.Writer{Log: s.log, Level: slog.LevelDebug, Msg: "http server"}, "", 0)
 }
 
-// newHTTP2Server is the server for h2c: HTTP/2 with prior knowledge.
-func newHTTP2Server(h http.Handler, errorLog *log.Logger) *h2server.Server {
+// newHTTP2Server is the server for h2c: HTTP/2 with prior knowledge;
+// headerTimeout bounds the wait for a connection's preface.
+func newHTTP2Server(h http.Handler, errorLog *log.Logger, headerTimeout time.Duration) *h2server.Server {
 	return &h2server.Server{
 		Handler:           h,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		// An auto listener's connections come through h1server, which

@@ -200,6 +200,11 @@ func (c *conn) headerBlockDone() error {
 	id := hb.id
 	c.mu.Lock()
 	st, idle, resetByUs := c.lookup(id)
+	if st != nil && st.remoteDone && st.sentEnd.Load() {
+		// Both ends sent END_STREAM: the stream is closed, though its
+		// handler has not yet taken it out of the table.
+		st = nil
+	}
 	if st != nil {
 		// Trailers.
 		defer c.mu.Unlock()

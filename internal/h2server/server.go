@@ -67,6 +67,10 @@ type Server struct {
 	changed chan struct{}
 
 	workers workerPool
+
+	// testHookAfterFinish, when set by a test, runs after a handler's
+	// last frames are written and before its stream leaves the table.
+	testHookAfterFinish func()
 }
 
 func (s *Server) maxHeaderListSize() uint32 {

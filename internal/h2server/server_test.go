@@ -945,3 +945,38 @@ func TestBodyBuffered(t *testing.T) {
 	expect(state{true, true})
 	rc.next(t, func(f http2.Frame) bool { _, ok := f.(*http2.MetaHeadersFrame); return ok })
 }
+
+// TestHeadersOnStreamClosedBeforeItsHandlerEnds: once both ends sent
+// END_STREAM the stream is closed for the client, even while the
+// handler's goroutine has yet to take it out of the table: HEADERS on it
+// are a connection error STREAM_CLOSED (h2spec 5.1/12), not a stream
+// error.
+func TestHeadersOnStreamClosedBeforeItsHandlerEnds(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})}
+	s.testHookAfterFinish = func() {
+		select {
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	addr := start(t, s)
+	rc := dialRaw(t, addr)
+	rc.request(1, true, "GET", "/", nil)
+	rc.next(t, func(f http2.Frame) bool {
+		h, ok := f.(*http2.MetaHeadersFrame)
+		return ok && h.StreamID == 1 && h.StreamEnded()
+	})
+	rc.request(1, true, "GET", "/", nil) // the handler is still in its hook
+	f := rc.next(t, func(f http2.Frame) bool {
+		switch f.(type) {
+		case *http2.GoAwayFrame, *http2.RSTStreamFrame:
+			return true
+		}
+		return false
+	})
+	if ga, ok := f.(*http2.GoAwayFrame); !ok || ga.ErrCode != http2.ErrCodeStreamClosed {
+		t.Errorf("HEADERS on a closed stream got %v, want GOAWAY STREAM_CLOSED", f)
+	}
+}

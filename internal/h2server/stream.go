@@ -48,6 +48,10 @@ type stream struct {
 	dead atomic.Bool
 	// sentFinal is set under wmu once the final HEADERS are written.
 	sentFinal atomic.Bool
+	// sentEnd is set under wmu as the frame with END_STREAM is written:
+	// from then on the peer may see the stream closed, before the
+	// handler's goroutine has taken it out of the table.
+	sentEnd atomic.Bool
 
 	// Under c.mu.
 	closed     bool  // left the connection's table
@@ -153,6 +157,7 @@ func (st *stream) release() {
 	st.isHead = false
 	st.dead.Store(false)
 	st.sentFinal.Store(false)
+	st.sentEnd.Store(false)
 	st.closed, st.closeErr, st.remoteDone, st.localDone = false, nil, false, false
 	st.sendWindow, st.recvAvail, st.recvUnsent = 0, 0, 0
 	st.bodyBytes = 0
@@ -189,6 +194,9 @@ func (st *stream) discard() {
 func (c *conn) runHandler(st *stream) *stream {
 	if c.callHandler(st) {
 		st.finish()
+		if h := c.srv.testHookAfterFinish; h != nil {
+			h()
+		}
 	} else {
 		c.resetStream(st.id, http2.ErrCodeInternal)
 	}
@@ -838,6 +846,9 @@ func (st *stream) flush(data []byte, end bool) error {
 			return st.closedError()
 		}
 		endData := end && last && !trailers
+		if end && last {
+			st.sentEnd.Store(true)
+		}
 		if headers {
 			headers = false
 			block := c.encodeResponseHeaders(st, ctype, clen)

@@ -232,11 +232,11 @@ func (s *Server) spoolShow(w http.ResponseWriter, r *http.Request) {
 			Message messageMetaView `json:"message"`
 		}{newInfoView(in), messageMetaView{
 			Method:         m.Method,
-			Target:         m.Target,
+			Target:         targetWithoutQuery(m.Target),
 			IdempotencyKey: m.IdempotencyKey,
 			TraceParent:    m.TraceParent,
 			BodySize:       len(m.Body),
-			Hidden:         "headers and body need Authorization: Bearer <token> with the admin token",
+			Hidden:         "the query, headers and body need Authorization: Bearer <token> with the admin token",
 		}})
 		return
 	}
@@ -244,6 +244,16 @@ func (s *Server) spoolShow(w http.ResponseWriter, r *http.Request) {
 		MessageInfo
 		Message messageView `json:"message"`
 	}{newInfoView(in), newMessageView(m)})
+}
+
+// targetWithoutQuery is a stored request's target with its query, which
+// may carry credentials (?token=...) as the headers do, replaced by
+// [redacted] (docs/operations.md, "Admin API").
+func targetWithoutQuery(target string) string {
+	if path, _, ok := strings.Cut(target, "?"); ok {
+		return path + "?" + redacted
+	}
+	return target
 }
 
 // messageMetaView is a stored request without its headers and body, for

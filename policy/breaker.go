@@ -163,6 +163,7 @@ type Breaker struct {
 	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
 	openFor  time.Duration
 	openedAt atomic.Pointer[time.Time] // when the breaker last opened; nil before it ever did
+	halfOpen atomic.Bool               // the state gobreaker last moved to is half-open
 	onChange func(name string, from, to BreakerState)
 }
 
@@ -210,6 +211,7 @@ func readyToTrip(s BreakerSettings) func(gobreaker.Counts) bool {
 
 // stateChanged is gobreaker's OnStateChange; it runs under gobreaker's lock.
 func (b *Breaker) stateChanged(name string, from, to gobreaker.State) {
+	b.halfOpen.Store(to == gobreaker.StateHalfOpen)
 	if to == gobreaker.StateOpen {
 		now := time.Now() // gobreaker's clock, read just after it set the expiry
 		b.openedAt.Store(&now)
@@ -221,7 +223,17 @@ func (b *Breaker) stateChanged(name string, from, to gobreaker.State) {
 
 // BreakerTicket is a request admitted by Allow; Done records its result.
 // The zero value, which a nil Breaker hands out, records nothing.
-type BreakerTicket struct{ done func(error) }
+type BreakerTicket struct {
+	done  func(error)
+	probe bool
+}
+
+// Probe reports whether the ticket is one of a half-open breaker's
+// probes, whose result decides whether the breaker closes. A caller that
+// learns a request's result only late (after a response body that may
+// stream for long) may record a probe's result early, so that a long
+// stream does not hold the breaker half-open.
+func (t BreakerTicket) Probe() bool { return t.probe }
 
 // Done records the request's result. Call it exactly once, when the result
 // is known; a ticket from before a change of state is dropped, as
@@ -249,7 +261,10 @@ func (b *Breaker) Allow() (BreakerTicket, error) {
 	if err != nil {
 		return BreakerTicket{}, ErrBreakerOpen
 	}
-	return BreakerTicket{gdone}, nil
+	// gobreaker moves an open breaker to half-open inside Allow, and
+	// stateChanged has run by now. A change racing with this read only
+	// changes when the caller records the result.
+	return BreakerTicket{done: gdone, probe: b.halfOpen.Load()}, nil
 }
 
 // State returns the breaker's state now; an open breaker whose OpenFor

@@ -120,7 +120,12 @@ func TestBreakerOpenHalfOpenClosed(t *testing.T) {
 		const openFor = 5 * time.Second
 		var log stateLog
 		b := NewBreaker("up", BreakerSettings{ConsecutiveFailures: 2, OpenFor: openFor, HalfOpenRequests: 2}, log.onChange)
-		reportAll(t, b, "ff")
+		if tk, _ := b.Allow(); tk.Probe() {
+			t.Error("Probe() of a closed breaker's ticket = true, want false")
+		} else {
+			tk.Done(BreakerFailure)
+		}
+		reportAll(t, b, "f")
 
 		// Open: refused, for OpenFor.
 		if _, err := b.Allow(); !errors.Is(err, ErrBreakerOpen) {
@@ -149,6 +154,9 @@ func TestBreakerOpenHalfOpenClosed(t *testing.T) {
 		if err1 != nil || err2 != nil || err3 != ErrBreakerOpen {
 			t.Fatalf("three Allow() when half-open with 2 probes = %v, %v, %v; want nil, nil, ErrBreakerOpen", err1, err2, err3)
 		}
+		if !probe1.Probe() || !probe2.Probe() {
+			t.Errorf("Probe() of the half-open breaker's tickets = %v, %v; want true, true", probe1.Probe(), probe2.Probe())
+		}
 		if got := b.State(); got != BreakerStateHalfOpen {
 			t.Errorf("State() with probes out = %v, want half_open", got)
 		}
@@ -169,6 +177,9 @@ func TestBreakerOpenHalfOpenClosed(t *testing.T) {
 		want := "[up:closed->open up:open->half_open up:half_open->closed]"
 		if got := log.String(); got != want {
 			t.Errorf("state changes = %s, want %s", got, want)
+		}
+		if tk, _ := b.Allow(); tk.Probe() {
+			t.Error("Probe() once closed again = true, want false")
 		}
 	})
 }

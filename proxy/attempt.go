@@ -91,7 +91,14 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp != nil {
 			status = resp.StatusCode
 		}
-		ticket.Done(rt.breakerResult(outcome, status, code))
+		if outcome == policy.OK && status != http.StatusSwitchingProtocols && !ticket.Probe() {
+			// Judged when its body ends (call.judgeBody): an answer
+			// whose body breaks off is the failure it is, not a success
+			// (docs/policies.md, "Circuit breakers").
+			c.ticket = ticket
+		} else {
+			ticket.Done(rt.breakerResult(outcome, status, code))
+		}
 
 		if outcome == policy.OK || !c.retry(n, outcome, status, code, resp, safe, &body) {
 			if err != nil {
@@ -113,7 +120,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 			} else {
 				resp.Header.Set(HeaderAttempts, strconv.Itoa(n))
 			}
-			c.body = resp.Body
+			c.body, c.resp = resp.Body, resp
 			if rw, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 				// The timeout covered the handshake; a tunnel lives as
 				// long as both sides keep it.
@@ -156,7 +163,15 @@ type call struct {
 
 	ep       *Endpoint
 	body     io.ReadCloser
+	resp     *http.Response // the answer handed on, whose body is body
 	released atomic.Bool
+	// ticket is the breaker's ticket of the answer handed on while its
+	// body is read: the breaker learns how the attempt went when the
+	// body ends (judgeBody). It is zero when the result was recorded at
+	// header time: an error answer, an upgrade, or a half-open probe,
+	// which must not hold the breaker half-open for as long as a stream
+	// lasts.
+	ticket policy.BreakerTicket
 
 	// The current attempt's telemetry, recorded when it is released.
 	x         *exchange // the request's exchange, with an access log
@@ -324,14 +339,66 @@ func (c *call) stop() {
 }
 
 // Read reads the response body of the call's last attempt.
-func (c *call) Read(p []byte) (int, error) { return c.body.Read(p) }
+func (c *call) Read(p []byte) (int, error) {
+	n, err := c.body.Read(p)
+	if err != nil {
+		c.judgeBody(err)
+	}
+	return n, err
+}
 
 // Close closes the response body and ends the call.
 func (c *call) Close() error {
 	err := c.body.Close()
+	c.judge(policy.BreakerSuccess) // closed before its end: nothing against the upstream
 	c.release()
 	c.stop()
 	return err
+}
+
+// judgeBody records, once the body of the answer handed on has ended with
+// err, how the attempt went, for the breaker and the attempt's telemetry:
+// a body that broke off is reset, or timeout once the overall deadline
+// passed (canceled when the app went away, which the breaker ignores); a
+// gRPC call that ended without a grpc-status in its trailers is reset
+// too, and one whose trailers carry an error code is judged by that code
+// as at header time (docs/grpc.md, "Retries and breakers").
+func (c *call) judgeBody(err error) {
+	o, code := policy.OK, -1
+	if err == io.EOF {
+		if c.grpc && c.resp != nil && c.resp.Header[headerGRPCStatus] == nil {
+			// Not a Trailers-Only answer, whose status was its headers'.
+			if v := c.resp.Trailer[headerGRPCStatus]; len(v) == 0 {
+				o = policy.Reset
+			} else if n, perr := strconv.Atoi(v[0]); perr != nil || n < 0 {
+				o, code = policy.Status, policy.GRPCUnknown
+			} else if n > 0 {
+				o, code = policy.Status, n
+			}
+		}
+	} else {
+		c.mu.Lock()
+		ctx := c.ctx
+		c.mu.Unlock()
+		if ctx == nil {
+			ctx = c.app
+		}
+		o = classify(err, c.app, ctx, c.appBody)
+	}
+	if o != policy.OK {
+		c.tryResult, c.tryCode = o, code
+	}
+	c.judge(c.route.breakerResult(o, 0, code))
+}
+
+// judge records r on the ticket of the answer handed on, if it has not
+// been recorded yet.
+func (c *call) judge(r policy.BreakerResult) {
+	c.mu.Lock()
+	t := c.ticket
+	c.ticket = policy.BreakerTicket{}
+	c.mu.Unlock()
+	t.Done(r)
 }
 
 // upgradedBody keeps a 101 response's body writable, as ReverseProxy needs

@@ -164,6 +164,16 @@ type errorBody struct {
 	Outcome string `json:"outcome"`
 }
 
+// grpcTrailerError sets, in h, the trailers that end a gRPC call whose
+// response had started with the proxy's own error for outcome o:
+// grpc-status (grpcStatusOf), grpc-message and Sidecar-Outcome, as
+// http.TrailerPrefix fields.
+func grpcTrailerError(h http.Header, o policy.Outcome, route string) {
+	h[http.TrailerPrefix+headerGRPCStatus] = grpcStatusValues[grpcStatusOf(o)]
+	h[http.TrailerPrefix+headerGRPCMessage] = []string{grpcPercentEncode("sidecar route " + route + ": " + errorMessages[o])}
+	h[http.TrailerPrefix+HeaderOutcome] = []string{o.String()}
+}
+
 // writeError writes the proxy's own error response to r: a JSON body
 // {"error", "route", "outcome"} with the outcome's status and the
 // Sidecar-Outcome header; attempts > 0 adds Sidecar-Attempts. The 429 and

@@ -87,6 +87,19 @@ func (rt *Route) forward(a *attempter, g *gate, r *http.Request, start time.Time
 			}
 			return &UpstreamError{Route: rt.Name, Outcome: o, Attempts: attempts, Err: errBodyBroke}
 		}
+		if isGRPC(r) && r.Context().Err() == nil {
+			// A gRPC call's status comes in its trailers, so a call
+			// whose answer broke off after it started still ends with
+			// the proxy's own status: UNAVAILABLE for reset,
+			// DEADLINE_EXCEEDED for timeout (docs/grpc.md, "Errors the
+			// sidecar makes"), not a reset stream.
+			o := policy.Reset
+			if c, ok := resp.Body.(*call); ok && c.tryResult != policy.OK {
+				o = c.tryResult // how the attempt loop judged the body's end
+			}
+			grpcTrailerError(dst, o, rt.Name)
+			return nil
+		}
 		panic(http.ErrAbortHandler)
 	}
 	resp.Body.Close()

@@ -106,6 +106,7 @@ func TestTLSUpstreams(t *testing.T) {
 		{"https with the CA", plain.URL, `tls: {ca_file: "` + pki.caFile + `"}`, 200, "HTTP/1.1", ""},
 		{"h2 over TLS with ALPN", h2.URL, `protocol: h2, tls: {ca_file: "` + pki.caFile + `"}`, 200, "HTTP/2.0", ""},
 		{"unknown authority is refused", plain.URL, `tls: {}`, 502, "", "connect_error"},
+		{"verification is on without a tls block", plain.URL, `connect_timeout: 2s`, 502, "", "connect_error"},
 		{"name mismatch is refused", byName, `tls: {ca_file: "` + pki.caFile + `"}`, 502, "", "connect_error"},
 		{"server_name overrides the name checked", byName, `tls: {ca_file: "` + pki.caFile + `", server_name: upstream.test}`, 200, "HTTP/1.1", ""},
 		{"verification off", plain.URL, `tls: {insecure_skip_verify: true}`, 200, "HTTP/1.1", ""},

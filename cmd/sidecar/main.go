@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -402,6 +403,7 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 	if sig := st.end(); sig != nil {
 		return stopped(sig)
 	}
+	warnBeyondLoopback(logger, adm.TokenRequired(), cfg.Admin.TokenEnv, adm.Addr(), adm.ProbeAddr())
 	adminDone := make(chan struct{})
 	adm.Serve(func() { close(adminDone) })
 	srv.Serve()
@@ -610,4 +612,32 @@ func openStore(ctx context.Context, cfg *config.Config, logger *slog.Logger, ins
 		return nil, err // not a nil *FileStore in a non-nil Store
 	}
 	return fs, nil
+}
+
+// warnBeyondLoopback logs a warning for the admin API's listeners that
+// are bound beyond loopback while no admin token is set
+// (docs/operations.md, "Probe listener and sidecar healthcheck"). The
+// admin listener itself must be a loopback address (config validation),
+// but "localhost" is resolved when it is bound; the probe listener
+// (admin.probe_address) may bind anything, and serves /healthz, /readyz
+// and /metrics to whoever reaches it. probe is nil without one.
+func warnBeyondLoopback(logger *slog.Logger, tokenSet bool, tokenEnv string, adminAddr, probe net.Addr) {
+	if tokenSet {
+		return
+	}
+	if !loopbackAddr(adminAddr) {
+		logger.Warn("the admin API listens beyond loopback and no admin token is set: anyone who reaches it can change the sidecar",
+			"admin", adminAddr.String(), "token_env", tokenEnv)
+	}
+	if probe != nil && !loopbackAddr(probe) {
+		logger.Warn("the probe listener listens beyond loopback and no admin token is set: anyone who reaches it reads /healthz, /readyz and /metrics",
+			"probe", probe.String(), "token_env", tokenEnv)
+	}
+}
+
+// loopbackAddr reports whether a is a TCP address on the loopback
+// interface; an unspecified address (0.0.0.0, ::) is every interface.
+func loopbackAddr(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }

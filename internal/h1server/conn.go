@@ -328,8 +328,12 @@ func (c *conn) close() {
 
 // closeWriteAndWait sends FIN and, rather than closing at once (which
 // would make the kernel answer the client's unread bytes with RST, which
-// can destroy the answer before the client reads it), reads and discards
-// what the client still sends for up to 500 ms, as net/http waits.
+// can destroy the answer before the client reads it), waits 500 ms, as
+// net/http waits: it reads and discards what the client still sends, up
+// to 256 KiB, and waits out the rest of the 500 ms without reading. A
+// client still sending a large body (an upload the proxy answered early:
+// docs/design.md, "The app-facing HTTP/1.1 server") would otherwise meet
+// the RST as soon as those 256 KiB were read, and lose the answer.
 func (c *conn) closeWriteAndWait() {
 	if c.ws < c.wn && c.werr == nil {
 		c.flush()
@@ -337,17 +341,22 @@ func (c *conn) closeWriteAndWait() {
 	if cw, ok := c.rwc.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	}
-	c.rwc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	deadline := time.Now().Add(500 * time.Millisecond)
+	c.rwc.SetReadDeadline(deadline)
 	if c.rb == nil {
 		c.getRbuf()
 	}
-	for total := 0; total < 256<<10; {
+	for total := 0; ; {
 		n, err := c.sockRead(c.rb)
 		total += n
 		if err != nil {
+			return
+		}
+		if total >= 256<<10 {
 			break
 		}
 	}
+	time.Sleep(time.Until(deadline))
 }
 
 // Errors of a request head, answered as net/http answers them.

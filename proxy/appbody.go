@@ -172,7 +172,8 @@ func (b *appBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.body.Read(p)
 	if wait {
-		b.waiting.Add(-1)
+		// After the failure is recorded below: settle relies on it.
+		defer b.waiting.Add(-1)
 	}
 	switch {
 	case err == io.EOF:
@@ -244,6 +245,25 @@ func (b *appBody) failure() policy.Outcome {
 func (b *appBody) awaited() bool {
 	return b != nil && b.waiting.Load() > 0
 }
+
+// settle waits, for at most settleWait, for a read of the body in flight
+// to return and record how it ended. The server cancels the request's
+// context inside a read that fails (a deadline passed, the framing
+// broke), before the read returns: an attempt loop that sees the
+// cancellation first must not take the app for gone while the failure
+// that explains it is about to be recorded.
+func (b *appBody) settle() {
+	if b == nil {
+		return
+	}
+	for start := time.Now(); b.waiting.Load() > 0 && time.Since(start) < settleWait; {
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+// settleWait bounds settle: a read that fails returns within
+// microseconds; one still blocked is not a failed one.
+const settleWait = 20 * time.Millisecond
 
 // outBody is the outbound request's body on a route's ReverseProxy: the
 // body ReverseProxy made of the app's, and the appBody within it, for the

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -52,5 +54,39 @@ func TestAppBodyEndIsFinal(t *testing.T) {
 				t.Errorf("failure() = %v after a whole body, want ok", o)
 			}
 		})
+	}
+}
+
+// cancelingBody is a body whose read fails as the app-facing server's
+// does on a deadline: it cancels the request's context first, then
+// returns the error (after a moment, to widen the window).
+type cancelingBody struct {
+	cancel  context.CancelFunc
+	started chan struct{}
+}
+
+func (b *cancelingBody) Read([]byte) (int, error) {
+	close(b.started)
+	b.cancel()
+	time.Sleep(2 * time.Millisecond)
+	return 0, os.ErrDeadlineExceeded
+}
+func (b *cancelingBody) Close() error { return nil }
+
+// TestCancelFromAFailingReadIsTheReadsOutcome: when a read of the app's
+// body fails, the server cancels the request before the read returns;
+// an attempt loop that sees the cancellation first still classifies the
+// failure as the read's (request_timeout), not as the app gone away,
+// which would leave the app unanswered.
+func TestCancelFromAFailingReadIsTheReadsOutcome(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	body := &cancelingBody{cancel: cancel, started: make(chan struct{})}
+	ab := &appBody{body: body}
+	go ab.Read(make([]byte, 8))
+	<-body.started
+	<-ctx.Done() // as the attempt loop sees it: canceled, the read not yet returned
+	if o := classify(ctx.Err(), ctx, ctx, ab); o != policy.RequestTimeout {
+		t.Errorf("classify = %v, want request_timeout", o)
 	}
 }

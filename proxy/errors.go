@@ -63,6 +63,9 @@ func classify(err error, app, attempt context.Context, body *appBody) policy.Out
 	var cve *tls.CertificateVerificationError
 	var uae x509.UnknownAuthorityError
 	var hne x509.HostnameError
+	if app.Err() != nil {
+		body.settle()
+	}
 	switch {
 	case body.failure() != policy.OK:
 		// Before the app's context: a failed read of the app's connection

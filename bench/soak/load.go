@@ -56,7 +56,8 @@ type answer struct {
 	outcome  string // the Sidecar-Outcome header (or gRPC metadata), if any
 	errClass string // "" when an answer arrived (see the err* constants)
 	errText  string
-	corrupt  bool // a 200 whose body was not the one the upstream sent
+	corrupt  bool   // a 200 whose body was not the one the upstream sent
+	path     string // the request's path, unique per request (HTTP only)
 }
 
 // label is how answers are grouped in the summary: status and outcome.
@@ -257,16 +258,17 @@ func (l *load) doHTTP(kind string) {
 	defer cancel()
 	if kind == kindGet {
 		id = fmt.Sprintf("g-%d", n)
-		req, _ = http.NewRequestWithContext(ctx, http.MethodGet, "http://"+l.app+"/web/items?id="+id, nil)
+		req, _ = http.NewRequestWithContext(ctx, http.MethodGet, "http://"+l.app+"/web/items/"+id, nil)
 	} else {
 		id = fmt.Sprintf("p-%d", n)
 		body := `{"order":"` + id + `","pad":"` + strings.Repeat("o", 256) + `"}`
-		req, _ = http.NewRequestWithContext(ctx, http.MethodPost, "http://"+l.app+"/web/orders?id="+id, strings.NewReader(body))
+		req, _ = http.NewRequestWithContext(ctx, http.MethodPost, "http://"+l.app+"/web/orders/"+id, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		if n%2 == 0 {
 			req.Header.Set("Idempotency-Key", "k-"+id)
 		}
 	}
+	a.path = req.URL.Path
 	a.at = l.rec.since()
 	start := time.Now()
 	resp, err := l.client.Do(req)
@@ -354,12 +356,13 @@ func (l *load) doAsync(kind string) {
 	a := answer{kind: kind, deadline: l.deadlines[kind]}
 	ctx, cancel := context.WithTimeout(context.Background(), a.deadline+l.clientSlack)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+l.app+route+"?id="+m.id, bytes.NewReader(body))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+l.app+route+"/"+m.id, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	if n%2 == 0 {
 		m.appKey = "k-" + m.id
 		req.Header.Set("Idempotency-Key", m.appKey)
 	}
+	a.path = req.URL.Path
 	a.at = l.rec.since()
 	m.at = a.at
 	start := time.Now()

@@ -96,23 +96,28 @@ func (s *soak) logf(format string, args ...any) {
 
 // soak is one run.
 type soak struct {
-	o     options
-	rec   *recorder
-	sc    *sidecar
-	ups   []*upstream
-	sink  *sink
-	px    *proxies
-	disk  *diskFS
-	load  *load
-	sum   *summary
-	fmu   sync.Mutex // guards sum.Faults and sum.Reloads, written by two goroutines
-	webTO [2]time.Duration
+	o    options
+	rec  *recorder
+	sc   *sidecar
+	ups  []*upstream
+	sink *sink
+	px   *proxies
+	disk *diskFS
+	load *load
+	sum  *summary
+	// stalls are the soak process's own stalls; access the sidecar's
+	// access log lines by path (see lateness.go).
+	stalls  *stallWatch
+	access  map[string]accessLine
+	accessN int
+	fmu     sync.Mutex // guards sum.Faults and sum.Reloads, written by two goroutines
+	webTO   [2]time.Duration
 }
 
 func addr(base, off int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(base+off)) }
 
 func run(ctx context.Context, o options) int {
-	s := &soak{o: o, rec: &recorder{start: time.Now()}, sum: newSummary(o)}
+	s := &soak{o: o, rec: &recorder{start: time.Now()}, sum: newSummary(o), stalls: &stallWatch{threshold: 100 * time.Millisecond}}
 	s.webTO = [2]time.Duration{2 * time.Second, 2500 * time.Millisecond}
 	err := s.setup()
 	defer s.teardown()
@@ -120,9 +125,12 @@ func run(ctx context.Context, o options) int {
 		fmt.Fprintf(os.Stderr, "soak: %v\n", err)
 		return 2
 	}
-	if err := s.timeline(ctx); err != nil {
+	if err = s.timeline(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "soak: %v\n", err)
 		s.sum.Aborted = err.Error()
+	}
+	if s.access, s.accessN, err = splitLog(s.sc.logPath); err != nil {
+		fmt.Fprintf(os.Stderr, "soak: reading the sidecar's access log: %v\n", err)
 	}
 	s.analyse()
 	if err := s.sum.write(o.out); err != nil {
@@ -300,6 +308,7 @@ func (s *soak) timeline(ctx context.Context) error {
 	s.logf("load: %.0f HTTP/s, %.0f gRPC/s, %.0f async/s for %v; sidecar pid %d", o.httpRate, o.grpcRate, o.asyncRate, o.duration, s.sc.pid())
 	s.load.run(o.httpRate, o.grpcRate, o.asyncRate)
 	go s.sample(ctx)
+	go s.stalls.run(s.rec, s.load.stop)
 
 	// 1. SIGKILL and restart on the same spool.
 	if err := s.sleepUntil(ctx, sch.killAt-sch.sinkDown); err != nil {

@@ -25,7 +25,7 @@ var configTemplate = template.Must(template.New("sidecar.yaml").Parse(`# Written
 version: 1
 shutdown_grace: 2s
 admin: {address: "{{.Admin}}"}
-telemetry: {metrics: {prometheus: true}}
+telemetry: {metrics: {prometheus: true}, access_log: true}
 spool: {dir: "{{.SpoolDir}}", fsync: always}
 upstreams:
   web: {endpoints: ["http://{{.WebProxy}}"], connect_timeout: 250ms, idle_conn_timeout: 2s}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,7 +49,7 @@ func webHandler(w http.ResponseWriter, r *http.Request) {
 		delay.Stop()
 		return
 	}
-	body := webBody(r.URL.Query().Get("id"))
+	body := webBody(path.Base(r.URL.Path))
 	w.Header().Set("Content-Type", "text/plain")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, _ = io.WriteString(w, body)

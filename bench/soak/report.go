@@ -487,7 +487,7 @@ func (sum *summary) markdown() string {
 		p("| %s | %s | %s |\n", c.Name, res, esc(c.Detail))
 	}
 
-	p("\n## Requests\n\nDeadline = the route's timeout (the larger of the reloads' two for the web route) + grace %s. Refused = connection refused while the sidecar was down (not counted as hung).\n\n", sum.Options["grace"])
+	p("\n## Requests\n\nDeadline = the route's timeout (the larger of the reloads' two for the web route) + grace %s. Refused = connection refused while the sidecar was down (not counted as hung). Late, not the sidecar's = past the deadline though the sidecar's access log shows it answered in time, or while the soak process itself stalled as long (not counted as hung).\n\n", sum.Options["grace"])
 	p("| kind | total | answers (status outcome: count) | refused | no whole answer | hung | late, not the sidecar's | corrupt | p50 ms | p99 ms | max ms | deadline ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, k := range kinds {
 		ks := sum.Requests[k]

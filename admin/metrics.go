@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"runtime"
 	"slices"
 	"time"
 
@@ -73,8 +74,9 @@ func (s *Server) metricsHandler() http.Handler {
 // (docs/operations.md lists the series): dots become underscores,
 // counters gain _total and the unit "s" gains _seconds.
 type instruments struct {
-	ready    metric.Int64ObservableGauge
-	inFlight metric.Int64ObservableGauge
+	ready      metric.Int64ObservableGauge
+	inFlight   metric.Int64ObservableGauge
+	goroutines metric.Int64ObservableGauge
 
 	messages    metric.Int64ObservableGauge
 	bytes       metric.Int64ObservableGauge
@@ -119,6 +121,7 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 	}
 	in.ready = i64g("sidecar.ready", "", "1 while /readyz answers 200: configuration loaded, listeners bound, spool open, not draining.")
 	in.inFlight = i64g("sidecar.route.in_flight", "{request}", "Requests in flight on each route.")
+	in.goroutines = i64g("sidecar.goroutines", "{goroutine}", "Goroutines of the process now: one per busy connection and stream, per deliverer and per timer at work; a count that keeps growing under a steady load is a leak.")
 
 	in.messages = i64g("sidecar.spool.messages", "{message}", "Stored messages per route: state pending (waiting for delivery) or dead (dead letters).")
 	in.bytes = i64g("sidecar.spool.bytes", "By", "Encoded size in bytes of a route's pending and dead messages.")
@@ -146,7 +149,7 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 		s.observe(o, &in)
 		return nil
 	},
-		in.ready, in.inFlight,
+		in.ready, in.inFlight, in.goroutines,
 		in.messages, in.bytes, in.oldest, in.orphaned, in.appends, in.fsyncs, in.writeErrors, in.fsyncErrors,
 		in.failed, in.reopens, in.corrupt, in.tornTail, in.segments, in.lossWindow,
 		in.deliveries, in.headBlocked, in.headAttempts, in.headNext,
@@ -159,6 +162,7 @@ func (s *Server) observe(o metric.Observer, in *instruments) {
 	snap := s.src.Snapshot()
 	ok, _ := s.readiness()
 	o.ObserveInt64(in.ready, boolValue(ok))
+	o.ObserveInt64(in.goroutines, int64(runtime.NumGoroutine()))
 	for _, rt := range snap.Routes {
 		o.ObserveInt64(in.inFlight, rt.Stats().InFlight, routeAttr(rt.Name))
 	}

@@ -48,6 +48,7 @@ listeners:
 // wantTypes is the TYPE of every family the admin API observes.
 var wantTypes = map[string]string{
 	"sidecar_ready":                            "gauge",
+	"sidecar_goroutines":                       "gauge",
 	"sidecar_route_in_flight":                  "gauge",
 	"sidecar_spool_messages":                   "gauge",
 	"sidecar_spool_bytes":                      "gauge",
@@ -218,6 +219,9 @@ func TestMetricsSpoolDepth(t *testing.T) {
 	}
 	if v := value(t, e, "sidecar_spool_messages", "route", "idle", "state", "pending"); v != 0 {
 		t.Errorf("idle pending = %v, want 0", v)
+	}
+	if v := value(t, e, "sidecar_goroutines"); v < 1 {
+		t.Errorf("sidecar_goroutines = %v, want the process's count", v)
 	}
 	if v := value(t, e, "sidecar_ready"); v != 0 {
 		t.Errorf("sidecar_ready before SetReady = %v, want 0", v)

@@ -435,10 +435,12 @@ func (s *soak) atRest(what string, ref *resources) (resources, error) {
 	// The upstream pools' idle connections close after idle_conn_timeout
 	// (2s in the soak's config): no event says so, so wait that long, then
 	// read every half second until two readings agree (and, at the end,
-	// the count is back within the slack), for 20 s at most.
+	// the counts are back within the slack), for 20 s at most. Goroutines
+	// settle too: the HTTP/2 server keeps an idle handler goroutine for up
+	// to 10 s (docs/design.md, "HTTP/2 connections").
 	time.Sleep(3 * time.Second)
 	var ps procStats
-	prev, settled := -1, false
+	prev, settled, gs := -1, false, -1
 	for i := 0; i < 34 && !settled; i++ {
 		if i > 0 {
 			time.Sleep(500 * time.Millisecond)
@@ -447,13 +449,15 @@ func (s *soak) atRest(what string, ref *resources) (resources, error) {
 		if ps, err = readProc(pid); err != nil {
 			return resources{}, fmt.Errorf("reading /proc/%d: %w", pid, err)
 		}
-		settled = ps.FDs == prev && (ref == nil || ps.FDs <= ref.FDs+s.o.fdSlack)
+		gs = -1
+		if n, ok := goGoroutines(s.sc.cfg.Admin); ok {
+			gs = n
+		}
+		settled = ps.FDs == prev && (ref == nil || ps.FDs <= ref.FDs+s.o.fdSlack) &&
+			(ref == nil || gs < 0 || ref.Goroutines < 0 || gs <= ref.Goroutines+goroutineSlack)
 		prev = ps.FDs
 	}
-	r := resources{PID: pid, At: secs(s.rec.since()), FDs: ps.FDs, RSSMiB: float64(ps.RSSKiB) / 1024, Threads: ps.Threads, Settled: settled, Goroutines: -1}
-	if n, ok := goGoroutines(s.sc.cfg.Admin); ok {
-		r.Goroutines = n
-	}
+	r := resources{PID: pid, At: secs(s.rec.since()), FDs: ps.FDs, RSSMiB: float64(ps.RSSKiB) / 1024, Threads: ps.Threads, Settled: settled, Goroutines: gs}
 	s.logf("%s at rest: pid %d, %d fds, %.1f MiB RSS, %d threads (settled %v)", what, pid, r.FDs, r.RSSMiB, r.Threads, settled)
 	return r, nil
 }

@@ -47,6 +47,10 @@ type scheduleDesc struct {
 	ResumeMax   string `json:"disk_resume_max"`
 }
 
+// goroutineSlack is how many goroutines the end may have beyond the
+// baseline: connections still closing, a deliverer's timer.
+const goroutineSlack = 20
+
 func (sch schedule) describe() scheduleDesc {
 	return scheduleDesc{KillAt: sch.killAt.String(), DownFor: sch.downFor.String(), Window: sch.window.String(),
 		Gap: sch.gap.String(), Cooldown: sch.cooldown.String(), ResumeMax: sch.resumeMax.String()}
@@ -356,7 +360,7 @@ func (s *soak) analyse() {
 	r.FDSlack = o.fdSlack
 	r.RSSLimitMiB = r.Baseline.RSSMiB*(1+float64(o.rssSlackPct)/100) + float64(o.rssSlackMiB)
 	if r.Baseline.Goroutines < 0 {
-		r.Goroutines = "not exposed: the sidecar's /metrics has no go_goroutines gauge and it serves no pprof (docs/observability.md lists no runtime metrics), so goroutines are not checked; Threads (OS threads, from /proc/PID/status) are shown instead, for information"
+		r.Goroutines = "not exposed: this sidecar's /metrics has no sidecar_goroutines gauge, so goroutines are not checked; Threads (OS threads, from /proc/PID/status) are shown instead, for information"
 	}
 	sum.checks()
 }
@@ -425,7 +429,7 @@ func (sum *summary) checks() {
 	add("file descriptors back to baseline", r.End.FDs > 0 && r.End.FDs <= r.Baseline.FDs+r.FDSlack, "baseline %d, end %d (slack %d), peak %d", r.Baseline.FDs, r.End.FDs, r.FDSlack, r.PeakFDs)
 	add("RSS back to baseline", r.End.RSSMiB > 0 && r.End.RSSMiB <= r.RSSLimitMiB, "baseline %.1f MiB, end %.1f MiB (limit %.1f MiB), peak %.1f MiB", r.Baseline.RSSMiB, r.End.RSSMiB, r.RSSLimitMiB, r.PeakRSSMiB)
 	if r.Baseline.Goroutines >= 0 && r.End.Goroutines >= 0 {
-		add("goroutines back to baseline", r.End.Goroutines <= r.Baseline.Goroutines+20, "baseline %d, end %d (slack 20)", r.Baseline.Goroutines, r.End.Goroutines)
+		add("goroutines back to baseline", r.End.Goroutines <= r.Baseline.Goroutines+goroutineSlack, "baseline %d, end %d (slack %d)", r.Baseline.Goroutines, r.End.Goroutines, goroutineSlack)
 	}
 	add("clean stop after the soak", sum.CleanStop == "exit 0", "SIGTERM: %s", sum.CleanStop)
 

@@ -314,15 +314,15 @@ func readProc(pid int) (procStats, error) {
 	return ps, sc.Err()
 }
 
-// goGoroutines reads a go_goroutines gauge from the admin /metrics, if
-// the sidecar exports one; ok is false when it does not.
+// goGoroutines reads the sidecar_goroutines gauge from the admin
+// /metrics; ok is false when the sidecar does not export it.
 func goGoroutines(admin string) (n int, ok bool) {
 	code, b, err := adminGet(admin, "/metrics")
 	if err != nil || code != http.StatusOK {
 		return 0, false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, found := strings.CutPrefix(line, "go_goroutines "); found {
+		if v, found := strings.CutPrefix(line, "sidecar_goroutines "); found {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err == nil {
 				return int(f), true

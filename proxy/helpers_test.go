@@ -147,21 +147,29 @@ listeners:
 `
 }
 
-// rawRequest sends raw bytes on a new connection and returns the first
-// response and, when the response announced "Connection: close", whether
-// the server then really closed the connection.
-func rawRequest(t *testing.T, addr, req string) (*http.Response, string, bool) {
+// sendRaw dials addr, sends raw, and returns the connection, with a 10 s
+// deadline against a hang, and a reader of its answers.
+func sendRaw(t *testing.T, addr, raw string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, req); err != nil {
+	if _, err := io.WriteString(c, raw); err != nil {
+		c.Close()
 		t.Fatal(err)
 	}
-	br := bufio.NewReader(c)
+	return c, bufio.NewReader(c)
+}
+
+// rawRequest sends raw bytes on a new connection and returns the first
+// response and, when the response announced "Connection: close", whether
+// the server then really closed the connection.
+func rawRequest(t *testing.T, addr, req string) (*http.Response, string, bool) {
+	t.Helper()
+	c, br := sendRaw(t, addr, req)
+	defer c.Close()
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatalf("reading response to %q: %v", req, err)

@@ -1,32 +1,21 @@
 package proxy
 
 import (
-	"bufio"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"slices"
 	"sync"
 	"testing"
-	"time"
 )
 
 // answers sends raw on a new connection and reads every answer until the
 // server closes the connection (or 10 s pass: closed is then false).
 func answers(t *testing.T, addr, raw string) (got []*http.Response, closed bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, br := sendRaw(t, addr, raw)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
 	for len(got) < 8 {
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {

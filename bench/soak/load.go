@@ -60,6 +60,21 @@ type answer struct {
 	path     string // the request's path, unique per request (HTTP only)
 }
 
+// failed records err, if any, that ended the request: in place of a
+// status, or after it when the body broke.
+func (a *answer) failed(err error) {
+	if err == nil {
+		return
+	}
+	a.errClass = classify(err)
+	a.errText = err.Error()
+	if a.status == "" {
+		a.status = "error:" + a.errClass
+	} else {
+		a.status += " body:" + a.errClass
+	}
+}
+
 // label is how answers are grouped in the summary: status and outcome.
 func (a answer) label() string {
 	if a.outcome == "" {
@@ -283,15 +298,7 @@ func (l *load) doHTTP(kind string) {
 		}
 	}
 	a.dur = time.Since(start)
-	if err != nil {
-		a.errClass = classify(err)
-		a.errText = err.Error()
-		if a.status == "" {
-			a.status = "error:" + a.errClass
-		} else {
-			a.status += " body:" + a.errClass
-		}
-	}
+	a.failed(err)
 	l.rec.add(a, nil)
 }
 
@@ -380,14 +387,6 @@ func (l *load) doAsync(kind string) {
 	}
 	a.dur = time.Since(start)
 	m.end = l.rec.since()
-	if err != nil {
-		a.errClass = classify(err)
-		a.errText = err.Error()
-		if a.status == "" {
-			a.status = "error:" + a.errClass
-		} else {
-			a.status += " body:" + a.errClass
-		}
-	}
+	a.failed(err)
 	l.rec.add(a, m)
 }

@@ -707,16 +707,24 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode) {
 // creditConnLocked adds n bytes of connection-level credit and returns
 // the WINDOW_UPDATE increment due now, if any.
 func (c *conn) creditConnLocked(n int) int32 {
+	return credit(&c.recvAvail, &c.recvUnsent, n)
+}
+
+// credit adds n bytes of credit to a receive window (avail, with unsent
+// credit not yet announced) and returns the WINDOW_UPDATE increment due
+// now: none until the credit reaches inflowMinRefresh or what the peer
+// may still send, so small reads do not each cost a frame.
+func credit(avail, unsent *int32, n int) int32 {
 	if n <= 0 {
 		return 0
 	}
-	c.recvUnsent += int32(n)
-	if c.recvUnsent < inflowMinRefresh && c.recvUnsent < c.recvAvail {
+	*unsent += int32(n)
+	if *unsent < inflowMinRefresh && *unsent < *avail {
 		return 0
 	}
-	inc := c.recvUnsent
-	c.recvAvail += inc
-	c.recvUnsent = 0
+	inc := *unsent
+	*avail += inc
+	*unsent = 0
 	return inc
 }
 

@@ -329,17 +329,7 @@ func (st *stream) closeBody() int {
 // creditLocked adds n bytes of st's window credit and returns the
 // WINDOW_UPDATE increment due now, if any. Under c.mu.
 func (st *stream) creditLocked(n int) int32 {
-	if n <= 0 {
-		return 0
-	}
-	st.recvUnsent += int32(n)
-	if st.recvUnsent < inflowMinRefresh && st.recvUnsent < st.recvAvail {
-		return 0
-	}
-	inc := st.recvUnsent
-	st.recvAvail += inc
-	st.recvUnsent = 0
-	return inc
+	return credit(&st.recvAvail, &st.recvUnsent, n)
 }
 
 func (st *stream) onReadDeadline() {

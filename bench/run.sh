@@ -319,6 +319,20 @@ listeners:
           backoff: {base: 1s, max: 5m}
           max_body: 1MiB
 EOF
+	cat >"$TMP/cfg/haproxy-202.cfg" <<EOF
+# bench/run.sh: the async load's HAProxy ceiling, a 202 and nothing else.
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout client 60s
+    timeout http-keep-alive 60s
+frontend async
+    bind $HOST:$(http1_port sidecar-async)
+    http-request return status 202 content-type application/json string '{"spooled":true,"id":"0000000000000000-00000000"}'
+EOF
 }
 
 # target_cmd NAME PHASE: the command that starts NAME (one line).
@@ -393,19 +407,28 @@ stop_target() {
 # closed_load URL SECONDS [max]: wrk -t1 -cCONNS (or loadgen -closed when
 # wrk is missing) on the load core; sets CL_RPS CL_REQS CL_SECS CL_ERRS
 # CL_BAD CL_OUT. Returns 1 if the tool failed or its output did not parse.
+#
+# With CL_POST=1 every request is a POST of ASYNC_SIZE bytes (wrk with a Lua
+# script; loadgen -method POST -expect 202) for the async load.
+CL_POST=0
 closed_load() {
-	local url=$1 secs=$2 rc=0
-	CL_RPS="" CL_REQS="" CL_SECS="" CL_ERRS=0 CL_BAD=0
+	local url=$1 secs=$2 rc=0 post=() lpost=()
+	CL_RPS="" CL_REQS="" CL_SECS="" CL_ERRS=0 CL_BAD=0 CL_P50="" CL_P99=""
+	if [ "$CL_POST" = 1 ]; then
+		post=(-s "$TMP/cfg/post.lua" --latency) lpost=(-method POST -body-size "$ASYNC_SIZE" -expect 202)
+		[ -s "$TMP/cfg/post.lua" ] || printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' "$ASYNC_SIZE" >"$TMP/cfg/post.lua"
+	fi
 	if [ "$HAVE_WRK" = 1 ]; then
-		CL_OUT=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s "$url" 2>&1) || rc=$?
+		CL_OUT=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s "${post[@]}" "$url" 2>&1) || rc=$?
 		CL_REQS=$(awk '/requests in/ {print $1; exit}' <<<"$CL_OUT")
 		CL_SECS=$(awk '/requests in/ {sub(/s,?$/, "", $4); print $4; exit}' <<<"$CL_OUT")
 		CL_RPS=$(awk '/^Requests\/sec:/ {print $2; exit}' <<<"$CL_OUT")
 		CL_ERRS=$(awk '/Socket errors:/ {n=0; for (i=3;i<=NF;i++) {gsub(/,/,"",$i); if ($i ~ /^[0-9]+$/) n+=$i} print n; exit}' <<<"$CL_OUT")
 		CL_BAD=$(awk '/Non-2xx/ {print $NF; exit}' <<<"$CL_OUT")
+		CL_P50=$(wrk_pct 50% <<<"$CL_OUT") CL_P99=$(wrk_pct 99% <<<"$CL_OUT")
 		case $CL_SECS in *ms) CL_SECS=$(awk -v v="${CL_SECS%ms}" 'BEGIN {print v/1000}') ;; *m) CL_SECS=$(awk -v v="${CL_SECS%m}" 'BEGIN {print v*60}') ;; esac
 	else
-		CL_OUT=$(taskset -c "$LOAD_CPU" "$TMP/bin/loadgen" -closed -url "$url" -conns "$CONNS" -duration "$([ "$secs" = "$DUR_S" ] && echo "$GO_DURATION" || echo "${secs}s")" -timeout 5s 2>&1) || rc=$?
+		CL_OUT=$(taskset -c "$LOAD_CPU" "$TMP/bin/loadgen" -closed "${lpost[@]}" -url "$url" -conns "$CONNS" -duration "$([ "$secs" = "$DUR_S" ] && echo "$GO_DURATION" || echo "${secs}s")" -timeout 5s 2>&1) || rc=$?
 		CL_RPS=$(jnum achieved_rps "$CL_OUT")
 		CL_SECS=$(jnum duration_s "$CL_OUT")
 		CL_ERRS=$(jnum errors "$CL_OUT")
@@ -413,9 +436,15 @@ closed_load() {
 		local ok
 		ok=$(jnum ok "$CL_OUT")
 		[ -n "$ok" ] && CL_REQS=$((ok + ${CL_ERRS:-0} + ${CL_BAD:-0}))
+		CL_P50=$(jnum p50_us "$CL_OUT") CL_P99=$(jnum p99_us "$CL_OUT")
 	fi
 	CL_ERRS=${CL_ERRS:-0} CL_BAD=${CL_BAD:-0}
 	[ "$rc" -eq 0 ] && [ -n "$CL_RPS" ] && [ -n "$CL_REQS" ] && [ -n "$CL_SECS" ] && [ "$CL_REQS" -gt 0 ]
+}
+# wrk_pct P: wrk --latency's percentile P (like 99%) from stdin, in µs.
+wrk_pct() {
+	awk -v p="$1" '$1 == p {v = $2; u = 1; if (v ~ /us$/) u = 1; else if (v ~ /ms$/) u = 1000; else if (v ~ /s$/) u = 1000000
+		gsub(/[a-z]+$/, "", v); printf "%.0f\n", v * u; exit}'
 }
 closed_tool() { if [ "$HAVE_WRK" = 1 ]; then echo wrk; else echo loadgen; fi; }
 
@@ -645,44 +674,76 @@ measure_fsync() {
 	log "fsync round $r: $(fmt "$(jnum syncs_per_s "$out")" '%.0f') syncs/s"
 }
 
+# async_cmd NAME: the command that starts an async-load target (one line).
+# Besides the sidecar's async route, two ceilings answer the same POSTs with
+# a 202 and do nothing else: bare202, the sidecar's own HTTP/1.1 server
+# (bench/bare202), and haproxy-202, HAProxy's http-request return. No spool
+# can make an async route faster than the HTTP server in front of it.
+async_cmd() {
+	case $1 in
+	sidecar-async) target_cmd sidecar-async http1 ;;
+	bare202) echo "$TMP/bin/bare202 -addr $HOST:$(http1_port sidecar-async)" ;;
+	haproxy-202) echo "haproxy -db -f $TMP/cfg/haproxy-202.cfg" ;;
+	esac
+}
+
+# measure_async NAME ROUND: closed-loop POSTs of ASYNC_SIZE bytes at CONNS
+# connections (closed_load) to NAME, pinned alone to the proxy core.
 measure_async() {
-	local r=$1 name=sidecar-async out rc=0 t0 t1 code depth url
+	local name=$1 r=$2 port url code="" depth="" t0 t1 pc0 pc1 lc0 lc1
+	port=$(http1_port sidecar-async)
+	url="http://$HOST:$port/enqueue"
 	rm -rf "$TMP/data/spool"
 	port_free "$DOWN_PORT" || die "port $DOWN_PORT (the upstream that must stay down) is in use"
-	start_target "$name" http1 "$r" || return 0
-	url="http://$HOST:$(http1_port "$name")/enqueue"
-	code=$(head -c "$ASYNC_SIZE" /dev/zero | curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST --data-binary @- "$url" || true)
-	if [ "$code" != 202 ]; then
-		stop_target "$name" "$r"
-		problem harness "$name" async "$r" "a test POST got $code, not 202 (log/$name-http1.log)"
-		return 0
-	fi
+	port_free "$port" || die "port $port (for $name) is already in use"
 	wait_quiet
-	t0=$(ticks_of "$PID")
-	out=$(taskset -c "$LOAD_CPU" "$TMP/bin/loadgen" -closed -method POST -body-size "$ASYNC_SIZE" -expect 202 -url "$url" \
-		-conns "$CONNS" -warmup "${WARM_S}s" -duration "$GO_DURATION" -timeout 10s 2>&1) || rc=$?
-	t1=$(ticks_of "$PID")
-	depth=$(curl -s --max-time 5 "http://$HOST:$ADMIN_PORT/v1/spool" | tr -d ' \n' | sed -n 's/.*"total":{"depth":\([0-9]*\).*/\1/p')
-	stop_target "$name" "$r"
-	rm -rf "$TMP/data/spool"
-	echo "$name round $r: $out" >>"$TMP/log/loadgen.log"
-	local ok secs
-	ok=$(jnum ok "$out") secs=$(jnum duration_s "$out")
-	if [ "$rc" -ne 0 ] || [ -z "$ok" ] || [ -z "$secs" ]; then
-		problem harness "$name" async "$r" "loadgen failed (exit $rc): $(tail -1 <<<"$out")"
+	# shellcheck disable=SC2046
+	start "$name-async" "$PROXY_CPU" $(async_cmd "$name")
+	PID=$STARTED
+	for _ in $(seq 1 150); do
+		kill -0 "$PID" 2>/dev/null || break
+		code=$(head -c "$ASYNC_SIZE" /dev/zero | curl -s -o /dev/null -w '%{http_code}' --max-time 2 -X POST --data-binary @- "$url" || true)
+		[ "$code" = 202 ] && break
+		sleep 0.1
+	done
+	if [ "$code" != 202 ]; then
+		stop "$PID"
+		PID=""
+		problem harness "$name" async "$r" "did not start, or a test POST got ${code:-no answer}, not 202 (log/$name-async.log)"
 		return 0
 	fi
-	local scaled
-	scaled=$(awk -v c="$ok" -v s="$secs" -v w="$WARM_S" 'BEGIN {printf "%.0f", c*(s+w)/s}')
-	rec async "$name" "$r" enq_per_s="$(jnum achieved_rps "$out")" ok="$ok" failed="$(jnum failed "$out")" errors="$(jnum errors "$out")" \
-		p50_us="$(jnum p50_us "$out")" p99_us="$(jnum p99_us "$out")" cpu_us_per_req="$(per_unit $((t1 - t0)) "$scaled")" \
-		proxy_busy_pct="$(busy_of $((t1 - t0)) "$(awk -v s="$secs" -v w="$WARM_S" 'BEGIN {print s + w}')")" spool_depth="${depth:-}" loadgen="$out"
-	[ "$(jnum failed "$out")" = 0 ] || problem harness "$name" async "$r" "$(jnum failed "$out") answers other than 202: $(sed -n 's/.*"statuses":\({[^}]*}\).*/\1/p' <<<"$out")"
-	[ "$(jnum errors "$out")" = 0 ] || problem load "$name" async "$r" "$(jnum errors "$out") transport errors or timeouts"
+	CL_POST=1
+	if [ "$WARM_S" -gt 0 ]; then closed_load "$url" "$WARM_S" || true; fi
+	t0=$(ticks_of "$PID") pc0=$(core_ticks "$PROXY_CPU") lc0=$(core_ticks "$LOAD_CPU")
+	if ! closed_load "$url" "$DUR_S"; then
+		CL_POST=0
+		printf '== %s round %s (failed) ==\n%s\n' "$name" "$r" "$CL_OUT" >>"$TMP/log/async.log"
+		stop "$PID"
+		PID=""
+		problem harness "$name" async "$r" "$(closed_tool) failed: $(tail -2 <<<"$CL_OUT")"
+		return 0
+	fi
+	t1=$(ticks_of "$PID") pc1=$(core_ticks "$PROXY_CPU") lc1=$(core_ticks "$LOAD_CPU")
+	CL_POST=0
+	if [ "$name" = sidecar-async ]; then
+		depth=$(curl -s --max-time 5 "http://$HOST:$ADMIN_PORT/v1/spool" | tr -d ' \n' | sed -n 's/.*"total":{"depth":\([0-9]*\).*/\1/p')
+	fi
+	stop "$PID"
+	PID=""
+	rm -rf "$TMP/data/spool"
+	printf '== %s round %s ==\n%s\n' "$name" "$r" "$CL_OUT" >>"$TMP/log/async.log"
+	local ok=$((CL_REQS - CL_BAD)) foreign
+	foreign=$(foreign_of "$pc0" "$pc1" $((t1 - t0)) "$CL_SECS")
+	rec async "$name" "$r" tool="$(closed_tool)" enq_per_s="$CL_RPS" ok="$ok" requests="$CL_REQS" seconds="$CL_SECS" failed="$CL_BAD" errors="$CL_ERRS" \
+		p50_us="$CL_P50" p99_us="$CL_P99" cpu_us_per_req="$(per_unit $((t1 - t0)) "$CL_REQS")" proxy_busy_pct="$(busy_of $((t1 - t0)) "$CL_SECS")" \
+		load_busy_pct="$(core_busy "$lc0" "$lc1")" foreign_pct="$foreign" spool_depth="$depth"
+	[ "$CL_BAD" = 0 ] || problem harness "$name" async "$r" "$CL_BAD answers other than 2xx of $CL_REQS"
+	[ "$CL_ERRS" = 0 ] || problem load "$name" async "$r" "$CL_ERRS socket errors or timeouts of $CL_REQS"
 	if [ -n "$depth" ] && [ "$depth" -lt "$ok" ]; then
 		problem harness "$name" async "$r" "spool depth after the run ($depth) is below the 202s counted ($ok)"
 	fi
-	log "$name round $r: $(fmt "$(jnum achieved_rps "$out")" '%.0f') 202s/s"
+	check_foreign "$foreign" "$name" async "$r"
+	log "$name round $r: $(fmt "$CL_RPS" '%.0f') 202s/s, $(per_unit $((t1 - t0)) "$CL_REQS") µs/req"
 }
 
 # ---------------------------------------------------------------- main
@@ -719,7 +780,7 @@ fi
 
 log "building into $TMP/bin"
 (cd "$REPO" && go build -o "$TMP/bin/" ./bench/upstream ./bench/goproxy ./bench/loadgen ./bench/grpcbench ./bench/otlpsink \
-	./bench/idleconns ./bench/fsyncrate ./bench/runreport) || die "the bench tools do not build"
+	./bench/idleconns ./bench/fsyncrate ./bench/runreport ./bench/bare202) || die "the bench tools do not build"
 if (cd "$REPO" && go build -o "$TMP/bin/sidecar" ./cmd/sidecar) >"$TMP/log/sidecar-build.log" 2>&1; then :; else
 	for t in $TARGETS; do
 		if is_sc "$t"; then problem harness "$t" build 0 "./cmd/sidecar does not build: $(grep -v '^#' "$TMP/log/sidecar-build.log" | head -1)"; fi
@@ -777,7 +838,9 @@ for r in $(seq 1 "$ROUNDS"); do
 	fi
 	if want_l async && want_t sidecar-async; then
 		measure_fsync "$r"
-		measure_async "$r"
+		measure_async sidecar-async "$r"
+		measure_async bare202 "$r"
+		if command -v haproxy >/dev/null; then measure_async haproxy-202 "$r"; fi
 	fi
 done
 

@@ -66,17 +66,20 @@ func (s *FileStore) run() {
 			// guarantees"). It costs nothing when nothing else is
 			// runnable.
 			runtime.Gosched()
-			s.commit(s.take())
+			if s.commit(s.take()) {
+				delay = s.opts.ReopenDelay
+			}
 		case <-tick:
 			s.syncDirty()
 		case <-retry:
 			retry = nil
+			// The delay doubles with every reopen until a write
+			// succeeds: a reopen needs no room on the disk, so its own
+			// success says nothing of the next write's.
 			if err := s.reopenFiles(); err != nil {
 				s.log.Error("spool: reopen after failure failed; writes still refused", "dir", s.dir, "err", err, "retry_in", delay.String())
-				delay = min(2*delay, maxReopenDelay)
-			} else {
-				delay = s.opts.ReopenDelay
 			}
+			delay = min(2*delay, maxReopenDelay)
 		case <-s.stop:
 			s.commit(s.take())
 			s.syncDirty()
@@ -148,8 +151,20 @@ func (s *FileStore) reopenFiles() error {
 			sl.flags |= flagLeased
 		}
 	}
-	// Writes go to a new segment, never to one that failed.
+	// Writes go to a new segment, never to one that failed, unless the
+	// last one is empty: a segment a reopen made whose first write failed
+	// and was cut back to nothing. Writing on in it is writing in a new
+	// one, and a long outage (a full disk) does not leave an empty
+	// segment, and an open file, per reopen.
 	last := s.segs[len(s.segs)-1]
+	if last.size == 0 {
+		s.failed = false
+		s.dirty = false
+		s.reopens.Add(1)
+		s.log.Warn("spool: reopened after a failure; writes accepted again", "dir", s.dir,
+			"pending", s.count, "corrupt_records", s.corrupt)
+		return nil
+	}
 	name := filepath.Join(s.dir, segmentName(last.seq+1))
 	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 	if err != nil {
@@ -250,11 +265,12 @@ func (s *FileStore) isFailed() bool {
 	return s.failed
 }
 
-// commit writes, syncs and applies reqs. Only the writer goroutine calls it,
-// and only it changes s.segs, under s.mu.
-func (s *FileStore) commit(reqs []*request) {
+// commit writes, syncs and applies reqs, and reports whether it wrote
+// them. Only the writer goroutine calls it, and only it changes s.segs,
+// under s.mu.
+func (s *FileStore) commit(reqs []*request) bool {
 	if len(reqs) == 0 {
-		return
+		return false
 	}
 	s.mu.Lock()
 	failed := s.failed
@@ -296,6 +312,7 @@ func (s *FileStore) commit(reqs []*request) {
 		}
 		r.done <- err
 	}
+	return err == nil
 }
 
 // write places reqs in segments, rotating when one is full, and writes and

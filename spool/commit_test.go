@@ -3,6 +3,7 @@ package spool
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -293,4 +294,62 @@ func TestFailuresUnderLoad(t *testing.T) {
 		}
 	}
 	t.Logf("%d messages appended, %d stored after %d failures and reopens", len(kept), len(got), reopens)
+}
+
+// A full disk that stays full: the writer reopens the store again and
+// again, and every reopen succeeds (it needs no room) while every write
+// after it fails. The reopens write on in the empty segment the first one
+// made instead of adding one, and one open file, per reopen, and what was
+// acknowledged before the outage survives it.
+func TestLongOutageAddsNoSegments(t *testing.T) {
+	dir := t.TempDir()
+	ffs := &faultFS{}
+	s := open(t, dir, FileOptions{FS: ffs, ReopenDelay: time.Millisecond})
+	good := appendN(t, s, "r", 3, 100)
+	segsBefore := s.Stats().Segments
+
+	ffs.fail(syscall.ENOSPC, nil)
+	const reopens = 8
+	start := time.Now()
+	end := start.Add(20 * time.Second)
+	for i := 0; s.Stats().Reopens < reopens; i++ {
+		if time.Now().After(end) {
+			t.Fatalf("after %d appends in 20s: %+v, want %d reopens", i, s.Stats(), reopens)
+		}
+		// Refused at once while the store is failed; after a reopen,
+		// written, and failed by the full disk.
+		if err := s.Append(t.Context(), testMessage("r", 100+i, 100)); !errors.Is(err, ErrFailed) {
+			t.Fatalf("Append on a full disk = %v, want ErrFailed", err)
+		}
+		time.Sleep(time.Millisecond) // pacing the load, not synchronising
+	}
+	// The delay doubles with each reopen, since none was followed by a
+	// successful write: 1+2+...+64 ms before the 8th (a timer never fires
+	// early, so this bound holds on any machine).
+	if took := time.Since(start); took < 127*time.Millisecond {
+		t.Errorf("%d reopens took %v, want at least 127ms: the back-off did not grow", reopens, took)
+	}
+	st := s.Stats()
+	if st.Segments > segsBefore+1 {
+		t.Errorf("after %d reopens: %d segments, want at most %d (one new one)", st.Reopens, st.Segments, segsBefore+1)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) > segsBefore+1 {
+		t.Errorf("after %d reopens: %d segment files in the spool dir (%v), want at most %d", st.Reopens, len(files), files, segsBefore+1)
+	}
+
+	ffs.fail(nil, nil)
+	if !poll.Within(time.Until(end), func() bool { return !s.Stats().Failed }) {
+		t.Fatalf("store did not reopen after the disk had room again: %+v", s.Stats())
+	}
+	m := testMessage("r", 1000, 100)
+	if err := s.Append(t.Context(), m); err != nil {
+		t.Fatalf("Append once the disk has room = %v", err)
+	}
+	if got, want := ids(t, s, Pending), append(good, m.ID); !slices.Equal(got, want) {
+		t.Errorf("pending after the outage = %v, want %v", got, want)
+	}
 }

@@ -69,11 +69,11 @@
 // the store refuses all later writes until it is reopened: a failed fsync
 // leaves the page cache in an unknown state, so nothing is retried as if it
 // were safe. The writer reopens the store itself after
-// FileOptions.ReopenDelay, backing off to 30s while that fails: it cuts
-// every segment back to the size of its last successful fsync (with
-// FsyncAlways nothing after it was acknowledged), closes the files,
-// recovers the log as OpenFile does, keeps the leases, and writes on in a
-// new segment. Stats.Reopens counts the reopens. With FsyncInterval the
+// FileOptions.ReopenDelay, doubling up to 30s with each reopen until a
+// write succeeds: it cuts every segment back to the size of its last
+// successful fsync (with FsyncAlways nothing after it was acknowledged),
+// closes the files, recovers the log as OpenFile does, keeps the leases,
+// and writes on in a new segment (or in the last one if it is empty). Stats.Reopens counts the reopens. With FsyncInterval the
 // records after the last fsync are kept if they read back intact. A store
 // opened again by OpenFile after a process crash may still find records of
 // a failed batch; they were not acknowledged, so this can only cause a

@@ -51,9 +51,9 @@ type FileOptions struct {
 	// Interval is the sync period of FsyncInterval; 0 means 50ms.
 	Interval time.Duration
 	// ReopenDelay is how long after a failed write or fsync the store
-	// tries to reopen itself, doubling after each failed try up to 30s;
-	// 0 means 1s, and a negative value means never: the store refuses
-	// writes until it is closed and opened again.
+	// tries to reopen itself, doubling with each reopen up to 30s until a
+	// write succeeds; 0 means 1s, and a negative value means never: the
+	// store refuses writes until it is closed and opened again.
 	ReopenDelay time.Duration
 	// FS performs file operations; nil means OSFS. The directory lock is
 	// always taken on the real file system.

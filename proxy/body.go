@@ -215,3 +215,27 @@ func (r *teeReader) Read(p []byte) (int, error) {
 
 // Close does nothing: the server closes the app's body.
 func (r *teeReader) Close() error { return nil }
+
+// Buffered reports whether the attempt's next read, and all of the rest,
+// are served without waiting on the app: from the kept bytes, or from the
+// app's body when it says so (internal/inmem). A gRPC call's body is
+// read through a teeReader whenever retries are on, and an HTTP/2 client
+// sends a whole one with the request's HEADERS.
+func (r *teeReader) Buffered() (next, all bool) {
+	t := r.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if r.gen != t.gen || t.err != nil {
+		return true, true // a read fails or ends at once, or is served from buf
+	}
+	kept := r.pos < t.base+int64(len(t.buf))
+	if t.reading {
+		return kept, false
+	}
+	ob, ok := t.orig.(inmem.Buffered)
+	if !ok {
+		return kept, false
+	}
+	next, all = ob.Buffered()
+	return kept || next, all
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sidecar-proxy/sidecar/internal/inmem"
 	"github.com/sidecar-proxy/sidecar/internal/poll"
 )
 
@@ -81,5 +82,39 @@ func TestTeeBodyBlockedStaleReader(t *testing.T) {
 	}
 	if err := <-stale; !errors.Is(err, errStaleAttempt) {
 		t.Errorf("attempt 1 blocked Read = %v, want errStaleAttempt", err)
+	}
+}
+
+// A teeReader tells what of the body is at hand (internal/inmem), so that
+// an HTTP/2 client sends a whole gRPC message with its HEADERS even with
+// retries on.
+func TestTeeReaderBuffered(t *testing.T) {
+	whole := func(r io.Reader) bool { return inmem.Whole(r) }
+	newTee := func(orig io.Reader) *teeBody {
+		tb := &teeBody{orig: orig, limit: 64}
+		tb.cond.L = &tb.mu
+		return tb
+	}
+
+	tb := newTee(inmem.NewBody([]byte("hello")))
+	if r := tb.next(); !whole(r) {
+		t.Error("over an in-memory body: not whole")
+	}
+
+	pr, pw := io.Pipe()
+	tb = newTee(pr)
+	r := tb.next()
+	if whole(r) {
+		t.Error("over a pipe still open: whole")
+	}
+	go func() { io.WriteString(pw, "hello"); pw.Close() }()
+	if b, err := io.ReadAll(r); err != nil || string(b) != "hello" {
+		t.Fatalf("ReadAll = %q, %v", b, err)
+	}
+	if r := tb.next(); !whole(r) {
+		t.Error("a replay of a body read to its end: not whole")
+	}
+	if !whole(r) {
+		t.Error("a stale reader (its reads fail at once): not whole")
 	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"runtime/metrics"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -15,7 +16,8 @@ import (
 // client to grpc-go's interop server, "direct" or through the sidecar
 // with every policy on ("proxied"), client and server included: the
 // difference is the sidecar's share (allocations are the steadiest
-// figure). Run with -cpu 1 to see the proxy as bench/run.sh runs it.
+// figure, with goroutines started per call). Run with -cpu 1 to see the
+// proxy as bench/run.sh runs it.
 func BenchmarkGRPCUnary(b *testing.B) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -49,6 +51,9 @@ func BenchmarkGRPCUnary(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
+			created := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+			metrics.Read(created)
+			before := created[0].Value.Uint64()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -58,6 +63,9 @@ func BenchmarkGRPCUnary(b *testing.B) {
 					}
 				}
 			})
+			b.StopTimer()
+			metrics.Read(created)
+			b.ReportMetric(float64(created[0].Value.Uint64()-before)/float64(b.N), "goroutines/op")
 		})
 	}
 }

@@ -10,16 +10,18 @@
 // large part of the CPU per call (docs/BENCHMARKS.md). Here:
 //
 //   - The caller's goroutine encodes the request's HEADERS and writes
-//     them, and a body of known length up to 16 KiB with them, under the
-//     connection's write lock, into a buffer that internal/h2conn sends
-//     in batches.
+//     them, and a body up to 16 KiB that is all at hand (internal/inmem)
+//     with them, under the connection's write lock, into a buffer that
+//     internal/h2conn sends in batches. A unary gRPC call's body usually
+//     is: its END_STREAM came before the call was forwarded.
 //   - One goroutine per connection reads frames and hands them to their
 //     streams: response headers wake the waiting caller, DATA lands in the
 //     stream's buffer, from which the response body reads; WINDOW_UPDATEs
 //     go out as the body is consumed.
-//   - A request body of unknown length (a gRPC call's), or one too large
-//     for the send window, is written by a goroutine of its own, so that
-//     the answer can come, and stream, while the body still does.
+//   - A request body still arriving (a streaming call's), a larger one,
+//     or one too large for the send window, is written by a goroutine of
+//     its own, so that the answer can come, and stream, while the body
+//     still does.
 //
 // Streams are recycled per connection. A connection serves up to the
 // peer's SETTINGS_MAX_CONCURRENT_STREAMS streams (100 until its SETTINGS

@@ -107,7 +107,7 @@ func (cc *conn) encodeHeaders(req *http.Request, rb *reqBody) error {
 		enc.WriteField(hpack.HeaderField{Name: "trailer", Value: strings.Join(keys, ",")})
 	}
 	cl := rb.cl
-	if rb.small != nil {
+	if rb.small != nil && cl >= 0 {
 		cl = int64(len(*rb.small))
 	}
 	if sendContentLength(method, cl) {

@@ -198,6 +198,9 @@ func (cc *conn) roundTrip(ctx context.Context, req *http.Request, rb *reqBody) (
 		cc.mu.Unlock()
 	}
 	if s.writer {
+		if testHookBodyWriter != nil {
+			testHookBodyWriter()
+		}
 		go s.writeBody(id, rb.body)
 	}
 
@@ -295,6 +298,10 @@ var errStopped = errors.New("h2client: stream ended")
 
 // bodyBufs are the body writers' read buffers.
 var bodyBufs = sync.Pool{New: func() any { return new([16 << 10]byte) }}
+
+// testHookBodyWriter, when set by a test, is called as a body writer
+// starts.
+var testHookBodyWriter func()
 
 // writeBody is the goroutine that sends a request body (b, or the
 // read-ahead one) and its END_STREAM or trailers.

@@ -1,6 +1,7 @@
 package h2client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -224,7 +225,7 @@ func (t *Transport) dialer() func(ctx context.Context, network, addr string) (ne
 type reqBody struct {
 	body    io.ReadCloser // nil: none
 	cl      int64         // its length; -1 unknown
-	small   *[]byte       // the whole body, read ahead (a known length up to smallBody)
+	small   *[]byte       // the whole body, read ahead (up to smallBody, all of it at hand)
 	trailer http.Header
 	getBody func() (io.ReadCloser, error)
 
@@ -236,7 +237,7 @@ type reqBody struct {
 	once    sync.Once // closes body
 }
 
-var smallBufs = sync.Pool{New: func() any { b := make([]byte, 0, smallBody); return &b }}
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, 0, smallBody+1); return &b }}
 
 // newReqBody takes req's body; a small one of known length, all of it at
 // hand, is read at once. One still arriving is not read ahead: the
@@ -252,23 +253,66 @@ func newReqBody(req *http.Request) (*reqBody, error) {
 	case rb.cl == 0:
 		rb.cl = -1 // a Body with ContentLength 0 is of unknown length
 	}
-	if rb.body != nil && rb.cl > 0 && rb.cl <= smallBody && len(rb.trailer) == 0 && inmem.Whole(rb.body) {
-		bp := smallBufs.Get().(*[]byte)
-		b := (*bp)[:rb.cl]
-		_, err := io.ReadFull(rb.body, b)
-		rb.body.Close()
-		if err != nil {
-			smallBufs.Put(bp)
-			if err == io.ErrUnexpectedEOF || err == io.EOF {
-				err = fmt.Errorf("h2client: request body shorter than its ContentLength %d", rb.cl)
-			}
+	if rb.body == nil || len(rb.trailer) > 0 || rb.cl > smallBody || !inmem.Whole(rb.body) {
+		return rb, nil
+	}
+	bp := smallBufs.Get().(*[]byte)
+	if rb.cl < 0 {
+		// A body of unknown length all at hand, as a gRPC call's
+		// usually is once its END_STREAM came: read up to smallBody of
+		// it, and send it with the HEADERS when that is all of it. The
+		// request still declares no length.
+		if err := rb.readUnknown(bp); err != nil {
 			return nil, err
 		}
-		*bp = b
+		return rb, nil
+	}
+	b := (*bp)[:rb.cl]
+	_, err := io.ReadFull(rb.body, b)
+	rb.body.Close()
+	if err != nil {
+		smallBufs.Put(bp)
+		if err == io.ErrUnexpectedEOF || err == io.EOF {
+			err = fmt.Errorf("h2client: request body shorter than its ContentLength %d", rb.cl)
+		}
+		return nil, err
+	}
+	*bp = b
+	rb.small = bp
+	rb.body = nil
+	return rb, nil
+}
+
+// readUnknown reads a body of unknown length that is all at hand into bp,
+// which becomes rb.small when it holds all of it. A longer body is sent
+// by a body writer as usual, what was read first.
+func (rb *reqBody) readUnknown(bp *[]byte) error {
+	b := (*bp)[:smallBody+1]
+	n, err := io.ReadFull(rb.body, b)
+	switch err {
+	case nil:
+		// More than smallBody: the writer sends what was read, then the
+		// rest.
+		head := append([]byte(nil), b...)
+		smallBufs.Put(bp)
+		rb.body = readCloser{io.MultiReader(bytes.NewReader(head), rb.body), rb.body}
+		return nil
+	case io.EOF, io.ErrUnexpectedEOF:
+		rb.body.Close()
+		*bp = b[:n]
 		rb.small = bp
 		rb.body = nil
+		return nil
 	}
-	return rb, nil
+	smallBufs.Put(bp)
+	rb.body.Close()
+	return err
+}
+
+// readCloser reads from one reader and closes another.
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 // empty reports whether there is no body at all.

@@ -15,11 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 
+	"github.com/sidecar-proxy/sidecar/internal/inmem"
 	"github.com/sidecar-proxy/sidecar/internal/poll"
 )
 
@@ -771,5 +773,58 @@ func TestHeadersGoBeforeABodyStillArriving(t *testing.T) {
 	pw.Close()
 	if r := <-done; r.err != nil || r.body != "hello" {
 		t.Fatalf("answer %q, %v; want the body echoed", r.body, r.err)
+	}
+}
+
+// A body of unknown length that is all at hand (a gRPC call's, once its
+// END_STREAM came) goes with the HEADERS, with no body writer and no
+// content-length; one longer than smallBody is sent whole by a writer.
+func TestWholeBodyOfUnknownLength(t *testing.T) {
+	var writers atomic.Int32
+	testHookBodyWriter = func() { writers.Add(1) }
+	t.Cleanup(func() { testHookBodyWriter = nil })
+	got := make(chan *request, 1)
+	s := newRawServer(t, func(n int, c *rawConn) {
+		for {
+			r, err := c.readRequest(true)
+			if err != nil {
+				return
+			}
+			got <- r
+			c.writeHeaders(r.id, true, ":status", "204")
+		}
+	})
+	tr := newTransport(t)
+	for _, tt := range []struct {
+		name    string
+		size    int
+		writers int32
+	}{
+		{"small", 5, 0},
+		{"empty", 0, 0},
+		{"exactly smallBody", smallBody, 0},
+		{"longer than smallBody", smallBody + 100, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			writers.Store(0)
+			body := bytes.Repeat([]byte("0123456789"), tt.size/10+1)[:tt.size]
+			req, _ := http.NewRequest("POST", s.url+"/svc/Method", inmem.NewBody(body))
+			req.ContentLength = -1
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("RoundTrip = %v", err)
+			}
+			resp.Body.Close()
+			r := <-got
+			if !bytes.Equal(r.body, body) {
+				t.Errorf("upstream got %d bytes, want the %d sent", len(r.body), len(body))
+			}
+			if cl, ok := r.fields["content-length"]; ok {
+				t.Errorf("upstream got content-length %q for a body of unknown length", cl)
+			}
+			if n := writers.Load(); n != tt.writers {
+				t.Errorf("%d body writers started, want %d", n, tt.writers)
+			}
+		})
 	}
 }

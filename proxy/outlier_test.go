@@ -157,3 +157,53 @@ func TestServerFault(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRoutePick is the balancer's pick of one of four endpoints,
+// without and with breakers, outlier ejection and health checks (none
+// down, and one of four ejected): the cost per request of the endpoint
+// state.
+func BenchmarkRoutePick(b *testing.B) {
+	for _, bc := range []struct{ name, upstream, policy string }{
+		{"no_breaker/plain", "", "{}"},
+		{"no_breaker/outlier_none_down", "outlier: {}", "{}"},
+		{"no_breaker/outlier_one_ejected", "outlier: {consecutive_5xx: 1, eject_for: 1h}", "{}"},
+		{"breaker/plain", "", "{circuit_breaker: {}}"},
+		{"breaker/outlier_none_down", "outlier: {}", "{circuit_breaker: {}}"},
+		{"breaker/health_none_down", "health_check: {interval: 1h}", "{circuit_breaker: {}}"},
+		{"breaker/outlier_one_ejected", "outlier: {consecutive_5xx: 1, eject_for: 1h}", "{circuit_breaker: {}}"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			clock := newFakeClock()
+			_, snap := newHandler(b, `
+version: 1
+upstreams:
+  up:
+    endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3", "http://127.0.0.1:4"]
+    `+bc.upstream+`
+policies:
+  p: `+bc.policy+`
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, match: {path_prefix: /}, upstream: up, policy: p}
+`, nil, WithClock(clock))
+			b.Cleanup(func() { snap.Close(nil) })
+			rt := snap.Route("all")
+			if strings.HasSuffix(bc.name, "one_ejected") {
+				rt.Pool.observe(rt.Pool.Endpoints[0], policy.Status, 503, -1)
+				if !rt.EndpointStats()[0].Outlier.Ejected {
+					b.Fatal("endpoint 0 not ejected")
+				}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				ep, ticket, _ := rt.pick(nil)
+				if ep == nil {
+					b.Fatal("no endpoint")
+				}
+				ticket.Done(policy.BreakerSuccess)
+			}
+		})
+	}
+}

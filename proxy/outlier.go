@@ -157,9 +157,12 @@ func (e *Endpoint) ejected(now time.Time) bool {
 // the ejection's end with the clock.
 func (p *Pool) usable(ep *Endpoint) bool {
 	d := ep.down.Load()
-	if d == 0 {
-		return true
-	}
+	return d == 0 || p.usableDown(ep, d)
+}
+
+// usableDown is usable for an endpoint whose down word d is not 0: an
+// ejection that has ended but is not cleared yet no longer counts.
+func (p *Pool) usableDown(ep *Endpoint, d uint32) bool {
 	if d&downUnhealthy != 0 {
 		return false
 	}

@@ -339,3 +339,61 @@ func TestJitter(t *testing.T) {
 		t.Fatalf("jitter(%v) over 2000 draws spans [%v, %v], want within [8.5s, 11.5s] and spread over most of it", d, lo, hi)
 	}
 }
+
+// TestHealthStateSurvivesReload: Server.Reload with the upstream unchanged
+// (a route changed) keeps the endpoint's unhealthy state and its running
+// checker.
+func TestHealthStateSurvivesReload(t *testing.T) {
+	a, b := newHealthUpstream(t), newHealthUpstream(t)
+	b.sick.Store(true)
+	clock := newFakeClock()
+	const yaml = `
+version: 1
+upstreams:
+  up:
+    endpoints: ["UPSTREAM0", "UPSTREAM1"]
+    health_check: {interval: 10s, unhealthy: 1}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, match: {path_prefix: PREFIX}, upstream: up}
+`
+	sc := startSidecarBuilt(t, strings.Replace(yaml, "PREFIX", "/", 1), []BuildOption{WithClock(clock)}, nil, a.upstream, b.upstream)
+	clock.waitArmed(t, 2)
+	clock.Advance(12 * time.Second)
+	clock.waitArmed(t, 2)
+	if st := endpointStats(sc, "all")[1]; st.Health.State != "unhealthy" {
+		t.Fatalf("before the reload: state = %q, want unhealthy", st.Health.State)
+	}
+	y := strings.NewReplacer("PREFIX", "/x", "UPSTREAM0", a.URL, "UPSTREAM1", b.URL).Replace(yaml)
+	cfg, err := config.Parse("t.yaml", []byte(y), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := Build(cfg, sc.srv.Snapshot(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.srv.Reload(next, 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := endpointStats(sc, "all")[1]; st.Health.State != "unhealthy" {
+		t.Fatalf("after the reload: state = %q, want unhealthy (kept)", st.Health.State)
+	}
+	before := b.traffic.Load()
+	for range 10 {
+		get(t, sc.url("/x"))
+	}
+	if n := b.traffic.Load() - before; n != 0 {
+		t.Fatalf("after the reload the unhealthy endpoint got %d of 10 requests, want 0", n)
+	}
+	b.sick.Store(false)
+	clock.Advance(12 * time.Second) // the same checkers, still running
+	clock.waitArmed(t, 2)
+	clock.Advance(12 * time.Second) // healthy: 2 (the default)
+	clock.waitArmed(t, 2)
+	if st := endpointStats(sc, "all")[1]; st.Health.State != "healthy" {
+		t.Fatalf("after two passing checks: state = %q, want healthy", st.Health.State)
+	}
+}

@@ -7,8 +7,7 @@ import "time"
 // WithClock, is the real clock.
 type Clock interface {
 	Now() time.Time
-	// NewTimer returns a stopped-or-running timer that fires once, d from
-	// now.
+	// NewTimer returns a running timer that fires once, d from now.
 	NewTimer(d time.Duration) Timer
 }
 

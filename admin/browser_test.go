@@ -29,8 +29,9 @@ import (
 const screenshotEnv = "SIDECAR_STATUS_SCREENSHOT"
 
 // browserConfig: orders (sync, a policy with every guard), payments (two
-// endpoints, one refusing connections: its breaker opens) and events
-// (async, dead-lettered at the first failed delivery).
+// endpoints, one refusing connections: its breaker opens), inventory (the
+// same two endpoints, health checked: the refusing one is unhealthy) and
+// events (async, dead-lettered at the first failed delivery).
 func browserConfig(orders, payments, refused, events string) string {
 	return `
 version: 1
@@ -39,6 +40,9 @@ upstreams:
   orders-svc: {endpoints: ["` + orders + `"]}
   payments-svc: {endpoints: ["` + payments + `", "` + refused + `"]}
   events-svc: {endpoints: ["` + events + `"]}
+  inventory-svc:
+    endpoints: ["` + payments + `", "` + refused + `"]
+    health_check: {interval: 200ms, timeout: 100ms, unhealthy: 1}
 policies:
   guarded:
     retry: {}
@@ -51,6 +55,7 @@ listeners:
     routes:
       - {name: orders, match: {path_prefix: /orders}, upstream: orders-svc, policy: guarded}
       - {name: payments, match: {path_prefix: /payments}, upstream: payments-svc, policy: guarded}
+      - {name: inventory, match: {path_prefix: /inventory}, upstream: inventory-svc}
       - name: events
         match: {path_prefix: /events}
         upstream: events-svc
@@ -286,6 +291,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 		{"the rates", `(() => { const tr = [...document.querySelectorAll("#routes-body tr")].find(tr => tr.dataset.key === "orders");
 			return tr && parseFloat(tr.cells[5].textContent) > 0; })()`},
 		{"an open breaker", `document.querySelector("#routes-body .st-open") !== null`},
+		{"an unhealthy endpoint", `[...document.querySelectorAll("#routes-body tr")].some(tr => tr.dataset.key === "inventory" && tr.querySelector(".st-unhealthy") !== null)`},
 	} {
 		if err := page.waitFor(ctx, 10*time.Second, w.what, w.expr); err != nil {
 			fail(err)

@@ -97,6 +97,11 @@ type instruments struct {
 	headBlocked  metric.Int64ObservableGauge
 	headAttempts metric.Int64ObservableGauge
 	headNext     metric.Float64ObservableGauge
+
+	healthy      metric.Int64ObservableGauge
+	healthChecks metric.Int64ObservableCounter
+	ejected      metric.Int64ObservableGauge
+	ejections    metric.Int64ObservableCounter
 }
 
 // register creates the instruments on m and registers the one callback
@@ -142,6 +147,11 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 	in.headBlocked = i64g("sidecar.spool.head_blocked", "", "1 while an ordering fifo route's head message has failed a delivery and waits for its retry; later messages wait behind it.")
 	in.headAttempts = i64g("sidecar.spool.head_attempts", "{attempt}", "Delivery attempts made on an ordering fifo route's head message; 0 when none is held.")
 	in.headNext = f64g("sidecar.spool.head_next_attempt", "s", "Seconds until the next delivery attempt of an ordering fifo route's head message; 0 when due or none is held.")
+
+	in.healthy = i64g("sidecar.endpoint.healthy", "", "1 while the endpoint passes its upstream's active health checks (or none has ended yet), 0 while it is unhealthy and skipped. Only for upstreams with health_check.")
+	in.healthChecks = i64c("sidecar.health_checks", "{check}", "Active health checks of the endpoint by result: passed or failed.")
+	in.ejected = i64g("sidecar.endpoint.ejected", "", "1 while outlier ejection keeps the endpoint out of the load balancer. Only for upstreams with outlier.")
+	in.ejections = i64c("sidecar.outlier.ejections", "{ejection}", "Outlier ejections of the endpoint.")
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -153,6 +163,7 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 		in.messages, in.bytes, in.oldest, in.orphaned, in.appends, in.fsyncs, in.writeErrors, in.fsyncErrors,
 		in.failed, in.reopens, in.corrupt, in.tornTail, in.segments, in.lossWindow,
 		in.deliveries, in.headBlocked, in.headAttempts, in.headNext,
+		in.healthy, in.healthChecks, in.ejected, in.ejections,
 	)
 }
 
@@ -165,6 +176,9 @@ func (s *Server) observe(o metric.Observer, in *instruments) {
 	o.ObserveInt64(in.goroutines, int64(runtime.NumGoroutine()))
 	for _, rt := range snap.Routes {
 		o.ObserveInt64(in.inFlight, rt.Stats().InFlight, routeAttr(rt.Name))
+	}
+	for name, p := range snap.Pools {
+		observeEndpoints(o, in, name, p.EndpointStates())
 	}
 	if st := s.spoolStore(); st != nil {
 		s.observeSpool(o, in, snap, st.Stats())
@@ -255,6 +269,23 @@ func (s *Server) observeDeliveries(o metric.Observer, in *instruments, ds map[st
 		o.ObserveInt64(in.headBlocked, b, routeAttr(name))
 		o.ObserveInt64(in.headAttempts, a, routeAttr(name))
 		o.ObserveFloat64(in.headNext, n, routeAttr(name))
+	}
+}
+
+// observeEndpoints records the health and ejection of the endpoints of
+// upstream, for the upstreams with health_check or outlier.
+func observeEndpoints(o metric.Observer, in *instruments, upstream string, eps []proxy.EndpointState) {
+	for _, ep := range eps {
+		attrs := []attribute.KeyValue{attribute.String("upstream", upstream), attribute.String("endpoint", ep.URL)}
+		if h := ep.Health; h != nil {
+			o.ObserveInt64(in.healthy, boolValue(h.State != "unhealthy"), metric.WithAttributes(attrs...))
+			o.ObserveInt64(in.healthChecks, h.Passed, metric.WithAttributes(append(attrs, attribute.String("result", "passed"))...))
+			o.ObserveInt64(in.healthChecks, h.Failed, metric.WithAttributes(append(attrs, attribute.String("result", "failed"))...))
+		}
+		if ej := ep.Outlier; ej != nil {
+			o.ObserveInt64(in.ejected, boolValue(ej.Ejected), metric.WithAttributes(attrs...))
+			o.ObserveInt64(in.ejections, ej.Ejections, metric.WithAttributes(attrs...))
+		}
 	}
 }
 

@@ -543,3 +543,82 @@ func spoolView(t *testing.T, adm string) spoolAnswer {
 	}
 	return got
 }
+
+// TestMetricsEndpointHealth: an upstream with health_check and outlier
+// has its endpoints' health and ejection in /metrics and /v1/routes; an
+// endpoint that answers 503 is ejected, and both show it.
+func TestMetricsEndpointHealth(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(ok.Close)
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(bad.Close)
+	snap := proxytest.Snapshot(t, `
+version: 1
+upstreams:
+  up:
+    endpoints: ["`+ok.URL+`", "`+bad.URL+`"]
+    health_check: {interval: 1h}
+    outlier: {consecutive_5xx: 1, eject_for: 1h}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, match: {path_prefix: /}, upstream: up}
+`)
+	srv := proxy.NewServer(snap, proxytest.Discard)
+	app, adm := serveWithAdmin(t, srv, New(srv, proxytest.Discard, WithTelemetry(newProvider(t, snap.Config.Telemetry))))
+	for range 2 { // round robin: one of them reaches bad
+		resp, err := http.Get(app + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	e := scrape(t, adm)
+	for name, typ := range map[string]string{
+		"sidecar_endpoint_healthy":        "gauge",
+		"sidecar_health_checks_total":     "counter",
+		"sidecar_endpoint_ejected":        "gauge",
+		"sidecar_outlier_ejections_total": "counter",
+	} {
+		if e.Types[name] != typ {
+			t.Errorf("TYPE of %s = %q, want %s", name, e.Types[name], typ)
+		}
+	}
+	for _, tt := range []struct {
+		name, endpoint string
+		want           float64
+	}{
+		{"sidecar_endpoint_healthy", ok.URL, 1},
+		{"sidecar_endpoint_healthy", bad.URL, 1},
+		{"sidecar_endpoint_ejected", ok.URL, 0},
+		{"sidecar_endpoint_ejected", bad.URL, 1},
+		{"sidecar_outlier_ejections_total", bad.URL, 1},
+	} {
+		if v := value(t, e, tt.name, "endpoint", tt.endpoint, "upstream", "up"); v != tt.want {
+			t.Errorf("%s{endpoint=%s} = %v, want %v", tt.name, tt.endpoint, v, tt.want)
+		}
+	}
+	resp, err := http.Get(adm + "/v1/routes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		Routes []struct {
+			Endpoints []proxy.EndpointStats `json:"endpoints"`
+		} `json:"routes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	eps := got.Routes[0].Endpoints
+	if len(eps) != 2 || eps[1].Skipped != "ejected" || eps[1].Outlier == nil || !eps[1].Outlier.Ejected || eps[1].Outlier.Until == "" ||
+		eps[1].Health == nil || eps[1].Health.State == "" || eps[0].Skipped != "" {
+		t.Errorf("/v1/routes endpoints = %+v, want the second ejected (with until) and skipped, both with a health state", eps)
+	}
+}

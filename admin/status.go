@@ -96,8 +96,12 @@ type statusEndpoint struct {
 	URL   string
 	State string // a breaker state, or "no breaker"
 	Class string // the badge's CSS class
+	Flags []statusFlag
 	Note  string
 }
+
+// statusFlag is a badge after the breaker's: unhealthy, ejected.
+type statusFlag struct{ Text, Class string }
 
 type statusSpool struct {
 	Summary string
@@ -228,6 +232,18 @@ func newStatusRoute(v routeView) statusRoute {
 			}
 			if d, err := time.ParseDuration(b.RetryIn); err == nil && d > 0 {
 				notes = append(notes, "probe in "+ageText(d.Seconds()))
+			}
+		}
+		if h := ep.Health; h != nil && h.State == "unhealthy" {
+			e.Flags = append(e.Flags, statusFlag{"unhealthy", "badge st-unhealthy"})
+			if h.LastError != "" {
+				notes = append(notes, "health check: "+h.LastError)
+			}
+		}
+		if o := ep.Outlier; o != nil && o.Ejected {
+			e.Flags = append(e.Flags, statusFlag{"ejected", "badge st-ejected"})
+			if d, err := time.ParseDuration(o.Left); err == nil && d > 0 {
+				notes = append(notes, "back in "+ageText(d.Seconds()))
 			}
 		}
 		e.Note = strings.Join(notes, " · ")

@@ -5,10 +5,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/sidecar-proxy/sidecar/proxy"
 	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
 	"github.com/sidecar-proxy/sidecar/spool"
 )
@@ -293,5 +295,23 @@ func TestStatusPageCalls(t *testing.T) {
 	}
 	if code := send("/v1/spool/purge?route=ev&state=pending", "Bearer tok"); code != 200 {
 		t.Errorf("the page's purge with the token = %d, want 200", code)
+	}
+}
+
+// TestStatusEndpointFlags: an unhealthy and an ejected endpoint get their
+// badges after the breaker's, with why and for how long in the note.
+func TestStatusEndpointFlags(t *testing.T) {
+	r := newStatusRoute(routeView{Endpoints: []proxy.EndpointStats{
+		{URL: "http://a", Health: &proxy.HealthStats{State: "unhealthy", LastError: "status 503"}},
+		{URL: "http://b", Health: &proxy.HealthStats{State: "healthy"}, Outlier: &proxy.OutlierStats{Ejected: true, Left: "1m30s"}},
+		{URL: "http://c", Health: &proxy.HealthStats{State: "healthy"}, Outlier: &proxy.OutlierStats{}},
+	}})
+	want := []statusEndpoint{
+		{URL: "http://a", State: "no breaker", Class: "badge st-none", Flags: []statusFlag{{"unhealthy", "badge st-unhealthy"}}, Note: "health check: status 503"},
+		{URL: "http://b", State: "no breaker", Class: "badge st-none", Flags: []statusFlag{{"ejected", "badge st-ejected"}}, Note: "back in 1m 30s"},
+		{URL: "http://c", State: "no breaker", Class: "badge st-none"},
+	}
+	if !reflect.DeepEqual(r.Endpoints, want) {
+		t.Errorf("newStatusRoute endpoints =\n%+v\nwant\n%+v", r.Endpoints, want)
 	}
 }

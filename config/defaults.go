@@ -48,6 +48,20 @@ func (u *Upstream) setDefaults() {
 	u.IdleConnTimeout = Duration(90 * time.Second)
 }
 
+func (h *HealthCheck) setDefaults() {
+	h.Path = "/healthz"
+	h.Interval = Duration(5 * time.Second)
+	h.Timeout = Duration(time.Second)
+	h.Healthy = 2
+	h.Unhealthy = 3
+}
+
+func (o *Outlier) setDefaults() {
+	o.Consecutive5xx = 5
+	o.EjectFor = Duration(30 * time.Second)
+	o.MaxEjectedPercent = 50
+}
+
 // perTryUnset marks a per_try_timeout the file did not set; finish turns it
 // into the policy's timeout. Negative durations cannot come from a file.
 const perTryUnset = Duration(-1)

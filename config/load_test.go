@@ -38,7 +38,7 @@ func TestExamplesLoad(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	cfg, err := Parse("m.yaml", []byte(minimal+`
+	cfg, err := Parse("m.yaml", []byte(strings.Replace(minimal, "upstreams:\n", "upstreams:\n  hc: {endpoints: [\"http://127.0.0.1:8081\"], health_check: {}, outlier: {}}\n", 1)+`
 policies:
   p:
     timeout: 3s
@@ -86,6 +86,15 @@ policies:
 		{"p.circuit_breaker.open_for", cfg.Policies["p"].CircuitBreaker.OpenFor.D(), 15 * time.Second},
 		{"p.rate_limit.rps", cfg.Policies["p"].RateLimit.RPS, 5.0},
 		{"p.rate_limit.burst", cfg.Policies["p"].RateLimit.Burst, 200},
+		{"upstreams.inv.health_check absent is off", cfg.Upstreams["inv"].HealthCheck == nil, true},
+		{"upstreams.hc.health_check.path", cfg.Upstreams["hc"].HealthCheck.Path, "/healthz"},
+		{"upstreams.hc.health_check.interval", cfg.Upstreams["hc"].HealthCheck.Interval.D(), 5 * time.Second},
+		{"upstreams.hc.health_check.timeout", cfg.Upstreams["hc"].HealthCheck.Timeout.D(), time.Second},
+		{"upstreams.hc.health_check.healthy", cfg.Upstreams["hc"].HealthCheck.Healthy, 2},
+		{"upstreams.hc.health_check.unhealthy", cfg.Upstreams["hc"].HealthCheck.Unhealthy, 3},
+		{"upstreams.hc.outlier.consecutive_5xx", cfg.Upstreams["hc"].Outlier.Consecutive5xx, 5},
+		{"upstreams.hc.outlier.eject_for", cfg.Upstreams["hc"].Outlier.EjectFor.D(), 30 * time.Second},
+		{"upstreams.hc.outlier.max_ejected_percent", cfg.Upstreams["hc"].Outlier.MaxEjectedPercent, 50},
 		{"q.timeout 0 means none", cfg.Policies["q"].Timeout.D(), time.Duration(0)},
 		{"q.per_try_timeout follows", cfg.Policies["q"].PerTryTimeout.D(), time.Duration(0)},
 		{"q.retry absent is off", cfg.Policies["q"].Retry.Active(), false},
@@ -145,6 +154,12 @@ func TestErrors(t *testing.T) {
 		{"syntax error", "version: 1\nlisteners: [\n", []string{"t.yaml:"}},
 		{"empty file", "", []string{"file is empty"}},
 		{"no listeners", "version: 1\n", []string{"listeners: at least one listener is required"}},
+		{"health_check path", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{endpoints: ["http://127.0.0.1:8080"], health_check: {path: healthz}}`, 1), []string{`upstreams.inv.health_check.path: must start with /, got "healthz"`}},
+		{"health_check timeout", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{endpoints: ["http://127.0.0.1:8080"], health_check: {interval: 1s, timeout: 1s, healthy: 0, unhealthy: 0}}`, 1), []string{`health_check.timeout: 1s must be shorter than interval 1s`, `health_check.healthy: must be at least 1, got 0`, `health_check.unhealthy: must be at least 1`}},
+		{"health_check interval", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{endpoints: ["http://127.0.0.1:8080"], health_check: {interval: 0s}}`, 1), []string{`health_check.interval: must be greater than 0`}},
+		{"health_check grpc over http1", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{endpoints: ["http://127.0.0.1:8080"], health_check: {grpc: true}}`, 1), []string{`health_check.grpc: needs protocol grpc, h2c or h2`}},
+		{"outlier", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{endpoints: ["http://127.0.0.1:8080"], outlier: {consecutive_5xx: 0, eject_for: 0s, max_ejected_percent: 101}}`, 1), []string{`outlier.consecutive_5xx: must be at least 1`, `outlier.eject_for: must be greater than 0`, `outlier.max_ejected_percent: must be between 0 and 100, got 101`}},
+		{"outlier unknown key", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{endpoints: ["http://127.0.0.1:8080"], outlier: {consecutive5xx: 3}}`, 1), []string{`upstreams.inv.outlier.consecutive5xx: unknown key (did you mean "consecutive_5xx"?)`}},
 		{"all at once", minimal + "shutdown_grase: 1s\nspool: {backend: s3, fsync: never}\n", []string{"shutdown_grase", "spool.backend", "spool.fsync"}},
 	}
 	for _, tt := range tests {

@@ -132,6 +132,46 @@ type Upstream struct {
 	TLS             TLS      `yaml:"tls"`
 	// PreserveHost sends the app's Host instead of the endpoint's. Default false.
 	PreserveHost bool `yaml:"preserve_host"`
+	// HealthCheck probes every endpoint actively. Off when absent.
+	HealthCheck *HealthCheck `yaml:"health_check"`
+	// Outlier ejects endpoints that answer 5xx in a row. Off when absent.
+	Outlier *Outlier `yaml:"outlier"`
+}
+
+// HealthCheck configures active health checks of an upstream's endpoints
+// (docs/policies.md, "Active health checks").
+type HealthCheck struct {
+	// Path is requested with GET; a 2xx answer passes. Default /healthz.
+	// Unused with GRPC.
+	Path string `yaml:"path"`
+	// Interval between two checks of an endpoint, jittered by ±15%.
+	// Default 5s.
+	Interval Duration `yaml:"interval"`
+	// Timeout of one check; shorter than Interval. Default 1s.
+	Timeout Duration `yaml:"timeout"`
+	// Healthy is the passes in a row that make an unhealthy endpoint
+	// healthy again. Default 2.
+	Healthy int `yaml:"healthy"`
+	// Unhealthy is the failures in a row that make an endpoint
+	// unhealthy. Default 3.
+	Unhealthy int `yaml:"unhealthy"`
+	// GRPC checks with grpc.health.v1.Health/Check (service "") instead
+	// of GET Path; the answer must be SERVING. Default false.
+	GRPC bool `yaml:"grpc"`
+}
+
+// Outlier configures outlier ejection (docs/policies.md, "Outlier
+// ejection").
+type Outlier struct {
+	// Consecutive5xx is the 5xx answers and gateway failures in a row that
+	// eject an endpoint. Default 5.
+	Consecutive5xx int `yaml:"consecutive_5xx"`
+	// EjectFor is the first ejection's length; each repeat doubles it,
+	// up to 5m or EjectFor if longer. Default 30s.
+	EjectFor Duration `yaml:"eject_for"`
+	// MaxEjectedPercent bounds the share of the upstream's endpoints
+	// ejected at once, 0 to 100. Default 50.
+	MaxEjectedPercent int `yaml:"max_ejected_percent"`
 }
 
 // TLS configures a TLS client.

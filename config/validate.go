@@ -239,6 +239,30 @@ func (v *validator) upstream(path string, u *Upstream) {
 		}
 		seen[ep] = true
 	}
+	if h := u.HealthCheck; h != nil {
+		hp := path + ".health_check"
+		if !h.GRPC && !strings.HasPrefix(h.Path, "/") {
+			v.errorf(hp+".path", "must start with /, got %s", v.q(hp+".path", h.Path))
+		}
+		if h.GRPC && u.Protocol == "http1" {
+			v.errorf(hp+".grpc", "needs protocol grpc, h2c or h2: gRPC runs over HTTP/2")
+		}
+		v.positive(hp+".interval", h.Interval)
+		v.positive(hp+".timeout", h.Timeout)
+		if h.Timeout >= h.Interval && h.Interval > 0 {
+			v.errorf(hp+".timeout", "%s must be shorter than interval %s", v.val(hp+".timeout", h.Timeout.D()), v.val(hp+".interval", h.Interval.D()))
+		}
+		v.atLeast(hp+".healthy", int64(h.Healthy), 1)
+		v.atLeast(hp+".unhealthy", int64(h.Unhealthy), 1)
+	}
+	if o := u.Outlier; o != nil {
+		op := path + ".outlier"
+		v.atLeast(op+".consecutive_5xx", int64(o.Consecutive5xx), 1)
+		v.positive(op+".eject_for", o.EjectFor)
+		if o.MaxEjectedPercent < 0 || o.MaxEjectedPercent > 100 {
+			v.errorf(op+".max_ejected_percent", "must be between 0 and 100, got %s", v.val(op+".max_ejected_percent", o.MaxEjectedPercent))
+		}
+	}
 }
 
 // checkEndpoint checks the endpoint URL ep; its errors name it as shown.

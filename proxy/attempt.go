@@ -91,6 +91,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp != nil {
 			status = resp.StatusCode
 		}
+		rt.Pool.observe(ep, outcome, status, code)
 		if outcome == policy.OK && status != http.StatusSwitchingProtocols && !ticket.Probe() {
 			// Judged when its body ends (call.judgeBody): an answer
 			// whose body breaks off is the failure it is, not a success
@@ -476,27 +477,60 @@ func (rt *Route) breakerResult(o policy.Outcome, status, code int) policy.Breake
 // pick returns an endpoint whose breaker lets a request through, starting
 // from the load balancer's choice and skipping open breakers, with the
 // ticket that records the attempt's result. A retry avoids the endpoint
-// that just failed (prev) when there is another. When every breaker is open
-// it returns nil and the time until the first probe.
+// that just failed (prev) when there is another. Endpoints that failed
+// their health checks or are ejected are skipped too, but never all of
+// them: when no other endpoint's breaker lets the request through, they
+// are tried as if they were healthy (docs/policies.md, "Active health
+// checks"). When every breaker is open it returns nil and the time until
+// the first probe.
 func (rt *Route) pick(prev *Endpoint) (*Endpoint, policy.BreakerTicket, time.Duration) {
-	ep := rt.Pool.pick(rt.Pool)
-	if ep == prev && len(rt.Pool.Endpoints) > 1 {
-		ep = rt.Pool.Endpoints[(ep.index+1)%len(rt.Pool.Endpoints)]
+	pool := rt.Pool
+	eps := pool.Endpoints
+	ep := pool.pick(pool)
+	if ep == prev && len(eps) > 1 {
+		ep = eps[(ep.index+1)%len(eps)]
 	}
 	brs := rt.pol.breakers
-	if brs == nil {
+	if brs == nil && !pool.gated {
 		return ep, policy.BreakerTicket{}, 0
 	}
-	eps := rt.Pool.Endpoints
 	var retryIn time.Duration
+	skipped := false
 	for k := range eps {
 		i := (ep.index + k) % len(eps)
+		if pool.gated && !pool.usable(eps[i]) {
+			skipped = true
+			continue
+		}
+		if brs == nil {
+			return eps[i], policy.BreakerTicket{}, 0
+		}
 		ticket, err := brs[i].Allow()
 		if err == nil {
 			return eps[i], ticket, 0
 		}
 		if ri := brs[i].RetryIn(); retryIn == 0 || ri < retryIn {
 			retryIn = ri
+		}
+	}
+	if skipped {
+		// No usable endpoint could take the request: the unhealthy and
+		// ejected ones can, unless their breakers are open too.
+		for k := range eps {
+			i := (ep.index + k) % len(eps)
+			if pool.usable(eps[i]) {
+				continue // asked above
+			}
+			if brs == nil {
+				return eps[i], policy.BreakerTicket{}, 0
+			}
+			ticket, err := brs[i].Allow()
+			if err == nil {
+				return eps[i], ticket, 0
+			}
+			if ri := brs[i].RetryIn(); retryIn == 0 || ri < retryIn {
+				retryIn = ri
+			}
 		}
 	}
 	return nil, policy.BreakerTicket{}, retryIn

@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
@@ -98,6 +99,16 @@ type EndpointStats struct {
 	URL      string        `json:"url"`
 	InFlight int64         `json:"in_flight"`
 	Breaker  *BreakerStats `json:"circuit_breaker,omitempty"`
+	// Health is the upstream's health checks' view; nil without
+	// health_check.
+	Health *HealthStats `json:"health_check,omitempty"`
+	// Outlier is outlier ejection's view; nil without outlier.
+	Outlier *OutlierStats `json:"outlier,omitempty"`
+	// Skipped says why the load balancer passes the endpoint over now:
+	// "unhealthy", "ejected", "breaker open", or several of them, comma
+	// separated; "" when it does not. When every endpoint is unhealthy
+	// or ejected, they take traffic anyway (docs/policies.md).
+	Skipped string `json:"skipped,omitempty"`
 }
 
 // BreakerStats is a breaker's state and counts in its current window.
@@ -126,8 +137,16 @@ func (rt *Route) Stats() RouteStats {
 // route has breakers, their state.
 func (rt *Route) EndpointStats() []EndpointStats {
 	out := make([]EndpointStats, len(rt.Pool.Endpoints))
+	now := rt.Pool.clock.Now()
 	for i, ep := range rt.Pool.Endpoints {
-		out[i] = EndpointStats{URL: ep.URL.String(), InFlight: ep.InFlight()}
+		out[i] = EndpointStats{URL: ep.URL.String(), InFlight: ep.InFlight(), Health: ep.healthStats(), Outlier: ep.outlierStats(now)}
+		var skipped []string
+		if h := out[i].Health; h != nil && h.State == healthNames[healthUnhealthy] {
+			skipped = append(skipped, "unhealthy")
+		}
+		if o := out[i].Outlier; o != nil && o.Ejected {
+			skipped = append(skipped, "ejected")
+		}
 		if rt.pol.breakers != nil {
 			b := rt.pol.breakers[i]
 			bs := &BreakerStats{State: b.State().String(), Counts: b.Counts()}
@@ -135,7 +154,79 @@ func (rt *Route) EndpointStats() []EndpointStats {
 				bs.RetryIn = ri.String()
 			}
 			out[i].Breaker = bs
+			if b.State() == policy.BreakerStateOpen {
+				skipped = append(skipped, "breaker open")
+			}
 		}
+		out[i].Skipped = strings.Join(skipped, ", ")
+	}
+	return out
+}
+
+// HealthStats are an endpoint's health-check figures.
+type HealthStats struct {
+	// State is unchecked (no check has ended yet: taken as healthy),
+	// healthy or unhealthy.
+	State  string `json:"state"`
+	Passed int64  `json:"passed"` // checks since the pool was built
+	Failed int64  `json:"failed"`
+	// LastError is why the last check failed; "" when it passed.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// OutlierStats are an endpoint's outlier-ejection figures.
+type OutlierStats struct {
+	Ejected bool `json:"ejected"`
+	// Until is when the current ejection ends (RFC 3339), and Left the
+	// time until then; "" when not ejected.
+	Until string `json:"ejected_until,omitempty"`
+	Left  string `json:"ejected_for,omitempty"`
+	// Ejections counts the endpoint's ejections since the pool was built.
+	Ejections int64 `json:"ejections"`
+	// Consecutive5xx is the 5xx answers and gateway failures in a row now.
+	Consecutive5xx int64 `json:"consecutive_5xx"`
+}
+
+func (e *Endpoint) healthStats() *HealthStats {
+	h := e.health
+	if h == nil {
+		return nil
+	}
+	st := &HealthStats{State: healthNames[h.state.Load()], Passed: h.passed.Load(), Failed: h.failed.Load()}
+	if msg := h.lastError.Load(); msg != nil {
+		st.LastError = *msg
+	}
+	return st
+}
+
+func (e *Endpoint) outlierStats(now time.Time) *OutlierStats {
+	o := e.outlier
+	if o == nil {
+		return nil
+	}
+	st := &OutlierStats{Ejections: o.ejections.Load(), Consecutive5xx: o.failures.Load()}
+	if e.down.Load()&downEjected != 0 {
+		if until := time.Unix(0, o.until.Load()); now.Before(until) {
+			st.Ejected, st.Until, st.Left = true, until.UTC().Format(time.RFC3339), until.Sub(now).Round(time.Millisecond).String()
+		}
+	}
+	return st
+}
+
+// EndpointState is an endpoint's health and ejection, as the pool sees
+// them whatever route uses it.
+type EndpointState struct {
+	URL     string
+	Health  *HealthStats  // nil without health_check
+	Outlier *OutlierStats // nil without outlier
+}
+
+// EndpointStates returns the pool's endpoints' health and ejection.
+func (p *Pool) EndpointStates() []EndpointState {
+	now := p.clock.Now()
+	out := make([]EndpointState, len(p.Endpoints))
+	for i, ep := range p.Endpoints {
+		out[i] = EndpointState{URL: ep.URL.String(), Health: ep.healthStats(), Outlier: ep.outlierStats(now)}
 	}
 	return out
 }

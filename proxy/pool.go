@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +41,19 @@ type Pool struct {
 		CloseIdleConnections()
 	}
 	rt http.RoundTripper // transport, or a stand-in in benchmarks
+
+	// gated is set when health checks or outlier ejection can make the
+	// balancer skip an endpoint (Endpoint.down); without either, pick
+	// never looks.
+	gated   bool
+	health  *healthPolicy  // nil: no active health checks
+	outlier *outlierPolicy // nil: no outlier ejection
+	clock   Clock
+	log     *slog.Logger
+
+	mu       sync.Mutex     // ejection decisions (outlier.go)
+	checkers sync.WaitGroup // the endpoints' health checkers
+	closed   sync.Once
 }
 
 // Endpoint is one address of an upstream.
@@ -46,13 +61,34 @@ type Endpoint struct {
 	URL      *url.URL
 	index    int // in Pool.Endpoints
 	inFlight atomic.Int64
+
+	// down is 0 while the endpoint takes traffic, else downUnhealthy
+	// and/or downEjected: the one word Route.pick loads per endpoint.
+	// An ejection's end is read lazily (outlier.go).
+	down    atomic.Uint32
+	health  *endpointHealth  // nil without health_check
+	outlier *endpointOutlier // nil without outlier
 }
+
+// The bits of Endpoint.down.
+const (
+	downUnhealthy uint32 = 1 << iota // failed its health checks
+	downEjected                      // ejected until endpointOutlier.until
+)
 
 // InFlight returns the number of attempts in progress to e.
 func (e *Endpoint) InFlight() int64 { return e.inFlight.Load() }
 
-func newPool(name string, u *config.Upstream) (*Pool, error) {
-	p := &Pool{Name: name, cfg: *u}
+// newPool builds the pool of upstream name. Its endpoints' health checkers,
+// if any, start at once and run until close.
+func newPool(name string, u *config.Upstream, clock Clock, logger *slog.Logger) (*Pool, error) {
+	p := &Pool{Name: name, cfg: *u, clock: clock, log: logger}
+	if p.clock == nil {
+		p.clock = realClock{}
+	}
+	p.health = compileHealth(u.HealthCheck)
+	p.outlier = compileOutlier(u.Outlier)
+	p.gated = p.health != nil || p.outlier != nil
 	for _, raw := range u.Endpoints {
 		ep, err := url.Parse(raw)
 		if err != nil {
@@ -61,6 +97,38 @@ func newPool(name string, u *config.Upstream) (*Pool, error) {
 		ep.Path = ""
 		p.Endpoints = append(p.Endpoints, &Endpoint{URL: ep, index: len(p.Endpoints)})
 	}
+	if err := p.setTransport(u); err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", name, err)
+	}
+	for _, ep := range p.Endpoints {
+		p.endpointAdded(ep)
+	}
+	return p, nil
+}
+
+// endpointAdded gives ep the per-endpoint state of the pool's health
+// checks and outlier ejection, and starts its health checker. It runs
+// once per endpoint, before the endpoint takes traffic.
+func (p *Pool) endpointAdded(ep *Endpoint) {
+	if p.outlier != nil {
+		ep.outlier = &endpointOutlier{}
+	}
+	if p.health != nil {
+		p.startChecker(ep)
+	}
+}
+
+// endpointRemoved stops ep's health checker and waits for it to return.
+// The endpoint keeps its last state for requests still holding it.
+func (p *Pool) endpointRemoved(ep *Endpoint) {
+	if h := ep.health; h != nil {
+		h.stop()
+		<-h.done
+	}
+}
+
+// setTransport builds the transport of the pool's protocol.
+func (p *Pool) setTransport(u *config.Upstream) error {
 	switch u.LoadBalancing {
 	case "least_request":
 		p.pick = pickLeastRequest
@@ -73,21 +141,21 @@ func newPool(name string, u *config.Upstream) (*Pool, error) {
 	case "", "http1":
 		t, err := newH1Transport(u)
 		if err != nil {
-			return nil, fmt.Errorf("upstream %s: %w", name, err)
+			return err
 		}
 		p.transport, p.rt = t, t
-		return p, nil
+		return nil
 	case "h2c", "grpc":
 		t := newH2CTransport(u)
 		p.transport, p.rt = t, t
-		return p, nil
+		return nil
 	}
 	t, err := newTransport(u)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", name, err)
+		return err
 	}
 	p.transport, p.rt = t, t
-	return p, nil
+	return nil
 }
 
 func pickRoundRobin(p *Pool) *Endpoint {
@@ -121,8 +189,22 @@ func pickLeastRequest(p *Pool) *Endpoint {
 // LoadBalancing returns the pool's load-balancing policy name.
 func (p *Pool) LoadBalancing() string { return p.cfg.LoadBalancing }
 
-// close drops the pool's idle connections.
-func (p *Pool) close() { p.transport.CloseIdleConnections() }
+// close stops the endpoints' health checkers, waits for them, and drops
+// the pool's idle connections. It may run more than once.
+func (p *Pool) close() {
+	p.closed.Do(func() {
+		for _, ep := range p.Endpoints {
+			if h := ep.health; h != nil {
+				h.stop() // all at once, then wait for each
+			}
+		}
+		for _, ep := range p.Endpoints {
+			p.endpointRemoved(ep)
+		}
+		p.checkers.Wait()
+	})
+	p.transport.CloseIdleConnections()
+}
 
 // dialError marks an error from establishing a connection: the request was
 // never sent, so the outcome is connect_error.

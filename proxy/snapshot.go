@@ -30,6 +30,7 @@ type Snapshot struct {
 	routes    map[string]*Route
 	breakers  *policy.BreakerSet // shared by every snapshot built from this one
 
+	clock     Clock            // of the pools Build creates; nil: the real one
 	tel       *Telemetry       // nil: nothing recorded
 	accessLog bool             // telemetry.access_log
 	unrouted  *telemetry.Route // the metrics of requests no route took
@@ -126,8 +127,9 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 				continue
 			}
 		}
-		p, err := newPool(name, u)
+		p, err := newPool(name, u, s.clock, logger)
 		if err != nil {
+			s.Close(prev)
 			return nil, err
 		}
 		if u.TLS.InsecureSkipVerify {
@@ -149,6 +151,7 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 			}
 			r, err := newRoute(cfg, lc.Name, rc, s.Pools[rc.Upstream], old, s.breakers, logger, errLog)
 			if err != nil {
+				s.Close(prev)
 				return nil, err
 			}
 			r.tel, r.obs, r.accessLog = ins.Route(r.Name), s.tel, s.accessLog
@@ -162,7 +165,9 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 	return s, nil
 }
 
-// Close drops idle connections of the pools that next does not carry over.
+// Close closes the pools that next does not carry over: their health
+// checkers stop and their idle connections are dropped. A snapshot built
+// but never served is closed with the snapshot it was built from as next.
 func (s *Snapshot) Close(next *Snapshot) {
 	for name, p := range s.Pools {
 		if next == nil || next.Pools[name] != p {

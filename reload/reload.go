@@ -198,10 +198,12 @@ func (r *Reloader) apply(ctx context.Context) (*Changes, []string, error) {
 	}
 	if r.opts.Apply != nil {
 		if err := r.opts.Apply(cfg); err != nil {
+			next.Close(cur) // the pools it made: their health checkers stop
 			return nil, nil, err
 		}
 	}
 	if err := r.srv.Reload(next, cfg.ShutdownGrace.D()); err != nil {
+		next.Close(cur)
 		if r.opts.Apply != nil {
 			r.opts.Apply(cur.Config) // put back what the running configuration had
 		}

@@ -258,7 +258,18 @@
         if (b.counts && b.counts.consecutive_failures > 0) notes.push(b.counts.consecutive_failures + ' failing');
         if (b.retry_in && durationSeconds(b.retry_in) > 0) notes.push('probe in ' + ageText(durationSeconds(b.retry_in)));
       }
-      return { url: ep.url, state: b ? b.state : 'no breaker', cls: b ? 'badge ' + breakerClass(b.state) : 'badge st-none', note: notes.join(' · ') };
+      const flags = [];
+      const h = ep.health_check;
+      if (h && h.state === 'unhealthy') {
+        flags.push({ text: 'unhealthy', cls: 'badge st-unhealthy' });
+        if (h.last_error) notes.push('health check: ' + h.last_error);
+      }
+      const o = ep.outlier;
+      if (o && o.ejected) {
+        flags.push({ text: 'ejected', cls: 'badge st-ejected' });
+        if (o.ejected_for && durationSeconds(o.ejected_for) > 0) notes.push('back in ' + ageText(durationSeconds(o.ejected_for)));
+      }
+      return { url: ep.url, state: b ? b.state : 'no breaker', cls: b ? 'badge ' + breakerClass(b.state) : 'badge st-none', flags: flags, note: notes.join(' · ') };
     });
     return {
       sig: 'e:' + JSON.stringify(parts),
@@ -266,7 +277,9 @@
       build: (td) => {
         for (const p of parts) {
           const d = el('div', 'ep');
-          d.append(el('span', p.cls, p.state), ' ', el('span', 'url', p.url), ' ', el('span', 'muted', p.note));
+          d.append(el('span', p.cls, p.state));
+          for (const f of p.flags) d.append(' ', el('span', f.cls, f.text));
+          d.append(' ', el('span', 'url', p.url), ' ', el('span', 'muted', p.note));
           td.append(d);
         }
       },

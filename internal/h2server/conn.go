@@ -30,6 +30,9 @@ const (
 	// frames in flight do not turn the close into a TCP reset that
 	// could destroy the GOAWAY before it is read.
 	goAwayLinger = time.Second
+	// drainSlack is what a connection error's drain reads beyond a
+	// connection window: frames other than DATA in flight.
+	drainSlack = 256 << 10
 	// maxHeaderFrames bounds the frames (HEADERS and CONTINUATIONs) of
 	// one header block: with the size bound, a CONTINUATION flood of
 	// empty frames ends the connection too.
@@ -258,15 +261,20 @@ func (c *conn) serve() {
 
 // drain reads and drops what the peer still sends, for goAwayLinger at
 // most, after a connection error's GOAWAY: closing with unread bytes
-// would reset the connection.
+// would reset the connection. It stops early past what a peer could
+// have had in flight, a connection window of DATA and a little more: a
+// peer that sends more (a CONTINUATION flood) is not heeding the GOAWAY,
+// and gets the reset.
 func (c *conn) drain() {
 	c.failStreams(errClientDisconnected)
 	c.bc.SetReadDeadline(time.Now().Add(goAwayLinger))
 	buf := make([]byte, 4<<10)
-	for {
-		if _, err := c.bc.Read(buf); err != nil {
+	for left := int64(c.srv.connWindow()) + drainSlack; left > 0; {
+		n, err := c.bc.Read(buf)
+		if err != nil {
 			return
 		}
+		left -= int64(n)
 	}
 }
 

@@ -132,6 +132,17 @@ type Upstream struct {
 	TLS             TLS      `yaml:"tls"`
 	// PreserveHost sends the app's Host instead of the endpoint's. Default false.
 	PreserveHost bool `yaml:"preserve_host"`
+	// Resolve re-resolves the endpoints' DNS names; each address becomes
+	// an endpoint of its own (docs/policies.md, "DNS re-resolution").
+	// Off when absent.
+	Resolve *Resolve `yaml:"resolve"`
+}
+
+// Resolve configures the DNS re-resolution of an upstream's endpoints.
+type Resolve struct {
+	// Every is the time between two resolutions of each name, jittered by
+	// up to 10 %. Default 10s; at least 1s.
+	Every Duration `yaml:"every"`
 }
 
 // TLS configures a TLS client.

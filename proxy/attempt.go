@@ -223,8 +223,17 @@ func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*
 	out.Body = body.next()
 	c.span = c.attemptSpan(out, ep, n, c.grpc && !c.deadline.IsZero())
 
+	transport := c.route.Pool.rt
+	if ep.rt != nil {
+		// A resolved endpoint: its URL holds the address, and the
+		// upstream gets the name (docs/policies.md, "DNS re-resolution").
+		transport = ep.rt
+		if out.Host == "" {
+			out.Host = ep.host
+		}
+	}
 	ep.inFlight.Add(1)
-	resp, err := c.route.Pool.rt.RoundTrip(out)
+	resp, err := transport.RoundTrip(out)
 	if err == nil && !c.gotHeaders() {
 		// The per-try deadline passed as the headers came in: the body
 		// would fail anyway, so call it a timeout now.
@@ -477,25 +486,27 @@ func (rt *Route) breakerResult(o policy.Outcome, status, code int) policy.Breake
 // from the load balancer's choice and skipping open breakers, with the
 // ticket that records the attempt's result. A retry avoids the endpoint
 // that just failed (prev) when there is another. When every breaker is open
-// it returns nil and the time until the first probe.
+// it returns nil and the time until the first probe. It reads the pool's
+// endpoint set once.
 func (rt *Route) pick(prev *Endpoint) (*Endpoint, policy.BreakerTicket, time.Duration) {
-	ep := rt.Pool.pick(rt.Pool)
-	if ep == prev && len(rt.Pool.Endpoints) > 1 {
-		ep = rt.Pool.Endpoints[(ep.index+1)%len(rt.Pool.Endpoints)]
+	set := rt.Pool.endpoints()
+	eps := set.list
+	i := rt.Pool.pick(rt.Pool, eps)
+	if eps[i] == prev && len(eps) > 1 {
+		i = (i + 1) % len(eps)
 	}
-	brs := rt.pol.breakers
-	if brs == nil {
-		return ep, policy.BreakerTicket{}, 0
+	if rt.pol.breakers == nil {
+		return eps[i], policy.BreakerTicket{}, 0
 	}
-	eps := rt.Pool.Endpoints
+	brs := rt.pol.breakers.of(set)
 	var retryIn time.Duration
 	for k := range eps {
-		i := (ep.index + k) % len(eps)
-		ticket, err := brs[i].Allow()
+		j := (i + k) % len(eps)
+		ticket, err := brs[j].Allow()
 		if err == nil {
-			return eps[i], ticket, 0
+			return eps[j], ticket, 0
 		}
-		if ri := brs[i].RetryIn(); retryIn == 0 || ri < retryIn {
+		if ri := brs[j].RetryIn(); retryIn == 0 || ri < retryIn {
 			retryIn = ri
 		}
 	}

@@ -5,11 +5,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +19,8 @@ import (
 	"github.com/sidecar-proxy/sidecar/internal/h1client"
 	"github.com/sidecar-proxy/sidecar/internal/h2client"
 	"github.com/sidecar-proxy/sidecar/internal/h2conn"
+	"github.com/sidecar-proxy/sidecar/policy"
+	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
 // Upstream connection limits that are not configurable.
@@ -28,30 +32,77 @@ const (
 // Pool is an upstream's endpoints, their load balancer and the pooled
 // keep-alive transport that reaches them. A Pool lives across reloads while
 // its upstream's config is unchanged.
+//
+// The endpoints requests go to are the pool's endpoint set, read with one
+// atomic load (endpoints). Without resolve the set is Endpoints and never
+// changes; with resolve a resolver replaces it whenever the DNS answers
+// change (docs/policies.md, "DNS re-resolution").
 type Pool struct {
-	Name      string
+	Name string
+	// Endpoints are the upstream's endpoints as configured, in order.
+	// Without resolve they are the endpoint set; with resolve, an endpoint
+	// whose host is a DNS name is replaced in the set by one endpoint per
+	// address of the name.
 	Endpoints []*Endpoint
+	set       atomic.Pointer[endpointSet]
 	cfg       config.Upstream
-	pick      func(*Pool) *Endpoint
+	pick      func(p *Pool, eps []*Endpoint) int
 	rr        atomic.Uint64
-	transport interface {
-		http.RoundTripper
-		CloseIdleConnections()
-	}
-	rt http.RoundTripper // transport, or a stand-in in benchmarks
+	transport upstreamTransport
+	rt        http.RoundTripper // transport, or a stand-in in benchmarks
+	// newTransport returns a transport of its own for a resolved endpoint,
+	// verifying TLS against serverName (the DNS name) unless tls.server_name
+	// is set.
+	newTransport func(serverName string) upstreamTransport
+	res          *resolver // nil without resolve, or with no name to resolve
+	closeOnce    sync.Once
+}
+
+// upstreamTransport is what reaches an upstream: net/http's transport or
+// the sidecar's own clients.
+type upstreamTransport interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
+// endpointSet is an immutable list of the endpoints requests go to. A new
+// set replaces the whole of the old one.
+type endpointSet struct {
+	list []*Endpoint // never empty
+	gen  uint64      // 0 for the first set, then one more per change
 }
 
 // Endpoint is one address of an upstream.
 type Endpoint struct {
-	URL      *url.URL
-	index    int // in Pool.Endpoints
+	URL *url.URL
+	// host is the Host header a resolved endpoint sends (unless
+	// preserve_host): the configured endpoint's host[:port], where URL
+	// holds the address. Empty for a configured endpoint.
+	host string
+	// rt is a resolved endpoint's own transport, so that its connections
+	// are pooled, verified and drained apart from the others'; nil: the
+	// pool's.
+	rt       upstreamTransport
+	key      string // URL.String(): the endpoint's breakers are kept under it
 	inFlight atomic.Int64
 }
 
 // InFlight returns the number of attempts in progress to e.
 func (e *Endpoint) InFlight() int64 { return e.inFlight.Load() }
 
-func newPool(name string, u *config.Upstream) (*Pool, error) {
+// Name returns the DNS name a resolved endpoint's address came from, with
+// its port as configured, or "" for an endpoint used as configured.
+func (e *Endpoint) Name() string { return e.host }
+
+// poolEnv is what newPool needs beyond the upstream's config.
+type poolEnv struct {
+	log      *slog.Logger
+	ins      *telemetry.Instruments // nil: no metrics
+	lookup   lookupFunc             // nil: net.DefaultResolver's
+	breakers *policy.BreakerSet     // dropped endpoints' breakers leave it
+}
+
+func newPool(name string, u *config.Upstream, env poolEnv) (*Pool, error) {
 	p := &Pool{Name: name, cfg: *u}
 	for _, raw := range u.Endpoints {
 		ep, err := url.Parse(raw)
@@ -59,7 +110,7 @@ func newPool(name string, u *config.Upstream) (*Pool, error) {
 			return nil, fmt.Errorf("upstream %s: %w", name, err)
 		}
 		ep.Path = ""
-		p.Endpoints = append(p.Endpoints, &Endpoint{URL: ep, index: len(p.Endpoints)})
+		p.Endpoints = append(p.Endpoints, &Endpoint{URL: ep, key: ep.String()})
 	}
 	switch u.LoadBalancing {
 	case "least_request":
@@ -71,58 +122,112 @@ func newPool(name string, u *config.Upstream) (*Pool, error) {
 	}
 	switch u.Protocol {
 	case "", "http1":
-		t, err := newH1Transport(u)
+		tlsCfg, err := tlsConfig(u.TLS)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %s: %w", name, err)
 		}
+		t := newH1Transport(u, tlsCfg)
 		p.transport, p.rt = t, t
-		return p, nil
+		p.newTransport = func(serverName string) upstreamTransport {
+			return newH1Transport(u, withServerName(tlsCfg, serverName))
+		}
 	case "h2c", "grpc":
 		t := newH2CTransport(u)
 		p.transport, p.rt = t, t
-		return p, nil
+		p.newTransport = func(string) upstreamTransport { return newH2CTransport(u) }
+	default:
+		tlsCfg, err := tlsConfig(u.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", name, err)
+		}
+		t := newTransport(u, tlsCfg)
+		p.transport, p.rt = t, t
+		p.newTransport = func(serverName string) upstreamTransport {
+			return newTransport(u, withServerName(tlsCfg, serverName))
+		}
 	}
-	t, err := newTransport(u)
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", name, err)
+	p.set.Store(&endpointSet{list: p.Endpoints})
+	if u.Resolve != nil {
+		if p.res = newResolver(p, u.Resolve.Every.D(), env); p.res != nil {
+			p.set.Store(&endpointSet{list: p.res.list()})
+		}
 	}
-	p.transport, p.rt = t, t
+	for _, ep := range p.endpoints().list {
+		p.endpointAdded(ep)
+	}
+	if p.res != nil {
+		p.res.start()
+	}
 	return p, nil
 }
 
-func pickRoundRobin(p *Pool) *Endpoint {
-	n := p.rr.Add(1) - 1
-	return p.Endpoints[n%uint64(len(p.Endpoints))]
+// endpoints returns the pool's current endpoint set.
+func (p *Pool) endpoints() *endpointSet { return p.set.Load() }
+
+// next returns the load balancer's choice in the current set.
+func (p *Pool) next() *Endpoint {
+	eps := p.endpoints().list
+	return eps[p.pick(p, eps)]
 }
 
-func pickRandom(p *Pool) *Endpoint {
-	return p.Endpoints[rand.IntN(len(p.Endpoints))]
+// LiveEndpoints returns the endpoints requests go to now: Endpoints
+// without resolve, else the addresses the names last resolved to. The
+// slice must not be changed.
+func (p *Pool) LiveEndpoints() []*Endpoint { return p.endpoints().list }
+
+func pickRoundRobin(p *Pool, eps []*Endpoint) int {
+	n := p.rr.Add(1) - 1
+	return int(n % uint64(len(eps)))
+}
+
+func pickRandom(_ *Pool, eps []*Endpoint) int {
+	return rand.IntN(len(eps))
 }
 
 // pickLeastRequest is the power of two choices: of two endpoints drawn at
 // random, the one with fewer attempts in flight.
-func pickLeastRequest(p *Pool) *Endpoint {
-	n := len(p.Endpoints)
+func pickLeastRequest(_ *Pool, eps []*Endpoint) int {
+	n := len(eps)
 	if n == 1 {
-		return p.Endpoints[0]
+		return 0
 	}
 	i := rand.IntN(n)
 	j := rand.IntN(n - 1)
 	if j >= i {
 		j++
 	}
-	a, b := p.Endpoints[i], p.Endpoints[j]
-	if b.inFlight.Load() < a.inFlight.Load() {
-		return b
+	if eps[j].inFlight.Load() < eps[i].inFlight.Load() {
+		return j
 	}
-	return a
+	return i
 }
 
 // LoadBalancing returns the pool's load-balancing policy name.
 func (p *Pool) LoadBalancing() string { return p.cfg.LoadBalancing }
 
-// close drops the pool's idle connections.
-func (p *Pool) close() { p.transport.CloseIdleConnections() }
+// close stops the pool's resolver, if any, and drops the idle
+// connections of the pool and of its endpoints. A snapshot closes a pool it
+// no longer carries twice: at once, and after the reload's drain, to close
+// the connections that requests still in flight returned meanwhile.
+func (p *Pool) close() {
+	p.closeOnce.Do(func() {
+		if p.res != nil {
+			p.res.stop()
+		}
+		for _, ep := range p.endpoints().list {
+			p.endpointRemoved(ep)
+		}
+	})
+	p.transport.CloseIdleConnections()
+	for _, ep := range p.endpoints().list {
+		if ep.rt != nil {
+			ep.rt.CloseIdleConnections()
+		}
+	}
+	if p.res != nil {
+		p.res.closeDraining()
+	}
+}
 
 // dialError marks an error from establishing a connection: the request was
 // never sent, so the outcome is connect_error.
@@ -147,11 +252,7 @@ func dialFunc(u *config.Upstream) func(ctx context.Context, network, addr string
 // newH1Transport is the transport of an HTTP/1.1 upstream: the sidecar's
 // own client (internal/h1client), which uses pooled connections on the
 // calling goroutine; see docs/design.md, "The HTTP/1.1 engine".
-func newH1Transport(u *config.Upstream) (*h1client.Transport, error) {
-	tlsCfg, err := tlsConfig(u.TLS)
-	if err != nil {
-		return nil, err
-	}
+func newH1Transport(u *config.Upstream, tlsCfg *tls.Config) *h1client.Transport {
 	return &h1client.Transport{
 		DialContext:            dialFunc(u),
 		TLSClientConfig:        tlsCfg,
@@ -162,7 +263,7 @@ func newH1Transport(u *config.Upstream) (*h1client.Transport, error) {
 		ExpectContinueTimeout:  expectContinueTimeout,
 		ReadBufferSize:         16 << 10,
 		WriteBufferSize:        16 << 10,
-	}, nil
+	}
 }
 
 // newH2CTransport is the transport of an h2c or gRPC upstream: the
@@ -180,7 +281,7 @@ func newH2CTransport(u *config.Upstream) *h2client.Transport {
 
 // newTransport is net/http's transport, for h2 (HTTP/2 over TLS)
 // upstreams.
-func newTransport(u *config.Upstream) (*http.Transport, error) {
+func newTransport(u *config.Upstream, tlsCfg *tls.Config) *http.Transport {
 	dial := dialFunc(u)
 	t := &http.Transport{
 		// HTTP/2 frames to an upstream leave in batches (internal/h2conn).
@@ -200,15 +301,22 @@ func newTransport(u *config.Upstream) (*http.Transport, error) {
 		WriteBufferSize:        16 << 10,
 		ReadBufferSize:         16 << 10,
 	}
-	tlsCfg, err := tlsConfig(u.TLS)
-	if err != nil {
-		return nil, err
-	}
 	t.TLSClientConfig = tlsCfg
 	protos := new(http.Protocols)
 	protos.SetHTTP2(true)
 	t.Protocols = protos
-	return t, nil
+	return t
+}
+
+// withServerName returns cfg verifying name, unless cfg names one already
+// (tls.server_name).
+func withServerName(cfg *tls.Config, name string) *tls.Config {
+	if cfg.ServerName != "" || name == "" {
+		return cfg
+	}
+	c := cfg.Clone()
+	c.ServerName = name
+	return c
 }
 
 func tlsConfig(c config.TLS) (*tls.Config, error) {

@@ -29,6 +29,7 @@ type Snapshot struct {
 	byName    map[string]*Listener
 	routes    map[string]*Route
 	breakers  *policy.BreakerSet // shared by every snapshot built from this one
+	lookup    lookupFunc         // WithResolver's; nil: net.DefaultResolver
 
 	tel       *Telemetry       // nil: nothing recorded
 	accessLog bool             // telemetry.access_log
@@ -96,14 +97,17 @@ func (s *Snapshot) Route(name string) *Route { return s.routes[name] }
 func (rt *Route) Async() bool { return rt.async != nil }
 
 // Build compiles cfg. Pools of prev whose upstream config is unchanged are
-// carried over, keeping their connections and counters.
+// carried over, keeping their connections, counters, resolver and
+// endpoints. A new pool with resolve looks its names up before Build
+// returns and starts its resolver; Close stops it when a snapshot no longer
+// carries the pool.
 //
 // With WithTelemetry the routes record spans and metrics through it; a
 // snapshot built from prev without it keeps prev's.
-func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...BuildOption) (*Snapshot, error) {
+func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...BuildOption) (snap *Snapshot, err error) {
 	s := &Snapshot{Config: cfg, Pools: map[string]*Pool{}, byName: map[string]*Listener{}, routes: map[string]*Route{}}
 	if prev != nil {
-		s.tel = prev.tel
+		s.tel, s.lookup = prev.tel, prev.lookup
 	}
 	for _, o := range opts {
 		o(s)
@@ -119,6 +123,11 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 			ins.BreakerTransition(endpoint, to.String())
 		}}
 	}
+	defer func() {
+		if err != nil {
+			s.Close(prev) // the pools made here, and their resolvers
+		}
+	}()
 	for name, u := range cfg.Upstreams {
 		if prev != nil {
 			if old := prev.Pools[name]; old != nil && reflect.DeepEqual(old.cfg, *u) {
@@ -126,7 +135,7 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 				continue
 			}
 		}
-		p, err := newPool(name, u)
+		p, err := newPool(name, u, poolEnv{log: logger, ins: ins, lookup: s.lookup, breakers: s.breakers})
 		if err != nil {
 			return nil, err
 		}
@@ -162,7 +171,10 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 	return s, nil
 }
 
-// Close drops idle connections of the pools that next does not carry over.
+// Close drops idle connections of the pools that next does not carry over,
+// and stops their resolvers. A snapshot that was built but is not used
+// (a reload that failed after Build) is closed with the running one as
+// next.
 func (s *Snapshot) Close(next *Snapshot) {
 	for name, p := range s.Pools {
 		if next == nil || next.Pools[name] != p {

@@ -198,6 +198,7 @@ func (r *Reloader) apply(ctx context.Context) (*Changes, []string, error) {
 	}
 	if r.opts.Apply != nil {
 		if err := r.opts.Apply(cfg); err != nil {
+			next.Close(cur) // the pools it made, and their DNS resolvers
 			return nil, nil, err
 		}
 	}
@@ -205,6 +206,7 @@ func (r *Reloader) apply(ctx context.Context) (*Changes, []string, error) {
 		if r.opts.Apply != nil {
 			r.opts.Apply(cur.Config) // put back what the running configuration had
 		}
+		next.Close(cur)
 		return nil, nil, err
 	}
 	return diff(cur, next), nil, nil

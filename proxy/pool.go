@@ -90,10 +90,6 @@ type Endpoint struct {
 // InFlight returns the number of attempts in progress to e.
 func (e *Endpoint) InFlight() int64 { return e.inFlight.Load() }
 
-// Name returns the DNS name a resolved endpoint's address came from, with
-// its port as configured, or "" for an endpoint used as configured.
-func (e *Endpoint) Name() string { return e.host }
-
 // poolEnv is what newPool needs beyond the upstream's config.
 type poolEnv struct {
 	log      *slog.Logger
@@ -169,11 +165,6 @@ func (p *Pool) next() *Endpoint {
 	eps := p.endpoints().list
 	return eps[p.pick(p, eps)]
 }
-
-// LiveEndpoints returns the endpoints requests go to now: Endpoints
-// without resolve, else the addresses the names last resolved to. The
-// slice must not be changed.
-func (p *Pool) LiveEndpoints() []*Endpoint { return p.endpoints().list }
 
 func pickRoundRobin(p *Pool, eps []*Endpoint) int {
 	n := p.rr.Add(1) - 1

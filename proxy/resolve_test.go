@@ -537,3 +537,49 @@ func TestResolveTLSVerifiesName(t *testing.T) {
 		t.Fatalf("GET / = %d %q, want 200 %q (SNI and Host the name)", resp.StatusCode, body, want)
 	}
 }
+
+// TestResolveEvery: the pool's resolver looks the names up again every
+// resolve.every on its own (1s, the least), and stops with the pool when a
+// reload replaces the upstream.
+func TestResolveEvery(t *testing.T) {
+	port, _ := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2")
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.1")
+	cfg := strings.Replace(dnsConfig(port, "{}"), "every: 1h", "every: 1s", 1)
+	sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver())}, nil)
+	dns.set("inv.test", "127.0.0.2")
+	poll.Until(t, 10*time.Second, "the endpoints to follow the new answer", func() bool {
+		got := liveURLs(sc)
+		return len(got) == 1 && got[0] == "http://127.0.0.2:"+port
+	})
+
+	// A reload that changes the upstream makes a new pool, and the old
+	// one's resolver stops.
+	prev := sc.srv.Snapshot()
+	parsed, err := config.Parse("test.yaml", []byte(strings.Replace(cfg, "every: 1s", "every: 2s", 1)), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := Build(parsed, prev, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("Build = %v", err)
+	}
+	if err := sc.srv.Reload(next, time.Second); err != nil {
+		t.Fatalf("Reload = %v", err)
+	}
+	old := prev.Pools["inv"]
+	if next.Pools["inv"] == old {
+		t.Fatal("the reload kept the pool of a changed upstream")
+	}
+	dns.set("inv.test", "127.0.0.1")
+	if err := old.Resolve(t.Context()); err != nil {
+		t.Fatalf("Resolve on the replaced pool = %v", err)
+	}
+	var got []string
+	for _, ep := range old.endpoints().list {
+		got = append(got, ep.key)
+	}
+	if want := []string{"http://127.0.0.2:" + port}; !slices.Equal(got, want) {
+		t.Errorf("the replaced pool's endpoints after a new answer = %v, want them frozen at %v", got, want)
+	}
+}

@@ -107,6 +107,10 @@ func (b *CircuitBreaker) setDefaults() {
 	b.FailureOn = []string{"connect_error", "reset", "timeout", "5xx"}
 }
 
+func (r *Resolve) setDefaults() {
+	r.Every = Duration(10 * time.Second)
+}
+
 func (r *RateLimit) setDefaults() {
 	r.Enabled = true
 	r.RPS = 1000.0

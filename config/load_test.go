@@ -38,7 +38,7 @@ func TestExamplesLoad(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	cfg, err := Parse("m.yaml", []byte(strings.Replace(minimal, "upstreams:\n", "upstreams:\n  hc: {endpoints: [\"http://127.0.0.1:8081\"], health_check: {}, outlier: {}}\n", 1)+`
+	cfg, err := Parse("m.yaml", []byte(strings.Replace(minimal, "upstreams:\n", "upstreams:\n  hc: {endpoints: [\"http://127.0.0.1:8081\"], health_check: {}, outlier: {}}\n  dns: {endpoints: [\"http://inv.svc:8080\"], resolve: {}}\n", 1)+`
 policies:
   p:
     timeout: 3s
@@ -73,6 +73,8 @@ policies:
 		{"upstreams.inv.protocol", cfg.Upstreams["inv"].Protocol, "http1"},
 		{"upstreams.inv.load_balancing", cfg.Upstreams["inv"].LoadBalancing, "round_robin"},
 		{"upstreams.inv.connect_timeout", cfg.Upstreams["inv"].ConnectTimeout.D(), time.Second},
+		{"upstreams.inv.resolve absent is off", cfg.Upstreams["inv"].Resolve == nil, true},
+		{"upstreams.dns.resolve.every", cfg.Upstreams["dns"].Resolve.Every.D(), 10 * time.Second},
 		{"listeners[0].protocol", cfg.Listeners[0].Protocol, "auto"},
 		{"listeners[0].body_idle_timeout", cfg.Listeners[0].BodyIdleTimeout.D(), 30 * time.Second},
 		{"p.timeout", cfg.Policies["p"].Timeout.D(), 3 * time.Second},
@@ -138,6 +140,8 @@ func TestErrors(t *testing.T) {
 		{"endpoint without scheme", strings.Replace(minimal, `"http://127.0.0.1:8080"`, `"127.0.0.1:8080"`, 1), []string{`upstreams.inv.endpoints[0]: endpoint "127.0.0.1:8080" needs an http:// or https:// scheme`}},
 		{"endpoint without host", strings.Replace(minimal, `"http://127.0.0.1:8080"`, `"http://"`, 1), []string{`has no host`}},
 		{"endpoint with path", strings.Replace(minimal, `"http://127.0.0.1:8080"`, `"http://a/b"`, 1), []string{`no path`}},
+		{"resolve too often", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{endpoints: ["http://inv.svc:8080"], resolve: {every: 500ms}}`, 1), []string{`upstreams.inv.resolve.every: must be at least 1s, got 500ms`}},
+		{"resolve unknown key", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{endpoints: ["http://inv.svc:8080"], resolve: {interval: 5s}}`, 1), []string{`upstreams.inv.resolve.interval: unknown key`}},
 		{"h2c needs http", strings.Replace(minimal, `{endpoints: ["http://127.0.0.1:8080"]}`, `{protocol: h2c, endpoints: ["https://a"]}`, 1), []string{`protocol h2c is cleartext`}},
 		{"bad regex", strings.Replace(minimal, "{name: all, upstream: inv}", `{name: all, upstream: inv, match: {path_regex: "("}}`, 1), []string{`match.path_regex: invalid regular expression`}},
 		{"two path kinds", strings.Replace(minimal, "{name: all, upstream: inv}", `{name: all, upstream: inv, match: {path: /a, path_prefix: /b}}`, 1), []string{`set at most one of path`}},

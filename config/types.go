@@ -136,6 +136,10 @@ type Upstream struct {
 	HealthCheck *HealthCheck `yaml:"health_check"`
 	// Outlier ejects endpoints that answer 5xx in a row. Off when absent.
 	Outlier *Outlier `yaml:"outlier"`
+	// Resolve re-resolves the endpoints' DNS names; each address becomes
+	// an endpoint of its own (docs/policies.md, "DNS re-resolution").
+	// Off when absent.
+	Resolve *Resolve `yaml:"resolve"`
 }
 
 // HealthCheck configures active health checks of an upstream's endpoints
@@ -172,6 +176,13 @@ type Outlier struct {
 	// MaxEjectedPercent bounds the share of the upstream's endpoints
 	// ejected at once, 0 to 100. Default 50.
 	MaxEjectedPercent int `yaml:"max_ejected_percent"`
+}
+
+// Resolve configures the DNS re-resolution of an upstream's endpoints.
+type Resolve struct {
+	// Every is the time between two resolutions of each name, jittered by
+	// up to 10 %. Default 10s; at least 1s.
+	Every Duration `yaml:"every"`
 }
 
 // TLS configures a TLS client.

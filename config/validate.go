@@ -225,6 +225,9 @@ func (v *validator) upstream(path string, u *Upstream) {
 	v.atLeast(path+".max_idle_conns", int64(u.MaxIdleConns), 1)
 	v.positive(path+".idle_conn_timeout", u.IdleConnTimeout)
 	v.tls(path+".tls", u.TLS)
+	if r := u.Resolve; r != nil && r.Every < Duration(time.Second) {
+		v.errorf(path+".resolve.every", "must be at least 1s, got %s", v.val(path+".resolve.every", r.Every.D()))
+	}
 	if len(u.Endpoints) == 0 {
 		v.errorf(path+".endpoints", "at least one endpoint is required")
 	}

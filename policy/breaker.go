@@ -366,6 +366,21 @@ func (s *BreakerSet) Sweep() int {
 	return dropped
 }
 
+// Drop removes the breakers of endpoint, of every settings, from the set,
+// for an endpoint that is gone (an address DNS no longer gives). Routes
+// that hold one keep it; a later Get for endpoint creates a new one. It
+// returns how many were dropped.
+func (s *BreakerSet) Drop(endpoint string) int {
+	dropped := 0
+	s.m.Range(func(k, v any) bool {
+		if k.(breakerKey).endpoint == endpoint && s.m.CompareAndDelete(k, v) {
+			dropped++
+		}
+		return true
+	})
+	return dropped
+}
+
 // Range calls f for each breaker in the set, in no particular order, until
 // f returns false.
 func (s *BreakerSet) Range(f func(endpoint string, st BreakerSettings, b *Breaker) bool) {

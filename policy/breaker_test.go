@@ -383,3 +383,27 @@ func BenchmarkBreaker(b *testing.B) {
 		}
 	})
 }
+
+// TestBreakerSetDrop: Drop removes an endpoint's breakers of every
+// settings, and only its; a later Get makes a new, closed one.
+func TestBreakerSetDrop(t *testing.T) {
+	var set BreakerSet
+	st := BreakerSettings{ConsecutiveFailures: 1, OpenFor: time.Hour}
+	other := st
+	other.OpenFor = time.Minute
+	const gone, stays = "http://10.0.0.5:8080", "http://10.0.0.6:8080"
+	a := set.Get(gone, st)
+	set.Get(gone, other)
+	kept := set.Get(stays, st)
+	reportAll(t, a, "f")
+
+	if n := set.Drop(gone); n != 2 {
+		t.Errorf("Drop(%q) = %d, want 2 (one per settings)", gone, n)
+	}
+	if b := set.Get(stays, st); b != kept {
+		t.Errorf("Get(%q) after Drop(%q) = %p, want the kept %p", stays, gone, b, kept)
+	}
+	if b := set.Get(gone, st); b == a || b.State() != BreakerStateClosed {
+		t.Errorf("Get(%q) after Drop = %p in state %v, want a new closed breaker", gone, b, b.State())
+	}
+}

@@ -224,8 +224,17 @@ func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*
 	out.Body = body.next()
 	c.span = c.attemptSpan(out, ep, n, c.grpc && !c.deadline.IsZero())
 
+	transport := c.route.Pool.rt
+	if ep.rt != nil {
+		// A resolved endpoint: its URL holds the address, and the
+		// upstream gets the name (docs/policies.md, "DNS re-resolution").
+		transport = ep.rt
+		if out.Host == "" {
+			out.Host = ep.host
+		}
+	}
 	ep.inFlight.Add(1)
-	resp, err := c.route.Pool.rt.RoundTrip(out)
+	resp, err := transport.RoundTrip(out)
 	if err == nil && !c.gotHeaders() {
 		// The per-try deadline passed as the headers came in: the body
 		// would fail anyway, so call it a timeout now.
@@ -482,34 +491,38 @@ func (rt *Route) breakerResult(o policy.Outcome, status, code int) policy.Breake
 // them: when no other endpoint's breaker lets the request through, they
 // are tried as if they were healthy (docs/policies.md, "Active health
 // checks"). When every breaker is open it returns nil and the time until
-// the first probe.
+// the first probe. It reads the pool's endpoint set once.
 func (rt *Route) pick(prev *Endpoint) (*Endpoint, policy.BreakerTicket, time.Duration) {
 	pool := rt.Pool
-	eps := pool.Endpoints
-	ep := pool.pick(pool)
-	if ep == prev && len(eps) > 1 {
-		ep = eps[(ep.index+1)%len(eps)]
+	set := pool.endpoints()
+	eps := set.list
+	i := pool.pick(pool, eps)
+	if eps[i] == prev && len(eps) > 1 {
+		i = (i + 1) % len(eps)
 	}
-	brs := rt.pol.breakers
-	if brs == nil && !pool.gated {
-		return ep, policy.BreakerTicket{}, 0
+	if rt.pol.breakers == nil && !pool.gated {
+		return eps[i], policy.BreakerTicket{}, 0
+	}
+	var brs []*policy.Breaker
+	if rt.pol.breakers != nil {
+		brs = rt.pol.breakers.of(set)
 	}
 	var retryIn time.Duration
 	skipped := false
 	for k := range eps {
-		i := (ep.index + k) % len(eps)
-		if pool.gated && !pool.usable(eps[i]) {
+		j := (i + k) % len(eps)
+		if pool.gated && !pool.usable(eps[j]) {
 			skipped = true
 			continue
 		}
 		if brs == nil {
-			return eps[i], policy.BreakerTicket{}, 0
+			return eps[j], policy.BreakerTicket{}, 0
 		}
-		ticket, err := brs[i].Allow()
+		ticket, err := brs[j].Allow()
 		if err == nil {
-			return eps[i], ticket, 0
+			return eps[j], ticket, 0
 		}
-		if ri := brs[i].RetryIn(); retryIn == 0 || ri < retryIn {
+		if ri := brs[j].RetryIn(); retryIn == 0 || ri < retryIn {
 			retryIn = ri
 		}
 	}
@@ -517,18 +530,18 @@ func (rt *Route) pick(prev *Endpoint) (*Endpoint, policy.BreakerTicket, time.Dur
 		// No usable endpoint could take the request: the unhealthy and
 		// ejected ones can, unless their breakers are open too.
 		for k := range eps {
-			i := (ep.index + k) % len(eps)
-			if pool.usable(eps[i]) {
+			j := (i + k) % len(eps)
+			if pool.usable(eps[j]) {
 				continue // asked above
 			}
 			if brs == nil {
-				return eps[i], policy.BreakerTicket{}, 0
+				return eps[j], policy.BreakerTicket{}, 0
 			}
-			ticket, err := brs[i].Allow()
+			ticket, err := brs[j].Allow()
 			if err == nil {
-				return eps[i], ticket, 0
+				return eps[j], ticket, 0
 			}
-			if ri := brs[i].RetryIn(); retryIn == 0 || ri < retryIn {
+			if ri := brs[j].RetryIn(); retryIn == 0 || ri < retryIn {
 				retryIn = ri
 			}
 		}

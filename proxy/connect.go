@@ -76,7 +76,7 @@ func (h *handler) serveConnect(l *Listener, w http.ResponseWriter, r *http.Reque
 	}
 	defer route.pol.inFlight.Release()
 
-	ep := route.Pool.pick(route.Pool)
+	ep := route.Pool.next()
 	if x != nil {
 		x.endpoint = ep.URL.Host
 	}

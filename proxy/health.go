@@ -61,8 +61,9 @@ var healthNames = [...]string{"unchecked", "healthy", "unhealthy"}
 type endpointHealth struct {
 	ctx  context.Context // ends when the checker is stopped
 	stop context.CancelFunc
-	done chan struct{} // closed when the checker has returned
-	req  *http.Request // the check, built once
+	done chan struct{}     // closed when the checker has returned
+	req  *http.Request     // the check, built once
+	rt   http.RoundTripper // the endpoint's: the pool's, or a resolved one's own
 
 	state  atomic.Int32 // healthUnchecked, healthHealthy or healthUnhealthy
 	passed atomic.Int64 // checks that passed since the checker started
@@ -84,7 +85,11 @@ func (p *Pool) startChecker(ep *Endpoint) {
 	ctx, stop := context.WithCancel(context.Background())
 	h := &endpointHealth{ctx: ctx, stop: stop, done: make(chan struct{})}
 	u := *ep.URL
-	req := &http.Request{Method: http.MethodGet, URL: &u, Host: u.Host, Header: http.Header{"User-Agent": {"sidecar-health-check"}}, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
+	host := u.Host
+	if ep.host != "" {
+		host = ep.host // a resolved endpoint: the name it was resolved from
+	}
+	req := &http.Request{Method: http.MethodGet, URL: &u, Host: host, Header: http.Header{"User-Agent": {"sidecar-health-check"}}, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
 	if hp.grpc {
 		u.Path = "/grpc.health.v1.Health/Check"
 		req.Method = http.MethodPost
@@ -96,6 +101,10 @@ func (p *Pool) startChecker(ep *Endpoint) {
 		u.Path = hp.path
 	}
 	h.req = req
+	h.rt = p.rt
+	if ep.rt != nil {
+		h.rt = ep.rt // a resolved endpoint's own connections
+	}
 	ep.health = h
 	p.checkers.Add(1)
 	go func() {
@@ -177,7 +186,7 @@ func (p *Pool) check(h *endpointHealth) error {
 	if hp.grpc {
 		req.Body = io.NopCloser(bytes.NewReader(grpcHealthCheck))
 	}
-	resp, err := p.rt.RoundTrip(req)
+	resp, err := h.rt.RoundTrip(req)
 	if err != nil {
 		if ctx.Err() == context.DeadlineExceeded {
 			return fmt.Errorf("timeout after %s", hp.timeout)

@@ -433,11 +433,17 @@ func traceParent(sc trace.SpanContext) string {
 // RegisterMetrics registers the server's observable instruments on m:
 // sidecar.breaker.state, 1 for the state each endpoint's breaker is in
 // (the worst when routes keep breakers of different settings for one
-// endpoint) and 0 for the others. Unregister the result before dropping
-// the server.
+// endpoint) and 0 for the others; sidecar.upstream.endpoints, the size of
+// each upstream's endpoint set. Unregister the result before dropping the
+// server.
 func (s *Server) RegisterMetrics(m metric.Meter) (metric.Registration, error) {
 	g, err := m.Int64ObservableGauge("sidecar.breaker.state",
 		metric.WithDescription("Circuit breaker state of each endpoint: 1 for the state it is in (closed, open or half_open), 0 for the others."))
+	if err != nil {
+		return nil, err
+	}
+	eg, err := m.Int64ObservableGauge("sidecar.upstream.endpoints",
+		metric.WithDescription("Endpoints requests may go to, by upstream: the configured ones, or with resolve the addresses of the last good DNS answers."))
 	if err != nil {
 		return nil, err
 	}
@@ -451,8 +457,12 @@ func (s *Server) RegisterMetrics(m metric.Meter) (metric.Registration, error) {
 		return 0
 	}
 	return m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		snap := s.snap.Load()
+		for name, p := range snap.Pools {
+			o.ObserveInt64(eg, int64(len(p.endpoints().list)), metric.WithAttributes(attribute.String("upstream", name)))
+		}
 		worst := map[string]int{}
-		s.snap.Load().breakers.Range(func(endpoint string, _ policy.BreakerSettings, b *policy.Breaker) bool {
+		snap.breakers.Range(func(endpoint string, _ policy.BreakerSettings, b *policy.Breaker) bool {
 			if r := rank(b.State()); r >= worst[endpoint] {
 				worst[endpoint] = r
 			}
@@ -468,5 +478,5 @@ func (s *Server) RegisterMetrics(m metric.Meter) (metric.Registration, error) {
 			}
 		}
 		return nil
-	}, g)
+	}, g, eg)
 }

@@ -42,6 +42,12 @@ func startObserved(t *testing.T, cfgYAML string, opts []Option, ups ...*upstream
 // startSampled is startObserved sampling ratio of the root spans.
 func startSampled(t *testing.T, ratio float64, cfgYAML string, opts []Option, ups ...*upstream) *observed {
 	t.Helper()
+	return startObservedBuilt(t, ratio, cfgYAML, nil, opts, ups...)
+}
+
+// startObservedBuilt is startSampled with options for Build too.
+func startObservedBuilt(t *testing.T, ratio float64, cfgYAML string, bopts []BuildOption, opts []Option, ups ...*upstream) *observed {
+	t.Helper()
 	o := &observed{spans: tracetest.NewInMemoryExporter(), reader: sdkmetric.NewManualReader()}
 	p, err := telemetry.New(t.Context(), config.Telemetry{ServiceName: "test", Traces: config.Traces{Exporter: "stdout", SampleRatio: ratio}},
 		telemetry.WithSpanExporter(o.spans), telemetry.WithSyncSpans(), telemetry.WithMetricReader(o.reader))
@@ -53,7 +59,7 @@ func startSampled(t *testing.T, ratio float64, cfgYAML string, opts []Option, up
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.sidecar = startSidecarBuilt(t, cfgYAML, []BuildOption{WithTelemetry(tel)}, opts, ups...)
+	o.sidecar = startSidecarBuilt(t, cfgYAML, append([]BuildOption{WithTelemetry(tel)}, bopts...), opts, ups...)
 	reg, err := o.srv.RegisterMetrics(p.Meter())
 	if err != nil {
 		t.Fatal(err)

@@ -103,7 +103,7 @@ func (p *Pool) eject(ep *Endpoint) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.clock.Now()
-	eps := p.Endpoints
+	eps := p.endpoints().list
 	ejected, usableOthers := 0, 0
 	for _, e := range eps {
 		if e.ejected(now) {

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
@@ -26,7 +28,7 @@ type routePolicy struct {
 	budget   *policy.Budget      // nil: no retries
 	limiter  *policy.RateLimiter // nil: no rate limit
 	inFlight *policy.InFlight    // always counts; caps when max_in_flight > 0
-	breakers []*policy.Breaker   // per pool endpoint; nil: no breakers
+	breakers *routeBreakers      // nil: no breakers
 	source   config.Policy       // what it was compiled from, to reuse state on reload
 	brk      policy.BreakerSettings
 }
@@ -78,11 +80,63 @@ func compilePolicy(pc *config.Policy, pool *Pool, prev *Route, breakers *policy.
 			OpenFor:             b.OpenFor.D(),
 			HalfOpenRequests:    uint32(b.HalfOpenRequests),
 		}
-		for _, ep := range pool.Endpoints {
-			p.breakers = append(p.breakers, breakers.Get(ep.URL.String(), p.brk))
-		}
+		p.breakers = newRouteBreakers(breakers, p.brk, pool.endpoints())
 	}
 	return p
+}
+
+// routeBreakers are a route's breakers, one per endpoint of its pool's
+// endpoint set, taken from the shared breaker set by endpoint and
+// settings. When a resolution changes the pool's set, the first request
+// to see the new set builds its table (breakers of endpoints that stay
+// are the same *Breaker); until then, reading the table is one atomic
+// load.
+type routeBreakers struct {
+	set      *policy.BreakerSet
+	settings policy.BreakerSettings
+	table    atomic.Pointer[breakerTable]
+	mu       sync.Mutex // one table built at a time
+}
+
+// breakerTable holds brs[i], the breaker of eps.list[i].
+type breakerTable struct {
+	eps *endpointSet
+	brs []*policy.Breaker
+}
+
+func newRouteBreakers(set *policy.BreakerSet, st policy.BreakerSettings, eps *endpointSet) *routeBreakers {
+	r := &routeBreakers{set: set, settings: st}
+	r.table.Store(r.build(eps))
+	return r
+}
+
+func (r *routeBreakers) build(eps *endpointSet) *breakerTable {
+	t := &breakerTable{eps: eps, brs: make([]*policy.Breaker, len(eps.list))}
+	for i, ep := range eps.list {
+		t.brs[i] = r.set.Get(ep.key, r.settings)
+	}
+	return t
+}
+
+// of returns the breakers of the endpoints of eps, in its order.
+func (r *routeBreakers) of(eps *endpointSet) []*policy.Breaker {
+	if t := r.table.Load(); t.eps == eps {
+		return t.brs
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.table.Load()
+	switch {
+	case t.eps == eps:
+	case eps.gen < t.eps.gen:
+		// A request that read the set before it changed: its table,
+		// without replacing the newer one.
+		return r.build(eps).brs
+	default:
+		t = r.build(eps)
+		r.table.Store(t)
+	}
+	return t.brs
 }
 
 // RouteStats are a route's live policy figures, for the admin API.
@@ -96,7 +150,10 @@ type RouteStats struct {
 
 // EndpointStats are an endpoint's live figures as seen by a route.
 type EndpointStats struct {
-	URL      string        `json:"url"`
+	URL string `json:"url"`
+	// Name is the DNS name (with its port as configured) the address in
+	// URL was resolved from; empty for an endpoint used as configured.
+	Name     string        `json:"name,omitempty"`
 	InFlight int64         `json:"in_flight"`
 	Breaker  *BreakerStats `json:"circuit_breaker,omitempty"`
 	// Health is the upstream's health checks' view; nil without
@@ -133,13 +190,18 @@ func (rt *Route) Stats() RouteStats {
 	return st
 }
 
-// EndpointStats returns each endpoint's in-flight attempts and, when the
-// route has breakers, their state.
+// EndpointStats returns the in-flight attempts of each endpoint of the
+// pool's current set and, when the route has breakers, their state.
 func (rt *Route) EndpointStats() []EndpointStats {
-	out := make([]EndpointStats, len(rt.Pool.Endpoints))
+	set := rt.Pool.endpoints()
+	var brs []*policy.Breaker
+	if rt.pol.breakers != nil {
+		brs = rt.pol.breakers.of(set)
+	}
+	out := make([]EndpointStats, len(set.list))
 	now := rt.Pool.clock.Now()
-	for i, ep := range rt.Pool.Endpoints {
-		out[i] = EndpointStats{URL: ep.URL.String(), InFlight: ep.InFlight(), Health: ep.healthStats(), Outlier: ep.outlierStats(now)}
+	for i, ep := range set.list {
+		out[i] = EndpointStats{URL: ep.key, Name: ep.host, InFlight: ep.InFlight(), Health: ep.healthStats(), Outlier: ep.outlierStats(now)}
 		var skipped []string
 		if h := out[i].Health; h != nil && h.State == healthNames[healthUnhealthy] {
 			skipped = append(skipped, "unhealthy")
@@ -147,8 +209,8 @@ func (rt *Route) EndpointStats() []EndpointStats {
 		if o := out[i].Outlier; o != nil && o.Ejected {
 			skipped = append(skipped, "ejected")
 		}
-		if rt.pol.breakers != nil {
-			b := rt.pol.breakers[i]
+		if brs != nil {
+			b := brs[i]
 			bs := &BreakerStats{State: b.State().String(), Counts: b.Counts()}
 			if ri := b.RetryIn(); ri > 0 {
 				bs.RetryIn = ri.String()
@@ -221,12 +283,14 @@ type EndpointState struct {
 	Outlier *OutlierStats // nil without outlier
 }
 
-// EndpointStates returns the pool's endpoints' health and ejection.
+// EndpointStates returns the health and ejection of the endpoints of the
+// pool's current set.
 func (p *Pool) EndpointStates() []EndpointState {
 	now := p.clock.Now()
-	out := make([]EndpointState, len(p.Endpoints))
-	for i, ep := range p.Endpoints {
-		out[i] = EndpointState{URL: ep.URL.String(), Health: ep.healthStats(), Outlier: ep.outlierStats(now)}
+	eps := p.endpoints().list
+	out := make([]EndpointState, len(eps))
+	for i, ep := range eps {
+		out[i] = EndpointState{URL: ep.key, Health: ep.healthStats(), Outlier: ep.outlierStats(now)}
 	}
 	return out
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/sidecar-proxy/sidecar/internal/h1client"
 	"github.com/sidecar-proxy/sidecar/internal/h2client"
 	"github.com/sidecar-proxy/sidecar/internal/h2conn"
+	"github.com/sidecar-proxy/sidecar/policy"
+	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
 // Upstream connection limits that are not configurable.
@@ -30,17 +32,29 @@ const (
 // Pool is an upstream's endpoints, their load balancer and the pooled
 // keep-alive transport that reaches them. A Pool lives across reloads while
 // its upstream's config is unchanged.
+//
+// The endpoints requests go to are the pool's endpoint set, read with one
+// atomic load (endpoints). Without resolve the set is Endpoints and never
+// changes; with resolve a resolver replaces it whenever the DNS answers
+// change (docs/policies.md, "DNS re-resolution").
 type Pool struct {
-	Name      string
+	Name string
+	// Endpoints are the upstream's endpoints as configured, in order.
+	// Without resolve they are the endpoint set; with resolve, an endpoint
+	// whose host is a DNS name is replaced in the set by one endpoint per
+	// address of the name.
 	Endpoints []*Endpoint
+	set       atomic.Pointer[endpointSet]
 	cfg       config.Upstream
-	pick      func(*Pool) *Endpoint
+	pick      func(p *Pool, eps []*Endpoint) int
 	rr        atomic.Uint64
-	transport interface {
-		http.RoundTripper
-		CloseIdleConnections()
-	}
-	rt http.RoundTripper // transport, or a stand-in in benchmarks
+	transport upstreamTransport
+	rt        http.RoundTripper // transport, or a stand-in in benchmarks
+	// newTransport returns a transport of its own for a resolved endpoint,
+	// verifying TLS against serverName (the DNS name) unless tls.server_name
+	// is set.
+	newTransport func(serverName string) upstreamTransport
+	res          *resolver // nil without resolve, or with no name to resolve
 
 	// gated is set when health checks or outlier ejection can make the
 	// balancer skip an endpoint (Endpoint.down); without either, pick
@@ -51,15 +65,37 @@ type Pool struct {
 	clock   Clock
 	log     *slog.Logger
 
-	mu       sync.Mutex     // ejection decisions (outlier.go)
-	checkers sync.WaitGroup // the endpoints' health checkers
-	closed   sync.Once
+	mu        sync.Mutex     // ejection decisions (outlier.go)
+	checkers  sync.WaitGroup // the endpoints' health checkers
+	closeOnce sync.Once
+}
+
+// upstreamTransport is what reaches an upstream: net/http's transport or
+// the sidecar's own clients.
+type upstreamTransport interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
+// endpointSet is an immutable list of the endpoints requests go to. A new
+// set replaces the whole of the old one.
+type endpointSet struct {
+	list []*Endpoint // never empty
+	gen  uint64      // 0 for the first set, then one more per change
 }
 
 // Endpoint is one address of an upstream.
 type Endpoint struct {
-	URL      *url.URL
-	index    int // in Pool.Endpoints
+	URL *url.URL
+	// host is the Host header a resolved endpoint sends (unless
+	// preserve_host): the configured endpoint's host[:port], where URL
+	// holds the address. Empty for a configured endpoint.
+	host string
+	// rt is a resolved endpoint's own transport, so that its connections
+	// are pooled, verified and drained apart from the others'; nil: the
+	// pool's.
+	rt       upstreamTransport
+	key      string // URL.String(): the endpoint's breakers are kept under it
 	inFlight atomic.Int64
 
 	// down is 0 while the endpoint takes traffic, else downUnhealthy
@@ -79,12 +115,24 @@ const (
 // InFlight returns the number of attempts in progress to e.
 func (e *Endpoint) InFlight() int64 { return e.inFlight.Load() }
 
-// newPool builds the pool of upstream name. Its endpoints' health checkers,
-// if any, start at once and run until close.
-func newPool(name string, u *config.Upstream, clock Clock, logger *slog.Logger) (*Pool, error) {
-	p := &Pool{Name: name, cfg: *u, clock: clock, log: logger}
+// poolEnv is what newPool needs beyond the upstream's config.
+type poolEnv struct {
+	log      *slog.Logger
+	ins      *telemetry.Instruments // nil: no metrics
+	lookup   lookupFunc             // nil: net.DefaultResolver's
+	breakers *policy.BreakerSet     // dropped endpoints' breakers leave it
+	clock    Clock                  // nil: the real one
+}
+
+// newPool builds the pool of upstream name. Its endpoints' health checkers
+// and its DNS resolver, if any, start at once and run until close.
+func newPool(name string, u *config.Upstream, env poolEnv) (*Pool, error) {
+	p := &Pool{Name: name, cfg: *u, clock: env.clock, log: env.log}
 	if p.clock == nil {
 		p.clock = realClock{}
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
 	}
 	p.health = compileHealth(u.HealthCheck)
 	p.outlier = compileOutlier(u.Outlier)
@@ -95,31 +143,45 @@ func newPool(name string, u *config.Upstream, clock Clock, logger *slog.Logger) 
 			return nil, fmt.Errorf("upstream %s: %w", name, err)
 		}
 		ep.Path = ""
-		p.Endpoints = append(p.Endpoints, &Endpoint{URL: ep, index: len(p.Endpoints)})
+		p.Endpoints = append(p.Endpoints, &Endpoint{URL: ep, key: ep.String()})
 	}
 	if err := p.setTransport(u); err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", name, err)
 	}
-	for _, ep := range p.Endpoints {
+	p.set.Store(&endpointSet{list: p.Endpoints})
+	if u.Resolve != nil {
+		if p.res = newResolver(p, u.Resolve.Every.D(), env); p.res != nil {
+			p.set.Store(&endpointSet{list: p.res.list()})
+		}
+	}
+	for _, ep := range p.endpoints().list {
 		p.endpointAdded(ep)
+	}
+	if p.res != nil {
+		p.res.start()
 	}
 	return p, nil
 }
 
 // endpointAdded gives ep the per-endpoint state of the pool's health
 // checks and outlier ejection, and starts its health checker. It runs
-// once per endpoint, before the endpoint takes traffic.
+// once per endpoint, before the endpoint takes traffic: for the first
+// set, and for each address a DNS answer adds.
 func (p *Pool) endpointAdded(ep *Endpoint) {
-	if p.outlier != nil {
+	if p.outlier != nil && ep.outlier == nil {
 		ep.outlier = &endpointOutlier{}
 	}
-	if p.health != nil {
+	if p.health != nil && (ep.health == nil || ep.health.ctx.Err() != nil) {
+		// New, or an address back in the answers while it drained: a
+		// checker of its own, healthy until it fails.
+		ep.down.And(^downUnhealthy)
 		p.startChecker(ep)
 	}
 }
 
-// endpointRemoved stops ep's health checker and waits for it to return.
-// The endpoint keeps its last state for requests still holding it.
+// endpointRemoved stops ep's health checker and waits for it to return:
+// when its address leaves the DNS answers, and when the pool closes. The
+// endpoint keeps its last state for requests still holding it.
 func (p *Pool) endpointRemoved(ep *Endpoint) {
 	if h := ep.health; h != nil {
 		h.stop()
@@ -127,7 +189,8 @@ func (p *Pool) endpointRemoved(ep *Endpoint) {
 	}
 }
 
-// setTransport builds the transport of the pool's protocol.
+// setTransport builds the transport of the pool's protocol, and the
+// function that builds one for a resolved endpoint.
 func (p *Pool) setTransport(u *config.Upstream) error {
 	switch u.LoadBalancing {
 	case "least_request":
@@ -139,71 +202,102 @@ func (p *Pool) setTransport(u *config.Upstream) error {
 	}
 	switch u.Protocol {
 	case "", "http1":
-		t, err := newH1Transport(u)
+		tlsCfg, err := tlsConfig(u.TLS)
 		if err != nil {
 			return err
 		}
+		t := newH1Transport(u, tlsCfg)
 		p.transport, p.rt = t, t
-		return nil
+		p.newTransport = func(serverName string) upstreamTransport {
+			return newH1Transport(u, withServerName(tlsCfg, serverName))
+		}
 	case "h2c", "grpc":
 		t := newH2CTransport(u)
 		p.transport, p.rt = t, t
-		return nil
+		p.newTransport = func(string) upstreamTransport { return newH2CTransport(u) }
+	default:
+		tlsCfg, err := tlsConfig(u.TLS)
+		if err != nil {
+			return err
+		}
+		t := newTransport(u, tlsCfg)
+		p.transport, p.rt = t, t
+		p.newTransport = func(serverName string) upstreamTransport {
+			return newTransport(u, withServerName(tlsCfg, serverName))
+		}
 	}
-	t, err := newTransport(u)
-	if err != nil {
-		return err
-	}
-	p.transport, p.rt = t, t
 	return nil
 }
 
-func pickRoundRobin(p *Pool) *Endpoint {
-	n := p.rr.Add(1) - 1
-	return p.Endpoints[n%uint64(len(p.Endpoints))]
+// endpoints returns the pool's current endpoint set.
+func (p *Pool) endpoints() *endpointSet { return p.set.Load() }
+
+// next returns the load balancer's choice in the current set.
+func (p *Pool) next() *Endpoint {
+	eps := p.endpoints().list
+	return eps[p.pick(p, eps)]
 }
 
-func pickRandom(p *Pool) *Endpoint {
-	return p.Endpoints[rand.IntN(len(p.Endpoints))]
+func pickRoundRobin(p *Pool, eps []*Endpoint) int {
+	n := p.rr.Add(1) - 1
+	return int(n % uint64(len(eps)))
+}
+
+func pickRandom(_ *Pool, eps []*Endpoint) int {
+	return rand.IntN(len(eps))
 }
 
 // pickLeastRequest is the power of two choices: of two endpoints drawn at
 // random, the one with fewer attempts in flight.
-func pickLeastRequest(p *Pool) *Endpoint {
-	n := len(p.Endpoints)
+func pickLeastRequest(_ *Pool, eps []*Endpoint) int {
+	n := len(eps)
 	if n == 1 {
-		return p.Endpoints[0]
+		return 0
 	}
 	i := rand.IntN(n)
 	j := rand.IntN(n - 1)
 	if j >= i {
 		j++
 	}
-	a, b := p.Endpoints[i], p.Endpoints[j]
-	if b.inFlight.Load() < a.inFlight.Load() {
-		return b
+	if eps[j].inFlight.Load() < eps[i].inFlight.Load() {
+		return j
 	}
-	return a
+	return i
 }
 
 // LoadBalancing returns the pool's load-balancing policy name.
 func (p *Pool) LoadBalancing() string { return p.cfg.LoadBalancing }
 
-// close stops the endpoints' health checkers, waits for them, and drops
-// the pool's idle connections. It may run more than once.
+// close stops the pool's resolver and its endpoints' health checkers,
+// waits for the checkers, and drops the idle connections of the pool and
+// of its endpoints. A snapshot closes a pool it no longer carries twice:
+// at once, and after the reload's drain, to close the connections that
+// requests still in flight returned meanwhile.
 func (p *Pool) close() {
-	p.closed.Do(func() {
-		for _, ep := range p.Endpoints {
+	p.closeOnce.Do(func() {
+		if p.res != nil {
+			p.res.stop()
+		}
+		eps := p.endpoints().list
+		for _, ep := range eps {
 			if h := ep.health; h != nil {
 				h.stop() // all at once, then wait for each
 			}
 		}
-		for _, ep := range p.Endpoints {
+		for _, ep := range eps {
 			p.endpointRemoved(ep)
 		}
 		p.checkers.Wait()
 	})
 	p.transport.CloseIdleConnections()
+	for _, ep := range p.endpoints().list {
+		if ep.rt != nil {
+			ep.rt.CloseIdleConnections()
+		}
+	}
+	if p.res != nil {
+		p.res.closeDraining()
+	}
 }
 
 // dialError marks an error from establishing a connection: the request was
@@ -229,11 +323,7 @@ func dialFunc(u *config.Upstream) func(ctx context.Context, network, addr string
 // newH1Transport is the transport of an HTTP/1.1 upstream: the sidecar's
 // own client (internal/h1client), which uses pooled connections on the
 // calling goroutine; see docs/design.md, "The HTTP/1.1 engine".
-func newH1Transport(u *config.Upstream) (*h1client.Transport, error) {
-	tlsCfg, err := tlsConfig(u.TLS)
-	if err != nil {
-		return nil, err
-	}
+func newH1Transport(u *config.Upstream, tlsCfg *tls.Config) *h1client.Transport {
 	return &h1client.Transport{
 		DialContext:            dialFunc(u),
 		TLSClientConfig:        tlsCfg,
@@ -244,7 +334,7 @@ func newH1Transport(u *config.Upstream) (*h1client.Transport, error) {
 		ExpectContinueTimeout:  expectContinueTimeout,
 		ReadBufferSize:         16 << 10,
 		WriteBufferSize:        16 << 10,
-	}, nil
+	}
 }
 
 // newH2CTransport is the transport of an h2c or gRPC upstream: the
@@ -262,7 +352,7 @@ func newH2CTransport(u *config.Upstream) *h2client.Transport {
 
 // newTransport is net/http's transport, for h2 (HTTP/2 over TLS)
 // upstreams.
-func newTransport(u *config.Upstream) (*http.Transport, error) {
+func newTransport(u *config.Upstream, tlsCfg *tls.Config) *http.Transport {
 	dial := dialFunc(u)
 	t := &http.Transport{
 		// HTTP/2 frames to an upstream leave in batches (internal/h2conn).
@@ -282,15 +372,22 @@ func newTransport(u *config.Upstream) (*http.Transport, error) {
 		WriteBufferSize:        16 << 10,
 		ReadBufferSize:         16 << 10,
 	}
-	tlsCfg, err := tlsConfig(u.TLS)
-	if err != nil {
-		return nil, err
-	}
 	t.TLSClientConfig = tlsCfg
 	protos := new(http.Protocols)
 	protos.SetHTTP2(true)
 	t.Protocols = protos
-	return t, nil
+	return t
+}
+
+// withServerName returns cfg verifying name, unless cfg names one already
+// (tls.server_name).
+func withServerName(cfg *tls.Config, name string) *tls.Config {
+	if cfg.ServerName != "" || name == "" {
+		return cfg
+	}
+	c := cfg.Clone()
+	c.ServerName = name
+	return c
 }
 
 func tlsConfig(c config.TLS) (*tls.Config, error) {

@@ -384,7 +384,8 @@ func (s *Server) serveLocked(b *boundListener) {
 //     between messages, and their messages stay in the store until a
 //     route of that name returns. A route whose async block changed gets
 //     a new deliverer once the old one has returned.
-//   - The pools next did not carry over drop their idle connections.
+//   - The pools next did not carry over drop their idle connections and
+//     stop their DNS resolvers.
 func (s *Server) Reload(next *Snapshot, drain time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -29,6 +29,7 @@ type Snapshot struct {
 	byName    map[string]*Listener
 	routes    map[string]*Route
 	breakers  *policy.BreakerSet // shared by every snapshot built from this one
+	lookup    lookupFunc         // WithResolver's; nil: net.DefaultResolver
 
 	clock     Clock            // of the pools Build creates; nil: the real one
 	tel       *Telemetry       // nil: nothing recorded
@@ -97,14 +98,17 @@ func (s *Snapshot) Route(name string) *Route { return s.routes[name] }
 func (rt *Route) Async() bool { return rt.async != nil }
 
 // Build compiles cfg. Pools of prev whose upstream config is unchanged are
-// carried over, keeping their connections and counters.
+// carried over, keeping their connections, counters, resolver and
+// endpoints. A new pool with resolve looks its names up before Build
+// returns and starts its resolver; Close stops it when a snapshot no longer
+// carries the pool.
 //
 // With WithTelemetry the routes record spans and metrics through it; a
 // snapshot built from prev without it keeps prev's.
-func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...BuildOption) (*Snapshot, error) {
+func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...BuildOption) (snap *Snapshot, err error) {
 	s := &Snapshot{Config: cfg, Pools: map[string]*Pool{}, byName: map[string]*Listener{}, routes: map[string]*Route{}}
 	if prev != nil {
-		s.tel = prev.tel
+		s.tel, s.lookup, s.clock = prev.tel, prev.lookup, prev.clock
 	}
 	for _, o := range opts {
 		o(s)
@@ -120,6 +124,11 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 			ins.BreakerTransition(endpoint, to.String())
 		}}
 	}
+	defer func() {
+		if err != nil {
+			s.Close(prev) // the pools made here, and their resolvers
+		}
+	}()
 	for name, u := range cfg.Upstreams {
 		if prev != nil {
 			if old := prev.Pools[name]; old != nil && reflect.DeepEqual(old.cfg, *u) {
@@ -127,9 +136,8 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 				continue
 			}
 		}
-		p, err := newPool(name, u, s.clock, logger)
+		p, err := newPool(name, u, poolEnv{log: logger, ins: ins, lookup: s.lookup, breakers: s.breakers, clock: s.clock})
 		if err != nil {
-			s.Close(prev)
 			return nil, err
 		}
 		if u.TLS.InsecureSkipVerify {
@@ -151,7 +159,6 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 			}
 			r, err := newRoute(cfg, lc.Name, rc, s.Pools[rc.Upstream], old, s.breakers, logger, errLog)
 			if err != nil {
-				s.Close(prev)
 				return nil, err
 			}
 			r.tel, r.obs, r.accessLog = ins.Route(r.Name), s.tel, s.accessLog
@@ -165,9 +172,10 @@ func Build(cfg *config.Config, prev *Snapshot, logger *slog.Logger, opts ...Buil
 	return s, nil
 }
 
-// Close closes the pools that next does not carry over: their health
-// checkers stop and their idle connections are dropped. A snapshot built
-// but never served is closed with the snapshot it was built from as next.
+// Close closes the pools that next does not carry over: their resolvers
+// and health checkers stop and their idle connections are dropped. A
+// snapshot built but never served (a reload that failed after Build) is
+// closed with the snapshot it was built from as next.
 func (s *Snapshot) Close(next *Snapshot) {
 	for name, p := range s.Pools {
 		if next == nil || next.Pools[name] != p {

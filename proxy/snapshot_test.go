@@ -68,7 +68,7 @@ func TestBuildKeepsUnchangedState(t *testing.T) {
 		if got := ra2.Stats().InFlight; got != 1 {
 			t.Errorf("route ra in flight after rebuild = %d, want the 1 held before", got)
 		}
-		if ra2.pol.breakers[0] != ra1.pol.breakers[0] || s2.breakers != s1.breakers {
+		if ra2.pol.breakers.table.Load().brs[0] != ra1.pol.breakers.table.Load().brs[0] || s2.breakers != s1.breakers {
 			t.Error("route ra's breaker or the breaker set rebuilt, want them kept")
 		}
 		if ra2 == ra1 {
@@ -89,13 +89,13 @@ func TestBuildKeepsUnchangedState(t *testing.T) {
 		if ra2.pol.budget == ra1.pol.budget || ra2.pol.limiter == ra1.pol.limiter || ra2.pol.inFlight == ra1.pol.inFlight {
 			t.Error("route ra kept its budget, limiter or in-flight count though its policy changed")
 		}
-		if ra2.pol.breakers[0] != ra1.pol.breakers[0] {
+		if ra2.pol.breakers.table.Load().brs[0] != ra1.pol.breakers.table.Load().brs[0] {
 			t.Error("route ra's breaker rebuilt though its endpoint and breaker settings are unchanged")
 		}
 		if rb2.pol.inFlight != rb1.pol.inFlight {
 			t.Error("route rb's in-flight count rebuilt though its policy is unchanged")
 		}
-		if rb2.pol.breakers[0] == rb1.pol.breakers[0] {
+		if rb2.pol.breakers.table.Load().brs[0] == rb1.pol.breakers.table.Load().brs[0] {
 			t.Error("route rb kept the breaker of an endpoint it no longer has")
 		}
 	})

@@ -198,7 +198,7 @@ func (r *Reloader) apply(ctx context.Context) (*Changes, []string, error) {
 	}
 	if r.opts.Apply != nil {
 		if err := r.opts.Apply(cfg); err != nil {
-			next.Close(cur) // the pools it made: their health checkers stop
+			next.Close(cur) // the pools it made: their health checkers and DNS resolvers stop
 			return nil, nil, err
 		}
 	}
@@ -207,6 +207,7 @@ func (r *Reloader) apply(ctx context.Context) (*Changes, []string, error) {
 		if r.opts.Apply != nil {
 			r.opts.Apply(cur.Config) // put back what the running configuration had
 		}
+		next.Close(cur)
 		return nil, nil, err
 	}
 	return diff(cur, next), nil, nil

@@ -23,6 +23,7 @@ type Instruments struct {
 	budgetExhausted metric.Int64Counter
 	rejected        metric.Int64Counter
 	transitions     metric.Int64Counter
+	resolutions     metric.Int64Counter
 	fsync           metric.Float64Histogram
 }
 
@@ -57,6 +58,9 @@ func NewInstruments(m metric.Meter) (*Instruments, error) {
 	in.transitions, e = m.Int64Counter("sidecar.breaker.transitions",
 		metric.WithDescription("Circuit breaker changes of state, by endpoint and the state entered."))
 	must(e)
+	in.resolutions, e = m.Int64Counter("sidecar.dns.resolutions",
+		metric.WithDescription("DNS lookups of the names of upstream endpoints (resolve.every), by upstream and result: ok, empty (no such name, or no address) or error."))
+	must(e)
 	in.fsync, e = m.Float64Histogram("sidecar.spool.fsync.duration", metric.WithUnit("s"),
 		metric.WithDescription("Duration of each data fsync of the file spool."))
 	must(e)
@@ -72,6 +76,15 @@ func (in *Instruments) BreakerTransition(endpoint, to string) {
 		return
 	}
 	in.transitions.Add(context.Background(), 1, metric.WithAttributes(attribute.String("endpoint", endpoint), attribute.String("state", to)))
+}
+
+// DNSResolution counts one lookup of a name of upstream's endpoints, by
+// result: ok, empty or error.
+func (in *Instruments) DNSResolution(upstream, result string) {
+	if in == nil {
+		return
+	}
+	in.resolutions.Add(context.Background(), 1, metric.WithAttributes(attribute.String("upstream", upstream), attribute.String("result", result)))
 }
 
 // Fsync records one spool fsync of duration d.

@@ -1,0 +1,657 @@
+package proxy
+
+import (
+	"context"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/sidecar-proxy/sidecar/config"
+	"github.com/sidecar-proxy/sidecar/internal/poll"
+)
+
+// dnsServer is a DNS responder on 127.0.0.1 (UDP) whose answers a test
+// changes: A and AAAA records of the names it was given, NXDOMAIN for
+// any other name, and SERVFAIL for every query while failing.
+type dnsServer struct {
+	pc   net.PacketConn
+	done chan struct{}
+
+	mu      sync.Mutex
+	answers map[string][]netip.Addr // by fully qualified name
+	fail    bool
+}
+
+func newDNSServer(t *testing.T) *dnsServer {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dnsServer{pc: pc, done: make(chan struct{}), answers: map[string][]netip.Addr{}}
+	go d.serve()
+	t.Cleanup(func() {
+		pc.Close()
+		<-d.done
+	})
+	return d
+}
+
+// set makes name resolve to addrs (none: an answer without address).
+func (d *dnsServer) set(name string, addrs ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var as []netip.Addr
+	for _, a := range addrs {
+		as = append(as, netip.MustParseAddr(a))
+	}
+	d.answers[name+"."] = as
+	d.fail = false
+}
+
+// failing makes every query fail (SERVFAIL) until the next set.
+func (d *dnsServer) failing() {
+	d.mu.Lock()
+	d.fail = true
+	d.mu.Unlock()
+}
+
+func (d *dnsServer) serve() {
+	defer close(d.done)
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := d.pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		if out := d.answer(buf[:n]); out != nil {
+			d.pc.WriteTo(out, from)
+		}
+	}
+}
+
+func (d *dnsServer) answer(msg []byte) []byte {
+	var p dnsmessage.Parser
+	h, err := p.Start(msg)
+	if err != nil {
+		return nil
+	}
+	q, err := p.Question()
+	if err != nil {
+		return nil
+	}
+	d.mu.Lock()
+	fail := d.fail
+	addrs, known := d.answers[q.Name.String()]
+	d.mu.Unlock()
+	rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true}
+	switch {
+	case fail:
+		rh.RCode = dnsmessage.RCodeServerFailure
+	case !known:
+		rh.RCode = dnsmessage.RCodeNameError
+	}
+	b := dnsmessage.NewBuilder(nil, rh)
+	b.StartQuestions()
+	b.Question(q)
+	b.StartAnswers()
+	for _, a := range addrs {
+		if rh.RCode != dnsmessage.RCodeSuccess {
+			break
+		}
+		rr := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 1}
+		switch {
+		case q.Type == dnsmessage.TypeA && a.Is4():
+			b.AResource(rr, dnsmessage.AResource{A: a.As4()})
+		case q.Type == dnsmessage.TypeAAAA && a.Is6():
+			b.AAAAResource(rr, dnsmessage.AAAAResource{AAAA: a.As16()})
+		}
+	}
+	out, err := b.Finish()
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// resolver returns a Go resolver that asks d, whatever resolv.conf names.
+func (d *dnsServer) resolver() *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var nd net.Dialer
+		return nd.DialContext(ctx, "udp", d.pc.LocalAddr().String())
+	}}
+}
+
+// addrUpstream is an HTTP server on one loopback address that answers with
+// that address, records the Host of each request and counts its open
+// connections. A request to /slow waits until release.
+type addrUpstream struct {
+	*httptest.Server
+	ip      string
+	count   atomic.Int64
+	status  atomic.Int32 // the answer's status; 0: 200
+	host    atomic.Pointer[string]
+	conns   atomic.Int64  // open connections
+	arrived chan struct{} // a /slow request arrived
+	release chan struct{} // closed to let /slow requests answer
+}
+
+// listenSamePort listens on one port of each loopback address of ips
+// (Linux routes all of 127/8 to the loopback interface).
+func listenSamePort(t *testing.T, ips ...string) (string, []net.Listener) {
+	t.Helper()
+	for range 20 {
+		first, err := net.Listen("tcp", net.JoinHostPort(ips[0], "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(first.Addr().String())
+		lns := []net.Listener{first}
+		for _, ip := range ips[1:] {
+			ln, err := net.Listen("tcp", net.JoinHostPort(ip, port))
+			if err != nil {
+				break
+			}
+			lns = append(lns, ln)
+		}
+		if len(lns) == len(ips) {
+			return port, lns
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	t.Fatalf("no port free on all of %v", ips)
+	return "", nil
+}
+
+// startAddrUpstreams starts one addrUpstream on each of ips, all on one
+// port, and returns the port.
+func startAddrUpstreams(t *testing.T, ips ...string) (string, map[string]*addrUpstream) {
+	t.Helper()
+	port, lns := listenSamePort(t, ips...)
+	ups := map[string]*addrUpstream{}
+	for i, ip := range ips {
+		u := &addrUpstream{ip: ip, arrived: make(chan struct{}, 1), release: make(chan struct{})}
+		u.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u.count.Add(1)
+			h := r.Host
+			u.host.Store(&h)
+			io.Copy(io.Discard, r.Body)
+			if r.URL.Path == "/slow" {
+				u.arrived <- struct{}{}
+				<-u.release
+			}
+			if s := u.status.Load(); s != 0 {
+				w.WriteHeader(int(s))
+			}
+			io.WriteString(w, ip)
+		}))
+		u.Listener.Close()
+		u.Listener = lns[i]
+		u.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				u.conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				u.conns.Add(-1)
+			}
+		}
+		u.Start()
+		t.Cleanup(func() {
+			select {
+			case <-u.release:
+			default:
+				close(u.release)
+			}
+			u.Close()
+		})
+		ups[ip] = u
+	}
+	return port, ups
+}
+
+// dnsConfig is one listener "app" routing everything to upstream inv,
+// whose endpoint http://inv.test:PORT is resolved every hour (tests
+// resolve with Pool.Resolve), under policy p.
+func dnsConfig(port, policy string) string {
+	return `
+version: 1
+upstreams:
+  inv: {endpoints: ["http://inv.test:` + port + `"], resolve: {every: 1h}}
+policies:
+  p: ` + policy + `
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: all, match: {path_prefix: /}, upstream: inv, policy: p}
+`
+}
+
+// resolveNow runs the pool's resolution now.
+func resolveNow(t *testing.T, sc *sidecar) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	return sc.srv.Snapshot().Pools["inv"].Resolve(ctx)
+}
+
+// liveURLs returns the URLs of the endpoints route all sees now.
+func liveURLs(sc *sidecar) []string {
+	var out []string
+	for _, e := range sc.srv.Snapshot().Route("all").EndpointStats() {
+		out = append(out, e.URL)
+	}
+	return out
+}
+
+// getFrom sends n GETs and counts the answers by the address that
+// answered.
+func getFrom(t *testing.T, sc *sidecar, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		resp, body := get(t, sc.url("/x"))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /x = %d %q, want 200", resp.StatusCode, body)
+		}
+		got[body]++
+	}
+	return got
+}
+
+// TestResolveFollowsAnswers: each address of the endpoint's name becomes an
+// endpoint, traffic goes where the current answer says, the upstream gets
+// the name as Host, and an answer that changes moves the traffic.
+func TestResolveFollowsAnswers(t *testing.T) {
+	port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.1")
+	sc := startSidecarBuilt(t, dnsConfig(port, "{}"), []BuildOption{WithResolver(dns.resolver())}, nil)
+
+	if got, want := liveURLs(sc), []string{"http://127.0.0.1:" + port}; !slices.Equal(got, want) {
+		t.Fatalf("endpoints after Build = %v, want %v", got, want)
+	}
+	if got := getFrom(t, sc, 4); got["127.0.0.1"] != 4 {
+		t.Fatalf("answers by address = %v, want all 4 from 127.0.0.1", got)
+	}
+	if h := *ups["127.0.0.1"].host.Load(); h != "inv.test:"+port {
+		t.Errorf("upstream saw Host %q, want the endpoint's name inv.test:%s", h, port)
+	}
+	stats := sc.srv.Snapshot().Route("all").EndpointStats()
+	if stats[0].Name != "inv.test:"+port {
+		t.Errorf("EndpointStats()[0].Name = %q, want inv.test:%s", stats[0].Name, port)
+	}
+
+	dns.set("inv.test", "127.0.0.3", "127.0.0.2")
+	if err := resolveNow(t, sc); err != nil {
+		t.Fatalf("Resolve = %v", err)
+	}
+	if got, want := liveURLs(sc), []string{"http://127.0.0.2:" + port, "http://127.0.0.3:" + port}; !slices.Equal(got, want) {
+		t.Fatalf("endpoints after the answer changed = %v, want %v", got, want)
+	}
+	before := ups["127.0.0.1"].count.Load()
+	got := getFrom(t, sc, 10)
+	if got["127.0.0.2"] != 5 || got["127.0.0.3"] != 5 {
+		t.Errorf("answers by address = %v, want 5 from each of 127.0.0.2 and 127.0.0.3 (round robin)", got)
+	}
+	if n := ups["127.0.0.1"].count.Load() - before; n != 0 {
+		t.Errorf("127.0.0.1, no longer in the answer, got %d requests, want 0", n)
+	}
+}
+
+// TestResolveKeepsLastAnswer: a failed lookup, and an answer without
+// address, keep the endpoints of the last good answer; both are counted.
+func TestResolveKeepsLastAnswer(t *testing.T) {
+	port, _ := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2")
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.1", "127.0.0.2")
+	o := startObservedBuilt(t, 1, dnsConfig(port, "{}"), []BuildOption{WithResolver(dns.resolver())}, nil)
+	sc := o.sidecar
+	want := []string{"http://127.0.0.1:" + port, "http://127.0.0.2:" + port}
+
+	dns.failing()
+	if err := resolveNow(t, sc); err == nil {
+		t.Fatal("Resolve with the DNS server failing = nil, want an error")
+	}
+	if got := liveURLs(sc); !slices.Equal(got, want) {
+		t.Fatalf("endpoints after a failed lookup = %v, want the last answer's %v", got, want)
+	}
+	dns.set("inv.test") // an answer without address
+	if err := resolveNow(t, sc); err == nil {
+		t.Fatal("Resolve of a name without address = nil, want an error")
+	}
+	if got := liveURLs(sc); !slices.Equal(got, want) {
+		t.Fatalf("endpoints after an empty answer = %v, want the last answer's %v", got, want)
+	}
+	if got := getFrom(t, sc, 4); got["127.0.0.1"] != 2 || got["127.0.0.2"] != 2 {
+		t.Errorf("answers by address = %v, want 2 from each", got)
+	}
+	if !strings.Contains(sc.logs.String(), "keeps the addresses of the last answer") {
+		t.Errorf("logs = %q, want the failed resolution logged", sc.logs.String())
+	}
+	rm := o.collect(t)
+	wantInt(t, rm, "sidecar.dns.resolutions", map[string]string{"upstream": "inv", "result": "ok"}, 1)
+	wantInt(t, rm, "sidecar.dns.resolutions", map[string]string{"upstream": "inv", "result": "error"}, 1)
+	wantInt(t, rm, "sidecar.dns.resolutions", map[string]string{"upstream": "inv", "result": "empty"}, 1)
+	wantInt(t, rm, "sidecar.upstream.endpoints", map[string]string{"upstream": "inv"}, 2)
+}
+
+// TestResolveDrainsVanishedAddress: an address that leaves the answer gets
+// no new request, its request in flight finishes, and then its idle
+// connections are closed.
+func TestResolveDrainsVanishedAddress(t *testing.T) {
+	port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2")
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.2")
+	sc := startSidecarBuilt(t, dnsConfig(port, "{}"), []BuildOption{WithResolver(dns.resolver())}, nil)
+	old := ups["127.0.0.2"]
+
+	slow := make(chan string, 1)
+	go func() {
+		resp, err := http.Get(sc.url("/slow"))
+		if err != nil {
+			slow <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		slow <- fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}()
+	select {
+	case <-old.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow request did not reach 127.0.0.2")
+	}
+
+	dns.set("inv.test", "127.0.0.1")
+	if err := resolveNow(t, sc); err != nil {
+		t.Fatalf("Resolve = %v", err)
+	}
+	if got := getFrom(t, sc, 4); got["127.0.0.1"] != 4 {
+		t.Errorf("answers by address after 127.0.0.2 vanished = %v, want all 4 from 127.0.0.1", got)
+	}
+	if n := old.count.Load(); n != 1 {
+		t.Errorf("127.0.0.2 got %d requests, want only the slow one", n)
+	}
+	if err := resolveNow(t, sc); err != nil { // a drain pass: the slow request is still in flight
+		t.Fatalf("Resolve = %v", err)
+	}
+	if n := old.conns.Load(); n != 1 {
+		t.Fatalf("127.0.0.2 has %d connections open while its request is in flight, want 1", n)
+	}
+
+	close(old.release)
+	select {
+	case got := <-slow:
+		if got != "200 127.0.0.2" {
+			t.Fatalf("the request in flight on the vanished address got %q, want 200 127.0.0.2", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request in flight on the vanished address did not finish")
+	}
+	// Its connection is idle in the pool now; the drain closes it.
+	poll.Until(t, 10*time.Second, "the idle connection to 127.0.0.2 closed", func() bool {
+		if err := resolveNow(t, sc); err != nil {
+			t.Fatalf("Resolve = %v", err)
+		}
+		return old.conns.Load() == 0
+	})
+}
+
+// TestResolveBreakerPerAddress: each address has its own breaker: one
+// address failing trips its breaker and the other keeps serving; the
+// breaker of an address that stays survives a new answer and a reload.
+func TestResolveBreakerPerAddress(t *testing.T) {
+	port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
+	ups["127.0.0.2"].status.Store(http.StatusServiceUnavailable)
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.1", "127.0.0.2")
+	cfg := dnsConfig(port, "{circuit_breaker: {consecutive_failures: 2, open_for: 1h}}")
+	sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver())}, nil)
+
+	failures := 0
+	for range 8 {
+		resp, _ := get(t, sc.url("/x"))
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			failures++
+		}
+	}
+	if failures != 2 {
+		t.Errorf("503 answers = %d, want 2 (then 127.0.0.2's breaker is open)", failures)
+	}
+	breakerStates := func() map[string]string {
+		out := map[string]string{}
+		for _, e := range sc.srv.Snapshot().Route("all").EndpointStats() {
+			out[e.URL] = e.Breaker.State
+		}
+		return out
+	}
+	a1, a2, a3 := "http://127.0.0.1:"+port, "http://127.0.0.2:"+port, "http://127.0.0.3:"+port
+	if got := breakerStates(); got[a1] != "closed" || got[a2] != "open" {
+		t.Fatalf("breakers = %v, want 127.0.0.1 closed and 127.0.0.2 open", got)
+	}
+	if got := getFrom(t, sc, 4); got["127.0.0.1"] != 4 {
+		t.Errorf("answers by address = %v, want all 4 from 127.0.0.1", got)
+	}
+
+	dns.set("inv.test", "127.0.0.1", "127.0.0.2", "127.0.0.3")
+	if err := resolveNow(t, sc); err != nil {
+		t.Fatalf("Resolve = %v", err)
+	}
+	if got := breakerStates(); got[a2] != "open" || got[a3] != "closed" {
+		t.Fatalf("breakers after 127.0.0.3 joined = %v, want 127.0.0.2 still open, 127.0.0.3 closed", got)
+	}
+
+	// A reload that changes the policy but not the upstream nor the
+	// breaker settings keeps the pool, its endpoints and their breakers.
+	prev := sc.srv.Snapshot()
+	changed := strings.Replace(cfg, "{circuit_breaker:", "{timeout: 5s, circuit_breaker:", 1)
+	parsed, err := config.Parse("test.yaml", []byte(changed), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := Build(parsed, prev, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("Build = %v", err)
+	}
+	if err := sc.srv.Reload(next, time.Second); err != nil {
+		t.Fatalf("Reload = %v", err)
+	}
+	if next.Pools["inv"] != prev.Pools["inv"] {
+		t.Fatal("the reload rebuilt the pool of an unchanged upstream")
+	}
+	if got := breakerStates(); len(got) != 3 || got[a2] != "open" || got[a1] != "closed" {
+		t.Errorf("breakers after the reload = %v, want the three endpoints, 127.0.0.2 still open", got)
+	}
+}
+
+// TestResolveFailsAtStart: a name that does not resolve when the pool is
+// built is dialed as it is, until an answer replaces it.
+func TestResolveFailsAtStart(t *testing.T) {
+	port, _ := startAddrUpstreams(t, "127.0.0.2")
+	dns := newDNSServer(t)
+	dns.failing()
+	sc := startSidecarBuilt(t, dnsConfig(port, "{}"), []BuildOption{WithResolver(dns.resolver())}, nil)
+	if got, want := liveURLs(sc), []string{"http://inv.test:" + port}; !slices.Equal(got, want) {
+		t.Fatalf("endpoints after a failed first lookup = %v, want the name as configured %v", got, want)
+	}
+	if !strings.Contains(sc.logs.String(), "DNS resolution failed at start") {
+		t.Errorf("logs = %q, want the failed first lookup logged", sc.logs.String())
+	}
+	dns.set("inv.test", "127.0.0.2")
+	if err := resolveNow(t, sc); err != nil {
+		t.Fatalf("Resolve = %v", err)
+	}
+	if got, want := liveURLs(sc), []string{"http://127.0.0.2:" + port}; !slices.Equal(got, want) {
+		t.Fatalf("endpoints once the name resolves = %v, want %v", got, want)
+	}
+	if got := getFrom(t, sc, 2); got["127.0.0.2"] != 2 {
+		t.Errorf("answers by address = %v, want both from 127.0.0.2", got)
+	}
+}
+
+// TestResolveTLSVerifiesName: a resolved https endpoint is dialed at its
+// address, and its certificate is verified against the DNS name, not the
+// address (the certificate does not name 127.0.0.2).
+func TestResolveTLSVerifiesName(t *testing.T) {
+	port, lns := listenSamePort(t, "127.0.0.2")
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.TLS.ServerName+" "+r.Host)
+	}))
+	up.Listener.Close()
+	up.Listener = lns[0]
+	up.StartTLS() // a certificate for example.com, 127.0.0.1 and ::1
+	t.Cleanup(up.Close)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	der := up.TLS.Certificates[0].Certificate[0]
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dns := newDNSServer(t)
+	dns.set("example.com", "127.0.0.2")
+	cfg := strings.Replace(dnsConfig(port, "{}"), `{endpoints: ["http://inv.test:`+port+`"]`,
+		`{tls: {ca_file: "`+ca+`"}, endpoints: ["https://example.com:`+port+`"]`, 1)
+	sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver())}, nil)
+	if got, want := liveURLs(sc), []string{"https://127.0.0.2:" + port}; !slices.Equal(got, want) {
+		t.Fatalf("endpoints = %v, want %v", got, want)
+	}
+	resp, body := get(t, sc.url("/"))
+	if want := "example.com example.com:" + port; resp.StatusCode != http.StatusOK || body != want {
+		t.Fatalf("GET / = %d %q, want 200 %q (SNI and Host the name)", resp.StatusCode, body, want)
+	}
+}
+
+// TestResolveEvery: the pool's resolver looks the names up again every
+// resolve.every on its own (1s, the least), and stops with the pool when a
+// reload replaces the upstream.
+func TestResolveEvery(t *testing.T) {
+	port, _ := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2")
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.1")
+	cfg := strings.Replace(dnsConfig(port, "{}"), "every: 1h", "every: 1s", 1)
+	sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver())}, nil)
+	dns.set("inv.test", "127.0.0.2")
+	poll.Until(t, 10*time.Second, "the endpoints to follow the new answer", func() bool {
+		got := liveURLs(sc)
+		return len(got) == 1 && got[0] == "http://127.0.0.2:"+port
+	})
+
+	// A reload that changes the upstream makes a new pool, and the old
+	// one's resolver stops.
+	prev := sc.srv.Snapshot()
+	parsed, err := config.Parse("test.yaml", []byte(strings.Replace(cfg, "every: 1s", "every: 2s", 1)), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := Build(parsed, prev, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("Build = %v", err)
+	}
+	if err := sc.srv.Reload(next, time.Second); err != nil {
+		t.Fatalf("Reload = %v", err)
+	}
+	old := prev.Pools["inv"]
+	if next.Pools["inv"] == old {
+		t.Fatal("the reload kept the pool of a changed upstream")
+	}
+	dns.set("inv.test", "127.0.0.1")
+	if err := old.Resolve(t.Context()); err != nil {
+		t.Fatalf("Resolve on the replaced pool = %v", err)
+	}
+	var got []string
+	for _, ep := range old.endpoints().list {
+		got = append(got, ep.key)
+	}
+	if want := []string{"http://127.0.0.2:" + port}; !slices.Equal(got, want) {
+		t.Errorf("the replaced pool's endpoints after a new answer = %v, want them frozen at %v", got, want)
+	}
+}
+
+// TestResolveWithHealthChecks: every address of a resolved name is health
+// checked on its own, with the name as Host and over its own connections;
+// an address that joins the answers gets a checker before it takes
+// traffic, and one that leaves them has its checker stopped.
+func TestResolveWithHealthChecks(t *testing.T) {
+	port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.1", "127.0.0.2")
+	clock := newFakeClock()
+	cfg := strings.Replace(dnsConfig(port, "{}"), "resolve: {every: 1h}",
+		"resolve: {every: 1h}, health_check: {path: /healthz, interval: 10s, timeout: 5s, healthy: 1, unhealthy: 2}", 1)
+	sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver()), WithClock(clock)}, nil)
+	tick := func(checkers int) {
+		t.Helper()
+		clock.waitArmed(t, checkers)
+		clock.Advance(12 * time.Second) // past interval + 15%: each checker fires once
+		clock.waitArmed(t, checkers)    // and has checked, and armed its timer again
+	}
+	skipped := func() map[string]string {
+		out := map[string]string{}
+		for _, e := range endpointStats(sc, "all") {
+			out[e.URL] = e.Skipped
+		}
+		return out
+	}
+	url := func(ip string) string { return "http://" + ip + ":" + port }
+
+	ups["127.0.0.2"].status.Store(http.StatusServiceUnavailable)
+	tick(2)
+	tick(2)
+	if got := skipped(); got[url("127.0.0.2")] != "unhealthy" || got[url("127.0.0.1")] != "" {
+		t.Fatalf("after two failed checks of 127.0.0.2: skipped = %v, want only it, as unhealthy", got)
+	}
+	if h := *ups["127.0.0.2"].host.Load(); h != "inv.test:"+port {
+		t.Errorf("the health check of 127.0.0.2 sent Host %q, want the name inv.test:%s", h, port)
+	}
+	before := ups["127.0.0.2"].count.Load()
+	if got := getFrom(t, sc, 6); got["127.0.0.1"] != 6 {
+		t.Errorf("answers by address = %v, want all 6 from the healthy 127.0.0.1", got)
+	}
+	if n := ups["127.0.0.2"].count.Load() - before; n != 0 {
+		t.Errorf("the unhealthy 127.0.0.2 got %d requests, want 0", n)
+	}
+
+	// 127.0.0.3 joins: its checker starts with it (three armed timers).
+	dns.set("inv.test", "127.0.0.1", "127.0.0.2", "127.0.0.3")
+	if err := resolveNow(t, sc); err != nil {
+		t.Fatalf("Resolve = %v", err)
+	}
+	checks3 := ups["127.0.0.3"].count.Load()
+	tick(3)
+	if n := ups["127.0.0.3"].count.Load() - checks3; n != 1 {
+		t.Errorf("127.0.0.3 saw %d requests in one check interval, want its one health check", n)
+	}
+	// Round robin over three, the unhealthy one's turns going to the
+	// next: 127.0.0.3 answers, 127.0.0.2 never.
+	if got := getFrom(t, sc, 6); got["127.0.0.3"] == 0 || got["127.0.0.2"] != 0 {
+		t.Errorf("answers by address = %v, want some from the new 127.0.0.3, none from the unhealthy 127.0.0.2", got)
+	}
+
+	// 127.0.0.2 leaves: its checker stops (two armed timers again).
+	dns.set("inv.test", "127.0.0.1", "127.0.0.3")
+	if err := resolveNow(t, sc); err != nil {
+		t.Fatalf("Resolve = %v", err)
+	}
+	checks2 := ups["127.0.0.2"].count.Load()
+	tick(2)
+	if n := ups["127.0.0.2"].count.Load() - checks2; n != 0 {
+		t.Errorf("127.0.0.2, gone from the answers, saw %d health checks, want 0", n)
+	}
+}

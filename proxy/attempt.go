@@ -77,6 +77,9 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 	body := newReplayBody(req, p, c.grpc)
 	safe := p.attempts > 1 && (idempotent(req.Method) || p.idemHeader != "" && req.Header[p.idemHeader] != nil)
 	p.budget.Request()
+	if h := p.hedge; h != nil && a.spoolOn == nil && hedgeable(req, p, &body) {
+		return a.hedged(req, c, body, safe, h)
+	}
 
 	var prev *Endpoint
 	for n := 1; ; n++ {
@@ -198,7 +201,16 @@ func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody, n int) (*h
 
 // send is try's round trip.
 func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*http.Response, policy.Outcome, int, error) {
-	p := &c.route.pol
+	out, ctx := c.prepare(req, ep, body.next(), n, c.route.pol.perTry, false)
+	return c.exchange(out, ctx)
+}
+
+// prepare readies attempt n to ep, with body, and starts its span: it
+// returns the request to send and the attempt's context. The attempt may
+// wait perTry for its headers (0: no per-try deadline); a hedged call's
+// attempts (cancelable) always get a context of their own, which the
+// loop can cancel.
+func (c *call) prepare(req *http.Request, ep *Endpoint, body io.ReadCloser, n int, perTry time.Duration, cancelable bool) (*http.Request, context.Context) {
 	c.ep = ep
 	c.released.Store(false)
 	c.tryStatus, c.tryCode, c.tryResult = 0, -1, policy.OK
@@ -209,7 +221,7 @@ func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*
 		c.x.endpoint = ep.URL.Host
 	}
 	ctx := c.app
-	if d := c.tryDeadline(p.perTry); d > 0 {
+	if d := c.tryDeadline(perTry); d > 0 || cancelable {
 		ctx = c.arm(d)
 	}
 	out := req.WithContext(ctx)
@@ -220,10 +232,15 @@ func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*
 	u := *req.URL
 	u.Scheme, u.Host = ep.URL.Scheme, ep.URL.Host
 	out.URL = &u
-	out.Body = body.next()
+	out.Body = body
 	c.span = c.attemptSpan(out, ep, n, c.grpc && !c.deadline.IsZero())
+	return out, ctx
+}
 
-	ep.inFlight.Add(1)
+// exchange sends out, prepared with its context ctx, and classifies how
+// it went.
+func (c *call) exchange(out *http.Request, ctx context.Context) (*http.Response, policy.Outcome, int, error) {
+	c.ep.inFlight.Add(1)
 	resp, err := c.route.Pool.rt.RoundTrip(out)
 	if err == nil && !c.gotHeaders() {
 		// The per-try deadline passed as the headers came in: the body
@@ -258,14 +275,17 @@ func (c *call) tryDeadline(perTry time.Duration) time.Duration {
 	return left
 }
 
-// arm gives the next attempt a fresh context and starts its timer.
+// arm gives the next attempt a fresh context and starts its timer for d;
+// none when d is 0.
 func (c *call) arm(d time.Duration) context.Context {
 	ctx, cancel := context.WithCancelCause(c.app)
 	c.mu.Lock()
 	c.ctx, c.cancel, c.headers = ctx, cancel, false
-	if c.timer == nil {
+	switch {
+	case d <= 0:
+	case c.timer == nil:
 		c.timer = time.AfterFunc(d, c.fire)
-	} else {
+	default:
 		c.timer.Reset(d)
 	}
 	c.mu.Unlock()
@@ -300,9 +320,13 @@ func (c *call) gotHeaders() bool {
 		return false
 	}
 	c.headers = true
-	if c.deadline.IsZero() {
+	switch {
+	case c.timer == nil:
+		// No deadline at all: a hedged call's attempt, with a context
+		// of its own only.
+	case c.deadline.IsZero():
 		c.timer.Stop()
-	} else {
+	default:
 		c.timer.Reset(max(time.Until(c.deadline), time.Nanosecond))
 	}
 	return true

@@ -140,8 +140,8 @@ func (g *hedgeGroup) run(t *hedgeTry, out *http.Request) {
 type hedgeLoop struct {
 	rt   *Route
 	h    *hedgePolicy
-	c    *call // the call: its deadline and retry decisions
-	req  http.Request // a shallow copy: the caller's request stays off the heap when not hedged
+	c    *call           // the call: its deadline and retry decisions
+	req  http.Request    // a shallow copy: the caller's request stays off the heap when not hedged
 	app  context.Context // c.app without the app's client trace
 	body replayBody
 	safe bool // retries allowed whatever the outcome (retry's rule)

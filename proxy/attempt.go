@@ -33,6 +33,10 @@ import (
 // time left as grpc-timeout, and an error answered at header time
 // (Trailers-Only) is outcome status with its gRPC code.
 //
+// With the route's hedge policy, a request that hedgeable allows takes
+// hedgeLoop instead (hedge.go): the same steps per attempt, with attempts
+// racing; without it nothing of hedging runs.
+//
 // The async path's loop (spoolOn set) also ends on an answer that the
 // route's async.spool_on lists, once no retry is left: it discards the
 // answer and returns an *UpstreamError with its status, so that serveAsync

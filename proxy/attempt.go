@@ -81,7 +81,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 	body := newReplayBody(req, p, c.grpc)
 	safe := p.attempts > 1 && (idempotent(req.Method) || p.idemHeader != "" && req.Header[p.idemHeader] != nil)
 	p.budget.Request()
-	if h := p.hedge; h != nil && a.spoolOn == nil && hedgeable(req, p, &body) {
+	if h := p.hedge; h != nil && a.hedgeable(req, &body) {
 		return a.hedged(req, c, body, safe, h)
 	}
 

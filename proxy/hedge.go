@@ -39,18 +39,16 @@ type HedgeStats struct {
 // canceled because another attempt answered first.
 var errHedgeLost = errors.New("another attempt of the request answered first")
 
-// hedgeable reports whether req may be hedged on a route with policy p
-// and the request body body (docs/policies.md, "Hedged requests"): a
-// request safe to send twice (an idempotent method, or one carrying the
-// idempotency header), no upgrade, not a spooled message's delivery, and
-// a body that is either buffered whole or kept by a tee (a hedge then
-// goes out only once it is whole). The async path's loop never hedges.
-func hedgeable(req *http.Request, p *routePolicy, body *replayBody) bool {
-	if req.Header["Upgrade"] != nil || !idempotent(req.Method) && req.Header[p.idemHeader] == nil {
+// hedgeable reports whether req may be hedged by the loop a with the
+// request body body (docs/policies.md, "Hedged requests"): not on an
+// async route (neither its first tries nor the deliveries of its spooled
+// messages, which nobody waits for), a request safe to send twice (an
+// idempotent method, or one carrying the idempotency header), no
+// upgrade, and a body that is either buffered whole or kept by a tee (a
+// hedge then goes out only once it is whole).
+func (a *attempter) hedgeable(req *http.Request, body *replayBody) bool {
+	if a.route.async != nil || req.Header["Upgrade"] != nil || !idempotent(req.Method) && req.Header[a.route.pol.idemHeader] == nil {
 		return false
-	}
-	if req.Context().Value(deliveryKey{}) != nil {
-		return false // nobody waits for a delivery
 	}
 	return body.orig == nil || body.buf != nil || body.tee != nil
 }
@@ -157,16 +155,17 @@ type hedgeLoop struct {
 }
 
 // hedged is RoundTrip for a request that hedgeable allows on a route
-// with a hedge policy h; c is the call, whose budget request is counted.
+// with a hedge policy h; c is the call, whose request the budget has
+// counted.
 func (a *attempter) hedged(req *http.Request, c *call, body replayBody, safe bool, h *hedgePolicy) (*http.Response, error) {
 	rt := a.route
 	l := &hedgeLoop{rt: rt, h: h, c: c, req: *req, app: noClientTrace{c.app}, body: body, safe: safe}
 	l.g.done = make(chan *hedgeTry, rt.pol.attempts+h.maxExtra)
-	if ep, ticket, retryIn := rt.pick(nil); ep == nil {
+	ep, ticket, retryIn := rt.pick(nil)
+	if ep == nil {
 		return nil, &UpstreamError{Route: rt.Name, Outcome: policy.BreakerOpen, RetryAfter: retryIn, Err: policy.ErrBreakerOpen}
-	} else {
-		l.send(ep, ticket, l.body.next(), false)
 	}
+	l.send(ep, ticket, l.body.next(), false)
 	l.next = time.Now().Add(h.after)
 	l.timer = time.NewTimer(h.after)
 	defer l.timer.Stop()
@@ -388,6 +387,9 @@ func (l *hedgeLoop) decide() {
 func (l *hedgeLoop) commit(t *hedgeTry) (*http.Response, error) {
 	l.decide()
 	rt, c := l.rt, t.c
+	if x := l.c.x; x != nil {
+		x.endpoint = c.ep.URL.Host
+	}
 	if t.err != nil {
 		t.discard()
 		return nil, &UpstreamError{Route: rt.Name, Outcome: t.outcome, Attempts: l.n, Err: t.err}
@@ -402,9 +404,6 @@ func (l *hedgeLoop) commit(t *hedgeTry) (*http.Response, error) {
 		resp.Header[HeaderAttempts] = attemptCounts[l.n]
 	} else {
 		resp.Header.Set(HeaderAttempts, strconv.Itoa(l.n))
-	}
-	if x := l.c.x; x != nil {
-		x.endpoint = c.ep.URL.Host
 	}
 	if t.hedge {
 		l.h.wins.Add(1)

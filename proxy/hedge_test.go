@@ -150,16 +150,16 @@ func TestHedgeCutsLatency(t *testing.T) {
 	for _, s := range spans {
 		hedge, _ := attr(s, "sidecar.hedge")
 		port, _ := attr(s, "server.port")
-		won := port.Emit() == fastPort
+		won := port.String() == fastPort
 		if hedge.AsBool() != won {
-			t.Errorf("attempt span to port %s: sidecar.hedge = %v, want %v", port.Emit(), hedge.AsBool(), won)
+			t.Errorf("attempt span to port %s: sidecar.hedge = %v, want %v", port.String(), hedge.AsBool(), won)
 		}
 		want := "canceled"
 		if won {
 			want = "ok"
 		}
 		if got := attrString(s, "sidecar.outcome"); got != want {
-			t.Errorf("attempt span to port %s: sidecar.outcome = %q, want %q", port.Emit(), got, want)
+			t.Errorf("attempt span to port %s: sidecar.outcome = %q, want %q", port.String(), got, want)
 		}
 	}
 	rm := o.collect(t)

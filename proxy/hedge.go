@@ -174,7 +174,7 @@ func (a *attempter) hedged(req *http.Request, c *call, body replayBody, safe boo
 		select {
 		case t := <-l.g.done:
 			l.drop(t)
-			if resp, err, done := l.settle(t); done {
+			if resp, err := l.settle(t); resp != nil || err != nil {
 				return resp, err
 			}
 		case <-l.timer.C:
@@ -184,16 +184,15 @@ func (a *attempter) hedged(req *http.Request, c *call, body replayBody, safe boo
 	}
 }
 
-// settle decides what attempt t's end means: the call's answer or
-// failure (done), or the loop goes on.
-func (l *hedgeLoop) settle(t *hedgeTry) (*http.Response, error, bool) {
+// settle decides what attempt t's end means: the call's answer or its
+// failure, or neither when the loop goes on.
+func (l *hedgeLoop) settle(t *hedgeTry) (*http.Response, error) {
 	p := &l.rt.pol
 	status := t.status()
 	if t.outcome == policy.OK || t.outcome.CallersFault() || !p.retryOn.Match(t.outcome, status, t.code) {
 		// An answer, or a failure that ends the call (fatal, in A6's
 		// words).
-		resp, err := l.commit(t)
-		return resp, err, true
+		return l.commit(t)
 	}
 	now := time.Now()
 	pushed := false
@@ -211,23 +210,22 @@ func (l *hedgeLoop) settle(t *hedgeTry) (*http.Response, error, bool) {
 		if !pushed {
 			l.next = now
 		}
-		return nil, nil, false
+		return nil, nil
 	}
 	// Every attempt failed: the retry rules decide.
 	if !l.c.retry(l.n, t.outcome, status, t.code, t.resp, l.safe, &l.body) {
-		resp, err := l.commit(t)
-		return resp, err, true
+		return l.commit(t)
 	}
 	l.rt.tel.Retry(l.c.app)
 	t.discard()
 	ep, ticket, retryIn := l.rt.pick(l.prev)
 	if ep == nil {
 		l.decide()
-		return nil, &UpstreamError{Route: l.rt.Name, Outcome: policy.BreakerOpen, Attempts: l.n, RetryAfter: retryIn, Err: policy.ErrBreakerOpen}, true
+		return nil, &UpstreamError{Route: l.rt.Name, Outcome: policy.BreakerOpen, Attempts: l.n, RetryAfter: retryIn, Err: policy.ErrBreakerOpen}
 	}
 	l.send(ep, ticket, l.body.next(), false)
 	l.next = time.Now().Add(l.h.after)
-	return nil, nil, false
+	return nil, nil
 }
 
 // tick sends what is due at now: for each attempt whose per-try timeout

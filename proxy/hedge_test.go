@@ -99,8 +99,8 @@ func portOf(t *testing.T, rawURL string) string {
 // that does not answer is answered by the hedge sent after hedge.after to
 // the other endpoint; the loser's upstream sees its request canceled
 // (its connection closed), the retry budget counts the hedge as a retry,
-// Sidecar-Attempts says 2, and the spans, metrics and route figures show
-// the hedge and its win.
+// Sidecar-Attempts says 2, the loser's breaker does not count it, and
+// the spans, metrics and route figures show the hedge and its win.
 func TestHedgeCutsLatency(t *testing.T) {
 	var answering atomic.Bool // the slow endpoint answers at once once set
 	slow := newStall(10*time.Second, answerWith("slow"))
@@ -112,7 +112,7 @@ func TestHedgeCutsLatency(t *testing.T) {
 		slow.ServeHTTP(w, r)
 	})
 	upFast := newUpstream(t, answerWith("fast"))
-	o := startObserved(t, hedgeConfig("http1", `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 20ms}}`, "UPSTREAM0", "UPSTREAM1"), nil, upSlow, upFast)
+	o := startObserved(t, hedgeConfig("http1", `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 20ms}, circuit_breaker: {}}`, "UPSTREAM0", "UPSTREAM1"), nil, upSlow, upFast)
 
 	start := time.Now()
 	resp, body := get(t, o.url("/items"))
@@ -144,6 +144,15 @@ func TestHedgeCutsLatency(t *testing.T) {
 		}
 		return true
 	})
+	// The breakers: the winner's success counts, the canceled loser's
+	// attempt counts neither way.
+	eps := rt.EndpointStats()
+	if c := eps[0].Breaker.Counts; c.Failures != 0 || c.Successes != 0 || c.Ignored != 1 {
+		t.Errorf("the loser's breaker counts = %+v, want 1 ignored, no failure", c)
+	}
+	if c := eps[1].Breaker.Counts; c.Successes != 1 || c.Failures != 0 {
+		t.Errorf("the winner's breaker counts = %+v, want 1 success", c)
+	}
 
 	spans := o.waitSpans(t, trace.SpanKindClient, 2)
 	fastPort := portOf(t, upFast.URL)

@@ -98,7 +98,7 @@ func portOf(t *testing.T, rawURL string) string {
 // TestHedgeCutsLatency: a GET whose first attempt goes to an endpoint
 // that does not answer is answered by the hedge sent after hedge.after to
 // the other endpoint; the loser's upstream sees its request canceled
-// (its connection closed), the retry budget counts the hedge as a retry,
+// (its connection closed) as soon as the race is decided, the retry budget counts the hedge as a retry,
 // Sidecar-Attempts says 2, the loser's breaker does not count it, and
 // the spans, metrics and route figures show the hedge and its win.
 func TestHedgeCutsLatency(t *testing.T) {
@@ -111,7 +111,18 @@ func TestHedgeCutsLatency(t *testing.T) {
 		}
 		slow.ServeHTTP(w, r)
 	})
-	upFast := newUpstream(t, answerWith("fast"))
+	// The winner's body waits for the loser's cancellation: the loser is
+	// canceled as the race is decided, not when the request ends.
+	upFast := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		http.NewResponseController(w).Flush()
+		select {
+		case <-slow.canceled:
+			io.WriteString(w, "fast")
+		case <-time.After(5 * time.Second):
+			io.WriteString(w, "fast, but the loser was not canceled")
+		}
+	})
 	o := startObserved(t, hedgeConfig("http1", `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 20ms}, circuit_breaker: {}}`, "UPSTREAM0", "UPSTREAM1"), nil, upSlow, upFast)
 
 	start := time.Now()
@@ -126,7 +137,6 @@ func TestHedgeCutsLatency(t *testing.T) {
 	if got := resp.Header.Get(HeaderAttempts); got != "2" {
 		t.Errorf("Sidecar-Attempts = %q, want 2 (the first attempt and the hedge)", got)
 	}
-	slow.waitCanceled(t, "the losing attempt")
 
 	rt := o.srv.Snapshot().Route("all")
 	st := rt.Stats()
@@ -208,7 +218,8 @@ func TestHedgeOnlySafeRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			slow := newStall(300*time.Millisecond, answerWith("slow"))
+			// Long enough for any hedge to be sent before it answers.
+			slow := newStall(time.Second, answerWith("slow"))
 			upSlow := newUpstream(t, slow.ServeHTTP)
 			upFast := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 				b, _ := io.ReadAll(r.Body)
@@ -242,11 +253,11 @@ func TestHedgeNeverAfterHeaders(t *testing.T) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(200)
 		http.NewResponseController(w).Flush()
-		time.Sleep(200 * time.Millisecond) // the body is late, not the headers
+		time.Sleep(500 * time.Millisecond) // the body is late, not the headers
 		io.WriteString(w, "slow body")
 	})
 	upFast := newUpstream(t, answerWith("fast"))
-	sc := startSidecar(t, hedgeConfig("http1", `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 20ms}}`, "UPSTREAM0", "UPSTREAM1"), upSlowBody, upFast)
+	sc := startSidecar(t, hedgeConfig("http1", `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 150ms}}`, "UPSTREAM0", "UPSTREAM1"), upSlowBody, upFast)
 	resp, body := get(t, sc.url("/x"))
 	if body != "slow body" || resp.Header.Get(HeaderAttempts) != "1" {
 		t.Errorf("GET = %q with Sidecar-Attempts %q, want the first answer's whole body, 1 attempt", body, resp.Header.Get(HeaderAttempts))
@@ -261,26 +272,29 @@ func TestHedgeNeverAfterHeaders(t *testing.T) {
 
 // TestHedgeComposition: how hedges compose with failures, the retry
 // rules, the budget and per-try timeouts (docs/policies.md, "Hedged
-// requests").
+// requests"). The first endpoint gets the first attempt; where its
+// answer must come after the hedge went out, it waits for the second
+// endpoint's first call (hedged) rather than for a time.
 func TestHedgeComposition(t *testing.T) {
 	tests := []struct {
 		name   string
 		policy string
-		// first and second are the two endpoints' handlers; first gets
-		// the first attempt.
-		first, second func(calls int64) http.HandlerFunc
-		wantStatus    int
-		wantBody      string
-		wantAttempts  string
-		wantSent      int64
+		// first and second are the two endpoints' handlers for their
+		// calls-th call; hedged is closed once the second was called.
+		first        func(calls int64, hedged <-chan struct{}) http.HandlerFunc
+		second       func(calls int64) http.HandlerFunc
+		wantStatus   int
+		wantBody     string
+		wantAttempts string
+		wantSent     int64
 	}{
 		{
 			// The hedge's 503 does not end the call while the first
 			// attempt still waits: its answer wins.
 			name:   "failed_hedge_waits_for_the_other",
 			policy: `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 20ms}}`,
-			first: func(int64) http.HandlerFunc {
-				return newStall(200*time.Millisecond, answerWith("first")).ServeHTTP
+			first: func(_ int64, hedged <-chan struct{}) http.HandlerFunc {
+				return afterHedge(hedged, answerWith("first"))
 			},
 			second:       func(int64) http.HandlerFunc { return statusOnly(503) },
 			wantStatus:   200,
@@ -293,9 +307,9 @@ func TestHedgeComposition(t *testing.T) {
 			// to another endpoint than the hedge's.
 			name:   "all_failed_then_retry",
 			policy: `{timeout: 20s, retry: {attempts: 3, backoff: {base: 1ms, max: 2ms}}, hedge: {after: 20ms}}`,
-			first: func(calls int64) http.HandlerFunc {
+			first: func(calls int64, hedged <-chan struct{}) http.HandlerFunc {
 				if calls == 1 {
-					return newStall(200*time.Millisecond, statusOnly(503)).ServeHTTP
+					return afterHedge(hedged, statusOnly(503))
 				}
 				return answerWith("first, retried")
 			},
@@ -306,15 +320,15 @@ func TestHedgeComposition(t *testing.T) {
 			wantSent:     1,
 		},
 		{
-			// Both fail and no attempt is left: the last failure is the
+			// Both fail and no attempt is left: the failure is the
 			// answer.
 			name:   "all_failed_no_retry_left",
 			policy: `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 20ms}}`,
-			first: func(int64) http.HandlerFunc {
-				return newStall(200*time.Millisecond, statusOnly(502)).ServeHTTP
+			first: func(_ int64, hedged <-chan struct{}) http.HandlerFunc {
+				return afterHedge(hedged, statusOnly(503))
 			},
 			second:       func(int64) http.HandlerFunc { return statusOnly(503) },
-			wantStatus:   502,
+			wantStatus:   503,
 			wantAttempts: "2",
 			wantSent:     1,
 		},
@@ -323,7 +337,7 @@ func TestHedgeComposition(t *testing.T) {
 			// answer: the first response wins.
 			name:   "fatal_answer_wins",
 			policy: `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 20ms}}`,
-			first: func(int64) http.HandlerFunc {
+			first: func(int64, <-chan struct{}) http.HandlerFunc {
 				return newStall(10*time.Second, nil).ServeHTTP
 			},
 			second:       func(int64) http.HandlerFunc { return statusOnly(404) },
@@ -335,7 +349,7 @@ func TestHedgeComposition(t *testing.T) {
 			// The budget refuses the hedge: it is not sent.
 			name:   "budget_refuses",
 			policy: `{timeout: 20s, retry: {attempts: 2, budget: {ratio: 0, min_per_second: 0}}, hedge: {after: 20ms}}`,
-			first: func(int64) http.HandlerFunc {
+			first: func(int64, <-chan struct{}) http.HandlerFunc {
 				return newStall(200*time.Millisecond, answerWith("first")).ServeHTTP
 			},
 			second:       func(int64) http.HandlerFunc { return answerWith("second") },
@@ -350,8 +364,8 @@ func TestHedgeComposition(t *testing.T) {
 			// being far off); the first attempt's answer still wins.
 			name:   "on_per_try_timeout_keeps_the_attempt",
 			policy: `{timeout: 20s, per_try_timeout: 50ms, retry: {attempts: 2}, hedge: {after: 10s, on_per_try_timeout: true}}`,
-			first: func(int64) http.HandlerFunc {
-				return newStall(300*time.Millisecond, answerWith("first")).ServeHTTP
+			first: func(_ int64, hedged <-chan struct{}) http.HandlerFunc {
+				return afterHedge(hedged, answerWith("first"))
 			},
 			second: func(int64) http.HandlerFunc {
 				return newStall(10*time.Second, nil).ServeHTTP
@@ -366,8 +380,8 @@ func TestHedgeComposition(t *testing.T) {
 			// and the retry's answer comes.
 			name:   "per_try_timeout_fails_the_attempt",
 			policy: `{timeout: 20s, per_try_timeout: 50ms, retry: {attempts: 2, backoff: {base: 1ms, max: 2ms}}, hedge: {after: 10s}}`,
-			first: func(int64) http.HandlerFunc {
-				return newStall(300*time.Millisecond, answerWith("first")).ServeHTTP
+			first: func(int64, <-chan struct{}) http.HandlerFunc {
+				return newStall(10*time.Second, nil).ServeHTTP
 			},
 			second:       func(int64) http.HandlerFunc { return answerWith("second") },
 			wantStatus:   200,
@@ -379,11 +393,16 @@ func TestHedgeComposition(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var firstCalls, secondCalls atomic.Int64
+			hedged := make(chan struct{})
 			up0 := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-				tt.first(firstCalls.Add(1))(w, r)
+				tt.first(firstCalls.Add(1), hedged)(w, r)
 			})
 			up1 := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-				tt.second(secondCalls.Add(1))(w, r)
+				n := secondCalls.Add(1)
+				tt.second(n)(w, r)
+				if n == 1 {
+					close(hedged)
+				}
 			})
 			sc := startSidecar(t, hedgeConfig("http1", tt.policy, "UPSTREAM0", "UPSTREAM1"), up0, up1)
 			resp, body := get(t, sc.url("/x"))
@@ -397,6 +416,26 @@ func TestHedgeComposition(t *testing.T) {
 				t.Errorf("hedges sent = %d, want %d", st.Hedge.Sent, tt.wantSent)
 			}
 		})
+	}
+}
+
+// afterHedge answers with next once hedged is closed (the other
+// endpoint has answered the hedge) and 50 ms more, for the sidecar to
+// take that answer in first; or not at all if its request is canceled
+// or 10 s pass.
+func afterHedge(hedged <-chan struct{}, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		t := time.NewTimer(10 * time.Second)
+		defer t.Stop()
+		select {
+		case <-hedged:
+		case <-r.Context().Done():
+			return
+		case <-t.C:
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // an order that holds on a quiet machine; either order gives the wanted answer
+		next(w, r)
 	}
 }
 
@@ -418,14 +457,14 @@ func TestGRPCHedge(t *testing.T) {
 	tests := []struct {
 		name         string
 		key          bool
-		firstAfter   time.Duration // when the first endpoint answers unless canceled
+		firstAfter   time.Duration // when the first endpoint answers unless canceled; 0: after the second's answer
 		pushback     string        // the second endpoint's UNAVAILABLE carries this pushback
 		wantAttempts string
 		wantThird    int64 // calls the third endpoint sees
 		minGap       time.Duration
 	}{
 		{"hedge_wins", true, 10 * time.Second, "", "3", 1, 0},
-		{"pushback_stops_hedges", true, 300 * time.Millisecond, "-1", "2", 0, 0},
+		{"pushback_stops_hedges", true, 0, "-1", "2", 0, 0},
 		{"pushback_delays_next_hedge", true, 10 * time.Second, "300", "3", 1, 250 * time.Millisecond},
 		{"no_key_no_hedge", false, 300 * time.Millisecond, "", "1", 0, 0},
 	}
@@ -433,6 +472,11 @@ func TestGRPCHedge(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newInteropServer(t)
 			slow := newStall(tt.firstAfter, srv)
+			hedged := make(chan struct{})
+			var firstHandler http.Handler = slow
+			if tt.firstAfter == 0 {
+				firstHandler = afterHedge(hedged, srv.ServeHTTP)
+			}
 			var secondAt, thirdAt atomic.Int64 // unix nanoseconds
 			var secondCalls, thirdCalls atomic.Int64
 			extra := []string{}
@@ -440,17 +484,20 @@ func TestGRPCHedge(t *testing.T) {
 				extra = []string{"Grpc-Retry-Pushback-Ms", tt.pushback}
 			}
 			second := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				secondCalls.Add(1)
+				n := secondCalls.Add(1)
 				io.Copy(io.Discard, r.Body)
 				secondAt.Store(time.Now().UnixNano())
 				trailersOnly(codes.Unavailable, extra...)(w)
+				if n == 1 {
+					close(hedged)
+				}
 			})
 			third := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				thirdCalls.Add(1)
 				thirdAt.Store(time.Now().UnixNano())
 				srv.ServeHTTP(w, r)
 			})
-			urls := []string{grpcUpstream(t, slow), grpcUpstream(t, second), grpcUpstream(t, third)}
+			urls := []string{grpcUpstream(t, firstHandler), grpcUpstream(t, second), grpcUpstream(t, third)}
 			sc := startSidecar(t, hedgeConfig("grpc", `{timeout: 20s, retry: {attempts: 2, backoff: {base: 1ms, max: 2ms}}, hedge: {after: 30ms, max_extra: 2}}`, urls...))
 			tc := testgrpc.NewTestServiceClient(dialSidecar(t, sc))
 			ctx := context.Background()

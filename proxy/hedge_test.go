@@ -548,3 +548,39 @@ func TestGRPCHedgeStatus(t *testing.T) {
 	}
 	slow.waitCanceled(t, "the first attempt's stream")
 }
+
+// TestGRPCHedgeNeverStreams: a client stream still sending when the
+// hedge is due is never hedged (its request is not whole at hand), even
+// with the idempotency key.
+func TestGRPCHedgeNeverStreams(t *testing.T) {
+	srv := newInteropServer(t)
+	var otherCalls atomic.Int64
+	other := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		otherCalls.Add(1)
+		srv.ServeHTTP(w, r)
+	})
+	sc := startSidecar(t, hedgeConfig("grpc", `{timeout: 20s, retry: {attempts: 2}, hedge: {after: 30ms}}`, grpcUpstream(t, srv), grpcUpstream(t, other)))
+	tc := testgrpc.NewTestServiceClient(dialSidecar(t, sc))
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "idempotency-key", "stream-1")
+	var header metadata.MD
+	stream, err := tc.StreamingInputCall(ctx, grpc.Header(&header))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := stream.Send(&testgrpc.StreamingInputCallRequest{Payload: &testgrpc.Payload{Body: make([]byte, 10)}}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // the app's pace: the stream outlasts hedge.after
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil || resp.GetAggregatedPayloadSize() != 30 {
+		t.Fatalf("StreamingInputCall = %v, %v; want 30 bytes aggregated", resp, err)
+	}
+	if got := first(header, "sidecar-attempts"); got != "1" {
+		t.Errorf("sidecar-attempts = %q, want 1", got)
+	}
+	if n := otherCalls.Load(); n != 0 {
+		t.Errorf("the other endpoint saw %d calls, want none: a stream is never hedged", n)
+	}
+}

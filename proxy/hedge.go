@@ -140,12 +140,16 @@ type hedgeLoop struct {
 	h    *hedgePolicy
 	c    *call           // the call: its deadline and retry decisions
 	req  http.Request    // a shallow copy: the caller's request stays off the heap when not hedged
-	app  context.Context // c.app without the app's client trace
+	app  noClientTrace // c.app without the app's client trace; &app is the attempts' parent context
 	body replayBody
 	safe bool // retries allowed whatever the outcome (retry's rule)
 
 	g       hedgeGroup
 	live    []*hedgeTry // attempts still waiting for an answer
+	liveBuf [2]*hedgeTry
+	// The first attempt's state, kept here rather than allocated apart.
+	firstTry  hedgeTry
+	firstCall call
 	n       int         // attempts sent
 	hedges  int         // hedges sent
 	stopped bool        // no more hedges: pushback, budget, or a body not whole
@@ -160,6 +164,7 @@ type hedgeLoop struct {
 func (a *attempter) hedged(req *http.Request, c *call, body replayBody, safe bool, h *hedgePolicy) (*http.Response, error) {
 	rt := a.route
 	l := &hedgeLoop{rt: rt, h: h, c: c, req: *req, app: noClientTrace{c.app}, body: body, safe: safe}
+	l.live = l.liveBuf[:0]
 	l.g.done = make(chan *hedgeTry, rt.pol.attempts+h.maxExtra)
 	ep, ticket, retryIn := rt.pick(nil)
 	if ep == nil {
@@ -310,8 +315,12 @@ func (l *hedgeLoop) inUse(ep *Endpoint) bool {
 func (l *hedgeLoop) send(ep *Endpoint, ticket policy.BreakerTicket, body io.ReadCloser, hedge bool) {
 	p := &l.rt.pol
 	l.n++
-	c := &call{route: l.rt, app: l.app, deadline: l.c.deadline, grpc: l.c.grpc, method: l.c.method, appBody: l.c.appBody}
-	t := &hedgeTry{c: c, ticket: ticket, hedge: hedge}
+	c, t := &l.firstCall, &l.firstTry
+	if l.n > 1 {
+		c, t = new(call), new(hedgeTry)
+	}
+	*c = call{route: l.rt, app: &l.app, deadline: l.c.deadline, grpc: l.c.grpc, method: l.c.method, appBody: l.c.appBody}
+	*t = hedgeTry{c: c, ticket: ticket, hedge: hedge}
 	perTry := p.perTry
 	if l.h.onPerTry && perTry > 0 {
 		// The loop acts on the per-try timeout (tick); the attempt's own
@@ -369,7 +378,7 @@ func (l *hedgeLoop) decide() {
 	for _, t := range l.live {
 		t.c.abandon()
 	}
-	l.live = nil
+	l.live = l.live[:0]
 	for {
 		select {
 		case t := <-l.g.done:

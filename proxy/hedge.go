@@ -138,8 +138,8 @@ func (g *hedgeGroup) run(t *hedgeTry, out *http.Request) {
 type hedgeLoop struct {
 	rt   *Route
 	h    *hedgePolicy
-	c    *call           // the call: its deadline and retry decisions
-	req  http.Request    // a shallow copy: the caller's request stays off the heap when not hedged
+	c    *call         // the call: its deadline and retry decisions
+	req  http.Request  // a shallow copy: the caller's request stays off the heap when not hedged
 	app  noClientTrace // c.app without the app's client trace; &app is the attempts' parent context
 	body replayBody
 	safe bool // retries allowed whatever the outcome (retry's rule)
@@ -150,12 +150,12 @@ type hedgeLoop struct {
 	// The first attempt's state, kept here rather than allocated apart.
 	firstTry  hedgeTry
 	firstCall call
-	n       int         // attempts sent
-	hedges  int         // hedges sent
-	stopped bool        // no more hedges: pushback, budget, or a body not whole
-	next    time.Time   // when the next hedge is due; zero: none
-	prev    *Endpoint   // the last attempt's
-	timer   *time.Timer
+	n         int       // attempts sent
+	hedges    int       // hedges sent
+	stopped   bool      // no more hedges: pushback, budget, or a body not whole
+	next      time.Time // when the next hedge is due; zero: none
+	prev      *Endpoint // the last attempt's
+	timer     *time.Timer
 }
 
 // hedged is RoundTrip for a request that hedgeable allows on a route

@@ -30,7 +30,7 @@ spool: {jetstream: {password: hunter2}}
 upstreams:
   inv: {endpoints: ["http://127.0.0.1:8080", "http://127.0.0.1:8081"], load_balancing: least_request}
 policies:
-  default: {timeout: 3s, per_try_timeout: 1s, retry: {}, circuit_breaker: {}, rate_limit: {rps: 10, burst: 5}, max_in_flight: 7}
+  default: {timeout: 3s, per_try_timeout: 1s, retry: {}, hedge: {after: 1s}, circuit_breaker: {}, rate_limit: {rps: 10, burst: 5}, max_in_flight: 7}
 listeners:
   - name: app
     address: 127.0.0.1:0
@@ -110,6 +110,7 @@ func TestRoutes(t *testing.T) {
 				MaxInFlight int64          `json:"max_in_flight"`
 				Attempts    int            `json:"attempts"`
 				Budget      map[string]any `json:"retry_budget"`
+				Hedge       map[string]any `json:"hedge"`
 				Tokens      *float64       `json:"rate_limit_tokens"`
 			}
 			Endpoints []struct {
@@ -131,6 +132,9 @@ func TestRoutes(t *testing.T) {
 	}
 	if st := r.Stats; st.InFlight == nil || st.MaxInFlight != 7 || st.Attempts != 3 || st.Budget == nil || st.Tokens == nil || *st.Tokens != 5 {
 		t.Errorf("/v1/routes stats = %+v, want in-flight, cap 7, 3 attempts, budget and 5 tokens", st)
+	}
+	if h := r.Stats.Hedge; h["after"] != "1s" || h["max_extra"] != 1.0 || h["sent"] != 0.0 || h["wins"] != 0.0 {
+		t.Errorf("/v1/routes stats.hedge = %v, want after 1s, max_extra 1, none sent or won", h)
 	}
 	for _, ep := range r.Endpoints {
 		if ep.Breaker.State != "closed" || ep.Breaker.Counts == nil {

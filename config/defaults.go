@@ -96,6 +96,10 @@ func (r *Retry) setDefaults() {
 	r.IdempotencyHeader = DefaultIdempotencyHeader
 }
 
+func (h *Hedge) setDefaults() {
+	h.MaxExtra = 1
+}
+
 func (b *CircuitBreaker) setDefaults() {
 	b.Enabled = true
 	b.ConsecutiveFailures = 5

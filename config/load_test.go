@@ -45,6 +45,7 @@ policies:
     retry: {}
     circuit_breaker:
     rate_limit: {rps: 5}
+    hedge: {after: 20ms}
   q:
     timeout: 0s
 `), noEnv)
@@ -97,6 +98,10 @@ policies:
 		{"upstreams.hc.outlier.consecutive_5xx", cfg.Upstreams["hc"].Outlier.Consecutive5xx, 5},
 		{"upstreams.hc.outlier.eject_for", cfg.Upstreams["hc"].Outlier.EjectFor.D(), 30 * time.Second},
 		{"upstreams.hc.outlier.max_ejected_percent", cfg.Upstreams["hc"].Outlier.MaxEjectedPercent, 50},
+		{"p.hedge.after", cfg.Policies["p"].Hedge.After.D(), 20 * time.Millisecond},
+		{"p.hedge.max_extra", cfg.Policies["p"].Hedge.MaxExtra, 1},
+		{"p.hedge.on_per_try_timeout", cfg.Policies["p"].Hedge.OnPerTryTimeout, false},
+		{"q.hedge absent is off", cfg.Policies["q"].Hedge == nil, true},
 		{"q.timeout 0 means none", cfg.Policies["q"].Timeout.D(), time.Duration(0)},
 		{"q.per_try_timeout follows", cfg.Policies["q"].PerTryTimeout.D(), time.Duration(0)},
 		{"q.retry absent is off", cfg.Policies["q"].Retry.Active(), false},
@@ -152,6 +157,10 @@ func TestErrors(t *testing.T) {
 		{"async without spool", strings.Replace(minimal, "upstream: inv}", "upstream: inv, async: {}}", 1), []string{`async: an async route needs a spool`}},
 		{"admin not loopback", minimal + "admin: {address: 0.0.0.0:9901}\n", []string{`is not a loopback address`}},
 		{"per-try longer", minimal + "policies: {p: {timeout: 1s, per_try_timeout: 2s}}\n", []string{`policies.p.per_try_timeout: 2s is longer than timeout 1s`}},
+		{"hedge without after", minimal + "policies: {p: {retry: {}, hedge: {}}}\n", []string{`policies.p.hedge.after: must be greater than 0`}},
+		{"hedge max_extra", minimal + "policies: {p: {retry: {}, hedge: {after: 10ms, max_extra: 5}}}\n", []string{`policies.p.hedge.max_extra: must be 1 to 4, got 5`}},
+		{"hedge without retry", minimal + "policies: {p: {hedge: {after: 10ms}}}\n", []string{`policies.p.hedge: needs a retry block`}},
+		{"hedge unknown key", minimal + "policies: {p: {retry: {}, hedge: {after: 10ms, delay: 1s}}}\n", []string{`policies.p.hedge.delay: unknown key`}},
 		{"bad condition", minimal + "policies: {p: {retry: {on: [nope]}}}\n", []string{`policies.p.retry.on[0]: unknown condition "nope"`}},
 		{"bad enum", minimal + "spool: {backend: s3}\n", []string{`spool.backend: invalid value "s3" (want one of file, jetstream)`}},
 		{"unset env", minimal + "admin: {address: \"${NOPE}\"}\n", []string{`admin.address: environment variable NOPE is not set`}},

@@ -209,6 +209,9 @@ type Policy struct {
 	PerTryTimeout Duration `yaml:"per_try_timeout"`
 	// Retry is off when absent.
 	Retry *Retry `yaml:"retry"`
+	// Hedge is off when absent; it needs an active Retry, whose budget,
+	// buffer_limit and idempotency_header it uses.
+	Hedge *Hedge `yaml:"hedge"`
 	// CircuitBreaker is off when absent.
 	CircuitBreaker *CircuitBreaker `yaml:"circuit_breaker"`
 	// RateLimit is off when absent.
@@ -238,6 +241,24 @@ type Retry struct {
 	// Default Idempotency-Key.
 	IdempotencyHeader string `yaml:"idempotency_header"`
 }
+
+// Hedge configures hedged requests (docs/policies.md, "Hedged
+// requests"): after After with no response headers, up to MaxExtra more
+// attempts go to other endpoints, and the first answer wins.
+type Hedge struct {
+	// After is how long an attempt waits for its response headers before
+	// the next hedge is sent. Required, greater than 0.
+	After Duration `yaml:"after"`
+	// MaxExtra is how many hedges a request may send, 1 to 4. Default 1.
+	MaxExtra int `yaml:"max_extra"`
+	// OnPerTryTimeout, when true, keeps an attempt whose per_try_timeout
+	// passed waiting and sends a hedge instead, while one is left.
+	// Default false.
+	OnPerTryTimeout bool `yaml:"on_per_try_timeout"`
+}
+
+// MaxHedges is the most hedges hedge.max_extra allows.
+const MaxHedges = 4
 
 // Backoff is exponential back-off with full jitter: min(max, base*2^n).
 type Backoff struct {

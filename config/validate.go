@@ -321,6 +321,16 @@ func (v *validator) policy(path string, p *Policy) {
 		v.positive(rp+".budget.window", r.Budget.Window)
 		v.headerName(rp+".idempotency_header", r.IdempotencyHeader, v.q(rp+".idempotency_header", r.IdempotencyHeader))
 	}
+	if h := p.Hedge; h != nil {
+		hp := path + ".hedge"
+		v.positive(hp+".after", h.After)
+		if h.MaxExtra < 1 || h.MaxExtra > MaxHedges {
+			v.errorf(hp+".max_extra", "must be 1 to %d, got %s", MaxHedges, v.val(hp+".max_extra", h.MaxExtra))
+		}
+		if !p.Retry.Active() {
+			v.errorf(hp, "needs a retry block: hedges draw on retry.budget and replay bodies up to retry.buffer_limit")
+		}
+	}
 	if b := p.CircuitBreaker; b != nil {
 		bp := path + ".circuit_breaker"
 		v.atLeast(bp+".consecutive_failures", int64(b.ConsecutiveFailures), 1)

@@ -33,6 +33,10 @@ import (
 // time left as grpc-timeout, and an error answered at header time
 // (Trailers-Only) is outcome status with its gRPC code.
 //
+// With the route's hedge policy, a request that hedgeable allows takes
+// hedgeLoop instead (hedge.go): the same steps per attempt, with attempts
+// racing; without it nothing of hedging runs.
+//
 // The async path's loop (spoolOn set) also ends on an answer that the
 // route's async.spool_on lists, once no retry is left: it discards the
 // answer and returns an *UpstreamError with its status, so that serveAsync
@@ -77,6 +81,9 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 	body := newReplayBody(req, p, c.grpc)
 	safe := p.attempts > 1 && (idempotent(req.Method) || p.idemHeader != "" && req.Header[p.idemHeader] != nil)
 	p.budget.Request()
+	if h := p.hedge; h != nil && a.hedgeable(req, &body) {
+		return a.hedged(req, c, body, safe, h)
+	}
 
 	var prev *Endpoint
 	for n := 1; ; n++ {
@@ -199,7 +206,16 @@ func (c *call) try(req *http.Request, ep *Endpoint, body *replayBody, n int) (*h
 
 // send is try's round trip.
 func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*http.Response, policy.Outcome, int, error) {
-	p := &c.route.pol
+	out, ctx := c.prepare(req, ep, body.next(), n, c.route.pol.perTry, false)
+	return c.exchange(out, ctx)
+}
+
+// prepare readies attempt n to ep, with body, and starts its span: it
+// returns the request to send and the attempt's context. The attempt may
+// wait perTry for its headers (0: no per-try deadline); a hedged call's
+// attempts (cancelable) always get a context of their own, which the
+// loop can cancel.
+func (c *call) prepare(req *http.Request, ep *Endpoint, body io.ReadCloser, n int, perTry time.Duration, cancelable bool) (*http.Request, context.Context) {
 	c.ep = ep
 	c.released.Store(false)
 	c.tryStatus, c.tryCode, c.tryResult = 0, -1, policy.OK
@@ -210,7 +226,7 @@ func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*
 		c.x.endpoint = ep.URL.Host
 	}
 	ctx := c.app
-	if d := c.tryDeadline(p.perTry); d > 0 {
+	if d := c.tryDeadline(perTry); d > 0 || cancelable {
 		ctx = c.arm(d)
 	}
 	out := req.WithContext(ctx)
@@ -221,17 +237,23 @@ func (c *call) send(req *http.Request, ep *Endpoint, body *replayBody, n int) (*
 	u := *req.URL
 	u.Scheme, u.Host = ep.URL.Scheme, ep.URL.Host
 	out.URL = &u
-	out.Body = body.next()
-	c.span = c.attemptSpan(out, ep, n, c.grpc && !c.deadline.IsZero())
-
-	transport := c.route.Pool.rt
-	if ep.rt != nil {
+	if ep.host != "" && out.Host == "" {
 		// A resolved endpoint: its URL holds the address, and the
 		// upstream gets the name (docs/policies.md, "DNS re-resolution").
-		transport = ep.rt
-		if out.Host == "" {
-			out.Host = ep.host
-		}
+		out.Host = ep.host
+	}
+	out.Body = body
+	c.span = c.attemptSpan(out, ep, n, c.grpc && !c.deadline.IsZero())
+	return out, ctx
+}
+
+// exchange sends out, prepared with its context ctx, and classifies how
+// it went.
+func (c *call) exchange(out *http.Request, ctx context.Context) (*http.Response, policy.Outcome, int, error) {
+	ep := c.ep
+	transport := c.route.Pool.rt
+	if ep.rt != nil {
+		transport = ep.rt // a resolved endpoint's own connections
 	}
 	ep.inFlight.Add(1)
 	resp, err := transport.RoundTrip(out)
@@ -268,14 +290,17 @@ func (c *call) tryDeadline(perTry time.Duration) time.Duration {
 	return left
 }
 
-// arm gives the next attempt a fresh context and starts its timer.
+// arm gives the next attempt a fresh context and starts its timer for d;
+// none when d is 0.
 func (c *call) arm(d time.Duration) context.Context {
 	ctx, cancel := context.WithCancelCause(c.app)
 	c.mu.Lock()
 	c.ctx, c.cancel, c.headers = ctx, cancel, false
-	if c.timer == nil {
+	switch {
+	case d <= 0:
+	case c.timer == nil:
 		c.timer = time.AfterFunc(d, c.fire)
-	} else {
+	default:
 		c.timer.Reset(d)
 	}
 	c.mu.Unlock()
@@ -310,9 +335,13 @@ func (c *call) gotHeaders() bool {
 		return false
 	}
 	c.headers = true
-	if c.deadline.IsZero() {
+	switch {
+	case c.timer == nil:
+		// No deadline at all: a hedged call's attempt, with a context
+		// of its own only.
+	case c.deadline.IsZero():
 		c.timer.Stop()
-	} else {
+	default:
 		c.timer.Reset(max(time.Until(c.deadline), time.Nanosecond))
 	}
 	return true

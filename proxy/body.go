@@ -33,7 +33,7 @@ func newReplayBody(req *http.Request, p *routePolicy, grpc bool) replayBody {
 	case req.Body == nil || req.Body == http.NoBody:
 		b.orig = nil
 		return b
-	case p.attempts <= 1:
+	case p.attempts <= 1 && p.hedge == nil:
 		b.noRetry = true // one attempt: the body streams as it is
 		return b
 	case grpc || req.ContentLength < 0:
@@ -77,6 +77,25 @@ func (b *replayBody) next() io.ReadCloser {
 		return b.orig
 	}
 	return b.stream
+}
+
+// hedge returns the body for an attempt sent while earlier ones may
+// still be sending theirs (a hedge): the whole body, read from the
+// buffer, which no attempt's reads disturb. It reports false while the
+// body is not whole at hand: still arriving, past buffer_limit, or
+// streamed.
+func (b *replayBody) hedge() (io.ReadCloser, bool) {
+	switch {
+	case b.orig == nil:
+		return nil, true
+	case b.buf != nil:
+		return inmem.NewBody(b.buf), true
+	case b.tee != nil:
+		if buf, ok := b.tee.whole(); ok {
+			return inmem.NewBody(buf), true
+		}
+	}
+	return nil, false
 }
 
 // replayable reports whether the body can be sent again after outcome.
@@ -162,6 +181,18 @@ func (t *teeBody) replayable() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.base == 0 && t.total <= t.limit && (t.err == nil || t.err == io.EOF)
+}
+
+// whole returns the whole body once it was read to its end within the
+// limit. The bytes are never changed after that, so any number of
+// readers may share them.
+func (t *teeBody) whole() ([]byte, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err != io.EOF || t.base != 0 || t.total > t.limit {
+		return nil, false
+	}
+	return t.buf, true
 }
 
 // teeReader is one attempt's view of a teeBody.

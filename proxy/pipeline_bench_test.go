@@ -42,14 +42,17 @@ func (cannedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // pipeline on a request that succeeds at once: "none" with no deadline at
 // all, "off" with the built-in default policy (the 15s overall deadline and
 // no policy block), "on" with every policy on (rate limit, in-flight cap,
-// overall and per-try deadlines, retry with budget, breaker). Run with
-// -cpu 1,2.
+// overall and per-try deadlines, retry with budget, breaker), "hedged"
+// with hedging on as well (the GETs race in the hedged loop, though no
+// hedge is ever due). Run with -cpu 1,2.
 func BenchmarkPipeline(b *testing.B) {
 	for _, bc := range []struct{ name, policy string }{
 		{"none", `{timeout: 0s}`},
 		{"off", `{}`},
 		{"on", `{timeout: 10s, per_try_timeout: 2s, max_in_flight: 1000000,
       retry: {attempts: 3}, circuit_breaker: {}, rate_limit: {rps: 1e12, burst: 1000000000}}`},
+		{"hedged", `{timeout: 10s, per_try_timeout: 2s, max_in_flight: 1000000,
+      retry: {attempts: 3}, hedge: {after: 1s}, circuit_breaker: {}, rate_limit: {rps: 1e12, burst: 1000000000}}`},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			benchHandler(b, oneRoute(bc.policy))

@@ -25,6 +25,7 @@ type routePolicy struct {
 	idemHeader  string // canonical; "" without a retry block
 	failureOn   policy.Conditions
 
+	hedge    *hedgePolicy        // nil: no hedging
 	budget   *policy.Budget      // nil: no retries
 	limiter  *policy.RateLimiter // nil: no rate limit
 	inFlight *policy.InFlight    // always counts; caps when max_in_flight > 0
@@ -56,6 +57,13 @@ func compilePolicy(pc *config.Policy, pool *Pool, prev *Route, breakers *policy.
 			p.budget = prev.pol.budget
 		} else {
 			p.budget = policy.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond, r.Budget.Window.D(), nil)
+		}
+	}
+	if h := pc.Hedge; h != nil && pc.Retry.Active() {
+		if reuse && prev.pol.hedge != nil {
+			p.hedge = prev.pol.hedge
+		} else {
+			p.hedge = &hedgePolicy{after: h.After.D(), maxExtra: h.MaxExtra, onPerTry: h.OnPerTryTimeout}
 		}
 	}
 	if l := pc.RateLimit; l.Active() {
@@ -145,6 +153,7 @@ type RouteStats struct {
 	MaxInFlight int64               `json:"max_in_flight"` // 0: no cap
 	Attempts    int                 `json:"attempts"`
 	Budget      *policy.BudgetStats `json:"retry_budget,omitempty"`
+	Hedge       *HedgeStats         `json:"hedge,omitempty"`
 	RateTokens  *float64            `json:"rate_limit_tokens,omitempty"`
 }
 
@@ -182,6 +191,9 @@ func (rt *Route) Stats() RouteStats {
 	if p.budget != nil {
 		b := p.budget.Stats()
 		st.Budget = &b
+	}
+	if h := p.hedge; h != nil {
+		st.Hedge = &HedgeStats{After: h.after.String(), MaxExtra: h.maxExtra, Sent: h.sent.Load(), Wins: h.wins.Load()}
 	}
 	if p.limiter != nil {
 		tok := p.limiter.Tokens()

@@ -28,7 +28,7 @@ listeners:
       - {name: rb, match: {path_prefix: /b}, upstream: b, policy: pb}
 `
 
-const policyA = `{max_in_flight: 5, retry: {attempts: 2}, rate_limit: {rps: 10, burst: 10}, circuit_breaker: {}}`
+const policyA = `{max_in_flight: 5, retry: {attempts: 2}, hedge: {after: 50ms}, rate_limit: {rps: 10, burst: 10}, circuit_breaker: {}}`
 
 func buildSnapshot(t *testing.T, prev *Snapshot, policyA, endpointB string) *Snapshot {
 	t.Helper()
@@ -62,8 +62,8 @@ func TestBuildKeepsUnchangedState(t *testing.T) {
 			}
 		}
 		ra2 := s2.routes["ra"]
-		if ra2.pol.budget != ra1.pol.budget || ra2.pol.limiter != ra1.pol.limiter || ra2.pol.inFlight != ra1.pol.inFlight {
-			t.Error("route ra's budget, limiter or in-flight count rebuilt, want them kept")
+		if ra2.pol.budget != ra1.pol.budget || ra2.pol.limiter != ra1.pol.limiter || ra2.pol.inFlight != ra1.pol.inFlight || ra2.pol.hedge != ra1.pol.hedge {
+			t.Error("route ra's budget, limiter, in-flight count or hedge counters rebuilt, want them kept")
 		}
 		if got := ra2.Stats().InFlight; got != 1 {
 			t.Errorf("route ra in flight after rebuild = %d, want the 1 held before", got)
@@ -86,8 +86,8 @@ func TestBuildKeepsUnchangedState(t *testing.T) {
 			t.Error("Pools[b] kept though its endpoint changed")
 		}
 		ra2, rb2 := s2.routes["ra"], s2.routes["rb"]
-		if ra2.pol.budget == ra1.pol.budget || ra2.pol.limiter == ra1.pol.limiter || ra2.pol.inFlight == ra1.pol.inFlight {
-			t.Error("route ra kept its budget, limiter or in-flight count though its policy changed")
+		if ra2.pol.budget == ra1.pol.budget || ra2.pol.limiter == ra1.pol.limiter || ra2.pol.inFlight == ra1.pol.inFlight || ra2.pol.hedge == ra1.pol.hedge {
+			t.Error("route ra kept its budget, limiter, in-flight count or hedge counters though its policy changed")
 		}
 		if ra2.pol.breakers.table.Load().brs[0] != ra1.pol.breakers.table.Load().brs[0] {
 			t.Error("route ra's breaker rebuilt though its endpoint and breaker settings are unchanged")

@@ -21,6 +21,8 @@ type Instruments struct {
 	active          metric.Int64UpDownCounter
 	retries         metric.Int64Counter
 	budgetExhausted metric.Int64Counter
+	hedges          metric.Int64Counter
+	hedgeWins       metric.Int64Counter
 	rejected        metric.Int64Counter
 	transitions     metric.Int64Counter
 	resolutions     metric.Int64Counter
@@ -47,10 +49,16 @@ func NewInstruments(m metric.Meter) (*Instruments, error) {
 		metric.WithDescription("Requests the sidecar is serving, by route."))
 	must(e)
 	in.retries, e = m.Int64Counter("sidecar.retries",
-		metric.WithDescription("Attempts made after a request's first, by route."))
+		metric.WithDescription("Attempts made after a request's earlier attempts failed, by route (hedges are counted in sidecar.hedges)."))
 	must(e)
 	in.budgetExhausted, e = m.Int64Counter("sidecar.retry_budget.exhausted",
 		metric.WithDescription("Retries the route's retry budget refused, by route."))
+	must(e)
+	in.hedges, e = m.Int64Counter("sidecar.hedges",
+		metric.WithDescription("Hedges sent: attempts made while an earlier attempt of the same request still waited for its answer, by route."))
+	must(e)
+	in.hedgeWins, e = m.Int64Counter("sidecar.hedge.wins",
+		metric.WithDescription("Requests whose answer came from a hedge rather than from the attempt it hedged, by route."))
 	must(e)
 	in.rejected, e = m.Int64Counter("sidecar.requests.rejected",
 		metric.WithDescription("Requests refused before any attempt because the route's rate limit (rate_limited) or in-flight cap (overloaded) was reached, by route and reason."))
@@ -261,6 +269,22 @@ func (r *Route) BudgetExhausted(ctx context.Context) {
 		return
 	}
 	r.in.budgetExhausted.Add(ctx, 1, r.add...)
+}
+
+// Hedge counts a hedge sent.
+func (r *Route) Hedge(ctx context.Context) {
+	if r == nil {
+		return
+	}
+	r.in.hedges.Add(ctx, 1, r.add...)
+}
+
+// HedgeWin counts a request answered by a hedge.
+func (r *Route) HedgeWin(ctx context.Context) {
+	if r == nil {
+		return
+	}
+	r.in.hedgeWins.Add(ctx, 1, r.add...)
 }
 
 // Rejected counts a request refused by the rate limit or the in-flight

@@ -286,6 +286,14 @@
     };
   }
 
+  // budgetText is the retry budget cell: what is left of it, and the
+  // hedges that drew on it when the route hedges.
+  function budgetText(b, h) {
+    let s = b ? b.available.toFixed(1) + ' left (' + b.retries + ' retries / ' + b.requests + ' req)' : '—';
+    if (h) s += ' · hedge after ' + h.after + ': ' + h.sent + ' sent, ' + h.wins + ' won';
+    return s;
+  }
+
   function renderRoutes(list, rateMap, metricsState) {
     syncRows($('routes-body'), list, (r) => r.name, (r) => {
       const st = r.stats || {};
@@ -309,7 +317,7 @@
           build: (td) => { td.append(el('div', 'name', r.name), el('div', 'sub', routeSub(r))); },
         },
         text(inFlightText(st.in_flight || 0, st.max_in_flight || 0), 'num'),
-        text(b ? b.available.toFixed(1) + ' left (' + b.retries + ' retries / ' + b.requests + ' req)' : '—', 'nowrap'),
+        text(budgetText(b, st.hedge), 'nowrap'),
         text(typeof st.rate_limit_tokens === 'number' ? st.rate_limit_tokens.toFixed(1) + ' tokens' : '—', 'num'),
         endpointsCell(r.endpoints || []),
         text(rps, 'num' + (rps !== '—' && rps !== '…' && Number(rps) > 0 ? ' live' : '')),

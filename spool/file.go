@@ -75,6 +75,10 @@ type FileOptions struct {
 type Limits struct {
 	MaxMessages int64
 	MaxBytes    int64
+	// DedupeWindow de-duplicates the route's Appends of messages with
+	// Message.Dedupe set by idempotency key within this window (see
+	// dedupe.go); 0 means off.
+	DedupeWindow time.Duration
 }
 
 // ErrLocked is returned by OpenFile when another FileStore, in this or
@@ -304,8 +308,24 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 	buf := appendFramedMessage(mr.frame[:0], m)
 	size := int64(len(buf))
 	s.mu.Lock()
+	var de *dedupeEntry
+	if m.Dedupe {
+		var err error
+		if de, err = s.dedupeLocked(ctx, m); err != nil {
+			s.mu.Unlock()
+			if !given && err != ErrDuplicate {
+				m.ID = ""
+			}
+			mr.frame = buf
+			putAppendRequest(mr)
+			return err
+		}
+	}
 	key, err := s.reserveLocked(m, given, size)
 	if err != nil {
+		if de != nil {
+			s.endDedupeLocked(de, m, nil)
+		}
 		s.mu.Unlock()
 		if !given {
 			m.ID = ""
@@ -314,12 +334,16 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 		putAppendRequest(mr)
 		return err
 	}
+	if de != nil {
+		de.id = m.ID
+		mr.msg.IdempotencyKey = m.IdempotencyKey
+	}
 	if !given {
 		patchID(buf, m.ID) // the writer sets the checksum, outside s.mu
 	}
-	mr.msg = Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts}
+	mr.msg = Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts, IdempotencyKey: mr.msg.IdempotencyKey}
 	mr.rec = record{typ: recMessage, id: m.ID, msg: &mr.msg}
-	mr.request = request{rec: &mr.rec, key: key, buf: buf, patched: !given, done: mr.done}
+	mr.request = request{rec: &mr.rec, key: key, buf: buf, patched: !given, done: mr.done, dedupe: de}
 	s.enqueue(&mr.request)
 	s.mu.Unlock()
 	err = <-mr.done
@@ -748,5 +772,8 @@ func (s *FileStore) SetRouteLimits(routes map[string]Limits) {
 	s.opts.Routes = maps.Clone(routes)
 	for _, ri := range s.routeList {
 		ri.limits = routes[ri.name]
+		if ri.limits.DedupeWindow <= 0 {
+			ri.keys = nil
+		}
 	}
 }

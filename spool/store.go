@@ -33,6 +33,12 @@ type Message struct {
 	Arrived time.Time
 	// Attempts is the number of delivery attempts made so far.
 	Attempts int
+	// Dedupe asks Append to store m only if no message of m.Route was
+	// appended with m.IdempotencyKey within the route's dedupe window
+	// (for a FileStore, Limits.DedupeWindow); otherwise Append stores
+	// nothing, sets m.ID to that message's ID and returns ErrDuplicate.
+	// A store that does not de-duplicate ignores it. It is not stored.
+	Dedupe bool
 }
 
 // State is the state of a stored, unsettled message.
@@ -152,6 +158,15 @@ type Store interface {
 	Close() error
 }
 
+// Deduper is implemented by a store that de-duplicates Appends of
+// messages with Message.Dedupe set.
+type Deduper interface {
+	// Duplicate returns the ID of the message of route that was appended
+	// with the idempotency key key within the route's dedupe window; ok is
+	// false if there is none (or it is still being appended).
+	Duplicate(ctx context.Context, route, key string) (id string, ok bool, err error)
+}
+
 // Checker is implemented by a store that can be open but unable to store
 // messages for a while, such as one whose server is unreachable. Ready
 // returns nil when it accepts appends, else why it does not; the admin
@@ -178,6 +193,10 @@ var (
 	ErrTooLarge = errors.New("spool: message too large")
 	// ErrExists is returned by Append for an ID that is already stored.
 	ErrExists = errors.New("spool: message ID exists")
+	// ErrDuplicate is returned by Append for a message with
+	// Message.Dedupe set whose key was appended within the route's dedupe
+	// window: nothing was stored, and m.ID is the earlier message's ID.
+	ErrDuplicate = errors.New("spool: duplicate idempotency key")
 )
 
 // DamagedError reports a stored message whose record no longer reads back

@@ -97,6 +97,9 @@ type instruments struct {
 	headBlocked  metric.Int64ObservableGauge
 	headAttempts metric.Int64ObservableGauge
 	headNext     metric.Float64ObservableGauge
+	deduplicated metric.Int64ObservableCounter
+	paced        metric.Int64ObservableCounter
+	rate         metric.Float64ObservableGauge
 }
 
 // register creates the instruments on m and registers the one callback
@@ -142,6 +145,9 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 	in.headBlocked = i64g("sidecar.spool.head_blocked", "", "1 while an ordering fifo route's head message has failed a delivery and waits for its retry; later messages wait behind it.")
 	in.headAttempts = i64g("sidecar.spool.head_attempts", "{attempt}", "Delivery attempts made on an ordering fifo route's head message; 0 when none is held.")
 	in.headNext = f64g("sidecar.spool.head_next_attempt", "s", "Seconds until the next delivery attempt of an ordering fifo route's head message; 0 when due or none is held.")
+	in.deduplicated = i64c("sidecar.async.deduplicated", "{request}", "Requests of an async route with async.dedupe_window that repeated an idempotency key within the window: answered with the first request's 202 and spool ID, not stored again.")
+	in.paced = i64c("sidecar.spool.deliveries_paced", "{delivery}", "Delivery attempts of an async route with async.rate that waited for the rate.")
+	in.rate = f64g("sidecar.spool.delivery_rate", "{delivery}/s", "The async.rate.per_second a route's deliveries are paced at; absent when not paced.")
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -153,6 +159,7 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 		in.messages, in.bytes, in.oldest, in.orphaned, in.appends, in.fsyncs, in.writeErrors, in.fsyncErrors,
 		in.failed, in.reopens, in.corrupt, in.tornTail, in.segments, in.lossWindow,
 		in.deliveries, in.headBlocked, in.headAttempts, in.headNext,
+		in.deduplicated, in.paced, in.rate,
 	)
 }
 
@@ -251,6 +258,11 @@ func (s *Server) observeDeliveries(o metric.Observer, in *instruments, ds map[st
 			if !h.NextAttempt.IsZero() {
 				n = max(h.NextAttempt.Sub(now), 0).Seconds()
 			}
+		}
+		o.ObserveInt64(in.deduplicated, d.Deduplicated, routeAttr(name))
+		o.ObserveInt64(in.paced, d.Paced, routeAttr(name))
+		if d.RatePerSecond > 0 {
+			o.ObserveFloat64(in.rate, d.RatePerSecond, routeAttr(name))
 		}
 		o.ObserveInt64(in.headBlocked, b, routeAttr(name))
 		o.ObserveInt64(in.headAttempts, a, routeAttr(name))

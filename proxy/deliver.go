@@ -473,37 +473,14 @@ func (d *deliverer) parallelStep(limit int) {
 }
 
 // pace waits until the route's async.rate allows one more delivery
-// attempt, taking a token from the deliverer's token bucket at its clock
-// (golang.org/x/time/rate): every attempt, a retry's as well, takes one.
-// A change of the rate by a reload applies to the bucket at once. It
-// returns false, without a token, if the deliverer was stopped while it
-// waited.
+// attempt (reserve). It returns false, without a token, if the deliverer
+// was stopped while it waited.
 func (d *deliverer) pace() bool {
 	var r *deliveryRate
 	if rt := d.snap().routes[d.route]; rt != nil && rt.async != nil {
 		r = rt.async.rate
 	}
-	if r == nil {
-		if d.pacer != nil {
-			d.pacer = nil
-			d.rate.Store(nil)
-		}
-		return true
-	}
-	now := d.clock()
-	switch old := d.rate.Load(); {
-	case d.pacer == nil:
-		// A full bucket: after a start or a reload, burst attempts may
-		// start at once.
-		d.pacer = rate.NewLimiter(rate.Limit(r.perSecond), r.burst)
-		d.rate.Store(r)
-	case *old != *r:
-		d.pacer.SetLimitAt(now, rate.Limit(r.perSecond))
-		d.pacer.SetBurstAt(now, r.burst)
-		d.rate.Store(r)
-	}
-	res := d.pacer.ReserveN(now, 1)
-	wait := res.DelayFrom(now)
+	wait, res := d.reserve(r, d.clock())
 	if wait <= 0 {
 		return true
 	}
@@ -517,6 +494,34 @@ func (d *deliverer) pace() bool {
 		res.CancelAt(d.clock())
 		return false
 	}
+}
+
+// reserve takes a token for one delivery attempt at now from the
+// deliverer's token bucket (golang.org/x/time/rate, on the deliverer's
+// clock), and returns how long from now the attempt must wait for it.
+// Every attempt takes one, a retry's as well. The bucket is made at the
+// first paced attempt, full (burst attempts may start at once), and a
+// change of r by a reload applies to it at once; a nil r (not paced)
+// drops it.
+func (d *deliverer) reserve(r *deliveryRate, now time.Time) (time.Duration, *rate.Reservation) {
+	if r == nil {
+		if d.pacer != nil {
+			d.pacer = nil
+			d.rate.Store(nil)
+		}
+		return 0, nil
+	}
+	switch old := d.rate.Load(); {
+	case d.pacer == nil:
+		d.pacer = rate.NewLimiter(rate.Limit(r.perSecond), r.burst)
+		d.rate.Store(r)
+	case *old != *r:
+		d.pacer.SetLimitAt(now, rate.Limit(r.perSecond))
+		d.pacer.SetBurstAt(now, r.burst)
+		d.rate.Store(r)
+	}
+	res := d.pacer.ReserveN(now, 1)
+	return res.DelayFrom(now), res
 }
 
 func (d *deliverer) clock() time.Time {

@@ -188,3 +188,60 @@ listeners:
       - {name: ev, match: {path_prefix: /}, upstream: up, policy: p, async: {` + async + `}}
 `
 }
+
+// On the deliverer's clock, the attempts it starts never exceed the
+// bucket: in any span t from one attempt to a later one, at most
+// burst + rate*t attempts, however late the deliverer comes for its
+// tokens; and when it is never late, it keeps the rate exactly. A change
+// of the rate applies from the next attempt.
+func TestPaceNeverExceedsRate(t *testing.T) {
+	d := &deliverer{counts: new(deliveryCounts)}
+	now := time.Unix(1000, 0)
+	check := func(r *deliveryRate, n int, late func(i int) time.Duration) []time.Time {
+		t.Helper()
+		var starts []time.Time
+		for i := range n {
+			now = now.Add(late(i))
+			wait, _ := d.reserve(r, now)
+			if wait < 0 {
+				t.Fatalf("reserve = %v, want >= 0", wait)
+			}
+			now = now.Add(wait) // the attempt starts once its token is there
+			starts = append(starts, now)
+		}
+		for i := range starts {
+			for j := i; j < len(starts); j++ {
+				span := starts[j].Sub(starts[i]).Seconds()
+				if allowed := float64(r.burst) + r.perSecond*span + 1e-9; float64(j-i+1) > allowed {
+					t.Fatalf("rate %v burst %d: %d attempts in %.6fs, over the %.3f the bucket allows", r.perSecond, r.burst, j-i+1, span, allowed)
+				}
+			}
+		}
+		return starts
+	}
+	r := &deliveryRate{perSecond: 100, burst: 5}
+	onTime := func(int) time.Duration { return 0 }
+	starts := check(r, 505, onTime)
+	// 5 at once, then 500 more every 10ms: 5s.
+	if got := starts[len(starts)-1].Sub(starts[0]); got != 5*time.Second {
+		t.Errorf("505 attempts at 100/s burst 5 spanned %v, want 5s", got)
+	}
+	// A deliverer late now and then: never more, and the delay is not
+	// made up beyond the burst.
+	check(r, 500, func(i int) time.Duration { return time.Duration(i%7) * 7 * time.Millisecond })
+	// A reload to 10/s, burst 1: from the next attempt on, 100ms apart.
+	slow := &deliveryRate{perSecond: 10, burst: 1}
+	starts = check(slow, 20, onTime)
+	for i := 2; i < len(starts); i++ {
+		if gap := starts[i].Sub(starts[i-1]); gap != 100*time.Millisecond {
+			t.Fatalf("after the reload to 10/s, attempt %d came %v after the one before, want 100ms", i, gap)
+		}
+	}
+	if got := d.rate.Load(); got == nil || *got != *slow {
+		t.Errorf("rate after the reload = %+v, want %+v", got, slow)
+	}
+	// Not paced any more: no wait, no bucket.
+	if wait, _ := d.reserve(nil, now); wait != 0 || d.pacer != nil || d.rate.Load() != nil {
+		t.Errorf("reserve(nil) = %v, bucket %v; want 0 and none", wait, d.pacer)
+	}
+}

@@ -44,7 +44,7 @@ type asyncPolicy struct {
 	maxAge      time.Duration // 0: no limit
 	maxBody     int64
 	// dedupe is set with a dedupe_window: a request with the app's own
-	// key is appended with spool.Message.Dedupe (the store keeps the
+	// key is appended with spool.Deduper.AppendOnce (the store keeps the
 	// window, from async.dedupe_window).
 	dedupe bool
 	// rate paces the deliveries; nil: not paced.
@@ -141,7 +141,7 @@ func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request
 		}
 		body = b
 	}
-	msg := newMessage(r, rt, body)
+	msg, once := newMessage(r, rt, body)
 	if rt.obs.tracer() != nil {
 		// The message keeps the request's SERVER span as its origin:
 		// every delivery attempt links to it.
@@ -150,10 +150,10 @@ func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request
 		}
 	}
 	if a.always {
-		sp.enqueue(w, r, rt, msg, 0)
+		sp.enqueue(w, r, rt, msg, once, 0)
 		return
 	}
-	if msg.Dedupe && sp.dedupe != nil {
+	if once && sp.dedupe != nil {
 		// A repeat of a request already spooled gets its 202 without
 		// another call upstream (docs/policies.md, "Async
 		// de-duplication").
@@ -179,7 +179,7 @@ func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request
 	case ue.Outcome == policy.Canceled:
 		// The app went away; there is no one to answer.
 	case a.spoolsOn(ue.Outcome, ue.Status):
-		sp.enqueue(w, r, rt, msg, ue.Attempts)
+		sp.enqueue(w, r, rt, msg, once, ue.Attempts)
 	default:
 		writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
 	}
@@ -236,10 +236,16 @@ var asyncBufs = sync.Pool{New: func() any { b := make([]byte, asyncBufSize); ret
 const asyncBufSize = 16 << 10
 
 // enqueue appends msg and answers 202 once it is durable, or the error that
-// kept it from being stored.
-func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, msg *spool.Message, attempts int) {
+// kept it from being stored. With once, msg is appended de-duplicated by
+// its key, and a repeat is answered with the first message's 202.
+func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, msg *spool.Message, once bool, attempts int) {
 	msg.Attempts = attempts
-	err := sp.store.Append(r.Context(), msg)
+	var err error
+	if once && sp.dedupe != nil {
+		err = sp.dedupe.AppendOnce(r.Context(), msg)
+	} else {
+		err = sp.store.Append(r.Context(), msg)
+	}
 	switch {
 	case err == nil:
 	case r.Context().Err() != nil:
@@ -340,7 +346,8 @@ func spooledAnswer(id string) []byte {
 // forwarded (cleaned path and query), the end-to-end headers without
 // Sidecar-* ones, with X-Forwarded-For appended as a proxied request gets
 // it, the body, and the idempotency key (the app's, or a new random one).
-func newMessage(r *http.Request, rt *Route, body []byte) *spool.Message {
+// once reports that the route de-duplicates and the key is the app's.
+func newMessage(r *http.Request, rt *Route, body []byte) (msg *spool.Message, once bool) {
 	a := rt.async
 	// The value slices are the request's, shared: below, fields are only
 	// deleted or replaced, never changed in place, and the store encodes
@@ -362,7 +369,7 @@ func newMessage(r *http.Request, rt *Route, body []byte) *spool.Message {
 		hd.Set("Host", r.Host)
 	}
 	key := hd.Get(a.idemHeader)
-	dedupe := a.dedupe && key != "" // only the app's own keys repeat
+	once = a.dedupe && key != "" // only the app's own keys repeat
 	if key == "" {
 		key = newIdempotencyKey()
 		hd.Set(a.idemHeader, key)
@@ -382,8 +389,7 @@ func newMessage(r *http.Request, rt *Route, body []byte) *spool.Message {
 		IdempotencyKey: key,
 		TraceParent:    r.Header.Get("Traceparent"),
 		Arrived:        time.Now(),
-		Dedupe:         dedupe,
-	}
+	}, once
 }
 
 // newIdempotencyKey returns 32 random hex digits.

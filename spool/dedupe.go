@@ -7,8 +7,8 @@ import (
 
 // De-duplication by idempotency key (the proxy's async.dedupe_window).
 //
-// An Append of a message with Dedupe set, on a route whose
-// Limits.DedupeWindow is set, looks its (Route, IdempotencyKey) up among
+// An AppendOnce of a message, on a route whose Limits.DedupeWindow is
+// set, looks its (Route, IdempotencyKey) up among
 // the keys of the route's messages appended within the window. A key
 // whose message is committed answers at once: Append stores nothing, sets
 // m.ID to that message's ID and returns ErrDuplicate. A key whose message
@@ -29,8 +29,10 @@ import (
 // Recovery rebuilds the keys from the message records. So a repeat within
 // the window is answered with the first ID after any restart or crash,
 // whether the first message is pending, dead, delivered or deleted.
-// Recovery cannot tell a key the app gave from one the proxy stamped, so
-// after a restart a route's stamped keys are held too, for one window.
+// A plain Append neither looks its key up nor keeps it (the proxy uses
+// it for keys it stamped itself, which never repeat); but recovery
+// cannot tell the records of the two apart, so after a restart it holds
+// the keys of a route's plain Appends too, for one window.
 
 // dedupeEntry is one key of a route's window.
 type dedupeEntry struct {

@@ -24,16 +24,16 @@ func dedupeOpts(c *testClock, w time.Duration) FileOptions {
 	return FileOptions{Now: c.now, Routes: map[string]Limits{"r": {DedupeWindow: w}}, SegmentSize: 4 << 10}
 }
 
-// keyed is a message of route with the app's key, to de-duplicate.
+// keyed is a message of route with the app's key.
 func keyed(route, key string, body string) *Message {
-	return &Message{Route: route, Method: "POST", Target: "/e", IdempotencyKey: key, Body: []byte(body), Dedupe: true}
+	return &Message{Route: route, Method: "POST", Target: "/e", IdempotencyKey: key, Body: []byte(body)}
 }
 
-// appendID appends m and returns the ID it was answered with, and
-// whether it was a duplicate.
+// appendID appends m with AppendOnce and returns the ID it was answered
+// with, and whether it was a duplicate.
 func appendID(t *testing.T, s *FileStore, m *Message) (string, bool) {
 	t.Helper()
-	err := s.Append(t.Context(), m)
+	err := s.AppendOnce(t.Context(), m)
 	switch {
 	case err == nil:
 		return m.ID, false
@@ -59,12 +59,15 @@ func TestDedupeWithinWindow(t *testing.T) {
 	if n := s.Stats().Total.Pending; n != 1 {
 		t.Fatalf("pending = %d, want 1", n)
 	}
-	// Not de-duplicated: another key, a message without Dedupe, a route
-	// without a window.
-	for _, m := range []*Message{keyed("r", "k2", "x"), {Route: "r", IdempotencyKey: "k1"}, keyed("other", "k1", "x")} {
+	// Not de-duplicated: another key, a route without a window, a plain
+	// Append.
+	for _, m := range []*Message{keyed("r", "k2", "x"), keyed("other", "k1", "x")} {
 		if id, dup := appendID(t, s, m); dup || id == first {
-			t.Fatalf("Append(route %s, key %s, dedupe %v) = %s, duplicate %v; want a new message", m.Route, m.IdempotencyKey, m.Dedupe, id, dup)
+			t.Fatalf("AppendOnce(route %s, key %s) = %s, duplicate %v; want a new message", m.Route, m.IdempotencyKey, id, dup)
 		}
+	}
+	if m := keyed("r", "k1", "plain"); s.Append(t.Context(), m) != nil || m.ID == first {
+		t.Fatalf("Append(key k1) = %s, want a new message", m.ID)
 	}
 	// Past the window the key stores a new message.
 	c.advance(2 * time.Second)
@@ -87,7 +90,7 @@ func TestDedupeConcurrent(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			m := keyed("r", "same", fmt.Sprint(i))
-			err := s.Append(t.Context(), m)
+			err := s.AppendOnce(t.Context(), m)
 			if err == nil {
 				stored.Add(1)
 			} else if !errors.Is(err, ErrDuplicate) {
@@ -164,7 +167,7 @@ func TestDedupeFailedAppendReleasesKey(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir, opts)
 	fsys.fail(errors.New("disk full"), nil)
-	if err := s.Append(t.Context(), keyed("r", "k", "x")); !errors.Is(err, ErrFailed) {
+	if err := s.AppendOnce(t.Context(), keyed("r", "k", "x")); !errors.Is(err, ErrFailed) {
 		t.Fatalf("Append on a failing disk = %v, want ErrFailed", err)
 	}
 	fsys.fail(nil, nil)
@@ -176,7 +179,7 @@ func TestDedupeFailedAppendReleasesKey(t *testing.T) {
 	// A full route refuses at reserve time: the key is released too.
 	opts.Routes = map[string]Limits{"r": {DedupeWindow: time.Minute, MaxMessages: 1}}
 	s.SetRouteLimits(opts.Routes)
-	if err := s.Append(t.Context(), keyed("r", "k2", "z")); !errors.Is(err, ErrFull) {
+	if err := s.AppendOnce(t.Context(), keyed("r", "k2", "z")); !errors.Is(err, ErrFull) {
 		t.Fatalf("Append over max_messages = %v, want ErrFull", err)
 	}
 	s.SetRouteLimits(map[string]Limits{"r": {DedupeWindow: time.Minute}})

@@ -33,12 +33,6 @@ type Message struct {
 	Arrived time.Time
 	// Attempts is the number of delivery attempts made so far.
 	Attempts int
-	// Dedupe asks Append to store m only if no message of m.Route was
-	// appended with m.IdempotencyKey within the route's dedupe window
-	// (for a FileStore, Limits.DedupeWindow); otherwise Append stores
-	// nothing, sets m.ID to that message's ID and returns ErrDuplicate.
-	// A store that does not de-duplicate ignores it. It is not stored.
-	Dedupe bool
 }
 
 // State is the state of a stored, unsettled message.
@@ -158,9 +152,16 @@ type Store interface {
 	Close() error
 }
 
-// Deduper is implemented by a store that de-duplicates Appends of
-// messages with Message.Dedupe set.
+// Deduper is implemented by a store that de-duplicates appends by
+// idempotency key, per route, within a window of the route's (for a
+// FileStore, Limits.DedupeWindow).
 type Deduper interface {
+	// AppendOnce is Append, de-duplicated: if a message of m.Route was
+	// appended with m.IdempotencyKey within the route's window, it stores
+	// nothing, sets m.ID to that message's ID and returns ErrDuplicate.
+	// On a route without a window, or for a message without a key, it is
+	// Append.
+	AppendOnce(ctx context.Context, m *Message) error
 	// Duplicate returns the ID of the message of route that was appended
 	// with the idempotency key key within the route's dedupe window; ok is
 	// false if there is none (or it is still being appended).
@@ -193,9 +194,9 @@ var (
 	ErrTooLarge = errors.New("spool: message too large")
 	// ErrExists is returned by Append for an ID that is already stored.
 	ErrExists = errors.New("spool: message ID exists")
-	// ErrDuplicate is returned by Append for a message with
-	// Message.Dedupe set whose key was appended within the route's dedupe
-	// window: nothing was stored, and m.ID is the earlier message's ID.
+	// ErrDuplicate is returned by Deduper.AppendOnce for a message whose
+	// key was appended within the route's dedupe window: nothing was
+	// stored, and m.ID is the earlier message's ID.
 	ErrDuplicate = errors.New("spool: duplicate idempotency key")
 )
 

@@ -40,6 +40,16 @@ func (s *Store) newID() string {
 
 // Append implements spool.Store. See the package documentation.
 func (s *Store) Append(ctx context.Context, m *spool.Message) error {
+	return s.append(ctx, m, false)
+}
+
+// AppendOnce implements spool.Deduper: Append, de-duplicated by m's route
+// and idempotency key (see the package documentation).
+func (s *Store) AppendOnce(ctx context.Context, m *spool.Message) error {
+	return s.append(ctx, m, true)
+}
+
+func (s *Store) append(ctx context.Context, m *spool.Message, once bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -51,7 +61,7 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 	}
 	given := m.ID != ""
 	id := m.ID
-	dedupe := !given && m.Dedupe && m.IdempotencyKey != "" && s.routeOptions(m.Route).DedupeWindow > 0
+	dedupe := !given && once && m.IdempotencyKey != "" && s.routeOptions(m.Route).DedupeWindow > 0
 	switch {
 	case dedupe:
 		// The ID, and so the Nats-Msg-Id, is the key's: a message of

@@ -18,16 +18,16 @@ import (
 
 func keyedMessage(route, key string) *spool.Message {
 	m := message(route, 0)
-	m.IdempotencyKey, m.Dedupe = key, true
+	m.IdempotencyKey = key
 	return m
 }
 
 // appendKeyed appends a keyed message and returns the ID it was answered
 // with and whether it was a duplicate.
-func appendKeyed(t *testing.T, s spool.Store, route, key string) (string, bool) {
+func appendKeyed(t *testing.T, s spool.Deduper, route, key string) (string, bool) {
 	t.Helper()
 	m := keyedMessage(route, key)
-	err := s.Append(t.Context(), m)
+	err := s.AppendOnce(t.Context(), m)
 	switch {
 	case err == nil:
 		return m.ID, false
@@ -56,7 +56,7 @@ func TestDedupeByKey(t *testing.T) {
 	if id, ok, err := s.Duplicate(t.Context(), "r", "k1"); err != nil || !ok || id != first {
 		t.Fatalf("Duplicate(r, k1) = %s, %v, %v; want %s, true, nil", id, ok, err, first)
 	}
-	// Another route, a message without Dedupe: stored.
+	// Another route: stored.
 	if id, dup := appendKeyed(t, s, "other", "k1"); dup || id == first {
 		t.Fatalf("route other, key k1 = %s, duplicate %v; want a new message", id, dup)
 	}
@@ -85,13 +85,13 @@ func TestDedupeByKey(t *testing.T) {
 	ids := make([]string, 8)
 	var wg sync.WaitGroup
 	for i := range ids {
-		st := spool.Store(s)
+		st := spool.Deduper(s)
 		if i%2 == 1 {
 			st = s2
 		}
 		wg.Go(func() {
 			m := keyedMessage("r", "k2")
-			err := st.Append(t.Context(), m)
+			err := st.AppendOnce(t.Context(), m)
 			if err == nil {
 				stored.Add(1)
 			} else if !errors.Is(err, spool.ErrDuplicate) {

@@ -64,8 +64,8 @@
 //
 // # De-duplication
 //
-// A route with RouteOptions.DedupeWindow de-duplicates Appends of
-// messages with spool.Message.Dedupe: such a message's ID is derived from
+// A route with RouteOptions.DedupeWindow de-duplicates AppendOnce calls
+// (spool.Deduper): such a message's ID is derived from
 // its route and idempotency key (32 hex digits of SHA-256 of route, NUL,
 // key) and is its Nats-Msg-Id. Append first looks the ID up: a message of
 // the key still stored (pending or dead) is the one answered with

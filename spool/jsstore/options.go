@@ -69,9 +69,9 @@ type RouteOptions struct {
 	// between, so sidecars sharing the stream can overshoot it by what the
 	// others append within that time.
 	MaxMessages int64
-	// DedupeWindow de-duplicates the route's Appends of messages with
-	// spool.Message.Dedupe by idempotency key, through the stream's
-	// duplicate window (see the package documentation); 0 means off.
+	// DedupeWindow de-duplicates the route's AppendOnce calls by
+	// idempotency key, through the stream's duplicate window (see the
+	// package documentation); 0 means off.
 	DedupeWindow time.Duration
 }
 

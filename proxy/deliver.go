@@ -395,8 +395,10 @@ func (d *deliverer) fifoStep() {
 		d.idle(maxIdle)
 		return
 	}
+	var info spool.Info
 	for {
-		_, info, err := d.store.Get(m.ID)
+		var err error
+		_, info, err = d.store.Get(m.ID)
 		if err != nil {
 			// Deleted while held (look again), damaged on disk since
 			// (dead-lettered by nextOK), or the store closed.
@@ -414,17 +416,14 @@ func (d *deliverer) fifoStep() {
 		d.sleep(wait)
 		if d.stopped() {
 			// Hand the head back, so that the route's next deliverer
-			// (after a reload) can lease it; RetryLater keeps its due
-			// time and attempts.
-			if err := d.store.RetryLater(m.ID, info.NextAttempt, info.Attempts); err != nil && !errors.Is(err, spool.ErrClosed) {
-				d.log.Warn("spool: could not hand back a held message; it is delivered again after a restart", "route", d.route, "id", m.ID, "error", err)
-			}
+			// (after a reload) can lease it.
+			d.handBack(m, info.NextAttempt)
 			d.setHead(nil)
 			return
 		}
 	}
 	if !d.pace() {
-		d.handBack(m)
+		d.handBack(m, info.NextAttempt)
 		d.setHead(nil)
 		return
 	}
@@ -453,7 +452,7 @@ func (d *deliverer) parallelStep(limit int) {
 		return
 	}
 	if !d.pace() {
-		d.handBack(m)
+		d.handBack(m, time.Time{}) // it was due
 		<-d.slots
 		return
 	}
@@ -532,12 +531,9 @@ func (d *deliverer) clock() time.Time {
 }
 
 // handBack releases m, leased but not attempted, for the route's next
-// deliverer; its due time and attempts are kept.
-func (d *deliverer) handBack(m *spool.Message) {
-	_, info, err := d.store.Get(m.ID)
-	if err == nil {
-		err = d.store.RetryLater(m.ID, info.NextAttempt, info.Attempts)
-	}
+// deliverer (after a reload), due at at (zero: now), its attempts kept.
+func (d *deliverer) handBack(m *spool.Message, at time.Time) {
+	err := d.store.RetryLater(m.ID, at, m.Attempts)
 	if err != nil && !errors.Is(err, spool.ErrNotFound) && !errors.Is(err, spool.ErrClosed) {
 		d.log.Warn("spool: could not hand back a held message; it is delivered again after a restart", "route", d.route, "id", m.ID, "error", err)
 	}

@@ -14,14 +14,15 @@ import (
 	"github.com/sidecar-proxy/sidecar/internal/poll"
 )
 
-// dedupeConfig is crashConfig's async route with a dedupe window.
-func dedupeConfig(t *testing.T, dir, upstream, when string) string {
+// dedupeConfig is crashConfig's async route with a dedupe window, on the
+// spool block given (a YAML flow mapping's body).
+func dedupeConfig(t *testing.T, spoolBlock, upstream, when string) string {
 	t.Helper()
 	return writeConfig(t, fmt.Sprintf(`
 version: 1
 shutdown_grace: 1s
 admin: {address: "127.0.0.1:0"}
-spool: {dir: %q, fsync: always}
+spool: {%s}
 upstreams:
   up: {endpoints: ["http://%s"], connect_timeout: 200ms}
 policies:
@@ -37,7 +38,7 @@ listeners:
           backoff: {base: 10ms, max: 50ms}
           max_attempts: 1000000
           dedupe_window: 10m
-`, dir, upstream, when))
+`, spoolBlock, upstream, when))
 }
 
 // keyUpstream answers 200 to keys it lets through and 503 to the others,
@@ -114,8 +115,7 @@ func TestKill9KeepsDedupe(t *testing.T) {
 			srv := &http.Server{Handler: up}
 			go srv.Serve(ln)
 			defer srv.Close()
-			dir := t.TempDir()
-			cfg := dedupeConfig(t, dir, ln.Addr().String(), when)
+			cfg := dedupeConfig(t, fmt.Sprintf("dir: %q, fsync: always", t.TempDir()), ln.Addr().String(), when)
 
 			cmd, s, _ := startBinary(t, cfg)
 			addr := strings.TrimPrefix(s.Listeners, "app=")
@@ -165,5 +165,59 @@ func TestKill9KeepsDedupe(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestKill9KeepsDedupeJetStream is TestKill9KeepsDedupe's when: always
+// case on the JetStream backend: the repeat after a kill -9 and a restart
+// gets the first 202 from the stream, for a message delivered before the
+// kill (the stream's duplicate window answers) and for one still pending.
+func TestKill9KeepsDedupeJetStream(t *testing.T) {
+	ns := startNATS(t)
+	up := &keyUpstream{delivered: map[string]int{}, calls: map[string]int{}, hold: map[string]bool{"pending": true}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: up}
+	go srv.Serve(ln)
+	defer srv.Close()
+	cfg := dedupeConfig(t, fmt.Sprintf("backend: jetstream, jetstream: {url: %q, stream: DEDUPE9}", ns.ClientURL()), ln.Addr().String(), "always")
+
+	cmd, s, _ := startBinary(t, cfg)
+	addr := strings.TrimPrefix(s.Listeners, "app=")
+	ids := map[string]string{}
+	for _, key := range []string{"delivered", "pending"} {
+		ids[key], _ = postKey(t, addr, key)
+	}
+	poll.Until(t, 10*time.Second, "the delivery of key delivered", func() bool {
+		st, err := getSpool(s.Admin)
+		return up.count("delivered") == 1 && err == nil && st.Total.Depth == 1
+	})
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+
+	_, s, _ = startBinary(t, cfg)
+	addr = strings.TrimPrefix(s.Listeners, "app=")
+	for _, key := range []string{"delivered", "pending"} {
+		if id, _ := postKey(t, addr, key); id != ids[key] {
+			t.Errorf("after kill -9, key %s answered %s, want the first answer %s", key, id, ids[key])
+		}
+	}
+	up.mu.Lock()
+	up.hold["pending"] = false
+	up.mu.Unlock()
+	// A message leased by the killed sidecar is handed out again after
+	// the consumer's ack wait (30s).
+	poll.Until(t, 60*time.Second, "the delivery of key pending", func() bool {
+		st, err := getSpool(s.Admin)
+		return err == nil && st.Total.Depth == 0 && up.count("pending") >= 1
+	})
+	for _, key := range []string{"delivered", "pending"} {
+		if n := up.count(key); n != 1 {
+			t.Errorf("key %s delivered %d times, want 1", key, n)
+		}
 	}
 }

@@ -180,6 +180,13 @@ func (s *FileStore) recoverKeyLocked(meta messageMeta, key []byte, seg *segment)
 	if timeToNanos(s.now())-meta.arrived > window {
 		return
 	}
+	if _, ok := keys.byKey[string(key)]; ok {
+		// Within one window only the first message of a key was
+		// appended by AppendOnce; a later one was a plain Append (or
+		// made while the route did not de-duplicate), which AppendOnce
+		// would not have answered with.
+		return
+	}
 	keys.add(string(key), &dedupeEntry{id: meta.id, at: meta.arrived, seg: seg.seq})
 	seg.keep = max(seg.keep, meta.arrived+window)
 }

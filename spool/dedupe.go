@@ -150,10 +150,13 @@ func (s *FileStore) endDedupeLocked(e *dedupeEntry, m *Message, seg *segment) {
 		e.seg = seg.seq
 		_, ri, _ := s.routeLocked(m.Route)
 		seg.keep = max(seg.keep, e.at+int64(ri.limits.DedupeWindow))
-	} else if _, ri, _ := s.routeLocked(m.Route); ri.keys != nil && ri.keys.byKey[m.IdempotencyKey] == e {
-		delete(ri.keys.byKey, m.IdempotencyKey)
-		// Its queue entry stays until it reaches the head; seg is 0,
-		// so the queue stops there until then: mark it expired.
+	} else {
+		if _, ri, _ := s.routeLocked(m.Route); ri.keys != nil && ri.keys.byKey[m.IdempotencyKey] == e {
+			delete(ri.keys.byKey, m.IdempotencyKey)
+		}
+		// Its queue entry stays until it reaches the head, where an
+		// entry being committed (seg 0) would stop expiry: mark it
+		// expired.
 		e.seg, e.at = ^uint64(0), 0
 	}
 	if e.wait != nil {

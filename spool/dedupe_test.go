@@ -187,3 +187,28 @@ func TestDedupeFailedAppendReleasesKey(t *testing.T) {
 		t.Fatalf("Append after a refused one = %s, duplicate; want stored", id)
 	}
 }
+
+// The keys of a window are dropped once it has passed: a route holds the
+// keys of its last window only.
+func TestDedupeKeysExpire(t *testing.T) {
+	c := newTestClock()
+	s := open(t, t.TempDir(), dedupeOpts(c, time.Minute))
+	for i := range 1000 {
+		appendID(t, s, keyed("r", fmt.Sprint("k", i), "x"))
+		c.advance(time.Millisecond)
+	}
+	keys := func() (int, int) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		k := s.routeList[s.routeIdx["r"]].keys
+		return len(k.byKey), len(k.queue) - k.head
+	}
+	if n, q := keys(); n != 1000 || q != 1000 {
+		t.Fatalf("keys within the window: %d in the map, %d queued; want 1000", n, q)
+	}
+	c.advance(time.Minute)
+	appendID(t, s, keyed("r", "late", "x"))
+	if n, q := keys(); n != 1 || q != 1 {
+		t.Fatalf("keys after the window: %d in the map, %d queued; want 1", n, q)
+	}
+}

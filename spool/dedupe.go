@@ -12,9 +12,11 @@ import (
 // the keys of the route's messages appended within the window. A key
 // whose message is committed answers at once: Append stores nothing, sets
 // m.ID to that message's ID and returns ErrDuplicate. A key whose message
-// is still being committed makes Append wait for that commit; if it
-// failed, the waiter stores its own message. So of concurrent Appends
-// with one key exactly one stores.
+// is still being committed makes AppendOnce wait for that commit; if it
+// failed, the waiter goes on as for a new key (and, as a failed commit
+// makes the store refuse writes until it has reopened itself, gets
+// ErrFailed until then; a later AppendOnce of the key stores). So of
+// concurrent AppendOnce calls with one key at most one stores.
 //
 // The keys are kept in memory per route, in a map and in a queue in
 // append order, and expire lazily, when a later Append of the route finds

@@ -8,10 +8,10 @@ import (
 // De-duplication by idempotency key (the proxy's async.dedupe_window).
 //
 // An AppendOnce of a message, on a route whose Limits.DedupeWindow is
-// set, looks its (Route, IdempotencyKey) up among
-// the keys of the route's messages appended within the window. A key
-// whose message is committed answers at once: Append stores nothing, sets
-// m.ID to that message's ID and returns ErrDuplicate. A key whose message
+// set, looks its (Route, IdempotencyKey) up among the keys of the route's
+// messages appended within the window. A key whose message is committed
+// answers at once: AppendOnce stores nothing, sets m.ID to that message's
+// ID and returns ErrDuplicate. A key whose message
 // is still being committed makes AppendOnce wait for that commit; if it
 // failed, the waiter goes on as for a new key (and, as a failed commit
 // makes the store refuse writes until it has reopened itself, gets

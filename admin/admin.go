@@ -476,7 +476,10 @@ type spoolRouteView struct {
 // ordering fifo, the head message every later one waits behind.
 // HeadBlocked is true while the head has failed a delivery and waits for
 // (or is in) its retry; HeadID and HeadNextAttempt are absent, and the
-// other head figures 0, when no head is held.
+// other head figures 0, when no head is held. Deduplicated counts the
+// requests answered with an earlier request's 202 (async.dedupe_window);
+// Paced the delivery attempts that waited for async.rate, whose figures
+// RatePerSecond and RateBurst are (0 when the route is not paced).
 type deliveryView struct {
 	Delivered              int64   `json:"delivered"`
 	Retried                int64   `json:"retried"`
@@ -486,10 +489,15 @@ type deliveryView struct {
 	HeadAttempts           int     `json:"head_attempts"`
 	HeadNextAttempt        string  `json:"head_next_attempt,omitempty"`
 	HeadNextAttemptSeconds float64 `json:"head_next_attempt_in_seconds"`
+	Deduplicated           int64   `json:"deduplicated"`
+	Paced                  int64   `json:"paced"`
+	RatePerSecond          float64 `json:"rate_per_second"`
+	RateBurst              int     `json:"rate_burst"`
 }
 
 func newDeliveryView(d proxy.DeliveryStatus, now time.Time) *deliveryView {
-	v := &deliveryView{Delivered: d.Delivered, Retried: d.Retried, DeadLettered: d.DeadLettered}
+	v := &deliveryView{Delivered: d.Delivered, Retried: d.Retried, DeadLettered: d.DeadLettered,
+		Deduplicated: d.Deduplicated, Paced: d.Paced, RatePerSecond: d.RatePerSecond, RateBurst: d.RateBurst}
 	if h := d.Head; h != nil {
 		v.HeadBlocked, v.HeadID, v.HeadAttempts = h.Blocked, h.ID, h.Attempts
 		if !h.NextAttempt.IsZero() {

@@ -102,6 +102,9 @@ type instruments struct {
 	healthChecks metric.Int64ObservableCounter
 	ejected      metric.Int64ObservableGauge
 	ejections    metric.Int64ObservableCounter
+	deduplicated metric.Int64ObservableCounter
+	paced        metric.Int64ObservableCounter
+	rate         metric.Float64ObservableGauge
 }
 
 // register creates the instruments on m and registers the one callback
@@ -152,6 +155,9 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 	in.healthChecks = i64c("sidecar.health_checks", "{check}", "Active health checks of the endpoint by result: passed or failed.")
 	in.ejected = i64g("sidecar.endpoint.ejected", "", "1 while outlier ejection keeps the endpoint out of the load balancer. Only for upstreams with outlier.")
 	in.ejections = i64c("sidecar.outlier.ejections", "{ejection}", "Outlier ejections of the endpoint.")
+	in.deduplicated = i64c("sidecar.async.deduplicated", "{request}", "Requests of an async route with async.dedupe_window that repeated an idempotency key within the window: answered with the first request's 202 and spool ID, not stored again.")
+	in.paced = i64c("sidecar.spool.deliveries_paced", "{delivery}", "Delivery attempts of an async route with async.rate that waited for the rate.")
+	in.rate = f64g("sidecar.spool.delivery_rate", "{delivery}/s", "The async.rate.per_second a route's deliveries are paced at; absent when not paced.")
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -164,6 +170,7 @@ func (s *Server) register(m metric.Meter) (metric.Registration, error) {
 		in.failed, in.reopens, in.corrupt, in.tornTail, in.segments, in.lossWindow,
 		in.deliveries, in.headBlocked, in.headAttempts, in.headNext,
 		in.healthy, in.healthChecks, in.ejected, in.ejections,
+		in.deduplicated, in.paced, in.rate,
 	)
 }
 
@@ -265,6 +272,11 @@ func (s *Server) observeDeliveries(o metric.Observer, in *instruments, ds map[st
 			if !h.NextAttempt.IsZero() {
 				n = max(h.NextAttempt.Sub(now), 0).Seconds()
 			}
+		}
+		o.ObserveInt64(in.deduplicated, d.Deduplicated, routeAttr(name))
+		o.ObserveInt64(in.paced, d.Paced, routeAttr(name))
+		if d.RatePerSecond > 0 {
+			o.ObserveFloat64(in.rate, d.RatePerSecond, routeAttr(name))
 		}
 		o.ObserveInt64(in.headBlocked, b, routeAttr(name))
 		o.ObserveInt64(in.headAttempts, a, routeAttr(name))

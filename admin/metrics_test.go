@@ -40,7 +40,7 @@ listeners:
   - name: app
     address: 127.0.0.1:0
     routes:
-      - {name: ev, match: {path_prefix: /ev}, upstream: up, async: {when: always, backoff: {base: 5ms, max: 20ms}}}
+      - {name: ev, match: {path_prefix: /ev}, upstream: up, async: {when: always, backoff: {base: 5ms, max: 20ms}, rate: {per_second: 10000, burst: 100}, dedupe_window: 1m}}
       - {name: idle, match: {path_prefix: /idle}, upstream: up, async: {}}
 `
 }
@@ -68,6 +68,9 @@ var wantTypes = map[string]string{
 	"sidecar_spool_head_blocked":               "gauge",
 	"sidecar_spool_head_attempts":              "gauge",
 	"sidecar_spool_head_next_attempt_seconds":  "gauge",
+	"sidecar_async_deduplicated_total":         "counter",
+	"sidecar_spool_deliveries_paced_total":     "counter",
+	"sidecar_spool_delivery_rate_per_second":   "gauge",
 }
 
 // checkTypes checks that e has every family of wantTypes with its TYPE,
@@ -418,7 +421,8 @@ func TestMetricsWithoutSpool(t *testing.T) {
 func sidecarWithAdmin(t *testing.T, cfg string) (app, adm string) {
 	t.Helper()
 	snap := proxytest.Snapshot(t, cfg)
-	st := openTestStore(t, spool.FileOptions{})
+	// The route ev of metricsConfig de-duplicates within 1m.
+	st := openTestStore(t, spool.FileOptions{Routes: map[string]spool.Limits{"ev": {DedupeWindow: time.Minute}}})
 	srv := proxy.NewServer(snap, proxytest.Discard, proxy.WithSpool(st))
 	return serveWithAdmin(t, srv, New(srv, proxytest.Discard, WithTelemetry(newProvider(t, snap.Config.Telemetry))))
 }
@@ -512,6 +516,28 @@ func TestMetricsFIFOHeadBlocked(t *testing.T) {
 	if d := spoolView(t, adm).Routes["ev"].Delivery; d == nil || d.HeadBlocked || d.HeadID != "" || d.Delivered != 2 {
 		t.Errorf("GET /v1/spool route ev after recovery: delivery %+v, want not blocked, no head, 2 delivered", d)
 	}
+
+	// A request repeating an idempotency key is counted, and the rate
+	// shown.
+	for range 2 {
+		req, _ := http.NewRequest("POST", app+"/ev/k", strings.NewReader("x"))
+		req.Header.Set("Idempotency-Key", "metrics-key")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	e = scrape(t, adm)
+	if v := value(t, e, "sidecar_async_deduplicated_total", "route", "ev"); v != 1 {
+		t.Errorf("sidecar_async_deduplicated_total{route=ev} = %v, want 1", v)
+	}
+	if v := value(t, e, "sidecar_spool_delivery_rate_per_second", "route", "ev"); v != 10000 {
+		t.Errorf("sidecar_spool_delivery_rate_per_second{route=ev} = %v, want 10000", v)
+	}
+	if d := spoolView(t, adm).Routes["ev"].Delivery; d == nil || d.Deduplicated != 1 || d.RatePerSecond != 10000 || d.RateBurst != 100 {
+		t.Errorf("GET /v1/spool route ev: delivery %+v, want deduplicated 1, rate 10000 burst 100", d)
+	}
 }
 
 // spoolAnswer is GET /v1/spool as a client decodes it.
@@ -519,13 +545,16 @@ type spoolAnswer struct {
 	Routes map[string]struct {
 		Depth    int64 `json:"depth"`
 		Delivery *struct {
-			Delivered       int64  `json:"delivered"`
-			Retried         int64  `json:"retried"`
-			DeadLettered    int64  `json:"dead_lettered"`
-			HeadBlocked     bool   `json:"head_blocked"`
-			HeadID          string `json:"head_id"`
-			HeadAttempts    int    `json:"head_attempts"`
-			HeadNextAttempt string `json:"head_next_attempt"`
+			Delivered       int64   `json:"delivered"`
+			Retried         int64   `json:"retried"`
+			DeadLettered    int64   `json:"dead_lettered"`
+			HeadBlocked     bool    `json:"head_blocked"`
+			HeadID          string  `json:"head_id"`
+			HeadAttempts    int     `json:"head_attempts"`
+			HeadNextAttempt string  `json:"head_next_attempt"`
+			Deduplicated    int64   `json:"deduplicated"`
+			RatePerSecond   float64 `json:"rate_per_second"`
+			RateBurst       int     `json:"rate_burst"`
 		} `json:"delivery"`
 	} `json:"routes"`
 }

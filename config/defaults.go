@@ -127,6 +127,10 @@ func (l *Listener) setDefaults() {
 	l.BodyIdleTimeout = Duration(30 * time.Second)
 }
 
+func (r *DeliveryRate) setDefaults() {
+	r.Burst = 1
+}
+
 func (a *Async) setDefaults() {
 	a.When = "upstream_down"
 	a.SpoolOn = []string{"connect_error", "breaker_open", "timeout", "reset", "502", "503", "504"}

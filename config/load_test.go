@@ -124,6 +124,17 @@ func TestAsyncDefaults(t *testing.T) {
 	if a.When != "upstream_down" || a.Ordering != "fifo" || a.MaxAttempts != 100 || a.MaxAge.D() != 72*time.Hour || a.MaxBody != 1<<20 || len(a.SpoolOn) != 7 {
 		t.Errorf("async defaults = %+v", a)
 	}
+	if a.DedupeWindow != 0 || a.Rate != nil {
+		t.Errorf("async dedupe_window = %v, rate = %+v; want off", a.DedupeWindow, a.Rate)
+	}
+	cfg, err = Parse("a.yaml", []byte(strings.Replace(minimal, "      - {name: all, upstream: inv}", "      - {name: ev, upstream: inv, async: {dedupe_window: 10m, rate: {per_second: 2.5}}}", 1)+"spool: {dir: ./spool}\n"), noEnv)
+	if err != nil {
+		t.Fatalf("Parse = %v", err)
+	}
+	a = cfg.Listeners[0].Routes[0].Async
+	if a.DedupeWindow.D() != 10*time.Minute || a.Rate == nil || a.Rate.PerSecond != 2.5 || a.Rate.Burst != 1 {
+		t.Errorf("async dedupe_window = %v, rate = %+v; want 10m, 2.5/s burst 1", a.DedupeWindow, a.Rate)
+	}
 }
 
 func TestErrors(t *testing.T) {
@@ -155,6 +166,10 @@ func TestErrors(t *testing.T) {
 		{"duplicate address", minimal + "  - {name: b, address: 127.0.0.1:9001, routes: [{name: b, upstream: inv}]}\n", []string{`duplicate address "127.0.0.1:9001"`}},
 		{"duplicate listener", minimal + "  - {name: app, address: 127.0.0.1:9002, routes: [{name: b, upstream: inv}]}\n", []string{`duplicate listener name "app"`}},
 		{"async without spool", strings.Replace(minimal, "upstream: inv}", "upstream: inv, async: {}}", 1), []string{`async: an async route needs a spool`}},
+		{"async extras", strings.Replace(minimal, "upstream: inv}", "upstream: inv, async: {dedupe_window: 25h, rate: {per_second: 0, burst: 0}}}", 1) + "spool: {dir: ./s}\n",
+			[]string{`async.dedupe_window: must be between 0 (off) and 24h0m0s, got 25h0m0s`, `async.rate.per_second: must be greater than 0, got 0`, `async.rate.burst: must be at least 1, got 0`}},
+		{"async rate without per_second", strings.Replace(minimal, "upstream: inv}", "upstream: inv, async: {rate: {burst: 5}}}", 1) + "spool: {dir: ./s}\n",
+			[]string{`async.rate.per_second: must be greater than 0`}},
 		{"admin not loopback", minimal + "admin: {address: 0.0.0.0:9901}\n", []string{`is not a loopback address`}},
 		{"per-try longer", minimal + "policies: {p: {timeout: 1s, per_try_timeout: 2s}}\n", []string{`policies.p.per_try_timeout: 2s is longer than timeout 1s`}},
 		{"hedge without after", minimal + "policies: {p: {retry: {}, hedge: {}}}\n", []string{`policies.p.hedge.after: must be greater than 0`}},

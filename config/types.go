@@ -411,4 +411,21 @@ type Async struct {
 	// MaxBytes bounds their encoded size, within spool.max_bytes; it is
 	// not enforced with jetstream. Default 0: no bound of its own.
 	MaxBytes Size `yaml:"max_bytes"`
+	// DedupeWindow de-duplicates requests that carry the app's own
+	// idempotency key: a repeat of a key within the window gets the first
+	// request's 202 and spool ID and is not stored again. At most
+	// MaxDedupeWindow. Default 0: off.
+	DedupeWindow Duration `yaml:"dedupe_window"`
+	// Rate paces the route's deliveries. Off when absent.
+	Rate *DeliveryRate `yaml:"rate"`
+}
+
+// DeliveryRate is a token bucket for an async route's deliveries.
+type DeliveryRate struct {
+	// PerSecond is the sustained rate of delivery attempts. Required,
+	// greater than 0.
+	PerSecond float64 `yaml:"per_second"`
+	// Burst is the bucket size: attempts that may start at once after an
+	// idle spell. Default 1.
+	Burst int `yaml:"burst"`
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -506,8 +507,22 @@ func (v *validator) route(path string, r *Route, c *Config, hasSpool bool) {
 		v.atLeast(ap+".max_body", int64(a.MaxBody), 1)
 		v.atLeast(ap+".max_messages", a.MaxMessages, 0)
 		v.atLeast(ap+".max_bytes", int64(a.MaxBytes), 0)
+		if a.DedupeWindow < 0 || a.DedupeWindow.D() > MaxDedupeWindow {
+			v.errorf(ap+".dedupe_window", "must be between 0 (off) and %s, got %s", MaxDedupeWindow, v.val(ap+".dedupe_window", a.DedupeWindow.D()))
+		}
+		if r := a.Rate; r != nil {
+			rp := ap + ".rate"
+			if !(r.PerSecond > 0) || math.IsInf(r.PerSecond, 0) {
+				v.errorf(rp+".per_second", "must be greater than 0, got %s", v.val(rp+".per_second", r.PerSecond))
+			}
+			v.atLeast(rp+".burst", int64(r.Burst), 1)
+		}
 	}
 }
+
+// MaxDedupeWindow bounds async.dedupe_window: a window's keys are kept
+// in memory, and their records on disk, until they expire.
+const MaxDedupeWindow = 24 * time.Hour
 
 // routeMode checks what a route may be on its listener's mode: on a
 // forward_proxy listener every route names its host, and connect: true

@@ -43,6 +43,19 @@ type asyncPolicy struct {
 	maxAttempts int           // 0: no limit
 	maxAge      time.Duration // 0: no limit
 	maxBody     int64
+	// dedupe is set with a dedupe_window: a request with the app's own
+	// key is appended with spool.Deduper.AppendOnce (the store keeps the
+	// window, from async.dedupe_window).
+	dedupe bool
+	// rate paces the deliveries; nil: not paced.
+	rate *deliveryRate
+}
+
+// deliveryRate is async.rate: at most perSecond delivery attempts a
+// second, burst at once.
+type deliveryRate struct {
+	perSecond float64
+	burst     int
 }
 
 func compileAsync(a *config.Async) *asyncPolicy {
@@ -60,15 +73,26 @@ func compileAsync(a *config.Async) *asyncPolicy {
 		maxAttempts: a.MaxAttempts,
 		maxAge:      a.MaxAge.D(),
 		maxBody:     int64(a.MaxBody),
+		dedupe:      a.DedupeWindow > 0,
+		rate:        compileRate(a.Rate),
 	}
+}
+
+func compileRate(r *config.DeliveryRate) *deliveryRate {
+	if r == nil {
+		return nil
+	}
+	return &deliveryRate{perSecond: r.PerSecond, burst: max(r.Burst, 1)}
 }
 
 // spooler connects the listeners' handlers to the store and the
 // deliverers: a handler appends, then wakes the route's deliverer.
 type spooler struct {
 	store spool.Store
-	group *deliveryGroup // the deliverers, and their wake channels
-	log   *slog.Logger
+	// dedupe is store as a spool.Deduper; nil if it does not de-duplicate.
+	dedupe spool.Deduper
+	group  *deliveryGroup // the deliverers, and their wake channels
+	log    *slog.Logger
 	// full is set while appends are refused as full, so that the change
 	// is logged once each way, not once per request.
 	full atomic.Bool
@@ -117,7 +141,7 @@ func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request
 		}
 		body = b
 	}
-	msg := newMessage(r, rt, body)
+	msg, once := newMessage(r, rt, body)
 	if rt.obs.tracer() != nil {
 		// The message keeps the request's SERVER span as its origin:
 		// every delivery attempt links to it.
@@ -126,8 +150,18 @@ func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request
 		}
 	}
 	if a.always {
-		sp.enqueue(w, r, rt, msg, 0)
+		sp.enqueue(w, r, rt, msg, once, 0)
 		return
+	}
+	if once && sp.dedupe != nil {
+		// A repeat of a request already spooled gets its 202 without
+		// another call upstream (docs/policies.md, "Async
+		// de-duplication").
+		if id, ok, err := sp.dedupe.Duplicate(r.Context(), rt.Name, msg.IdempotencyKey); err == nil && ok {
+			msg.ID = id
+			sp.answerDuplicate(w, rt, msg, 0)
+			return
+		}
 	}
 	out := r.Clone(r.Context())
 	out.Header.Set(a.idemHeader, msg.IdempotencyKey)
@@ -145,7 +179,7 @@ func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request
 	case ue.Outcome == policy.Canceled:
 		// The app went away; there is no one to answer.
 	case a.spoolsOn(ue.Outcome, ue.Status):
-		sp.enqueue(w, r, rt, msg, ue.Attempts)
+		sp.enqueue(w, r, rt, msg, once, ue.Attempts)
 	default:
 		writeError(w, r, ue.Outcome, rt.Name, ue.Attempts, "", ue.RetryAfter)
 	}
@@ -202,14 +236,23 @@ var asyncBufs = sync.Pool{New: func() any { b := make([]byte, asyncBufSize); ret
 const asyncBufSize = 16 << 10
 
 // enqueue appends msg and answers 202 once it is durable, or the error that
-// kept it from being stored.
-func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, msg *spool.Message, attempts int) {
+// kept it from being stored. With once, msg is appended de-duplicated by
+// its key, and a repeat is answered with the first message's 202.
+func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, msg *spool.Message, once bool, attempts int) {
 	msg.Attempts = attempts
-	err := sp.store.Append(r.Context(), msg)
+	var err error
+	if once && sp.dedupe != nil {
+		err = sp.dedupe.AppendOnce(r.Context(), msg)
+	} else {
+		err = sp.store.Append(r.Context(), msg)
+	}
 	switch {
 	case err == nil:
 	case r.Context().Err() != nil:
 		return // the app went away: nothing acknowledged, nobody to answer
+	case errors.Is(err, spool.ErrDuplicate):
+		sp.answerDuplicate(w, rt, msg, attempts)
+		return
 	case errors.Is(err, spool.ErrFull):
 		if !sp.full.Swap(true) {
 			sp.log.Info("spool full: async requests are refused with 503 spool_full until messages are delivered", "route", rt.Name, "error", err)
@@ -227,10 +270,24 @@ func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, ms
 		sp.log.Info("spool accepts messages again", "route", rt.Name)
 	}
 	sp.wake(rt.Name)
-	body := spooledAnswer(msg.ID)
+	writeSpooled(w, msg.ID, attempts)
+}
+
+// answerDuplicate answers a request that repeats the idempotency key of
+// a message spooled within the route's dedupe_window as its first
+// request was answered: 202 with that message's ID (msg.ID).
+func (sp *spooler) answerDuplicate(w http.ResponseWriter, rt *Route, msg *spool.Message, attempts int) {
+	sp.group.countsFor(rt.Name).deduplicated.Add(1)
+	sp.log.Debug("async request de-duplicated", "route", rt.Name, "id", msg.ID)
+	writeSpooled(w, msg.ID, attempts)
+}
+
+// writeSpooled writes the 202 of a spooled message id.
+func writeSpooled(w http.ResponseWriter, id string, attempts int) {
+	body := spooledAnswer(id)
 	hd := w.Header()
 	vals := make([]string, 2) // one allocation for both fields' values
-	vals[0], vals[1] = msg.ID, contentLength(len(body))
+	vals[0], vals[1] = id, contentLength(len(body))
 	hd[HeaderSpoolID] = vals[0:1:1]
 	if attempts > 0 {
 		hd.Set(HeaderAttempts, strconv.Itoa(attempts))
@@ -289,7 +346,8 @@ func spooledAnswer(id string) []byte {
 // forwarded (cleaned path and query), the end-to-end headers without
 // Sidecar-* ones, with X-Forwarded-For appended as a proxied request gets
 // it, the body, and the idempotency key (the app's, or a new random one).
-func newMessage(r *http.Request, rt *Route, body []byte) *spool.Message {
+// once reports that the route de-duplicates and the key is the app's.
+func newMessage(r *http.Request, rt *Route, body []byte) (msg *spool.Message, once bool) {
 	a := rt.async
 	// The value slices are the request's, shared: below, fields are only
 	// deleted or replaced, never changed in place, and the store encodes
@@ -311,6 +369,7 @@ func newMessage(r *http.Request, rt *Route, body []byte) *spool.Message {
 		hd.Set("Host", r.Host)
 	}
 	key := hd.Get(a.idemHeader)
+	once = a.dedupe && key != "" // only the app's own keys repeat
 	if key == "" {
 		key = newIdempotencyKey()
 		hd.Set(a.idemHeader, key)
@@ -330,7 +389,7 @@ func newMessage(r *http.Request, rt *Route, body []byte) *spool.Message {
 		IdempotencyKey: key,
 		TraceParent:    r.Header.Get("Traceparent"),
 		Arrived:        time.Now(),
-	}
+	}, once
 }
 
 // newIdempotencyKey returns 32 random hex digits.

@@ -16,6 +16,7 @@ import (
 
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/inmem"
@@ -61,11 +62,24 @@ type deliverer struct {
 	// the route's, kept across the deliverers that reloads start for it.
 	counts *deliveryCounts
 	head   atomic.Pointer[HeadStatus] // fifo: the held head; nil when none
+
+	// now is the deliverer's clock for pacing; nil means time.Now.
+	now func() time.Time
+	// pacer paces the deliveries with async.rate; the loop's alone.
+	pacer *rate.Limiter
+	// rate is the async.rate the pacer has, for status; nil: none.
+	rate atomic.Pointer[deliveryRate]
 }
 
-// deliveryCounts are a route's delivery results since the Server started.
+// deliveryCounts are a route's delivery results since the Server started,
+// and its requests de-duplicated.
 type deliveryCounts struct {
 	delivered, retried, dead atomic.Int64
+	// paced counts delivery attempts that waited for async.rate.
+	paced atomic.Int64
+	// deduplicated counts requests answered with an earlier request's
+	// 202 (async.dedupe_window).
+	deduplicated atomic.Int64
 }
 
 // deliveryGroup owns a server's deliverers, one per async route: the
@@ -84,6 +98,32 @@ type deliveryGroup struct {
 
 	wakes sync.Map // route name → chan struct{} (buffered 1), kept across reloads
 
+}
+
+// countsFor returns route's counts, made on first use.
+func (g *deliveryGroup) countsFor(route string) *deliveryCounts {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c := g.counts[route]
+	if c == nil {
+		c = new(deliveryCounts)
+		g.counts[route] = c
+	}
+	return c
+}
+
+// sameDeliverer reports whether a deliverer started for async a can go
+// on for async b: they differ at most in keys the running deliverer
+// takes from the current snapshot (rate) or that do not concern it
+// (dedupe_window).
+func sameDeliverer(a, b *config.Async) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	x, y := *a, *b
+	x.Rate, y.Rate = nil, nil
+	x.DedupeWindow, y.DedupeWindow = 0, 0
+	return reflect.DeepEqual(&x, &y)
 }
 
 func newDeliveryGroup() *deliveryGroup {
@@ -121,7 +161,7 @@ func (g *deliveryGroup) reconcile(snap *Snapshot, newDeliverer func(route string
 		}
 	}
 	for name, d := range g.byRoute {
-		if rt := want[name]; rt == nil || !reflect.DeepEqual(d.async, rt.asyncConfig) {
+		if rt := want[name]; rt == nil || !sameDeliverer(d.async, rt.asyncConfig) {
 			d.retire()
 			if rt == nil {
 				delete(g.byRoute, name)
@@ -130,7 +170,8 @@ func (g *deliveryGroup) reconcile(snap *Snapshot, newDeliverer func(route string
 	}
 	for name, rt := range want {
 		prev := g.byRoute[name]
-		if prev != nil && reflect.DeepEqual(prev.async, rt.asyncConfig) {
+		if prev != nil && sameDeliverer(prev.async, rt.asyncConfig) {
+			prev.async = rt.asyncConfig
 			continue
 		}
 		d := newDeliverer(name)
@@ -237,6 +278,15 @@ type DeliveryStatus struct {
 	// Head is the message at the head of an ordering fifo route while the
 	// deliverer holds it; nil when none is held or the route is not fifo.
 	Head *HeadStatus
+	// Deduplicated counts requests answered with the 202 of an earlier
+	// request with the same idempotency key (async.dedupe_window).
+	Deduplicated int64
+	// Paced counts delivery attempts that waited for async.rate.
+	Paced int64
+	// RatePerSecond and RateBurst are the async.rate the deliverer
+	// paces with; 0 when it is not paced.
+	RatePerSecond float64
+	RateBurst     int
 }
 
 // HeadStatus is the head message of an ordering fifo route, which every
@@ -256,12 +306,18 @@ type HeadStatus struct {
 
 // status returns the deliverer's figures.
 func (d *deliverer) status() DeliveryStatus {
-	return DeliveryStatus{
+	st := DeliveryStatus{
 		Delivered:    d.counts.delivered.Load(),
 		Retried:      d.counts.retried.Load(),
 		DeadLettered: d.counts.dead.Load(),
 		Head:         d.head.Load(),
+		Deduplicated: d.counts.deduplicated.Load(),
+		Paced:        d.counts.paced.Load(),
 	}
+	if r := d.rate.Load(); r != nil {
+		st.RatePerSecond, st.RateBurst = r.perSecond, r.burst
+	}
+	return st
 }
 
 // setHead publishes the held head of a fifo route; a nil info clears it.
@@ -339,8 +395,10 @@ func (d *deliverer) fifoStep() {
 		d.idle(maxIdle)
 		return
 	}
+	var info spool.Info
 	for {
-		_, info, err := d.store.Get(m.ID)
+		var err error
+		_, info, err = d.store.Get(m.ID)
 		if err != nil {
 			// Deleted while held (look again), damaged on disk since
 			// (dead-lettered by nextOK), or the store closed.
@@ -358,14 +416,16 @@ func (d *deliverer) fifoStep() {
 		d.sleep(wait)
 		if d.stopped() {
 			// Hand the head back, so that the route's next deliverer
-			// (after a reload) can lease it; RetryLater keeps its due
-			// time and attempts.
-			if err := d.store.RetryLater(m.ID, info.NextAttempt, info.Attempts); err != nil && !errors.Is(err, spool.ErrClosed) {
-				d.log.Warn("spool: could not hand back a held message; it is delivered again after a restart", "route", d.route, "id", m.ID, "error", err)
-			}
+			// (after a reload) can lease it.
+			d.handBack(m, info.NextAttempt)
 			d.setHead(nil)
 			return
 		}
+	}
+	if !d.pace() {
+		d.handBack(m, info.NextAttempt)
+		d.setHead(nil)
+		return
 	}
 	if d.deliver(m) {
 		d.setHead(nil)
@@ -391,6 +451,11 @@ func (d *deliverer) parallelStep(limit int) {
 		d.idle(d.untilDue())
 		return
 	}
+	if !d.pace() {
+		d.handBack(m, time.Time{}) // it was due
+		<-d.slots
+		return
+	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -404,6 +469,74 @@ func (d *deliverer) parallelStep(limit int) {
 			}
 		}
 	}()
+}
+
+// pace waits until the route's async.rate allows one more delivery
+// attempt (reserve). It returns false, without a token, if the deliverer
+// was stopped while it waited.
+func (d *deliverer) pace() bool {
+	var r *deliveryRate
+	if rt := d.snap().routes[d.route]; rt != nil && rt.async != nil {
+		r = rt.async.rate
+	}
+	wait, res := d.reserve(r, d.clock())
+	if wait <= 0 {
+		return true
+	}
+	d.counts.paced.Add(1)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-d.stop:
+		res.CancelAt(d.clock())
+		return false
+	}
+}
+
+// reserve takes a token for one delivery attempt at now from the
+// deliverer's token bucket (golang.org/x/time/rate, on the deliverer's
+// clock), and returns how long from now the attempt must wait for it.
+// Every attempt takes one, a retry's as well. The bucket is made at the
+// first paced attempt, full (burst attempts may start at once), and a
+// change of r by a reload applies to it at once; a nil r (not paced)
+// drops it.
+func (d *deliverer) reserve(r *deliveryRate, now time.Time) (time.Duration, *rate.Reservation) {
+	if r == nil {
+		if d.pacer != nil {
+			d.pacer = nil
+			d.rate.Store(nil)
+		}
+		return 0, nil
+	}
+	switch old := d.rate.Load(); {
+	case d.pacer == nil:
+		d.pacer = rate.NewLimiter(rate.Limit(r.perSecond), r.burst)
+		d.rate.Store(r)
+	case *old != *r:
+		d.pacer.SetLimitAt(now, rate.Limit(r.perSecond))
+		d.pacer.SetBurstAt(now, r.burst)
+		d.rate.Store(r)
+	}
+	res := d.pacer.ReserveN(now, 1)
+	return res.DelayFrom(now), res
+}
+
+func (d *deliverer) clock() time.Time {
+	if d.now != nil {
+		return d.now()
+	}
+	return time.Now()
+}
+
+// handBack releases m, leased but not attempted, for the route's next
+// deliverer (after a reload), due at at (zero: now), its attempts kept.
+func (d *deliverer) handBack(m *spool.Message, at time.Time) {
+	err := d.store.RetryLater(m.ID, at, m.Attempts)
+	if err != nil && !errors.Is(err, spool.ErrNotFound) && !errors.Is(err, spool.ErrClosed) {
+		d.log.Warn("spool: could not hand back a held message; it is delivered again after a restart", "route", d.route, "id", m.ID, "error", err)
+	}
 }
 
 // dueReporter is a store that tells when a route's next retry is due.

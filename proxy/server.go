@@ -109,7 +109,9 @@ type Option func(*Server)
 // Without it, async routes are served synchronously.
 func WithSpool(store spool.Store) Option {
 	return func(s *Server) {
-		s.spool.Store(&spooler{store: store, group: newDeliveryGroup(), log: s.log})
+		sp := &spooler{store: store, group: newDeliveryGroup(), log: s.log}
+		sp.dedupe, _ = store.(spool.Deduper)
+		s.spool.Store(sp)
 	}
 }
 

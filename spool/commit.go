@@ -19,6 +19,9 @@ type request struct {
 	seg     *segment
 	off     int64
 	done    chan error
+	// dedupe is the key entry of a message Append that de-duplicates:
+	// the commit completes it.
+	dedupe *dedupeEntry
 }
 
 // enqueue hands req to the writer. s.mu is held, so records are queued in
@@ -289,6 +292,13 @@ func (s *FileStore) commit(reqs []*request) bool {
 			ri.resMsgs--
 			ri.resBytes -= size
 			delete(s.inflight, r.rec.id)
+			if r.dedupe != nil {
+				seg := r.seg
+				if err != nil {
+					seg = nil
+				}
+				s.endDedupeLocked(r.dedupe, r.rec.msg, seg)
+			}
 		}
 		if err == nil {
 			// Append checked what could fail here: the route's index

@@ -13,7 +13,8 @@ func TestConformance(t *testing.T) {
 	spooltest.Run(t, spooltest.Harness{
 		Open: func(t *testing.T, lim spooltest.Limits) (spool.Store, func() spool.Store) {
 			dir := t.TempDir()
-			opts := spool.FileOptions{MaxMessages: lim.MaxMessages, MaxBytes: lim.MaxBytes}
+			opts := spool.FileOptions{MaxMessages: lim.MaxMessages, MaxBytes: lim.MaxBytes,
+				Routes: map[string]spool.Limits{spooltest.DedupeRoute: {DedupeWindow: lim.DedupeWindow}}}
 			openStore := func() spool.Store {
 				s, err := spool.OpenFile(dir, opts)
 				if err != nil {

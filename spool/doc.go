@@ -87,7 +87,10 @@
 // record of a message whose own segment still exists. Removals therefore
 // happen in an order where a crash between any two steps leaves a log that
 // recovers to the same state: a message's segment is gone before its ack.
-// Recovery ignores state records about unknown IDs.
+// Recovery ignores state records about unknown IDs. A segment holding the
+// message record of an idempotency key still within its route's dedupe
+// window (Limits.DedupeWindow) is kept until the window has passed, so
+// that recovery finds the key (see dedupe.go).
 //
 // # Recovery
 //

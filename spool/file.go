@@ -75,6 +75,9 @@ type FileOptions struct {
 type Limits struct {
 	MaxMessages int64
 	MaxBytes    int64
+	// DedupeWindow de-duplicates the route's AppendOnce calls by
+	// idempotency key within this window (see dedupe.go); 0 means off.
+	DedupeWindow time.Duration
 }
 
 // ErrLocked is returned by OpenFile when another FileStore, in this or
@@ -133,7 +136,10 @@ type FileStore struct {
 	aio *aioSyncer
 }
 
-var _ Store = (*FileStore)(nil)
+var (
+	_ Store   = (*FileStore)(nil)
+	_ Deduper = (*FileStore)(nil)
+)
 
 // OpenFile opens or creates the store in dir, recovering its log. dir is
 // created with mode 0700 if missing; an existing directory with group or
@@ -284,6 +290,16 @@ func (s *FileStore) newIDLocked() (string, uint64) {
 // the writer; after that Append waits for the commit, so that its result
 // always tells whether the message is stored.
 func (s *FileStore) Append(ctx context.Context, m *Message) error {
+	return s.append(ctx, m, false)
+}
+
+// AppendOnce implements Deduper: Append, de-duplicated by m's route and
+// idempotency key (see dedupe.go).
+func (s *FileStore) AppendOnce(ctx context.Context, m *Message) error {
+	return s.append(ctx, m, true)
+}
+
+func (s *FileStore) append(ctx context.Context, m *Message, dedupe bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -304,8 +320,24 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 	buf := appendFramedMessage(mr.frame[:0], m)
 	size := int64(len(buf))
 	s.mu.Lock()
+	var de *dedupeEntry
+	if dedupe {
+		var err error
+		if de, err = s.dedupeLocked(ctx, m); err != nil {
+			s.mu.Unlock()
+			if !given && err != ErrDuplicate {
+				m.ID = ""
+			}
+			mr.frame = buf
+			putAppendRequest(mr)
+			return err
+		}
+	}
 	key, err := s.reserveLocked(m, given, size)
 	if err != nil {
+		if de != nil {
+			s.endDedupeLocked(de, m, nil)
+		}
 		s.mu.Unlock()
 		if !given {
 			m.ID = ""
@@ -314,12 +346,16 @@ func (s *FileStore) Append(ctx context.Context, m *Message) error {
 		putAppendRequest(mr)
 		return err
 	}
+	var dedupeKey string // the index's copy keeps it for the commit
+	if de != nil {
+		de.id, dedupeKey = m.ID, m.IdempotencyKey
+	}
 	if !given {
 		patchID(buf, m.ID) // the writer sets the checksum, outside s.mu
 	}
-	mr.msg = Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts}
+	mr.msg = Message{ID: m.ID, Route: m.Route, Arrived: m.Arrived, Attempts: m.Attempts, IdempotencyKey: dedupeKey}
 	mr.rec = record{typ: recMessage, id: m.ID, msg: &mr.msg}
-	mr.request = request{rec: &mr.rec, key: key, buf: buf, patched: !given, done: mr.done}
+	mr.request = request{rec: &mr.rec, key: key, buf: buf, patched: !given, done: mr.done, dedupe: de}
 	s.enqueue(&mr.request)
 	s.mu.Unlock()
 	err = <-mr.done
@@ -748,5 +784,8 @@ func (s *FileStore) SetRouteLimits(routes map[string]Limits) {
 	s.opts.Routes = maps.Clone(routes)
 	for _, ri := range s.routeList {
 		ri.limits = routes[ri.name]
+		if ri.limits.DedupeWindow <= 0 {
+			ri.keys = nil
+		}
 	}
 }

@@ -161,10 +161,11 @@ type routeIndex struct {
 	resMsgs  int64 // reserved by queued Appends
 	resBytes int64
 	limits   Limits
-	head     uint64    // no pending slot of the route has a smaller key
-	cursor   uint64    // every slot of the route before it is leased, retried, dead or settled
-	timed    timedHeap // retried messages by next attempt (entries may be stale)
-	due      keyHeap   // messages due again, by key (entries may be stale)
+	head     uint64     // no pending slot of the route has a smaller key
+	cursor   uint64     // every slot of the route before it is leased, retried, dead or settled
+	timed    timedHeap  // retried messages by next attempt (entries may be stale)
+	due      keyHeap    // messages due again, by key (entries may be stale)
+	keys     *routeKeys // idempotency keys within limits.DedupeWindow; nil when unused
 }
 
 // timedEntry is a retried message waiting for its next attempt.
@@ -524,13 +525,16 @@ func (s *FileStore) oldestLocked(r uint16, ri *routeIndex) int64 {
 	return 0
 }
 
-// collectLocked deletes every segment but the last whose refs are zero,
+// collectLocked deletes every segment but the last whose refs are zero
+// and whose keys have left their dedupe window (segment.keep),
 // fsyncing the directory after each removal so that a message segment is
 // always gone before the segment holding its ack.
 func (s *FileStore) collectLocked() {
 	for i := 0; i < len(s.segs)-1; {
 		seg := s.segs[i]
-		if seg.refs > 0 {
+		if seg.refs > 0 || seg.keep >= timeToNanos(s.now()) {
+			// Needed by an unsettled message, or holds a key still
+			// within its dedupe window.
 			i++
 			continue
 		}

@@ -241,6 +241,7 @@ type messageMeta struct {
 	id, route string
 	arrived   int64
 	attempts  int
+	key       []byte // IdempotencyKey, within the record's bytes
 }
 
 // decodeMeta checks the framed record at the start of b as decodeRecord
@@ -262,9 +263,10 @@ func decodeMeta(b []byte) (typ recordType, meta messageMeta, rec *record, size i
 	d := &wire.Decoder{B: b[headerSize:size], MaxField: maxField}
 	meta.id = d.ReadString()
 	meta.route = d.ReadString()
-	for range 4 { // Method, Target, IdempotencyKey, TraceParent
-		d.Bytes()
-	}
+	d.Bytes() // Method
+	d.Bytes() // Target
+	meta.key = d.Bytes()
+	d.Bytes() // TraceParent
 	meta.arrived = d.Varint()
 	meta.attempts = d.Int()
 	d.SkipHeader()

@@ -93,6 +93,7 @@ func (s *FileStore) recoverSegment(seq uint64, last bool, buf []byte) ([]byte, e
 		if err == nil {
 			if typ == recMessage {
 				err = s.addLocked(meta, seg, int64(off), int64(n), 0)
+				s.recoverKeyLocked(meta, meta.key, seg)
 			} else {
 				err = s.applyLocked(rec, seg, int64(off), int64(n), 0)
 			}

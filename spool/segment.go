@@ -25,6 +25,10 @@ type segment struct {
 	// settled messages whose message record is in this segment; deleting
 	// this segment releases those refs.
 	settled map[*segment]int
+	// keep, in unix nanos, is when the last idempotency key whose
+	// message record is in this segment leaves its dedupe window: the
+	// segment is kept until then (dedupe.go). 0: none.
+	keep int64
 }
 
 const segmentExt = ".log"

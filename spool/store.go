@@ -152,6 +152,22 @@ type Store interface {
 	Close() error
 }
 
+// Deduper is implemented by a store that de-duplicates appends by
+// idempotency key, per route, within a window of the route's (for a
+// FileStore, Limits.DedupeWindow).
+type Deduper interface {
+	// AppendOnce is Append, de-duplicated: if a message of m.Route was
+	// appended with m.IdempotencyKey within the route's window, it stores
+	// nothing, sets m.ID to that message's ID and returns ErrDuplicate.
+	// On a route without a window, or for a message without a key, it is
+	// Append.
+	AppendOnce(ctx context.Context, m *Message) error
+	// Duplicate returns the ID of the message of route that was appended
+	// with the idempotency key key within the route's dedupe window; ok is
+	// false if there is none (or it is still being appended).
+	Duplicate(ctx context.Context, route, key string) (id string, ok bool, err error)
+}
+
 // Checker is implemented by a store that can be open but unable to store
 // messages for a while, such as one whose server is unreachable. Ready
 // returns nil when it accepts appends, else why it does not; the admin
@@ -178,6 +194,10 @@ var (
 	ErrTooLarge = errors.New("spool: message too large")
 	// ErrExists is returned by Append for an ID that is already stored.
 	ErrExists = errors.New("spool: message ID exists")
+	// ErrDuplicate is returned by Deduper.AppendOnce for a message whose
+	// key was appended within the route's dedupe window: nothing was
+	// stored, and m.ID is the earlier message's ID.
+	ErrDuplicate = errors.New("spool: duplicate idempotency key")
 )
 
 // DamagedError reports a stored message whose record no longer reads back

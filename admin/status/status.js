@@ -64,6 +64,8 @@
     if (d) {
       let s = d.delivered + ' delivered · ' + d.retried + ' retried · ' + d.dead_lettered + ' dead-lettered';
       if (d.head_blocked) s += ' · head blocked after ' + d.head_attempts + ' attempts';
+      if (d.deduplicated > 0) s += ' · ' + d.deduplicated + ' de-duplicated';
+      if (d.rate_per_second > 0) s += ' · paced at ' + d.rate_per_second + '/s';
       return s;
     }
     return orphaned ? 'orphaned: no async route of this name' : '—';

@@ -52,7 +52,7 @@ func jetStreamRoutes(cfg *config.Config, logger *slog.Logger) map[string]jsstore
 			if a == nil {
 				continue
 			}
-			routes[r.Name] = jsstore.RouteOptions{FIFO: a.Ordering != "none", MaxMessages: a.MaxMessages}
+			routes[r.Name] = jsstore.RouteOptions{FIFO: a.Ordering != "none", MaxMessages: a.MaxMessages, DedupeWindow: a.DedupeWindow.D()}
 			if a.MaxBytes > 0 {
 				logger.Warn("async.max_bytes is not enforced with spool.backend: jetstream (the server counts no bytes per route); async.max_messages, spool.max_messages and spool.max_bytes are", "route", r.Name)
 			}

@@ -565,14 +565,14 @@ func openSpool(cfg *config.Config, logger *slog.Logger, ins *telemetry.Instrumen
 	return spool.OpenFile(sc.Dir, opts)
 }
 
-// fileRouteLimits returns the file spool's per-route bounds: the async
-// routes' max_messages and max_bytes.
+// fileRouteLimits returns the file spool's per-route settings: the async
+// routes' max_messages, max_bytes and dedupe_window.
 func fileRouteLimits(cfg *config.Config) map[string]spool.Limits {
 	routes := map[string]spool.Limits{}
 	for _, l := range cfg.Listeners {
 		for _, r := range l.Routes {
-			if a := r.Async; a != nil && (a.MaxMessages > 0 || a.MaxBytes > 0) {
-				routes[r.Name] = spool.Limits{MaxMessages: a.MaxMessages, MaxBytes: int64(a.MaxBytes)}
+			if a := r.Async; a != nil && (a.MaxMessages > 0 || a.MaxBytes > 0 || a.DedupeWindow > 0) {
+				routes[r.Name] = spool.Limits{MaxMessages: a.MaxMessages, MaxBytes: int64(a.MaxBytes), DedupeWindow: a.DedupeWindow.D()}
 			}
 		}
 	}

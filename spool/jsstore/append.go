@@ -3,6 +3,7 @@ package jsstore
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -39,6 +40,16 @@ func (s *Store) newID() string {
 
 // Append implements spool.Store. See the package documentation.
 func (s *Store) Append(ctx context.Context, m *spool.Message) error {
+	return s.append(ctx, m, false)
+}
+
+// AppendOnce implements spool.Deduper: Append, de-duplicated by m's route
+// and idempotency key (see the package documentation).
+func (s *Store) AppendOnce(ctx context.Context, m *spool.Message) error {
+	return s.append(ctx, m, true)
+}
+
+func (s *Store) append(ctx context.Context, m *spool.Message, once bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -50,12 +61,28 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 	}
 	given := m.ID != ""
 	id := m.ID
-	if !given {
+	dedupe := !given && once && m.IdempotencyKey != "" && s.routeOptions(m.Route).DedupeWindow > 0
+	switch {
+	case dedupe:
+		// The ID, and so the Nats-Msg-Id, is the key's: a message of
+		// the key still stored, or published within the stream's
+		// duplicate window, is the one to answer with.
+		id = dedupeID(m.Route, m.IdempotencyKey)
+		if _, err := s.find(id); err == nil {
+			m.ID = id
+			return spool.ErrDuplicate
+		} else if !errors.Is(err, spool.ErrNotFound) {
+			return err
+		}
+	case !given:
 		id = s.newID()
-	} else if _, err := s.find(id); err == nil {
-		return spool.ErrExists
-	} else if !errors.Is(err, spool.ErrNotFound) {
-		return err
+	}
+	if given {
+		if _, err := s.find(id); err == nil {
+			return spool.ErrExists
+		} else if !errors.Is(err, spool.ErrNotFound) {
+			return err
+		}
 	}
 	c, err := s.consumer(ctx, m.Route)
 	if err != nil {
@@ -71,6 +98,10 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 	if err != nil {
 		return err
 	}
+	if dup && dedupe {
+		m.ID = id
+		return spool.ErrDuplicate
+	}
 	if dup {
 		return spool.ErrExists
 	}
@@ -85,6 +116,36 @@ func (s *Store) Append(ctx context.Context, m *spool.Message) error {
 		s.mu.Unlock()
 	}
 	return nil
+}
+
+// dedupeID is the ID of a de-duplicated message of route with key: 32
+// hex digits of SHA-256 of route, a NUL and key. It is not the 24 digits
+// of a generated ID, so the two never meet.
+func dedupeID(route, key string) string {
+	h := sha256.New()
+	h.Write([]byte(route))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
+
+// Duplicate implements spool.Deduper: it reports the message of route
+// with key if it is still stored (pending or dead). A message already
+// delivered is not reported; an Append of its key within the stream's
+// duplicate window still returns spool.ErrDuplicate.
+func (s *Store) Duplicate(ctx context.Context, route, key string) (string, bool, error) {
+	if s.routeOptions(route).DedupeWindow <= 0 {
+		return "", false, nil
+	}
+	id := dedupeID(route, key)
+	if _, err := s.find(id); err != nil {
+		if errors.Is(err, spool.ErrNotFound) {
+			err = nil
+		}
+		return "", false, err
+	}
+	return id, true, nil
 }
 
 // checkRouteLimit returns spool.ErrFull when route has a MaxMessages bound

@@ -17,6 +17,7 @@ func TestConformance(t *testing.T) {
 				Stream:      fmt.Sprintf("T%d", streams.Add(1)),
 				MaxMessages: lim.MaxMessages,
 				MaxBytes:    lim.MaxBytes,
+				Routes:      map[string]jsstore.RouteOptions{spooltest.DedupeRoute: {DedupeWindow: lim.DedupeWindow}},
 			}
 			return openStore(t, srv, opts), func() spool.Store { return openStore(t, srv, opts) }
 		},

@@ -62,6 +62,23 @@
 // subject index instead of a scan. The suggested layout with the state and
 // route first would need a wildcard before the ID.
 //
+// # De-duplication
+//
+// A route with RouteOptions.DedupeWindow de-duplicates AppendOnce calls
+// (spool.Deduper): such a message's ID is derived from
+// its route and idempotency key (32 hex digits of SHA-256 of route, NUL,
+// key) and is its Nats-Msg-Id. Append first looks the ID up: a message of
+// the key still stored (pending or dead) is the one answered with
+// spool.ErrDuplicate. Otherwise it publishes; a duplicate acknowledgement
+// (the key's message was published within the stream's duplicate window,
+// and delivered since, or another Append of the key, in this or another
+// sidecar, won a race) is answered alike. So the original's ID needs no
+// local state and no read of the removed message. The stream's duplicate
+// window (Duplicates, default 2 minutes) is made at least the longest
+// DedupeWindow at Open with Options.Create; without Create a shorter one
+// makes Open fail. IDs of de-duplicated messages repeat when a key is used
+// again after its message is gone and the window has passed.
+//
 // # Consumers
 //
 // Each route has a durable pull consumer named "sidecar_<route token>"

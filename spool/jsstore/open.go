@@ -115,6 +115,7 @@ func (s *Store) setup(ctx context.Context) error {
 	}
 	s.dstr = dstr
 	s.str = str
+	s.duplicates.Store(int64(str.CachedInfo().Config.Duplicates))
 	if err := s.moveOldDeadLetters(ctx); err != nil {
 		return err
 	}
@@ -208,6 +209,18 @@ func (s *Store) ensureStream(ctx context.Context, want jetstream.StreamConfig, m
 	if err := s.conflicts(have, want, minSize); err != nil {
 		return nil, fmt.Errorf("jetstream: stream %s: %w", name, err)
 	}
+	if have.Duplicates < want.Duplicates {
+		// Only the stream's window grows past the default, for
+		// async.dedupe_window.
+		if !s.opts.Create {
+			return nil, fmt.Errorf("jetstream: stream %s: the duplicate window is %v, shorter than the largest async.dedupe_window %v; raise it, or set create: true", name, have.Duplicates, want.Duplicates)
+		}
+		have.Duplicates = want.Duplicates
+		if str, err = s.js.UpdateStream(ctx, have); err != nil {
+			return nil, fmt.Errorf("jetstream: update the duplicate window of stream %s: %w", name, err)
+		}
+		have = str.CachedInfo().Config
+	}
 	if have.MaxMsgs != want.MaxMsgs || have.MaxBytes != want.MaxBytes {
 		if !s.opts.Create {
 			s.log.Warn("jetstream spool: the stream's limits differ from the configuration; create is false, so they are kept",
@@ -261,8 +274,21 @@ func (s *Store) streamConfig() jetstream.StreamConfig {
 		Discard:     jetstream.DiscardNew,
 		MaxMsgs:     limit(s.opts.MaxMessages),
 		MaxBytes:    limit(s.opts.MaxBytes),
-		Duplicates:  2 * time.Minute,
+		Duplicates:  max(defaultDuplicates, maxDedupeWindow(s.opts.Routes)),
 	}
+}
+
+// defaultDuplicates is the streams' duplicate window when no route's
+// dedupe window needs a longer one.
+const defaultDuplicates = 2 * time.Minute
+
+// maxDedupeWindow is the longest RouteOptions.DedupeWindow of routes.
+func maxDedupeWindow(routes map[string]RouteOptions) time.Duration {
+	var w time.Duration
+	for _, r := range routes {
+		w = max(w, r.DedupeWindow)
+	}
+	return w
 }
 
 // conflicts reports settings of an existing stream the store cannot work

@@ -69,6 +69,10 @@ type RouteOptions struct {
 	// between, so sidecars sharing the stream can overshoot it by what the
 	// others append within that time.
 	MaxMessages int64
+	// DedupeWindow de-duplicates the route's AppendOnce calls by
+	// idempotency key, through the stream's duplicate window (see the
+	// package documentation); 0 means off.
+	DedupeWindow time.Duration
 }
 
 // DefaultStream is the stream's name when Options.Stream is empty.

@@ -50,6 +50,8 @@ type Store struct {
 	appends atomic.Int64
 	// routes is Options.Routes; SetRoutes replaces it on a reload.
 	routes atomic.Pointer[map[string]RouteOptions]
+	// duplicates is the stream's duplicate window, in nanoseconds.
+	duplicates atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool
@@ -76,6 +78,7 @@ type Store struct {
 var (
 	_ spool.Store   = (*Store)(nil)
 	_ spool.Checker = (*Store)(nil)
+	_ spool.Deduper = (*Store)(nil)
 )
 
 func (s *Store) ctx() (context.Context, context.CancelFunc) {
@@ -161,6 +164,31 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// growDuplicates makes the stream's duplicate window w, with
+// Options.Create; without, it logs that the window is too short.
+func (s *Store) growDuplicates(w time.Duration) {
+	have := time.Duration(s.duplicates.Load())
+	if !s.opts.Create {
+		s.log.Error("jetstream spool: the stream's duplicate window is shorter than async.dedupe_window, and create is false: a delivered message's key is recognised only within the stream's window",
+			"stream", s.stream, "duplicates", have.String(), "dedupe_window", w.String())
+		return
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	info, err := s.str.Info(ctx)
+	if err == nil {
+		cfg := info.Config
+		cfg.Duplicates = max(cfg.Duplicates, w)
+		_, err = s.js.UpdateStream(ctx, cfg)
+	}
+	if err != nil {
+		s.log.Error("jetstream spool: cannot make the stream's duplicate window as long as async.dedupe_window: a delivered message's key is recognised only within the stream's window",
+			"stream", s.stream, "duplicates", have.String(), "dedupe_window", w.String(), "error", err)
+		return
+	}
+	s.duplicates.Store(int64(w))
+}
+
 // routeOptions returns route's options.
 func (s *Store) routeOptions(route string) RouteOptions {
 	if m := s.routes.Load(); m != nil {
@@ -170,10 +198,17 @@ func (s *Store) routeOptions(route string) RouteOptions {
 }
 
 // SetRoutes replaces Options.Routes on an open store: a reload applies
-// async.ordering and async.max_messages this way. A route whose FIFO
-// setting changed has its consumer updated on its next use.
+// async.ordering, async.max_messages and async.dedupe_window this way. A
+// route whose FIFO setting changed has its consumer updated on its next
+// use. A dedupe window longer than the stream's duplicate window makes
+// the stream's longer with Options.Create; without, it is logged, and a
+// repeat of a delivered message's key is recognised only within the
+// stream's window.
 func (s *Store) SetRoutes(routes map[string]RouteOptions) {
 	routes = maps.Clone(routes)
+	if w := maxDedupeWindow(routes); w > time.Duration(s.duplicates.Load()) {
+		s.growDuplicates(w)
+	}
 	old := s.routes.Swap(&routes)
 	s.mu.Lock()
 	defer s.mu.Unlock()

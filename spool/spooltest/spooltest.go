@@ -16,6 +16,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +28,13 @@ import (
 type Limits struct {
 	MaxMessages int64
 	MaxBytes    int64
+	// DedupeWindow is the dedupe window of route DedupeRoute; 0 means
+	// none.
+	DedupeWindow time.Duration
 }
+
+// DedupeRoute is the route Limits.DedupeWindow applies to.
+const DedupeRoute = "once"
 
 // Harness opens the stores of one backend.
 type Harness struct {
@@ -82,6 +89,7 @@ func Run(t *testing.T, h Harness) {
 		{"Durability", testDurability},
 		{"CallerID", testCallerID},
 		{"Closed", testClosed},
+		{"AppendOnce", testAppendOnce},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -604,5 +612,92 @@ func testClosed(t *testing.T, h Harness) {
 	}
 	if err := s.Close(); !errors.Is(err, spool.ErrClosed) {
 		t.Errorf("Close() again = %v, want %v", err, spool.ErrClosed)
+	}
+}
+
+// testAppendOnce: a backend that is a spool.Deduper answers a repeated
+// key of a route with a dedupe window with the first message's ID, one
+// after the other and at once, while the message is pending, after it was
+// delivered, and after a reopen; a plain Append, another key and another
+// route store.
+func testAppendOnce(t *testing.T, h Harness) {
+	s, reopen := open(t, h, Limits{DedupeWindow: time.Minute})
+	d, ok := s.(spool.Deduper)
+	if !ok {
+		t.Skip("the backend does not de-duplicate")
+	}
+	appendOnce := func(d spool.Deduper, route, key string) (string, bool) {
+		t.Helper()
+		m := newMessage(route, 0)
+		m.IdempotencyKey = key
+		err := d.AppendOnce(t.Context(), m)
+		if err != nil && !errors.Is(err, spool.ErrDuplicate) {
+			t.Fatalf("AppendOnce(%s, %s) = %v, want nil or %v", route, key, err, spool.ErrDuplicate)
+		}
+		return m.ID, err != nil
+	}
+	first, dup := appendOnce(d, DedupeRoute, "k")
+	if dup {
+		t.Fatal("the first AppendOnce is a duplicate")
+	}
+	if id, dup := appendOnce(d, DedupeRoute, "k"); !dup || id != first {
+		t.Fatalf("repeat = %s, duplicate %v; want %s, true", id, dup, first)
+	}
+	for _, rk := range [][2]string{{DedupeRoute, "other"}, {"r", "k"}} {
+		if id, dup := appendOnce(d, rk[0], rk[1]); dup || id == first {
+			t.Fatalf("AppendOnce(%s, %s) = %s, duplicate %v; want a new message", rk[0], rk[1], id, dup)
+		}
+	}
+	plain := newMessage(DedupeRoute, 0)
+	plain.IdempotencyKey = "k"
+	if err := s.Append(t.Context(), plain); err != nil || plain.ID == first {
+		t.Fatalf("Append(key k) = %v, ID %s; want a new message", err, plain.ID)
+	}
+	// At once: one stores.
+	ids := make([]string, 8)
+	stored := make(chan struct{}, len(ids))
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Go(func() {
+			m := newMessage(DedupeRoute, i)
+			m.IdempotencyKey = "together"
+			err := d.AppendOnce(t.Context(), m)
+			if err == nil {
+				stored <- struct{}{}
+			} else if !errors.Is(err, spool.ErrDuplicate) {
+				t.Errorf("AppendOnce = %v", err)
+			}
+			ids[i] = m.ID
+		})
+	}
+	wg.Wait()
+	if len(stored) != 1 {
+		t.Fatalf("%d concurrent AppendOnce stored, want 1", len(stored))
+	}
+	for i := range ids {
+		if ids[i] != ids[0] {
+			t.Fatalf("AppendOnce %d got %s, AppendOnce 0 %s; want one ID", i, ids[i], ids[0])
+		}
+	}
+	// Delivered: still a duplicate, and after a reopen.
+	m := next(t, s, DedupeRoute)
+	if m.ID != first {
+		t.Fatalf("Next(%s) = %s, want %s", DedupeRoute, m.ID, first)
+	}
+	if err := s.Ack(first); err != nil {
+		t.Fatalf("Ack = %v", err)
+	}
+	if id, dup := appendOnce(d, DedupeRoute, "k"); !dup || id != first {
+		t.Fatalf("repeat after delivery = %s, duplicate %v; want %s, true", id, dup, first)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	d = reopen().(spool.Deduper)
+	if id, dup := appendOnce(d, DedupeRoute, "k"); !dup || id != first {
+		t.Fatalf("repeat after reopen = %s, duplicate %v; want %s, true", id, dup, first)
+	}
+	if id, ok, err := d.Duplicate(t.Context(), DedupeRoute, "together"); err != nil || !ok || id != ids[0] {
+		t.Fatalf("Duplicate(together) = %s, %v, %v; want %s, true, nil", id, ok, err, ids[0])
 	}
 }

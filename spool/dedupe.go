@@ -1,0 +1,221 @@
+package spool
+
+import (
+	"context"
+	"time"
+)
+
+// De-duplication by idempotency key (the proxy's async.dedupe_window).
+//
+// An AppendOnce of a message, on a route whose Limits.DedupeWindow is
+// set, looks its (Route, IdempotencyKey) up among the keys of the route's
+// messages appended within the window. A key whose message is committed
+// answers at once: AppendOnce stores nothing, sets m.ID to that message's
+// ID and returns ErrDuplicate. A key whose message
+// is still being committed makes AppendOnce wait for that commit; if it
+// failed, the waiter goes on as for a new key (and, as a failed commit
+// makes the store refuse writes until it has reopened itself, gets
+// ErrFailed until then; a later AppendOnce of the key stores). So of
+// concurrent AppendOnce calls with one key at most one stores.
+//
+// The keys are kept in memory per route, in a map and in a queue in
+// append order, and expire lazily, when a later Append of the route finds
+// them older than the window: a route holds at most the keys of the
+// messages appended to it within its window, about 150 bytes each plus
+// the key's length.
+//
+// They are durable through the log itself: every message record holds its
+// key, and a segment holding the message record of a key still within its
+// window is not deleted, even once every message in it is settled, until
+// the window has passed (it is deleted by the first commit after that).
+// Recovery rebuilds the keys from the message records. So a repeat within
+// the window is answered with the first ID after any restart or crash,
+// whether the first message is pending, dead, delivered or deleted.
+// A plain Append neither looks its key up nor keeps it (the proxy uses
+// it for keys it stamped itself, which never repeat); but recovery
+// cannot tell the records of the two apart, so after a restart it holds
+// the keys of a route's plain Appends too, for one window.
+
+// dedupeEntry is one key of a route's window.
+type dedupeEntry struct {
+	id  string // the message's ID
+	at  int64  // its Arrived, unix nanos: the window counts from it
+	seg uint64 // sequence of the segment holding its record; 0 while being committed
+	// wait is made by an Append that found the entry being committed,
+	// and closed when the commit ends.
+	wait chan struct{}
+}
+
+// dedupeRef is a key in a route's expiry queue.
+type dedupeRef struct {
+	key string
+	e   *dedupeEntry
+}
+
+// routeKeys are a route's keys within its window.
+type routeKeys struct {
+	byKey map[string]*dedupeEntry
+	queue []dedupeRef // in append order; queue[head:] are live
+	head  int
+}
+
+// expire drops the keys older than window at now.
+func (k *routeKeys) expire(now int64, window time.Duration) {
+	for k.head < len(k.queue) {
+		r := k.queue[k.head]
+		if r.e.seg == 0 || now-r.e.at <= int64(window) {
+			break // being committed, or within the window
+		}
+		if k.byKey[r.key] == r.e {
+			delete(k.byKey, r.key)
+		}
+		k.queue[k.head] = dedupeRef{}
+		k.head++
+	}
+	if k.head > 64 && k.head > len(k.queue)/2 {
+		n := copy(k.queue, k.queue[k.head:])
+		clear(k.queue[n:])
+		k.queue, k.head = k.queue[:n], 0
+	}
+}
+
+// add makes e the entry of key.
+func (k *routeKeys) add(key string, e *dedupeEntry) {
+	k.byKey[key] = e
+	k.queue = append(k.queue, dedupeRef{key, e})
+}
+
+// keysLocked returns ri's keys, made on first use; nil if the route does
+// not de-duplicate.
+func (s *FileStore) keysLocked(ri *routeIndex) *routeKeys {
+	if ri.limits.DedupeWindow <= 0 {
+		return nil
+	}
+	if ri.keys == nil {
+		ri.keys = &routeKeys{byKey: map[string]*dedupeEntry{}}
+	}
+	return ri.keys
+}
+
+// dedupeLocked runs the de-duplication of an Append of m (see above). It
+// returns ErrDuplicate with m.ID set when m repeats a key; otherwise it
+// returns the entry it added for m, being committed, which the commit
+// completes, or nil when m's route does not de-duplicate. It may release
+// and take s.mu while it waits for another Append's commit.
+func (s *FileStore) dedupeLocked(ctx context.Context, m *Message) (*dedupeEntry, error) {
+	for {
+		if err := s.writableLocked(); err != nil {
+			return nil, err
+		}
+		_, ri, err := s.routeLocked(m.Route)
+		if err != nil {
+			return nil, err
+		}
+		keys := s.keysLocked(ri)
+		if keys == nil || m.IdempotencyKey == "" {
+			return nil, nil
+		}
+		now := timeToNanos(s.now())
+		window := ri.limits.DedupeWindow
+		keys.expire(now, window)
+		e := keys.byKey[m.IdempotencyKey]
+		switch {
+		case e == nil || (e.seg != 0 && now-e.at > int64(window)):
+			e = &dedupeEntry{id: m.ID, at: timeToNanos(m.Arrived)}
+			keys.add(m.IdempotencyKey, e)
+			return e, nil
+		case e.seg != 0:
+			m.ID = e.id
+			return nil, ErrDuplicate
+		}
+		if e.wait == nil {
+			e.wait = make(chan struct{})
+		}
+		w := e.wait
+		s.mu.Unlock()
+		select {
+		case <-w:
+			s.mu.Lock()
+		case <-ctx.Done():
+			s.mu.Lock()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// endDedupeLocked completes e, the entry of an Append of m: on success
+// its record is in seg, which is kept until the key's window has passed;
+// on failure (seg nil) the entry is removed, so that a waiting Append
+// stores its own message.
+func (s *FileStore) endDedupeLocked(e *dedupeEntry, m *Message, seg *segment) {
+	if seg != nil {
+		e.seg = seg.seq
+		_, ri, _ := s.routeLocked(m.Route)
+		seg.keep = max(seg.keep, e.at+int64(ri.limits.DedupeWindow))
+	} else {
+		if _, ri, _ := s.routeLocked(m.Route); ri.keys != nil && ri.keys.byKey[m.IdempotencyKey] == e {
+			delete(ri.keys.byKey, m.IdempotencyKey)
+		}
+		// Its queue entry stays until it reaches the head, where an
+		// entry being committed (seg 0) would stop expiry: mark it
+		// expired.
+		e.seg, e.at = ^uint64(0), 0
+	}
+	if e.wait != nil {
+		close(e.wait)
+		e.wait = nil
+	}
+}
+
+// recoverKeyLocked adds the key of a message record found by recovery,
+// if its route de-duplicates and the key is within the window.
+func (s *FileStore) recoverKeyLocked(meta messageMeta, key []byte, seg *segment) {
+	if len(key) == 0 {
+		return
+	}
+	_, ri, err := s.routeLocked(meta.route)
+	if err != nil {
+		return
+	}
+	keys := s.keysLocked(ri)
+	if keys == nil {
+		return
+	}
+	window := int64(ri.limits.DedupeWindow)
+	if timeToNanos(s.now())-meta.arrived > window {
+		return
+	}
+	if _, ok := keys.byKey[string(key)]; ok {
+		// Within one window only the first message of a key was
+		// appended by AppendOnce; a later one was a plain Append (or
+		// made while the route did not de-duplicate), which AppendOnce
+		// would not have answered with.
+		return
+	}
+	keys.add(string(key), &dedupeEntry{id: meta.id, at: meta.arrived, seg: seg.seq})
+	seg.keep = max(seg.keep, meta.arrived+window)
+}
+
+// Duplicate implements Deduper: it returns the ID of route's committed
+// message appended with key within the route's window, if any. A message
+// with that key still being committed is not reported.
+func (s *FileStore) Duplicate(_ context.Context, route, key string) (string, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return "", false, ErrClosed
+	}
+	r, ok := s.routeIdx[route]
+	if !ok {
+		return "", false, nil
+	}
+	ri := s.routeList[r]
+	if ri.keys == nil || ri.limits.DedupeWindow <= 0 {
+		return "", false, nil
+	}
+	e := ri.keys.byKey[key]
+	if e == nil || e.seg == 0 || timeToNanos(s.now())-e.at > int64(ri.limits.DedupeWindow) {
+		return "", false, nil
+	}
+	return e.id, true, nil
+}

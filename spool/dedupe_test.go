@@ -1,0 +1,214 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// testClock is a settable clock for FileOptions.Now.
+type testClock struct{ ns atomic.Int64 }
+
+func newTestClock() *testClock {
+	c := &testClock{}
+	c.ns.Store(testEpoch.UnixNano())
+	return c
+}
+
+func (c *testClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *testClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+func dedupeOpts(c *testClock, w time.Duration) FileOptions {
+	return FileOptions{Now: c.now, Routes: map[string]Limits{"r": {DedupeWindow: w}}, SegmentSize: 4 << 10}
+}
+
+// keyed is a message of route with the app's key.
+func keyed(route, key string, body string) *Message {
+	return &Message{Route: route, Method: "POST", Target: "/e", IdempotencyKey: key, Body: []byte(body)}
+}
+
+// appendID appends m with AppendOnce and returns the ID it was answered
+// with, and whether it was a duplicate.
+func appendID(t *testing.T, s *FileStore, m *Message) (string, bool) {
+	t.Helper()
+	err := s.AppendOnce(t.Context(), m)
+	switch {
+	case err == nil:
+		return m.ID, false
+	case errors.Is(err, ErrDuplicate):
+		return m.ID, true
+	}
+	t.Fatalf("Append(key %q) = %v, want nil or ErrDuplicate", m.IdempotencyKey, err)
+	return "", false
+}
+
+func TestDedupeWithinWindow(t *testing.T) {
+	c := newTestClock()
+	s := open(t, t.TempDir(), dedupeOpts(c, time.Minute))
+	first, dup := appendID(t, s, keyed("r", "k1", "one"))
+	if dup {
+		t.Fatal("first Append is a duplicate")
+	}
+	c.advance(59 * time.Second)
+	again, dup := appendID(t, s, keyed("r", "k1", "two"))
+	if !dup || again != first {
+		t.Fatalf("repeat within the window = %s, duplicate %v; want %s, true", again, dup, first)
+	}
+	if n := s.Stats().Total.Pending; n != 1 {
+		t.Fatalf("pending = %d, want 1", n)
+	}
+	// Not de-duplicated: another key, a route without a window, a plain
+	// Append.
+	for _, m := range []*Message{keyed("r", "k2", "x"), keyed("other", "k1", "x")} {
+		if id, dup := appendID(t, s, m); dup || id == first {
+			t.Fatalf("AppendOnce(route %s, key %s) = %s, duplicate %v; want a new message", m.Route, m.IdempotencyKey, id, dup)
+		}
+	}
+	if m := keyed("r", "k1", "plain"); s.Append(t.Context(), m) != nil || m.ID == first {
+		t.Fatalf("Append(key k1) = %s, want a new message", m.ID)
+	}
+	// Past the window the key stores a new message.
+	c.advance(2 * time.Second)
+	if id, dup := appendID(t, s, keyed("r", "k1", "three")); dup || id == first {
+		t.Fatalf("repeat after the window = %s, duplicate %v; want a new message", id, dup)
+	}
+	if n := s.Stats().Total.Pending; n != 5 {
+		t.Fatalf("pending = %d, want 5", n)
+	}
+}
+
+// Concurrent Appends with one key store one message, and all get its ID.
+func TestDedupeConcurrent(t *testing.T) {
+	c := newTestClock()
+	s := open(t, t.TempDir(), dedupeOpts(c, time.Minute))
+	const n = 32
+	got := make([]string, n)
+	var stored atomic.Int32
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			m := keyed("r", "same", fmt.Sprint(i))
+			err := s.AppendOnce(t.Context(), m)
+			if err == nil {
+				stored.Add(1)
+			} else if !errors.Is(err, ErrDuplicate) {
+				t.Errorf("Append = %v", err)
+			}
+			got[i] = m.ID
+		})
+	}
+	wg.Wait()
+	if stored.Load() != 1 {
+		t.Fatalf("%d Appends stored, want 1", stored.Load())
+	}
+	for i, id := range got {
+		if id != got[0] || id == "" {
+			t.Fatalf("Append %d got ID %q, Append 0 %q; want one ID", i, id, got[0])
+		}
+	}
+	if p := s.Stats().Total.Pending; p != 1 {
+		t.Fatalf("pending = %d, want 1", p)
+	}
+}
+
+// The keys survive a reopen, and a delivered message's key still
+// de-duplicates within the window although every message of its segment
+// is settled; the segment goes once the window has passed.
+func TestDedupeAcrossReopenAndAck(t *testing.T) {
+	c := newTestClock()
+	dir := t.TempDir()
+	opts := dedupeOpts(c, time.Minute)
+	s := open(t, dir, opts)
+	first, _ := appendID(t, s, keyed("r", "k", "body"))
+	if err := s.Ack(first); err != nil {
+		t.Fatal(err)
+	}
+	// Fill segments so that the first one would be collected.
+	for i := range 20 {
+		id, _ := appendID(t, s, keyed("r", fmt.Sprint("fill", i), string(make([]byte, 1000))))
+		if err := s.Ack(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if segs := segmentFiles(t, dir); len(segs) < 3 {
+		t.Fatalf("%d segments, want several", len(segs))
+	}
+	s = reopen(t, s, opts)
+	c.advance(30 * time.Second)
+	if id, dup := appendID(t, s, keyed("r", "k", "again")); !dup || id != first {
+		t.Fatalf("repeat after reopen = %s, duplicate %v; want %s, true", id, dup, first)
+	}
+	if id, ok, _ := s.Duplicate(t.Context(), "r", "k"); !ok || id != first {
+		t.Fatalf("Duplicate(r, k) = %s, %v; want %s, true", id, ok, first)
+	}
+	// Past the window, the next commit deletes the settled segments.
+	c.advance(31 * time.Second)
+	id, dup := appendID(t, s, keyed("r", "k", "new"))
+	if dup {
+		t.Fatalf("repeat after the window = %s, duplicate; want a new message", id)
+	}
+	if segs := segmentFiles(t, dir); len(segs) != 1 {
+		t.Fatalf("%d segments after the window, want 1: %v", len(segs), segs)
+	}
+	s = reopen(t, s, opts)
+	if got, dup := appendID(t, s, keyed("r", "k", "again")); !dup || got != id {
+		t.Fatalf("repeat after the second reopen = %s, duplicate %v; want %s, true", got, dup, id)
+	}
+}
+
+// A failed commit releases the key: a later Append stores.
+func TestDedupeFailedAppendReleasesKey(t *testing.T) {
+	c := newTestClock()
+	fsys := &faultFS{}
+	opts := dedupeOpts(c, time.Minute)
+	opts.FS, opts.ReopenDelay, opts.noAIO = fsys, -1, true
+	dir := t.TempDir()
+	s := open(t, dir, opts)
+	fsys.fail(errors.New("disk full"), nil)
+	if err := s.AppendOnce(t.Context(), keyed("r", "k", "x")); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Append on a failing disk = %v, want ErrFailed", err)
+	}
+	fsys.fail(nil, nil)
+	s.Close()
+	s = open(t, dir, opts)
+	if id, dup := appendID(t, s, keyed("r", "k", "y")); dup {
+		t.Fatalf("Append after a failed one = %s, duplicate; want stored", id)
+	}
+	// A full route refuses at reserve time: the key is released too.
+	opts.Routes = map[string]Limits{"r": {DedupeWindow: time.Minute, MaxMessages: 1}}
+	s.SetRouteLimits(opts.Routes)
+	if err := s.AppendOnce(t.Context(), keyed("r", "k2", "z")); !errors.Is(err, ErrFull) {
+		t.Fatalf("Append over max_messages = %v, want ErrFull", err)
+	}
+	s.SetRouteLimits(map[string]Limits{"r": {DedupeWindow: time.Minute}})
+	if id, dup := appendID(t, s, keyed("r", "k2", "z")); dup {
+		t.Fatalf("Append after a refused one = %s, duplicate; want stored", id)
+	}
+}
+
+// The keys of a window are dropped once it has passed: a route holds the
+// keys of its last window only.
+func TestDedupeKeysExpire(t *testing.T) {
+	c := newTestClock()
+	s := open(t, t.TempDir(), dedupeOpts(c, time.Minute))
+	for i := range 1000 {
+		appendID(t, s, keyed("r", fmt.Sprint("k", i), "x"))
+		c.advance(time.Millisecond)
+	}
+	keys := func() (int, int) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		k := s.routeList[s.routeIdx["r"]].keys
+		return len(k.byKey), len(k.queue) - k.head
+	}
+	if n, q := keys(); n != 1000 || q != 1000 {
+		t.Fatalf("keys within the window: %d in the map, %d queued; want 1000", n, q)
+	}
+	c.advance(time.Minute)
+	appendID(t, s, keyed("r", "late", "x"))
+	if n, q := keys(); n != 1 || q != 1 {
+		t.Fatalf("keys after the window: %d in the map, %d queued; want 1", n, q)
+	}
+}

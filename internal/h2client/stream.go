@@ -126,6 +126,19 @@ func (cc *conn) roundTrip(ctx context.Context, req *http.Request, rb *reqBody) (
 	s.isHead = req.Method == http.MethodHead
 
 	cc.wmu.Lock()
+	cc.mu.Lock()
+	over := len(cc.streams) >= int(cc.maxStreams)
+	cc.mu.Unlock()
+	if over {
+		// The peer's SETTINGS lowered its limit after this slot was
+		// reserved, and are acknowledged (onSettings holds wmu, as
+		// this does until the HEADERS are written): a stream over the
+		// limit now is a PROTOCOL_ERROR. Another connection takes the
+		// request; nothing was encoded, so HPACK's state is intact.
+		cc.wmu.Unlock()
+		cc.dropUnopened(s)
+		return nil, fmt.Errorf("%w: the peer lowered its concurrent streams limit", ErrUnprocessed)
+	}
 	if err := cc.encodeHeaders(req, rb); err != nil {
 		cc.wmu.Unlock()
 		cc.dropUnopened(s)

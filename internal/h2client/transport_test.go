@@ -401,6 +401,7 @@ func TestMaxConcurrentStreams(t *testing.T) {
 		wg.Go(func() {
 			if _, body, err := do(t, tr, "GET", s.url+"/", nil); err != nil || body != "done" {
 				t.Errorf("call: %q, %v", body, err)
+				arrived <- struct{}{} // it never will: the test fails, not hangs
 			}
 		})
 	}

@@ -222,6 +222,9 @@ func newStatusRoute(v routeView) statusRoute {
 	for _, ep := range v.Endpoints {
 		e := statusEndpoint{URL: ep.URL, State: "no breaker", Class: "badge st-none"}
 		var notes []string
+		if ep.Name != "" {
+			notes = append(notes, "from "+ep.Name) // resolve: the name this address came from
+		}
 		if ep.InFlight > 0 {
 			notes = append(notes, fmt.Sprintf("%d in flight", ep.InFlight))
 		}

@@ -299,17 +299,20 @@ func TestStatusPageCalls(t *testing.T) {
 }
 
 // TestStatusEndpointFlags: an unhealthy and an ejected endpoint get their
-// badges after the breaker's, with why and for how long in the note.
+// badges after the breaker's, with why and for how long in the note; a
+// resolved address names the DNS name it came from.
 func TestStatusEndpointFlags(t *testing.T) {
 	r := newStatusRoute(routeView{Endpoints: []proxy.EndpointStats{
 		{URL: "http://a", Health: &proxy.HealthStats{State: "unhealthy", LastError: "status 503"}},
 		{URL: "http://b", Health: &proxy.HealthStats{State: "healthy"}, Outlier: &proxy.OutlierStats{Ejected: true, Left: "1m30s"}},
 		{URL: "http://c", Health: &proxy.HealthStats{State: "healthy"}, Outlier: &proxy.OutlierStats{}},
+		{URL: "http://10.0.0.7:8080", Name: "inv.svc:8080", InFlight: 2},
 	}})
 	want := []statusEndpoint{
 		{URL: "http://a", State: "no breaker", Class: "badge st-none", Flags: []statusFlag{{"unhealthy", "badge st-unhealthy"}}, Note: "health check: status 503"},
 		{URL: "http://b", State: "no breaker", Class: "badge st-none", Flags: []statusFlag{{"ejected", "badge st-ejected"}}, Note: "back in 1m 30s"},
 		{URL: "http://c", State: "no breaker", Class: "badge st-none"},
+		{URL: "http://10.0.0.7:8080", State: "no breaker", Class: "badge st-none", Note: "from inv.svc:8080 · 2 in flight"},
 	}
 	if !reflect.DeepEqual(r.Endpoints, want) {
 		t.Errorf("newStatusRoute endpoints =\n%+v\nwant\n%+v", r.Endpoints, want)

@@ -255,6 +255,7 @@
     const parts = eps.map((ep) => {
       const b = ep.circuit_breaker;
       const notes = [];
+      if (ep.name) notes.push('from ' + ep.name);
       if (ep.in_flight > 0) notes.push(ep.in_flight + ' in flight');
       if (b) {
         if (b.counts && b.counts.consecutive_failures > 0) notes.push(b.counts.consecutive_failures + ' failing');

@@ -154,7 +154,16 @@ func newConn(s *Server, rwc net.Conn, ctx context.Context) *conn {
 	return c
 }
 
+// setState records the connection's state for Shutdown. Only a new
+// connection's time is ever read (closeIdleConns, as net/http: one that
+// has sent nothing for 5 s counts as idle), so the other states, set
+// twice per request, skip the clock: on a VM it costs more than the rest
+// of this.
 func (c *conn) setState(st int) {
+	if st != stateNew {
+		c.state.Store(uint64(st))
+		return
+	}
 	c.state.Store(uint64(time.Now().Unix())<<8 | uint64(st))
 }
 

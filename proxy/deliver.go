@@ -67,7 +67,7 @@ type deliverer struct {
 	now func() time.Time
 	// pacer paces the deliveries with async.rate; the loop's alone.
 	pacer *rate.Limiter
-	// rate is the async.rate the pacer has, for status; nil: none.
+	// rate is the async.rate the pacer has; nil: none.
 	rate atomic.Pointer[deliveryRate]
 }
 
@@ -314,8 +314,10 @@ func (d *deliverer) status() DeliveryStatus {
 		Deduplicated: d.counts.deduplicated.Load(),
 		Paced:        d.counts.paced.Load(),
 	}
-	if r := d.rate.Load(); r != nil {
-		st.RatePerSecond, st.RateBurst = r.perSecond, r.burst
+	// The route's async.rate now, which the next attempt paces with:
+	// the bucket is made, and a reload's change applied, only then.
+	if rt := d.snap().routes[d.route]; rt != nil && rt.async != nil && rt.async.rate != nil {
+		st.RatePerSecond, st.RateBurst = rt.async.rate.perSecond, rt.async.rate.burst
 	}
 	return st
 }

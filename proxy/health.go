@@ -105,7 +105,7 @@ func (p *Pool) startChecker(ep *Endpoint) {
 	if ep.rt != nil {
 		h.rt = ep.rt // a resolved endpoint's own connections
 	}
-	ep.health = h
+	ep.health.Store(h)
 	p.checkers.Add(1)
 	go func() {
 		defer p.checkers.Done()

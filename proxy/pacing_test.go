@@ -171,6 +171,41 @@ func TestAsyncPacingReload(t *testing.T) {
 	}
 }
 
+// The delivery status shows the route's rate as configured, before any
+// message came and after a reload while none comes: the rate the next
+// delivery is paced with, not the last one's.
+func TestAsyncPacingStatusWhileIdle(t *testing.T) {
+	up := newArrivals(t, nil)
+	st := openStore(t, t.TempDir(), spool.FileOptions{})
+	sc := startSidecarWith(t, asyncRoute(`when: always, ordering: none, rate: {per_second: 5, burst: 2}`), []Option{WithSpool(st)}, up.upstream)
+	rate := func() (float64, int) {
+		ds := sc.srv.Deliveries()["ev"]
+		return ds.RatePerSecond, ds.RateBurst
+	}
+	if r, b := rate(); r != 5 || b != 2 {
+		t.Errorf("Deliveries()[ev] with nothing delivered yet: rate %v burst %d, want 5 and 2", r, b)
+	}
+	for _, tc := range []struct {
+		async string
+		rate  float64
+		burst int
+	}{
+		{`when: always, ordering: none, rate: {per_second: 40, burst: 4}`, 40, 4},
+		{`when: always, ordering: none`, 0, 0},
+	} {
+		next := buildFrom(t, asyncRouteAt(tc.async, sc.addr["app"], up.URL), sc.srv.Snapshot())
+		if err := sc.srv.Reload(next, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if r, b := rate(); r != tc.rate || b != tc.burst {
+			t.Errorf("after a reload to {%s}, nothing delivered: rate %v burst %d, want %v and %d", tc.async, r, b, tc.rate, tc.burst)
+		}
+	}
+	if n := len(up.times()); n != 0 {
+		t.Errorf("%d deliveries, want none", n)
+	}
+}
+
 // asyncRouteAt is asyncRoute with its listener at addr and its upstream
 // at upURL, for a reload.
 func asyncRouteAt(async, addr, upURL string) string {

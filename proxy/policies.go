@@ -262,7 +262,7 @@ type OutlierStats struct {
 }
 
 func (e *Endpoint) healthStats() *HealthStats {
-	h := e.health
+	h := e.health.Load()
 	if h == nil {
 		return nil
 	}

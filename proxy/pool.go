@@ -101,8 +101,11 @@ type Endpoint struct {
 	// down is 0 while the endpoint takes traffic, else downUnhealthy
 	// and/or downEjected: the one word Route.pick loads per endpoint.
 	// An ejection's end is read lazily (outlier.go).
-	down    atomic.Uint32
-	health  *endpointHealth  // nil without health_check
+	down atomic.Uint32
+	// health is its checker's state; nil without health_check. Atomic:
+	// an address back in the DNS answers while it drained gets a new
+	// checker while the admin API may still read the old one.
+	health  atomic.Pointer[endpointHealth]
 	outlier *endpointOutlier // nil without outlier
 }
 
@@ -171,7 +174,7 @@ func (p *Pool) endpointAdded(ep *Endpoint) {
 	if p.outlier != nil && ep.outlier == nil {
 		ep.outlier = &endpointOutlier{}
 	}
-	if p.health != nil && (ep.health == nil || ep.health.ctx.Err() != nil) {
+	if h := ep.health.Load(); p.health != nil && (h == nil || h.ctx.Err() != nil) {
 		// New, or an address back in the answers while it drained: a
 		// checker of its own, healthy until it fails.
 		ep.down.And(^downUnhealthy)
@@ -183,7 +186,7 @@ func (p *Pool) endpointAdded(ep *Endpoint) {
 // when its address leaves the DNS answers, and when the pool closes. The
 // endpoint keeps its last state for requests still holding it.
 func (p *Pool) endpointRemoved(ep *Endpoint) {
-	if h := ep.health; h != nil {
+	if h := ep.health.Load(); h != nil {
 		h.stop()
 		<-h.done
 	}
@@ -280,7 +283,7 @@ func (p *Pool) close() {
 		}
 		eps := p.endpoints().list
 		for _, ep := range eps {
-			if h := ep.health; h != nil {
+			if h := ep.health.Load(); h != nil {
 				h.stop() // all at once, then wait for each
 			}
 		}

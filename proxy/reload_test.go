@@ -120,3 +120,27 @@ func TestReloadBindFailureChangesNothing(t *testing.T) {
 	getOK(t, appAddr)
 	getOK(t, extraAddr)
 }
+
+// A shutdown just after a reload that bound a listener anew, whose serve
+// goroutine may be starting its HTTP/2 side as the shutdown waits for it,
+// waits for what was started and lets nothing start after (run with
+// -race: the engine's WaitGroup was added to concurrently with its Wait).
+func TestShutdownRightAfterReload(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer up.Close()
+	for range 50 {
+		srv := NewServer(buildFrom(t, reloadConfig(up.URL, "127.0.0.1:0", ""), nil), slog.New(slog.DiscardHandler))
+		if err := srv.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		srv.Serve()
+		// A concrete address is a change: the listener is bound anew.
+		next := buildFrom(t, reloadConfig(up.URL, srv.Addrs()["app"].String(), ""), srv.Snapshot())
+		if err := srv.Reload(next, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		srv.Shutdown(ctx) // may report the retired listener's socket, which the reload closed to bind its address again
+		cancel()
+	}
+}

@@ -655,3 +655,109 @@ func TestResolveWithHealthChecks(t *testing.T) {
 		t.Errorf("127.0.0.2, gone from the answers, saw %d health checks, want 0", n)
 	}
 }
+
+// TestResolveAddressBackWhileDraining: an unhealthy address that leaves
+// the answers while a request is still in flight on it, and comes back
+// before that request ends, is the same endpoint again (its breaker and
+// connections go on), with a checker of its own that starts it healthy
+// ("unchecked") and takes it out again only by its own checks; and the
+// admin API may read the endpoints' health all the while (run with
+// -race: the new checker's state replaces the old one's under readers).
+func TestResolveAddressBackWhileDraining(t *testing.T) {
+	port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2")
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.1", "127.0.0.2")
+	clock := newFakeClock()
+	cfg := strings.Replace(dnsConfig(port, "{}"), "resolve: {every: 1h}",
+		"resolve: {every: 1h}, health_check: {path: /healthz, interval: 10s, timeout: 5s, healthy: 1, unhealthy: 2}", 1)
+	sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver()), WithClock(clock)}, nil)
+	pool := sc.srv.Snapshot().Pools["inv"]
+	tick := func(checkers int) {
+		t.Helper()
+		clock.waitArmed(t, checkers)
+		clock.Advance(12 * time.Second) // past interval + 15%: each checker fires once
+		clock.waitArmed(t, checkers)
+	}
+	addr2 := "http://127.0.0.2:" + port
+	endpoint := func() (*Endpoint, EndpointState) {
+		for i, ep := range pool.endpoints().list {
+			if ep.key == addr2 {
+				return ep, pool.EndpointStates()[i]
+			}
+		}
+		return nil, EndpointState{}
+	}
+
+	// One slow request on each address (round robin), held until the end.
+	var slow sync.WaitGroup
+	for range 2 {
+		slow.Add(1)
+		go func() {
+			defer slow.Done()
+			if resp, err := http.Get(sc.url("/slow")); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	defer slow.Wait()
+	defer close(ups["127.0.0.1"].release)
+	defer close(ups["127.0.0.2"].release)
+	for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
+		select {
+		case <-ups[ip].arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the slow request never reached %s", ip)
+		}
+	}
+
+	ups["127.0.0.2"].status.Store(http.StatusServiceUnavailable)
+	tick(2)
+	tick(2)
+	ep, st := endpoint()
+	if ep == nil || st.Health == nil || st.Health.State != "unhealthy" {
+		t.Fatalf("after two failed checks, 127.0.0.2's state = %+v, want unhealthy", st.Health)
+	}
+
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	readers.Add(1)
+	go func() { // the admin API, polling
+		defer readers.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			pool.EndpointStates()
+			sc.srv.Snapshot().Route("all").EndpointStats()
+		}
+	}()
+	for i := range 5 {
+		dns.set("inv.test", "127.0.0.1")
+		if err := resolveNow(t, sc); err != nil {
+			t.Fatalf("Resolve = %v", err)
+		}
+		dns.set("inv.test", "127.0.0.1", "127.0.0.2")
+		if err := resolveNow(t, sc); err != nil {
+			t.Fatalf("Resolve = %v", err)
+		}
+		back, st := endpoint()
+		if back != ep {
+			t.Fatalf("round %d: 127.0.0.2, back while its request is in flight, is a new endpoint; want the one being drained", i)
+		}
+		if st.Health == nil || st.Health.State != "unchecked" || back.down.Load()&downUnhealthy != 0 {
+			t.Fatalf("round %d: 127.0.0.2 back: health %+v, down %b; want unchecked and taking traffic", i, st.Health, back.down.Load())
+		}
+	}
+	close(stop)
+	readers.Wait()
+
+	// Its own checker takes it out again: still failing, after two checks.
+	tick(2)
+	tick(2)
+	if _, st := endpoint(); st.Health == nil || st.Health.State != "unhealthy" {
+		t.Errorf("127.0.0.2 back, after two failed checks: %+v, want unhealthy", st.Health)
+	}
+}

@@ -310,6 +310,7 @@ func (a *autoEngine) Serve(ln net.Listener) error {
 }
 
 func (a *autoEngine) Shutdown(ctx context.Context) error {
+	a.noServe()
 	h2err := make(chan error, 1)
 	go func() { h2err <- a.h2.Shutdown(ctx) }()
 	err := a.h1.Shutdown(ctx)
@@ -321,7 +322,14 @@ func (a *autoEngine) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// noServe keeps a Serve that has not started h2's goroutine yet from
+// starting it, and waits for one starting it now: a.wg.Add then comes
+// before a.wg.Wait, as it must (a Serve that ran just before Shutdown,
+// after a reload, raced with it).
+func (a *autoEngine) noServe() { a.once.Do(func() {}) }
+
 func (a *autoEngine) Close() error {
+	a.noServe()
 	err := errors.Join(a.h1.Close(), a.h2.Close())
 	a.q.Close()
 	a.wg.Wait()

@@ -123,21 +123,7 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 				c.stop()
 				return nil, &UpstreamError{Route: rt.Name, Outcome: outcome, Status: status, Attempts: n, Err: errSpoolAnswer}
 			}
-			if n < len(attemptCounts) {
-				resp.Header[HeaderAttempts] = attemptCounts[n]
-			} else {
-				resp.Header.Set(HeaderAttempts, strconv.Itoa(n))
-			}
-			c.body, c.resp = resp.Body, resp
-			if rw, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
-				// The timeout covered the handshake; a tunnel lives as
-				// long as both sides keep it.
-				c.stop()
-				resp.Body = &upgradedBody{call: c, w: rw}
-			} else {
-				resp.Body = c
-			}
-			return resp, nil
+			return c.handOn(resp, n), nil
 		}
 		// Retrying: drop this attempt's answer. c.retry has slept.
 		rt.tel.Retry(c.app)
@@ -147,6 +133,27 @@ func (a *attempter) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		c.release()
 	}
+}
+
+// handOn readies resp, the call's answer after n attempts, to be passed
+// to the app: Sidecar-Attempts, and the call as its body, which ends the
+// call when it ends.
+func (c *call) handOn(resp *http.Response, n int) *http.Response {
+	if n < len(attemptCounts) {
+		resp.Header[HeaderAttempts] = attemptCounts[n]
+	} else {
+		resp.Header.Set(HeaderAttempts, strconv.Itoa(n))
+	}
+	c.body, c.resp = resp.Body, resp
+	if rw, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
+		// The timeout covered the handshake; a tunnel lives as long as
+		// both sides keep it.
+		c.stop()
+		resp.Body = &upgradedBody{call: c, w: rw}
+	} else {
+		resp.Body = c
+	}
+	return resp
 }
 
 // call is one request's trip through the attempt loop. It owns the
@@ -538,30 +545,15 @@ func (rt *Route) pick(prev *Endpoint) (*Endpoint, policy.BreakerTicket, time.Dur
 	}
 	var retryIn time.Duration
 	skipped := false
-	for k := range eps {
-		j := (i + k) % len(eps)
-		if pool.gated && !pool.usable(eps[j]) {
-			skipped = true
-			continue
-		}
-		if brs == nil {
-			return eps[j], policy.BreakerTicket{}, 0
-		}
-		ticket, err := brs[j].Allow()
-		if err == nil {
-			return eps[j], ticket, 0
-		}
-		if ri := brs[j].RetryIn(); retryIn == 0 || ri < retryIn {
-			retryIn = ri
-		}
-	}
-	if skipped {
-		// No usable endpoint could take the request: the unhealthy and
-		// ejected ones can, unless their breakers are open too.
+	// The first pass asks the usable endpoints. When one was skipped and
+	// none could take the request, the second asks the unhealthy and
+	// ejected ones, whose breakers still apply.
+	for pass := 0; pass < 2 && (pass == 0 || skipped); pass++ {
 		for k := range eps {
 			j := (i + k) % len(eps)
-			if pool.usable(eps[j]) {
-				continue // asked above
+			if pool.gated && pool.usable(eps[j]) == (pass == 1) {
+				skipped = true // passed over now, or asked in the first pass
+				continue
 			}
 			if brs == nil {
 				return eps[j], policy.BreakerTicket{}, 0

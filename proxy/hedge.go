@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -412,23 +411,11 @@ func (l *hedgeLoop) commit(t *hedgeTry) (*http.Response, error) {
 	} else {
 		t.ticket.Done(rt.breakerResult(t.outcome, resp.StatusCode, t.code))
 	}
-	if l.n < len(attemptCounts) {
-		resp.Header[HeaderAttempts] = attemptCounts[l.n]
-	} else {
-		resp.Header.Set(HeaderAttempts, strconv.Itoa(l.n))
-	}
 	if t.hedge {
 		l.h.wins.Add(1)
 		rt.tel.HedgeWin(l.c.app)
 	}
-	c.body, c.resp = resp.Body, resp
-	if rw, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
-		c.stop()
-		resp.Body = &upgradedBody{call: c, w: rw}
-	} else {
-		resp.Body = c
-	}
-	return resp, nil
+	return c.handOn(resp, l.n), nil
 }
 
 // abandon cancels the attempt because another answered first.

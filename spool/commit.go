@@ -159,25 +159,18 @@ func (s *FileStore) reopenFiles() error {
 	// and was cut back to nothing. Writing on in it is writing in a new
 	// one, and a long outage (a full disk) does not leave an empty
 	// segment, and an open file, per reopen.
-	last := s.segs[len(s.segs)-1]
-	if last.size == 0 {
-		s.failed = false
-		s.dirty = false
-		s.reopens.Add(1)
-		s.log.Warn("spool: reopened after a failure; writes accepted again", "dir", s.dir,
-			"pending", s.count, "corrupt_records", s.corrupt)
-		return nil
-	}
-	name := filepath.Join(s.dir, segmentName(last.seq+1))
-	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("spool: create %s: %w", name, err)
-	}
-	s.segs = append(s.segs, newSegment(s.dir, last.seq+1, f, 0))
-	// The new segment is in s.segs, so a failed reopen closes it and the
-	// next one recovers it (empty) like any other.
-	if err := s.syncDir(); err != nil {
-		return fmt.Errorf("spool: fsync dir %s: %w", s.dir, err)
+	if last := s.segs[len(s.segs)-1]; last.size > 0 {
+		name := filepath.Join(s.dir, segmentName(last.seq+1))
+		f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("spool: create %s: %w", name, err)
+		}
+		s.segs = append(s.segs, newSegment(s.dir, last.seq+1, f, 0))
+		// The new segment is in s.segs, so a failed reopen closes it and
+		// the next one recovers it (empty) like any other.
+		if err := s.syncDir(); err != nil {
+			return fmt.Errorf("spool: fsync dir %s: %w", s.dir, err)
+		}
 	}
 	s.failed = false
 	s.dirty = false

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -93,6 +94,25 @@ func postKey(t *testing.T, addr, key string) (string, string) {
 	return resp.Header.Get("Sidecar-Spool-Id"), string(b)
 }
 
+// killOnceDelivered waits until the message of key delivered was
+// delivered and its acknowledgement is durable (the spool holds only the
+// other one: a kill before the ack would deliver it again after the
+// restart, as at-least-once allows), kills the sidecar with SIGKILL and
+// starts it again on cfg.
+func killOnceDelivered(t *testing.T, cmd *exec.Cmd, s started, up *keyUpstream, cfg string) started {
+	t.Helper()
+	poll.Until(t, 10*time.Second, "the delivery of key delivered", func() bool {
+		st, err := getSpool(s.Admin)
+		return up.count("delivered") == 1 && err == nil && st.Total.Depth == 1
+	})
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	_, s, _ = startBinary(t, cfg)
+	return s
+}
+
 // TestKill9KeepsDedupe: a request is acknowledged (202), the sidecar is
 // killed with SIGKILL, restarted on the same spool, and the app repeats
 // the request with the same Idempotency-Key: it gets the same spool ID and
@@ -126,19 +146,7 @@ func TestKill9KeepsDedupe(t *testing.T) {
 			up.mu.Lock()
 			up.hold["delivered"] = false
 			up.mu.Unlock()
-			// Delivered and acknowledged durably (the spool holds only
-			// the other one): a kill before the ack would deliver it
-			// again after the restart, as at-least-once allows.
-			poll.Until(t, 10*time.Second, "the delivery of key delivered", func() bool {
-				st, err := getSpool(s.Admin)
-				return up.count("delivered") == 1 && err == nil && st.Total.Depth == 1
-			})
-			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			cmd.Wait()
-
-			_, s, _ = startBinary(t, cfg)
+			s = killOnceDelivered(t, cmd, s, up, cfg)
 			addr = strings.TrimPrefix(s.Listeners, "app=")
 			for _, key := range []string{"delivered", "pending"} {
 				calls := up.callsOf(key)
@@ -190,16 +198,7 @@ func TestKill9KeepsDedupeJetStream(t *testing.T) {
 	for _, key := range []string{"delivered", "pending"} {
 		ids[key], _ = postKey(t, addr, key)
 	}
-	poll.Until(t, 10*time.Second, "the delivery of key delivered", func() bool {
-		st, err := getSpool(s.Admin)
-		return up.count("delivered") == 1 && err == nil && st.Total.Depth == 1
-	})
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-
-	_, s, _ = startBinary(t, cfg)
+	s = killOnceDelivered(t, cmd, s, up, cfg)
 	addr = strings.TrimPrefix(s.Listeners, "app=")
 	for _, key := range []string{"delivered", "pending"} {
 		if id, _ := postKey(t, addr, key); id != ids[key] {

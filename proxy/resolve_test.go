@@ -584,12 +584,12 @@ func TestResolveEvery(t *testing.T) {
 	}
 }
 
-// TestResolveWithHealthChecks: every address of a resolved name is health
-// checked on its own, with the name as Host and over its own connections;
-// an address that joins the answers gets a checker before it takes
-// traffic, and one that leaves them has its checker stopped.
-func TestResolveWithHealthChecks(t *testing.T) {
-	port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
+// startResolvedChecked starts a sidecar whose upstream inv.test:port
+// resolves to 127.0.0.1 and 127.0.0.2 and is health checked (unhealthy
+// after 2 failed checks, healthy after 1 passed) on a fake clock; tick(n)
+// runs one check interval of n checkers.
+func startResolvedChecked(t *testing.T, port string) (*dnsServer, *sidecar, func(checkers int)) {
+	t.Helper()
 	dns := newDNSServer(t)
 	dns.set("inv.test", "127.0.0.1", "127.0.0.2")
 	clock := newFakeClock()
@@ -602,6 +602,16 @@ func TestResolveWithHealthChecks(t *testing.T) {
 		clock.Advance(12 * time.Second) // past interval + 15%: each checker fires once
 		clock.waitArmed(t, checkers)    // and has checked, and armed its timer again
 	}
+	return dns, sc, tick
+}
+
+// TestResolveWithHealthChecks: every address of a resolved name is health
+// checked on its own, with the name as Host and over its own connections;
+// an address that joins the answers gets a checker before it takes
+// traffic, and one that leaves them has its checker stopped.
+func TestResolveWithHealthChecks(t *testing.T) {
+	port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
+	dns, sc, tick := startResolvedChecked(t, port)
 	skipped := func() map[string]string {
 		out := map[string]string{}
 		for _, e := range endpointStats(sc, "all") {
@@ -665,19 +675,8 @@ func TestResolveWithHealthChecks(t *testing.T) {
 // -race: the new checker's state replaces the old one's under readers).
 func TestResolveAddressBackWhileDraining(t *testing.T) {
 	port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2")
-	dns := newDNSServer(t)
-	dns.set("inv.test", "127.0.0.1", "127.0.0.2")
-	clock := newFakeClock()
-	cfg := strings.Replace(dnsConfig(port, "{}"), "resolve: {every: 1h}",
-		"resolve: {every: 1h}, health_check: {path: /healthz, interval: 10s, timeout: 5s, healthy: 1, unhealthy: 2}", 1)
-	sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver()), WithClock(clock)}, nil)
+	dns, sc, tick := startResolvedChecked(t, port)
 	pool := sc.srv.Snapshot().Pools["inv"]
-	tick := func(checkers int) {
-		t.Helper()
-		clock.waitArmed(t, checkers)
-		clock.Advance(12 * time.Second) // past interval + 15%: each checker fires once
-		clock.waitArmed(t, checkers)
-	}
 	addr2 := "http://127.0.0.2:" + port
 	endpoint := func() (*Endpoint, EndpointState) {
 		for i, ep := range pool.endpoints().list {

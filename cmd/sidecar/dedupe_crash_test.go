@@ -113,6 +113,25 @@ func killOnceDelivered(t *testing.T, cmd *exec.Cmd, s started, up *keyUpstream, 
 	return s
 }
 
+// deliverPendingOnce lets the upstream take key pending, waits (up to
+// wait) until the spool is empty, and checks that each key was delivered
+// exactly once.
+func deliverPendingOnce(t *testing.T, s started, up *keyUpstream, wait time.Duration) {
+	t.Helper()
+	up.mu.Lock()
+	up.hold["pending"] = false
+	up.mu.Unlock()
+	poll.Until(t, wait, "the delivery of key pending", func() bool {
+		st, err := getSpool(s.Admin)
+		return err == nil && st.Total.Depth == 0 && up.count("pending") >= 1
+	})
+	for _, key := range []string{"delivered", "pending"} {
+		if n := up.count(key); n != 1 {
+			t.Errorf("key %s delivered %d times, want 1", key, n)
+		}
+	}
+}
+
 // TestKill9KeepsDedupe: a request is acknowledged (202), the sidecar is
 // killed with SIGKILL, restarted on the same spool, and the app repeats
 // the request with the same Idempotency-Key: it gets the same spool ID and
@@ -160,18 +179,7 @@ func TestKill9KeepsDedupe(t *testing.T) {
 					t.Errorf("the repeat of a spooled and delivered request called the upstream")
 				}
 			}
-			up.mu.Lock()
-			up.hold["pending"] = false
-			up.mu.Unlock()
-			poll.Until(t, 10*time.Second, "the delivery of key pending", func() bool {
-				st, err := getSpool(s.Admin)
-				return err == nil && st.Total.Depth == 0 && up.count("pending") >= 1
-			})
-			for _, key := range []string{"delivered", "pending"} {
-				if n := up.count(key); n != 1 {
-					t.Errorf("key %s delivered %d times, want 1", key, n)
-				}
-			}
+			deliverPendingOnce(t, s, up, 10*time.Second)
 		})
 	}
 }
@@ -205,18 +213,7 @@ func TestKill9KeepsDedupeJetStream(t *testing.T) {
 			t.Errorf("after kill -9, key %s answered %s, want the first answer %s", key, id, ids[key])
 		}
 	}
-	up.mu.Lock()
-	up.hold["pending"] = false
-	up.mu.Unlock()
 	// A message leased by the killed sidecar is handed out again after
 	// the consumer's ack wait (30s).
-	poll.Until(t, 60*time.Second, "the delivery of key pending", func() bool {
-		st, err := getSpool(s.Admin)
-		return err == nil && st.Total.Depth == 0 && up.count("pending") >= 1
-	})
-	for _, key := range []string{"delivered", "pending"} {
-		if n := up.count(key); n != 1 {
-			t.Errorf("key %s delivered %d times, want 1", key, n)
-		}
-	}
+	deliverPendingOnce(t, s, up, 60*time.Second)
 }

@@ -485,6 +485,88 @@ func TestAsyncDiskFailure(t *testing.T) {
 	}
 }
 
+// stallFS is the real file system whose file syncs wait while stalled,
+// like a disk that stops answering; stalled gets a value per waiting sync.
+type stallFS struct {
+	spool.OSFS
+	mu      sync.Mutex
+	stall   chan struct{} // closed to end the stall
+	stalled chan struct{}
+}
+
+func (f *stallFS) OpenFile(name string, flag int, perm fs.FileMode) (spool.File, error) {
+	file, err := f.OSFS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &stallFile{File: file, fs: f}, nil
+}
+
+// start stalls the next syncs until the returned func is called.
+func (f *stallFS) start() (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stall, f.stalled = make(chan struct{}), make(chan struct{}, 16)
+	stall := f.stall
+	return sync.OnceFunc(func() {
+		f.mu.Lock()
+		f.stall = nil
+		f.mu.Unlock()
+		close(stall)
+	})
+}
+
+type stallFile struct {
+	spool.File
+	fs *stallFS
+}
+
+func (f *stallFile) Sync() error {
+	f.fs.mu.Lock()
+	stall, stalled := f.fs.stall, f.fs.stalled
+	f.fs.mu.Unlock()
+	if stall != nil {
+		stalled <- struct{}{}
+		<-stall
+	}
+	return f.File.Sync()
+}
+
+// TestAsyncStalledDisk: while the spool's disk does not answer, an async
+// request gets 503 spool_error with Retry-After once the route's timeout
+// has passed, not never; the message it carried may still be stored, and
+// is delivered once the disk answers.
+func TestAsyncStalledDisk(t *testing.T) {
+	sfs := &stallFS{}
+	st := openStore(t, t.TempDir(), spool.FileOptions{FS: sfs})
+	rec := newRecorder(t, nil)
+	cfg := strings.Replace(asyncRoute(`when: always`), "p: {timeout: 5s}", "p: {timeout: 300ms}", 1)
+	sc := startSidecarWith(t, cfg, []Option{WithSpool(st)}, rec.upstream)
+	release := sfs.start()
+	defer release()
+	resp, body := send(t, "POST", sc.url("/stalled"), []byte("s"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderOutcome) != "spool_error" || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(body, "may still be stored") {
+		t.Fatalf("POST while the disk stalls = %d %s Retry-After %q (%s), want 503 spool_error with Retry-After saying it may still be stored",
+			resp.StatusCode, resp.Header.Get(HeaderOutcome), resp.Header.Get("Retry-After"), body)
+	}
+	select {
+	case <-sfs.stalled:
+	default:
+		t.Fatal("the request was answered without reaching the disk")
+	}
+	if got := rec.got(); len(got) != 0 {
+		t.Fatalf("delivered while the disk stalls: %+v", got)
+	}
+	release()
+	poll.Until(t, 10*time.Second, "delivery once the disk answers", func() bool { return len(rec.got()) == 1 && depth(st) == 0 })
+	if r := rec.got()[0]; r.path != "/stalled" || r.body != "s" {
+		t.Errorf("delivered %+v, want the unconfirmed POST /stalled", r)
+	}
+	resp, body = send(t, "POST", sc.url("/after"), []byte("a"))
+	spooled(t, resp, body)
+}
+
 // TestSpooledAnswer: the 202's body is the JSON encoding/json writes,
 // for a spool's hex IDs and for any other.
 func TestSpooledAnswer(t *testing.T) {

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -173,6 +174,44 @@ func TestGroupCommit(t *testing.T) {
 		t.Errorf("List() = %d messages, want %d", n, producers*each)
 	}
 	t.Logf("%d appends, %d syncs", producers*each, syncs)
+}
+
+// TestAppendOnStalledDisk: an Append whose fsync does not end gives up
+// when its context does, with ErrUnconfirmed; the writer still commits
+// the message once the disk answers, and the store goes on.
+func TestAppendOnStalledDisk(t *testing.T) {
+	ffs := &faultFS{}
+	s := open(t, t.TempDir(), FileOptions{FS: ffs})
+	stalled, release := ffs.stallSyncs()
+	defer release()
+	ctx, cancel := context.WithCancelCause(t.Context())
+	errc := make(chan error, 1)
+	m := &Message{Route: "r", Body: []byte("stalled")}
+	go func() { errc <- s.Append(ctx, m) }()
+	<-stalled // the writer waits for the disk with the message
+	cause := errors.New("the route's timeout")
+	cancel(cause)
+	err := <-errc
+	if !errors.Is(err, ErrUnconfirmed) || !errors.Is(err, cause) {
+		t.Fatalf("Append on a stalled disk = %v, want ErrUnconfirmed and the context's cause", err)
+	}
+	if got := ids(t, s, Pending); len(got) != 0 {
+		t.Errorf("pending while the disk stalls = %v, want none", got)
+	}
+	release()
+	// The next Append is committed after the stalled one: both are
+	// stored once it returns.
+	if err := s.Append(t.Context(), &Message{Route: "r", Body: []byte("after")}); err != nil {
+		t.Fatalf("Append after the stall = %v, want nil", err)
+	}
+	got := ids(t, s, Pending)
+	if len(got) != 2 || !slices.Contains(got, m.ID) {
+		t.Fatalf("pending after the stall = %v, want 2 with the unconfirmed %s", got, m.ID)
+	}
+	stored, _, err := s.Get(m.ID)
+	if err != nil || string(stored.Body) != "stalled" {
+		t.Fatalf("Get(%s) = %v, %v; want the unconfirmed message's body", m.ID, stored, err)
+	}
 }
 
 func TestFsyncInterval(t *testing.T) {

@@ -286,9 +286,10 @@ func (s *FileStore) newIDLocked() (string, uint64) {
 
 // Append implements Store. It sets m.ID if empty and m.Arrived to Now if
 // zero. It returns ErrTooLarge for a message whose body or any string
-// exceeds 64 MiB. The context is honoured until the message is queued for
-// the writer; after that Append waits for the commit, so that its result
-// always tells whether the message is stored.
+// exceeds 64 MiB. Once the message is queued for the writer, Append waits
+// for the commit until ctx ends: then it returns an error wrapping
+// ErrUnconfirmed and ctx's cause, and the writer still commits the
+// message (a disk that stalls holds no caller past its deadline).
 func (s *FileStore) Append(ctx context.Context, m *Message) error {
 	return s.append(ctx, m, false)
 }
@@ -358,7 +359,18 @@ func (s *FileStore) append(ctx context.Context, m *Message, dedupe bool) error {
 	mr.request = request{rec: &mr.rec, key: key, buf: buf, patched: !given, done: mr.done, dedupe: de}
 	s.enqueue(&mr.request)
 	s.mu.Unlock()
-	err = <-mr.done
+	select {
+	case err = <-mr.done:
+	case <-ctx.Done():
+		select {
+		case err = <-mr.done: // committed meanwhile
+		default:
+			// The writer holds mr until it has committed it, and then
+			// sends on mr.done, which has room: mr is left to it and the
+			// garbage collector, not pooled.
+			return fmt.Errorf("%w: %w", ErrUnconfirmed, context.Cause(ctx))
+		}
+	}
 	mr.frame = buf
 	putAppendRequest(mr)
 	return err

@@ -23,6 +23,24 @@ type faultFS struct {
 	writeErr error
 	syncErr  error
 	removed  []removedFile
+	// With stall set, Sync sends on stalled and waits until stall is
+	// closed, like a disk that stops answering.
+	stall, stalled chan struct{}
+}
+
+// stallSyncs makes the next syncs wait until the returned release is
+// called; stalled receives once per sync that waits.
+func (f *faultFS) stallSyncs() (stalled <-chan struct{}, release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stall, f.stalled = make(chan struct{}), make(chan struct{}, 16)
+	stall := f.stall
+	return f.stalled, sync.OnceFunc(func() {
+		f.mu.Lock()
+		f.stall = nil
+		f.mu.Unlock()
+		close(stall)
+	})
 }
 
 type removedFile struct {
@@ -77,6 +95,13 @@ func (f *faultFile) Write(b []byte) (int, error) {
 }
 
 func (f *faultFile) Sync() error {
+	f.fs.mu.Lock()
+	stall, stalled := f.fs.stall, f.fs.stalled
+	f.fs.mu.Unlock()
+	if stall != nil {
+		stalled <- struct{}{}
+		<-stall
+	}
 	if _, err := f.fs.errs(); err != nil {
 		return err
 	}

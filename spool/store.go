@@ -118,7 +118,9 @@ type Store interface {
 	// Append stores m durably and returns once it is durable; it assigns
 	// m.ID if empty and sets m.Arrived to the current time if zero. It
 	// returns ErrFull if a limit would be exceeded, and ErrFailed once a
-	// write has failed. It keeps nothing of m's Header and Body after it
+	// write has failed. When ctx ends first it returns ctx's error, or
+	// ErrUnconfirmed once the message may already be on its way to the
+	// disk. It keeps nothing of m's Header and Body after it
 	// returns: the caller may share them with a request it still serves.
 	Append(ctx context.Context, m *Message) error
 	// Next leases and returns the earliest appended pending message of
@@ -194,6 +196,11 @@ var (
 	ErrTooLarge = errors.New("spool: message too large")
 	// ErrExists is returned by Append for an ID that is already stored.
 	ErrExists = errors.New("spool: message ID exists")
+	// ErrUnconfirmed is returned by Append when its context ended after
+	// the message was handed to the disk and before the disk confirmed
+	// it (a stalled disk): the message may still be stored, and then
+	// delivered.
+	ErrUnconfirmed = errors.New("spool: write not confirmed in time; the message may still be stored")
 	// ErrDuplicate is returned by Deduper.AppendOnce for a message whose
 	// key was appended within the route's dedupe window: nothing was
 	// stored, and m.ID is the earlier message's ID.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -61,6 +62,13 @@ type conn struct {
 	idleAt            time.Time
 	idleTimer         *time.Timer
 	idleArmed         bool
+	// The health PING (healthPing): outstanding, its payload, when it
+	// was sent, and why the connection closed when it went unanswered.
+	pingOut  bool
+	pingData [8]byte
+	pingAt   time.Time
+	pingSeq  uint64
+	lostErr  error
 
 	// The reader's.
 	hdec  *hpack.Decoder
@@ -100,8 +108,62 @@ func (cc *conn) reserve() bool {
 	if cc.closed || cc.goaway || cc.closing || cc.active >= int(cc.maxStreams) {
 		return false
 	}
+	if cc.pingOut && time.Since(cc.pingAt) > cc.t.pingTimeout()/20 {
+		return false // the upstream may be unreachable on it: see healthPing
+	}
 	cc.active++
 	return true
+}
+
+// errPingTimeout fails the streams of a connection whose health PING went
+// unanswered.
+var errPingTimeout = errors.New("h2client: upstream did not answer a PING in time; connection closed")
+
+// healthPing sends a PING, unless one is outstanding, after a stream's
+// caller gave up on it. A request that timed out may have found the
+// upstream unreachable on this connection, and TCP alone takes minutes to
+// tell (a peer gone without a reset, a dropped NAT entry): new requests
+// avoid the connection once the PING has waited a twentieth of the
+// transport's PingTimeout (250 ms by default), and without an answer by then the connection
+// is closed and its streams fail. Any answer makes it usable again.
+func (cc *conn) healthPing() {
+	cc.mu.Lock()
+	if cc.closed || cc.pingOut || cc.nc == nil {
+		cc.mu.Unlock()
+		return
+	}
+	cc.pingOut, cc.pingAt = true, time.Now()
+	cc.pingSeq++
+	seq := cc.pingSeq
+	binary.BigEndian.PutUint64(cc.pingData[:], seq)
+	data := cc.pingData
+	cc.mu.Unlock()
+	time.AfterFunc(cc.t.pingTimeout(), func() { cc.pingExpired(seq) })
+	cc.wmu.Lock()
+	cc.fr.WritePing(false, data)
+	cc.flushLocked()
+	cc.wmu.Unlock()
+}
+
+// pingExpired closes the connection if health PING seq is still
+// unanswered.
+func (cc *conn) pingExpired(seq uint64) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.closed || !cc.pingOut || cc.pingSeq != seq {
+		return
+	}
+	cc.lostErr = errPingTimeout
+	cc.nc.Close() // the reader ends, and fails the connection
+}
+
+// pingAnswered takes the acknowledgement of a PING.
+func (cc *conn) pingAnswered(data [8]byte) {
+	cc.mu.Lock()
+	if cc.pingOut && data == cc.pingData {
+		cc.pingOut = false
+	}
+	cc.mu.Unlock()
 }
 
 // unreserve gives back a slot that opened no stream.
@@ -277,7 +339,9 @@ func (cc *conn) handle(f http2.Frame) error {
 	case *http2.WindowUpdateFrame:
 		return cc.onWindowUpdate(f)
 	case *http2.PingFrame:
-		if !f.IsAck() {
+		if f.IsAck() {
+			cc.pingAnswered(f.Data)
+		} else {
 			cc.wmu.Lock()
 			cc.fr.WritePing(true, f.Data)
 			cc.flushLocked()
@@ -331,6 +395,9 @@ func (cc *conn) fail(err error) {
 	}
 	var bodies []*reqBody
 	cc.mu.Lock()
+	if cc.lostErr != nil {
+		lost = cc.lostErr
+	}
 	cc.closed = true
 	if cc.idleTimer != nil {
 		cc.idleTimer.Stop()
@@ -694,15 +761,16 @@ func (cc *conn) onGoAway(f *http2.GoAwayFrame) {
 }
 
 // resetStream ends stream s (if it is still stream id) with RST_STREAM
-// code. err, when not nil, is what its reads and its caller get. A body
-// writer that has begun reading the request body has it closed.
-func (cc *conn) resetStream(s *stream, id uint32, code http2.ErrCode, err error) {
+// code, and reports whether it did. err, when not nil, is what its reads
+// and its caller get. A body writer that has begun reading the request
+// body has it closed.
+func (cc *conn) resetStream(s *stream, id uint32, code http2.ErrCode, err error) bool {
 	cc.wmu.Lock()
 	cc.mu.Lock()
 	if s.id != id || s.closed {
 		cc.mu.Unlock()
 		cc.wmu.Unlock()
-		return
+		return false
 	}
 	if err != nil && s.err == nil {
 		s.err = err
@@ -722,6 +790,7 @@ func (cc *conn) resetStream(s *stream, id uint32, code http2.ErrCode, err error)
 	if abort {
 		rb.close()
 	}
+	return true
 }
 
 // closeStreamLocked removes s from the connection and frees its slot.

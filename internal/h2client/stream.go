@@ -108,11 +108,14 @@ func (s *stream) onCancel() {
 	cc.mu.Lock()
 	id, ctx := s.id, s.ctx
 	cc.mu.Unlock()
-	cc.resetStream(s, id, http2.ErrCodeCancel, context.Cause(ctx))
+	reset := cc.resetStream(s, id, http2.ErrCodeCancel, context.Cause(ctx))
 	cc.mu.Lock()
 	s.refs--
 	cc.recycleLocked(s)
 	cc.mu.Unlock()
+	if reset && id != 0 {
+		cc.healthPing()
+	}
 }
 
 // roundTrip sends req on a new stream, in the slot getConn reserved, and

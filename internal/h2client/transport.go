@@ -39,6 +39,8 @@ const (
 	max1xx = 16
 	// maxStreamID is the largest client stream ID.
 	maxStreamID = 1<<31 - 1
+	// defaultPingTimeout is Transport.PingTimeout's default.
+	defaultPingTimeout = 5 * time.Second
 )
 
 // ErrUnprocessed is matched (errors.Is) by the error of a request the
@@ -64,6 +66,12 @@ type Transport struct {
 	MaxResponseHeaderBytes int64
 	// ReadBufferSize is each connection's read buffer; 0 means 16 KiB.
 	ReadBufferSize int
+	// PingTimeout bounds the wait for the acknowledgement of the PING a
+	// connection sends when a stream's caller gives up on it (a per-try
+	// timeout, say): without it the connection is closed, its streams
+	// fail, and the next requests go to a new one. New requests avoid
+	// the connection after a twentieth of it. 0 means 5 seconds.
+	PingTimeout time.Duration
 
 	mu    sync.Mutex
 	conns map[string][]*conn // by host:port
@@ -203,6 +211,13 @@ func (t *Transport) removeConn(cc *conn) {
 	} else {
 		t.conns[cc.addr] = cs
 	}
+}
+
+func (t *Transport) pingTimeout() time.Duration {
+	if t.PingTimeout > 0 {
+		return t.PingTimeout
+	}
+	return defaultPingTimeout
 }
 
 func (t *Transport) maxHeaderBytes() uint32 {

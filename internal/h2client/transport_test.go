@@ -829,3 +829,120 @@ func TestWholeBodyOfUnknownLength(t *testing.T) {
 		})
 	}
 }
+
+// TestUnansweredConnectionIsLeft: after a request times out, the client
+// PINGs the connection. While the PING waits, new requests go to a new
+// connection; unanswered, the connection is closed and its streams fail
+// with errPingTimeout. A connection that answers is kept.
+func TestUnansweredConnectionIsLeft(t *testing.T) {
+	pinged, answered := make(chan struct{}, 1), make(chan struct{}, 1)
+	closed := make(chan struct{})
+	s := newRawServer(t, func(n int, c *rawConn) {
+		r, err := c.readRequest(true)
+		if err != nil {
+			return
+		}
+		c.writeHeaders(r.id, true, ":status", "204")
+		if n > 1 {
+			// Later connections answer every request and PING.
+			for {
+				f, err := c.fr.ReadFrame()
+				if err != nil {
+					return
+				}
+				switch f := f.(type) {
+				case *http2.MetaHeadersFrame:
+					if f.PseudoValue("path") != "/hang" {
+						c.writeHeaders(f.StreamID, true, ":status", "204")
+					}
+				case *http2.PingFrame:
+					if !f.IsAck() {
+						c.fr.WritePing(true, f.Data)
+						select {
+						case answered <- struct{}{}:
+						default:
+						}
+					}
+				}
+			}
+		}
+		// The first goes silent after its first answer, like an upstream
+		// that vanished without a reset: it reads and answers nothing
+		// more, and notes the PING and the close.
+		for {
+			f, err := c.fr.ReadFrame()
+			if err != nil {
+				close(closed)
+				return
+			}
+			if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+				pinged <- struct{}{}
+			}
+		}
+	})
+	tr := newTransport(t)
+	tr.PingTimeout = 500 * time.Millisecond
+	if resp, _, err := do(t, tr, "GET", s.url+"/first", nil); err != nil || resp.StatusCode != 204 {
+		t.Fatal(resp, err)
+	}
+	// A request on the silent connection times out: the client PINGs.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	req, _ := http.NewRequestWithContext(ctx, "GET", s.url+"/lost", nil)
+	if _, err := tr.RoundTrip(req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("request to the silent upstream = %v, want the deadline", err)
+	}
+	cancel()
+	select {
+	case <-pinged:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no PING after the request timed out")
+	}
+	// Another request waits on the silent connection until the PING's
+	// wait passes a twentieth of PingTimeout, then fails with the close.
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", s.url+"/waiting", nil)
+		resp, err := tr.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection whose PING went unanswered was not closed")
+	}
+	// Requests now go to a new connection, which answers.
+	if resp, _, err := do(t, tr, "GET", s.url+"/after", nil); err != nil || resp.StatusCode != 204 {
+		t.Fatalf("request after the silent connection closed = %v, %v", resp, err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, errPingTimeout) {
+		t.Errorf("request sent while the PING waited = %v, want success on a new connection or errPingTimeout", err)
+	}
+	if n := s.conns.Load(); n < 2 {
+		t.Errorf("%d connections, want a new one after the silent one", n)
+	}
+	// A connection that answers its PING serves on after a timeout,
+	// through the PING's timeout and beyond.
+	before := s.conns.Load()
+	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
+	req, _ = http.NewRequestWithContext(ctx, "GET", s.url+"/hang", nil)
+	if _, err := tr.RoundTrip(req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("unanswered request = %v, want the deadline", err)
+	}
+	cancel()
+	select {
+	case <-answered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no PING after the request timed out")
+	}
+	for start, i := time.Now(), 0; time.Since(start) < 2*tr.PingTimeout && i < 10000; i++ {
+		if resp, _, err := do(t, tr, "GET", fmt.Sprintf("%s/again/%d", s.url, i), nil); err != nil || resp.StatusCode != 204 {
+			t.Fatalf("request on the answering connection = %v, %v", resp, err)
+		}
+	}
+	if n := s.conns.Load(); n != before {
+		t.Errorf("%d connections after requests on an answering one, want %d", n, before)
+	}
+}

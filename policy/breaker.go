@@ -311,8 +311,17 @@ func (b *Breaker) RetryIn() time.Duration {
 // BreakerSet holds the breakers of every endpoint, keyed by endpoint and
 // settings: routes that reach one endpoint with equal settings share a
 // Breaker, and a reload that keeps both keeps the Breaker and its state.
+//
+// The set keeps the breakers of held endpoints only. Whoever has an
+// endpoint (an upstream's pool, for each endpoint of its set) holds it
+// with Hold for as long as it has it, and lets go with Release; when the
+// last holder of an endpoint releases it, its breakers leave the set. An
+// address one upstream drops thus keeps its breaker while another still
+// has it, and the breaker of an address nobody has any more is not kept.
+//
 // The zero value is an empty set ready for use, with no onChange callback.
-// A BreakerSet is safe for concurrent use; it locks only to add a Breaker.
+// A BreakerSet is safe for concurrent use; it locks only to add a Breaker
+// and in Hold and Release.
 type BreakerSet struct {
 	// OnChange, if not nil, is passed to NewBreaker for each Breaker the
 	// set creates, with the endpoint as the name. Set it before first use.
@@ -320,6 +329,9 @@ type BreakerSet struct {
 
 	m     sync.Map      // breakerKey -> *breakerEntry
 	epoch atomic.Uint64 // current mark for Sweep
+
+	mu    sync.Mutex     // holds, and adding to m
+	holds map[string]int // endpoint -> its holders; absent: none
 }
 
 type breakerKey struct {
@@ -333,32 +345,63 @@ type breakerEntry struct {
 }
 
 // Get returns the Breaker for endpoint (a URL such as
-// "http://10.0.0.5:8080") with settings st, creating it on first use. Call
-// it when building a runtime snapshot, not per request: it boxes its key.
+// "http://10.0.0.5:8080") with settings st, creating it on first use. For
+// an endpoint nobody holds it returns a new, closed Breaker that the set
+// does not keep: for a request that picked an endpoint just before it was
+// dropped, and that still needs a breaker to ask. Call it when building a
+// runtime snapshot, not per request: it boxes its key.
 func (s *BreakerSet) Get(endpoint string, st BreakerSettings) *Breaker {
 	key := breakerKey{endpoint, st}
 	v, ok := s.m.Load(key)
 	if !ok {
-		v, _ = s.m.LoadOrStore(key, &breakerEntry{b: NewBreaker(endpoint, st, s.OnChange)})
+		s.mu.Lock()
+		if s.holds[endpoint] == 0 {
+			s.mu.Unlock()
+			return NewBreaker(endpoint, st, s.OnChange)
+		}
+		v, ok = s.m.Load(key)
+		if !ok {
+			v = &breakerEntry{b: NewBreaker(endpoint, st, s.OnChange)}
+			s.m.Store(key, v)
+		}
+		s.mu.Unlock()
 	}
 	e := v.(*breakerEntry)
 	e.mark.Store(s.epoch.Load())
 	return e.b
 }
 
-// Sweep drops the breakers Get has not returned since the previous Sweep
-// (or since the set was made), then starts a new round. Call it after a
-// new snapshot was built and swapped in, so breakers that no route uses any
-// more do not pile up over reloads; requests still running on an old
-// snapshot keep their *Breaker. Do not run it while a snapshot is being
-// built: a Get racing with it may hand out a Breaker it is dropping. It
-// returns how many were dropped.
-func (s *BreakerSet) Sweep() int {
-	cur := s.epoch.Add(1) - 1
+// Hold counts one more holder of endpoint: while it has one, Get keeps
+// the endpoint's breakers in the set.
+func (s *BreakerSet) Hold(endpoint string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holds == nil {
+		s.holds = map[string]int{}
+	}
+	s.holds[endpoint]++
+}
+
+// Release counts one holder of endpoint less. When it was the last, the
+// endpoint's breakers, of every settings, leave the set: routes that hold
+// one keep it, and a later Get for the endpoint, once it is held again,
+// creates a new one. It returns how many breakers left the set. Releasing
+// an endpoint nobody holds does nothing.
+func (s *BreakerSet) Release(endpoint string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.holds[endpoint]
+	switch {
+	case n == 0:
+		return 0
+	case n > 1:
+		s.holds[endpoint] = n - 1
+		return 0
+	}
+	delete(s.holds, endpoint)
 	dropped := 0
 	s.m.Range(func(k, v any) bool {
-		if v.(*breakerEntry).mark.Load() != cur {
-			s.m.CompareAndDelete(k, v)
+		if k.(breakerKey).endpoint == endpoint && s.m.CompareAndDelete(k, v) {
 			dropped++
 		}
 		return true
@@ -366,14 +409,19 @@ func (s *BreakerSet) Sweep() int {
 	return dropped
 }
 
-// Drop removes the breakers of endpoint, of every settings, from the set,
-// for an endpoint that is gone (an address DNS no longer gives). Routes
-// that hold one keep it; a later Get for endpoint creates a new one. It
-// returns how many were dropped.
-func (s *BreakerSet) Drop(endpoint string) int {
+// Sweep drops the breakers Get has not returned since the previous Sweep
+// (or since the set was made), then starts a new round. Call it after a
+// new snapshot was built and swapped in, so breakers that no route uses any
+// more (of settings no route has now, say) do not pile up over reloads;
+// requests still running on an old snapshot keep their *Breaker. Do not
+// run it while a snapshot is being built: a Get racing with it may hand
+// out a Breaker it is dropping. It returns how many were dropped.
+func (s *BreakerSet) Sweep() int {
+	cur := s.epoch.Add(1) - 1
 	dropped := 0
 	s.m.Range(func(k, v any) bool {
-		if k.(breakerKey).endpoint == endpoint && s.m.CompareAndDelete(k, v) {
+		if v.(*breakerEntry).mark.Load() != cur {
+			s.m.CompareAndDelete(k, v)
 			dropped++
 		}
 		return true

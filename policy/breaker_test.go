@@ -314,6 +314,8 @@ func TestBreakerSet(t *testing.T) {
 		set := &BreakerSet{OnChange: log.onChange}
 		st := BreakerSettings{ConsecutiveFailures: 1, OpenFor: time.Second}
 		const ep = "http://10.0.0.5:8080"
+		set.Hold(ep)
+		set.Hold("http://10.0.0.6:8080")
 
 		a := set.Get(ep, st)
 		if b := set.Get(ep, st); b != a {
@@ -357,6 +359,7 @@ func TestBreakerSet(t *testing.T) {
 func TestBreakerSetConcurrentGet(t *testing.T) {
 	var set BreakerSet
 	st := BreakerSettings{ConsecutiveFailures: 5}
+	set.Hold("http://a")
 	got := make([]*Breaker, 16)
 	var wg sync.WaitGroup
 	for i := range got {
@@ -384,26 +387,57 @@ func BenchmarkBreaker(b *testing.B) {
 	})
 }
 
-// TestBreakerSetDrop: Drop removes an endpoint's breakers of every
-// settings, and only its; a later Get makes a new, closed one.
-func TestBreakerSetDrop(t *testing.T) {
+// TestBreakerSetRelease: an endpoint's breakers stay in the set until its
+// last holder releases it; then its breakers of every settings, and only
+// its, leave the set, and Get hands out breakers it does not keep until
+// the endpoint is held again.
+func TestBreakerSetRelease(t *testing.T) {
 	var set BreakerSet
 	st := BreakerSettings{ConsecutiveFailures: 1, OpenFor: time.Hour}
 	other := st
 	other.OpenFor = time.Minute
 	const gone, stays = "http://10.0.0.5:8080", "http://10.0.0.6:8080"
+	set.Hold(gone)
+	set.Hold(gone) // two upstreams have it
+	set.Hold(stays)
 	a := set.Get(gone, st)
 	set.Get(gone, other)
 	kept := set.Get(stays, st)
 	reportAll(t, a, "f")
 
-	if n := set.Drop(gone); n != 2 {
-		t.Errorf("Drop(%q) = %d, want 2 (one per settings)", gone, n)
+	if n := set.Release(gone); n != 0 {
+		t.Errorf("Release(%q) with a holder left = %d, want 0", gone, n)
+	}
+	if b := set.Get(gone, st); b != a || b.State() != BreakerStateOpen {
+		t.Errorf("Get(%q) with a holder left = %p in state %v, want the kept %p, open", gone, b, b.State(), a)
+	}
+	if n := set.Release(gone); n != 2 {
+		t.Errorf("Release(%q) of the last holder = %d, want 2 (one per settings)", gone, n)
+	}
+	if n := set.Release(gone); n != 0 {
+		t.Errorf("Release(%q) of an endpoint nobody holds = %d, want 0", gone, n)
 	}
 	if b := set.Get(stays, st); b != kept {
-		t.Errorf("Get(%q) after Drop(%q) = %p, want the kept %p", stays, gone, b, kept)
+		t.Errorf("Get(%q) after Release(%q) = %p, want the kept %p", stays, gone, b, kept)
 	}
-	if b := set.Get(gone, st); b == a || b.State() != BreakerStateClosed {
-		t.Errorf("Get(%q) after Drop = %p in state %v, want a new closed breaker", gone, b, b.State())
+	b := set.Get(gone, st)
+	if b == a || b.State() != BreakerStateClosed {
+		t.Errorf("Get(%q) after its release = %p in state %v, want a new closed breaker", gone, b, b.State())
+	}
+	if again := set.Get(gone, st); again == b {
+		t.Errorf("Get(%q) of an endpoint nobody holds twice returned the same breaker: the set kept it", gone)
+	}
+	var left []string
+	set.Range(func(endpoint string, _ BreakerSettings, _ *Breaker) bool {
+		left = append(left, endpoint)
+		return true
+	})
+	if len(left) != 1 || left[0] != stays {
+		t.Errorf("Range after Release = %q, want [%q]", left, stays)
+	}
+
+	set.Hold(gone)
+	if b := set.Get(gone, st); b != set.Get(gone, st) || b == a {
+		t.Errorf("Get(%q) held again: want one new breaker kept in the set", gone)
 	}
 }

@@ -98,7 +98,10 @@ func compilePolicy(pc *config.Policy, pool *Pool, prev *Route, breakers *policy.
 // settings. When a resolution changes the pool's set, the first request
 // to see the new set builds its table (breakers of endpoints that stay
 // are the same *Breaker); until then, reading the table is one atomic
-// load.
+// load. The breaker set keeps only the breakers of endpoints some pool
+// holds, so a table built for a set that is stale already (a request
+// that read it just before a change) has, for an address drained since,
+// a breaker of its own that nobody keeps.
 type routeBreakers struct {
 	set      *policy.BreakerSet
 	settings policy.BreakerSettings
@@ -138,7 +141,8 @@ func (r *routeBreakers) of(eps *endpointSet) []*policy.Breaker {
 	case t.eps == eps:
 	case eps.gen < t.eps.gen:
 		// A request that read the set before it changed: its table,
-		// without replacing the newer one.
+		// without replacing the newer one (nor bringing a drained
+		// address's breaker back into the set: BreakerSet.Get).
 		return r.build(eps).brs
 	default:
 		t = r.build(eps)

@@ -55,6 +55,9 @@ type Pool struct {
 	// is set.
 	newTransport func(serverName string) upstreamTransport
 	res          *resolver // nil without resolve, or with no name to resolve
+	// breakers is the breaker set the endpoints hold their keys in, so
+	// that it keeps their breakers; nil: none.
+	breakers *policy.BreakerSet
 
 	// gated is set when health checks or outlier ejection can make the
 	// balancer skip an endpoint (Endpoint.down); without either, pick
@@ -97,6 +100,12 @@ type Endpoint struct {
 	rt       upstreamTransport
 	key      string // URL.String(): the endpoint's breakers are kept under it
 	inFlight atomic.Int64
+	// held is set while the endpoint holds its key in the breaker set
+	// (BreakerSet.Hold): from when it joins the pool's set until it has
+	// left it and been drained, or the pool closes. Guarded as the
+	// pool's set changes are: by the resolver's mu, or by newPool and
+	// close, which run alone.
+	held bool
 
 	// down is 0 while the endpoint takes traffic, else downUnhealthy
 	// and/or downEjected: the one word Route.pick loads per endpoint.
@@ -123,14 +132,14 @@ type poolEnv struct {
 	log      *slog.Logger
 	ins      *telemetry.Instruments // nil: no metrics
 	lookup   lookupFunc             // nil: net.DefaultResolver's
-	breakers *policy.BreakerSet     // dropped endpoints' breakers leave it
+	breakers *policy.BreakerSet     // the endpoints hold their keys in it; nil: none
 	clock    Clock                  // nil: the real one
 }
 
 // newPool builds the pool of upstream name. Its endpoints' health checkers
 // and its DNS resolver, if any, start at once and run until close.
 func newPool(name string, u *config.Upstream, env poolEnv) (*Pool, error) {
-	p := &Pool{Name: name, cfg: *u, clock: env.clock, log: env.log}
+	p := &Pool{Name: name, cfg: *u, clock: env.clock, log: env.log, breakers: env.breakers}
 	if p.clock == nil {
 		p.clock = realClock{}
 	}
@@ -166,11 +175,16 @@ func newPool(name string, u *config.Upstream, env poolEnv) (*Pool, error) {
 	return p, nil
 }
 
-// endpointAdded gives ep the per-endpoint state of the pool's health
-// checks and outlier ejection, and starts its health checker. It runs
-// once per endpoint, before the endpoint takes traffic: for the first
-// set, and for each address a DNS answer adds.
+// endpointAdded holds ep's key in the breaker set, gives ep the
+// per-endpoint state of the pool's health checks and outlier ejection,
+// and starts its health checker. It runs before the endpoint takes
+// traffic: for the first set, and for each address a DNS answer adds
+// (again for one back in the answers while it drained).
 func (p *Pool) endpointAdded(ep *Endpoint) {
+	if p.breakers != nil && !ep.held {
+		ep.held = true
+		p.breakers.Hold(ep.key)
+	}
 	if p.outlier != nil && ep.outlier == nil {
 		ep.outlier = &endpointOutlier{}
 	}
@@ -179,6 +193,17 @@ func (p *Pool) endpointAdded(ep *Endpoint) {
 		// checker of its own, healthy until it fails.
 		ep.down.And(^downUnhealthy)
 		p.startChecker(ep)
+	}
+}
+
+// releaseBreakers lets go of ep's key in the breaker set: its breakers
+// leave the set unless another endpoint, of this pool or another,
+// holds the same key. It runs once ep has left the set and been drained,
+// and when the pool closes.
+func (p *Pool) releaseBreakers(ep *Endpoint) {
+	if ep.held {
+		ep.held = false
+		p.breakers.Release(ep.key)
 	}
 }
 
@@ -272,8 +297,8 @@ func pickLeastRequest(_ *Pool, eps []*Endpoint) int {
 func (p *Pool) LoadBalancing() string { return p.cfg.LoadBalancing }
 
 // close stops the pool's resolver and its endpoints' health checkers,
-// waits for the checkers, and drops the idle connections of the pool and
-// of its endpoints. A snapshot closes a pool it no longer carries twice:
+// waits for the checkers, lets go of its endpoints' keys in the breaker
+// set, and drops the idle connections of the pool and of its endpoints. A snapshot closes a pool it no longer carries twice:
 // at once, and after the reload's drain, to close the connections that
 // requests still in flight returned meanwhile.
 func (p *Pool) close() {
@@ -289,8 +314,12 @@ func (p *Pool) close() {
 		}
 		for _, ep := range eps {
 			p.endpointRemoved(ep)
+			p.releaseBreakers(ep)
 		}
 		p.checkers.Wait()
+		if p.res != nil {
+			p.res.releaseDraining()
+		}
 	})
 	p.transport.CloseIdleConnections()
 	for _, ep := range p.endpoints().list {

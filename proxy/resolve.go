@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sidecar-proxy/sidecar/policy"
 	"github.com/sidecar-proxy/sidecar/telemetry"
 )
 
@@ -61,12 +60,11 @@ func WithResolver(r *net.Resolver) BuildOption {
 // stop; resolutions, from the goroutine or from Pool.Resolve, run one at
 // a time under mu.
 type resolver struct {
-	pool     *Pool
-	every    time.Duration
-	lookup   lookupFunc
-	log      *slog.Logger
-	ins      *telemetry.Instruments
-	breakers *policy.BreakerSet
+	pool   *Pool
+	every  time.Duration
+	lookup lookupFunc
+	log    *slog.Logger
+	ins    *telemetry.Instruments
 
 	mu       sync.Mutex
 	names    []resolvedName // one per configured endpoint, in order
@@ -92,7 +90,7 @@ type resolvedName struct {
 // that does not resolve is dialed as it is (the transport resolves it at
 // each connect) until it does.
 func newResolver(p *Pool, every time.Duration, env poolEnv) *resolver {
-	r := &resolver{pool: p, every: every, lookup: env.lookup, log: env.log, ins: env.ins, breakers: env.breakers, done: make(chan struct{})}
+	r := &resolver{pool: p, every: every, lookup: env.lookup, log: env.log, ins: env.ins, done: make(chan struct{})}
 	if r.lookup == nil {
 		r.lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
 			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
@@ -340,13 +338,13 @@ func (r *resolver) publish() {
 }
 
 // drain ends the drain of the removed endpoints with no request in flight
-// left: their idle connections are closed, and their breakers leave the
-// breaker set unless an endpoint of the set has the same address. A
-// request that took the endpoint from the set just before it changed may
-// still start on it afterwards; its connection then closes after
-// idle_conn_timeout.
+// left: their idle connections are closed, and they let go of their keys
+// in the breaker set, whose breakers leave it unless an endpoint of this
+// pool or of another upstream still has the same address. A request that
+// took the endpoint from the set just before it changed may still start
+// on it afterwards; its connection then closes after idle_conn_timeout,
+// and its breaker, if the set no longer keeps one, is one of its own.
 func (r *resolver) drain() {
-	live := r.pool.endpoints().list
 	keep := r.draining[:0]
 	for _, ep := range r.draining {
 		if ep.inFlight.Load() > 0 {
@@ -360,12 +358,20 @@ func (r *resolver) drain() {
 			// connections are in the pool's transport.
 			r.pool.transport.CloseIdleConnections()
 		}
-		if r.breakers != nil && !slices.ContainsFunc(live, func(l *Endpoint) bool { return l.key == ep.key }) {
-			r.breakers.Drop(ep.key)
-		}
+		r.pool.releaseBreakers(ep)
 	}
 	clear(r.draining[len(keep):])
 	r.draining = keep
+}
+
+// releaseDraining lets go of the breaker set keys of the endpoints still
+// being drained, when the pool closes.
+func (r *resolver) releaseDraining() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ep := range r.draining {
+		r.pool.releaseBreakers(ep)
+	}
 }
 
 // closeDraining closes the idle connections of the endpoints still being

@@ -23,6 +23,7 @@ import (
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/poll"
+	"github.com/sidecar-proxy/sidecar/policy"
 )
 
 // dnsServer is a DNS responder on 127.0.0.1 (UDP) whose answers a test
@@ -758,5 +759,181 @@ func TestResolveAddressBackWhileDraining(t *testing.T) {
 	tick(2)
 	if _, st := endpoint(); st.Health == nil || st.Health.State != "unhealthy" {
 		t.Errorf("127.0.0.2 back, after two failed checks: %+v, want unhealthy", st.Health)
+	}
+}
+
+// inBreakerSet reports whether the snapshot's breaker set keeps a breaker
+// of endpoint, of any settings.
+func inBreakerSet(snap *Snapshot, endpoint string) bool {
+	found := false
+	snap.breakers.Range(func(ep string, _ policy.BreakerSettings, _ *policy.Breaker) bool {
+		found = ep == endpoint
+		return !found
+	})
+	return found
+}
+
+// TestResolveBreakerSharedAddress: an address that leaves one upstream's
+// DNS answers keeps its breaker while another upstream still has an
+// endpoint at that address, configured as it is or resolved from a name
+// of its own: the breaker stays open, across a reload too. Once no
+// upstream has the address, its breaker is dropped.
+func TestResolveBreakerSharedAddress(t *testing.T) {
+	tests := []struct {
+		name  string
+		fixed string // upstream fixed's config
+	}{
+		{"configured address", `{endpoints: ["http://127.0.0.2:PORT"]}`},
+		{"resolved name", `{endpoints: ["http://fix.test:PORT"], resolve: {every: 1h}}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			port, ups := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2")
+			ups["127.0.0.2"].status.Store(http.StatusServiceUnavailable)
+			dns := newDNSServer(t)
+			dns.set("inv.test", "127.0.0.1", "127.0.0.2")
+			dns.set("fix.test", "127.0.0.2")
+			cfg := strings.ReplaceAll(`
+version: 1
+upstreams:
+  inv: {endpoints: ["http://inv.test:PORT"], resolve: {every: 1h}}
+  fixed: `+tt.fixed+`
+policies:
+  p: {circuit_breaker: {consecutive_failures: 2, open_for: 1h}}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: fixed, match: {path_prefix: /fixed}, upstream: fixed, policy: p}
+      - {name: all, match: {path_prefix: /}, upstream: inv, policy: p}
+`, "PORT", port)
+			sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver())}, nil)
+			addr2 := "http://127.0.0.2:" + port
+			fixedState := func() string {
+				st := sc.srv.Snapshot().Route("fixed").EndpointStats()
+				if len(st) != 1 || st[0].URL != addr2 || st[0].Breaker == nil {
+					t.Fatalf("route fixed's endpoints = %+v, want %s with a breaker", st, addr2)
+				}
+				return st[0].Breaker.State
+			}
+			wantOpen := func(when string) {
+				t.Helper()
+				if got := fixedState(); got != "open" {
+					t.Fatalf("%s: the breaker of %s = %s, want open", when, addr2, got)
+				}
+				before := ups["127.0.0.2"].count.Load()
+				resp, _ := get(t, sc.url("/fixed/x"))
+				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderOutcome) != "breaker_open" {
+					t.Errorf("%s: GET /fixed/x = %d %s=%q, want 503 breaker_open", when, resp.StatusCode, HeaderOutcome, resp.Header.Get(HeaderOutcome))
+				}
+				if n := ups["127.0.0.2"].count.Load() - before; n != 0 {
+					t.Errorf("%s: 127.0.0.2 got %d requests, want none (its breaker is open)", when, n)
+				}
+			}
+
+			for range 2 {
+				get(t, sc.url("/fixed/x"))
+			}
+			wantOpen("after two failures")
+
+			// 127.0.0.2 leaves inv's answers and is drained at once (no
+			// request in flight): fixed still has it.
+			dns.set("inv.test", "127.0.0.1")
+			if err := resolveNow(t, sc); err != nil {
+				t.Fatalf("Resolve = %v", err)
+			}
+			if got, want := liveURLs(sc), []string{"http://127.0.0.1:" + port}; !slices.Equal(got, want) {
+				t.Fatalf("inv's endpoints = %v, want %v", got, want)
+			}
+			if !inBreakerSet(sc.srv.Snapshot(), addr2) {
+				t.Errorf("the breaker set dropped the breaker of %s, which upstream fixed still has", addr2)
+			}
+			wantOpen("after 127.0.0.2 left inv")
+
+			// A reload takes the routes' breakers from the set again.
+			next := buildFrom(t, cfg, sc.srv.Snapshot())
+			if err := sc.srv.Reload(next, time.Second); err != nil {
+				t.Fatalf("Reload = %v", err)
+			}
+			wantOpen("after a reload")
+
+			// A reload without upstream fixed: no upstream has 127.0.0.2
+			// any more, and its breaker leaves the set.
+			alone := strings.Replace(strings.Replace(cfg, "  fixed: "+strings.ReplaceAll(tt.fixed, "PORT", port)+"\n", "", 1),
+				"      - {name: fixed, match: {path_prefix: /fixed}, upstream: fixed, policy: p}\n", "", 1)
+			next = buildFrom(t, alone, sc.srv.Snapshot())
+			if err := sc.srv.Reload(next, time.Second); err != nil {
+				t.Fatalf("Reload = %v", err)
+			}
+			if inBreakerSet(next, addr2) {
+				t.Errorf("the breaker set keeps the breaker of %s, which no upstream has any more", addr2)
+			}
+		})
+	}
+}
+
+// TestResolveStaleSetBreakers: a request that read the endpoint set
+// before an answer changed it gets a working breaker for each of that
+// set's endpoints, and asking for them does not bring a drained address's
+// breaker back into the breaker set: neither when the route's breakers
+// have moved on to the newer set, nor when they are older still. (The
+// race of such a request with the resolver cannot be arranged from
+// outside, so the test hands the old set to the route's breakers itself.)
+func TestResolveStaleSetBreakers(t *testing.T) {
+	port, _ := startAddrUpstreams(t, "127.0.0.1", "127.0.0.2")
+	dns := newDNSServer(t)
+	dns.set("inv.test", "127.0.0.1", "127.0.0.2")
+	cfg := dnsConfig(port, "{circuit_breaker: {consecutive_failures: 2, open_for: 1h}}")
+	sc := startSidecarBuilt(t, cfg, []BuildOption{WithResolver(dns.resolver())}, nil)
+	rt := sc.srv.Snapshot().Route("all")
+	addr2 := "http://127.0.0.2:" + port
+	resolveTo := func(addrs ...string) {
+		t.Helper()
+		dns.set("inv.test", addrs...)
+		if err := resolveNow(t, sc); err != nil {
+			t.Fatalf("Resolve = %v", err)
+		}
+	}
+	// ofStale asks the route's breakers for those of stale and checks
+	// that each works and that addr2 stays out of the breaker set.
+	ofStale := func(when string, stale *endpointSet) {
+		t.Helper()
+		brs := rt.pol.breakers.of(stale)
+		if len(brs) != len(stale.list) {
+			t.Fatalf("%s: %d breakers for %d endpoints", when, len(brs), len(stale.list))
+		}
+		for i, b := range brs {
+			ticket, err := b.Allow()
+			if err != nil {
+				t.Fatalf("%s: the breaker of %s refused: %v, want a closed one", when, stale.list[i].key, err)
+			}
+			ticket.Done(policy.BreakerSuccess)
+		}
+		if inBreakerSet(sc.srv.Snapshot(), addr2) {
+			t.Errorf("%s: the breaker of the drained %s is back in the breaker set", when, addr2)
+		}
+	}
+
+	// Older than the route's breakers: they have seen the newer set.
+	stale := rt.Pool.endpoints()
+	resolveTo("127.0.0.1")
+	if inBreakerSet(sc.srv.Snapshot(), addr2) {
+		t.Fatalf("the breaker of %s, drained, is still in the breaker set", addr2)
+	}
+	getFrom(t, sc, 2) // the route's breakers move to the new set
+	ofStale("a set older than the route's breakers", stale)
+	getFrom(t, sc, 2)
+
+	// Newer than the route's breakers, but stale all the same: 127.0.0.2
+	// joined and left again before any request saw it.
+	resolveTo("127.0.0.1", "127.0.0.2")
+	stale = rt.Pool.endpoints()
+	resolveTo("127.0.0.1")
+	ofStale("a set newer than the route's breakers", stale)
+	if got := getFrom(t, sc, 2); got["127.0.0.1"] != 2 {
+		t.Errorf("answers by address = %v, want both from 127.0.0.1", got)
+	}
+	if inBreakerSet(sc.srv.Snapshot(), addr2) {
+		t.Errorf("the breaker of the drained %s is back in the breaker set", addr2)
 	}
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -230,10 +229,6 @@ func readBody(body io.Reader, length, limit int64, buf *[]byte) ([]byte, error) 
 	return b, nil
 }
 
-// errSpoolStalled is the cause of an enqueue's context when the route's
-// timeout passed before the spool confirmed the message.
-var errSpoolStalled = errors.New("the spool did not confirm the message within the route's timeout")
-
 // asyncBufs recycles the body buffers of requests spooled at once, up to
 // asyncBufSize bytes.
 var asyncBufs = sync.Pool{New: func() any { b := make([]byte, asyncBufSize); return &b }}
@@ -244,30 +239,25 @@ const asyncBufSize = 16 << 10
 // kept it from being stored. With once, msg is appended de-duplicated by
 // its key, and a repeat is answered with the first message's 202.
 //
-// The spool has the route's timeout to make msg durable, counted afresh:
-// a disk that stalls answers the app 503 spool_error then, not never
-// (docs/spool.md, "A disk that stalls").
+// The file spool waits for the disk at most the route's timeout
+// (spool.Limits.AppendWait, set by the sidecar's command): a disk that
+// stalls answers the app 503 spool_error then, not never (docs/spool.md,
+// "A disk that stalls").
 func (sp *spooler) enqueue(w http.ResponseWriter, r *http.Request, rt *Route, msg *spool.Message, once bool, attempts int) {
 	msg.Attempts = attempts
-	ctx := r.Context()
-	if d := rt.pol.timeout; d > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, d, errSpoolStalled)
-		defer cancel()
-	}
 	var err error
 	if once && sp.dedupe != nil {
-		err = sp.dedupe.AppendOnce(ctx, msg)
+		err = sp.dedupe.AppendOnce(r.Context(), msg)
 	} else {
-		err = sp.store.Append(ctx, msg)
+		err = sp.store.Append(r.Context(), msg)
 	}
 	switch {
 	case err == nil:
 	case r.Context().Err() != nil:
 		return // the app went away: nothing acknowledged, nobody to answer
-	case errors.Is(err, spool.ErrUnconfirmed) || context.Cause(ctx) == errSpoolStalled:
+	case errors.Is(err, spool.ErrUnconfirmed):
 		sp.log.Warn("spool did not confirm an async request within the route's timeout; answered 503 spool_error, the message may still be stored and delivered",
-			"route", rt.Name, "timeout", rt.pol.timeout.String(), "error", err)
+			"route", rt.Name, "error", err)
 		writeError(w, r, policy.SpoolError, rt.Name, attempts, "the spool did not confirm the message in time; it may still be stored and delivered", spoolFullRetryAfter)
 		return
 	case errors.Is(err, spool.ErrDuplicate):

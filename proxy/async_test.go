@@ -533,15 +533,16 @@ func (f *stallFile) Sync() error {
 }
 
 // TestAsyncStalledDisk: while the spool's disk does not answer, an async
-// request gets 503 spool_error with Retry-After once the route's timeout
-// has passed, not never; the message it carried may still be stored, and
+// request gets 503 spool_error with Retry-After once the route's
+// AppendWait has passed, not never; the message it carried may still be stored, and
 // is delivered once the disk answers.
 func TestAsyncStalledDisk(t *testing.T) {
 	sfs := &stallFS{}
-	st := openStore(t, t.TempDir(), spool.FileOptions{FS: sfs})
+	// The sidecar's command gives each async route's AppendWait the
+	// route's timeout (cmd/sidecar tests that).
+	st := openStore(t, t.TempDir(), spool.FileOptions{FS: sfs, Routes: map[string]spool.Limits{"ev": {AppendWait: 300 * time.Millisecond}}})
 	rec := newRecorder(t, nil)
-	cfg := strings.Replace(asyncRoute(`when: always`), "p: {timeout: 5s}", "p: {timeout: 300ms}", 1)
-	sc := startSidecarWith(t, cfg, []Option{WithSpool(st)}, rec.upstream)
+	sc := startSidecarWith(t, asyncRoute(`when: always`), []Option{WithSpool(st)}, rec.upstream)
 	release := sfs.start()
 	defer release()
 	resp, body := send(t, "POST", sc.url("/stalled"), []byte("s"))

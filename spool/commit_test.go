@@ -214,6 +214,35 @@ func TestAppendOnStalledDisk(t *testing.T) {
 	}
 }
 
+// TestAppendWaitBound: a route's AppendWait bounds an Append's wait for a
+// stalled disk without any deadline on the context; other routes wait.
+func TestAppendWaitBound(t *testing.T) {
+	ffs := &faultFS{}
+	s := open(t, t.TempDir(), FileOptions{FS: ffs, Routes: map[string]Limits{"bounded": {AppendWait: 50 * time.Millisecond}}})
+	stalled, release := ffs.stallSyncs()
+	defer release()
+	unbounded := make(chan error, 1)
+	go func() { unbounded <- s.Append(t.Context(), &Message{Route: "other", Body: []byte("o")}) }()
+	<-stalled
+	m := &Message{Route: "bounded", Body: []byte("b")}
+	if err := s.Append(t.Context(), m); !errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("Append on a route with AppendWait, disk stalled = %v, want ErrUnconfirmed", err)
+	}
+	select {
+	case err := <-unbounded:
+		t.Fatalf("Append on a route without AppendWait returned %v while the disk stalls, want it to wait", err)
+	default:
+	}
+	release()
+	if err := <-unbounded; err != nil {
+		t.Fatalf("Append on the route without AppendWait = %v once the disk answers, want nil", err)
+	}
+	poll.Until(t, 10*time.Second, "the unconfirmed message stored", func() bool { return len(ids(t, s, Pending)) == 2 })
+	if _, _, err := s.Get(m.ID); err != nil {
+		t.Errorf("Get(%s) = %v, want the unconfirmed message stored", m.ID, err)
+	}
+}
+
 func TestFsyncInterval(t *testing.T) {
 	dir := t.TempDir()
 	ffs := &faultFS{}

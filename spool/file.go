@@ -78,6 +78,11 @@ type Limits struct {
 	// DedupeWindow de-duplicates the route's AppendOnce calls by
 	// idempotency key within this window (see dedupe.go); 0 means off.
 	DedupeWindow time.Duration
+	// AppendWait bounds how long an Append of the route waits for the
+	// disk to confirm its message, counted from when it is queued for
+	// the writer; 0 means for as long as the disk takes (or the
+	// context allows). The sidecar gives it the route's timeout.
+	AppendWait time.Duration
 }
 
 // ErrLocked is returned by OpenFile when another FileStore, in this or
@@ -287,9 +292,10 @@ func (s *FileStore) newIDLocked() (string, uint64) {
 // Append implements Store. It sets m.ID if empty and m.Arrived to Now if
 // zero. It returns ErrTooLarge for a message whose body or any string
 // exceeds 64 MiB. Once the message is queued for the writer, Append waits
-// for the commit until ctx ends: then it returns an error wrapping
-// ErrUnconfirmed and ctx's cause, and the writer still commits the
-// message (a disk that stalls holds no caller past its deadline).
+// for the commit until ctx ends or the route's Limits.AppendWait passes:
+// then it returns an error wrapping ErrUnconfirmed (and ctx's cause), and
+// the writer still commits the message (a disk that stalls holds no
+// caller past its route's bound; docs/spool.md, "A disk that stalls").
 func (s *FileStore) Append(ctx context.Context, m *Message) error {
 	return s.append(ctx, m, false)
 }
@@ -334,7 +340,7 @@ func (s *FileStore) append(ctx context.Context, m *Message, dedupe bool) error {
 			return err
 		}
 	}
-	key, err := s.reserveLocked(m, given, size)
+	key, wait, err := s.reserveLocked(m, given, size)
 	if err != nil {
 		if de != nil {
 			s.endDedupeLocked(de, m, nil)
@@ -359,21 +365,52 @@ func (s *FileStore) append(ctx context.Context, m *Message, dedupe bool) error {
 	mr.request = request{rec: &mr.rec, key: key, buf: buf, patched: !given, done: mr.done, dedupe: de}
 	s.enqueue(&mr.request)
 	s.mu.Unlock()
+	var expired <-chan time.Time
+	if wait > 0 {
+		t := getTimer(wait)
+		defer putTimer(t)
+		expired = t.C
+	}
+	var cause error
 	select {
 	case err = <-mr.done:
 	case <-ctx.Done():
+		cause = context.Cause(ctx)
+	case <-expired:
+		cause = fmt.Errorf("not confirmed within the route's %v", wait)
+	}
+	if cause != nil {
 		select {
 		case err = <-mr.done: // committed meanwhile
 		default:
 			// The writer holds mr until it has committed it, and then
 			// sends on mr.done, which has room: mr is left to it and the
 			// garbage collector, not pooled.
-			return fmt.Errorf("%w: %w", ErrUnconfirmed, context.Cause(ctx))
+			return fmt.Errorf("%w: %w", ErrUnconfirmed, cause)
 		}
 	}
 	mr.frame = buf
 	putAppendRequest(mr)
 	return err
+}
+
+// timers recycles the timers of Appends that bound their wait.
+var timers sync.Pool
+
+// getTimer returns a running timer that fires after d.
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+// putTimer stops t and keeps it for the next getTimer: a stopped timer's
+// channel delivers nothing stale (Go 1.23 and later).
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
 }
 
 // appendRequest is a message Append's request to the writer with the
@@ -414,21 +451,21 @@ func putAppendRequest(mr *appendRequest) {
 }
 
 // reserveLocked checks that m can be appended, fixes its ID and key, and
-// reserves its room.
-func (s *FileStore) reserveLocked(m *Message, given bool, size int64) (uint64, error) {
+// reserves its room. It returns the key and the route's AppendWait.
+func (s *FileStore) reserveLocked(m *Message, given bool, size int64) (uint64, time.Duration, error) {
 	if err := s.writableLocked(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if given && (s.lookupLocked(m.ID) != nil || s.inflight[m.ID]) {
-		return 0, fmt.Errorf("%w: %s", ErrExists, m.ID)
+		return 0, 0, fmt.Errorf("%w: %s", ErrExists, m.ID)
 	}
 	_, ri, err := s.routeLocked(m.Route)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if full(s.opts.MaxMessages, s.opts.MaxBytes, s.count+s.resMsgs, s.bytes+s.resBytes, size) ||
 		full(ri.limits.MaxMessages, ri.limits.MaxBytes, ri.pending+ri.dead+ri.resMsgs, ri.bytes+ri.resBytes, size) {
-		return 0, ErrFull
+		return 0, 0, ErrFull
 	}
 	var key uint64
 	if given {
@@ -441,7 +478,7 @@ func (s *FileStore) reserveLocked(m *Message, given bool, size int64) (uint64, e
 	s.resBytes += size
 	ri.resMsgs++
 	ri.resBytes += size
-	return key, nil
+	return key, ri.limits.AppendWait, nil
 }
 
 // full reports whether one more message of size would pass a bound.

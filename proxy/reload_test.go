@@ -189,6 +189,7 @@ func TestRetiredSocketClosedTwice(t *testing.T) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer up.Close()
 	srv := NewServer(buildFrom(t, reloadConfig(up.URL, "127.0.0.1:0", ""), nil), slog.New(slog.DiscardHandler))
+	defer srv.Shutdown(context.Background()) // binds nothing: closes its snapshot
 	for _, protocol := range []string{"http1", "h2c", "auto"} {
 		t.Run(protocol, func(t *testing.T) {
 			b, err := srv.bind(&Listener{Name: "app", Address: "127.0.0.1:0", Protocol: protocol})

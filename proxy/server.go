@@ -216,9 +216,26 @@ func (s *Server) bind(l *Listener) (*boundListener, error) {
 // guardListen wraps a listener's socket in h1guard, for every protocol:
 // the handler refuses a request whose connection it does not find (on
 // an h2c connection the guard stops at the preface, and has nothing to
-// judge).
+// judge); and in a socket, whose Close may be called twice.
 func guardListen(ln net.Listener) net.Listener {
-	return h1guard.Listen(ln)
+	return &socket{Listener: h1guard.Listen(ln)}
+}
+
+// socket is a listener's socket as the Server hands it to its engine.
+// Only its first Close closes it and reports the error; a later one
+// returns nil. bindAll closes the sockets of the listeners a reload
+// retires, to free their addresses, while their engines may still have
+// them: the engine's Shutdown, closing the socket again, must not report
+// that as a failure of the shutdown.
+type socket struct {
+	net.Listener
+	once sync.Once
+}
+
+func (s *socket) Close() error {
+	var err error
+	s.once.Do(func() { err = s.Listener.Close() })
+	return err
 }
 
 // Addrs returns the bound addresses, by listener name.

@@ -31,6 +31,16 @@ import (
 // Recovery rebuilds the keys from the message records. So a repeat within
 // the window is answered with the first ID after any restart or crash,
 // whether the first message is pending, dead, delivered or deleted.
+// A window changed by SetRouteLimits (a reload) applies to the keys held:
+// they expire by the new one. A window turned off (0) keeps the keys,
+// but no Append looks them up or adds one, and Duplicate reports none;
+// they expire by the window they were added under, at each
+// SetRouteLimits, so a route whose window stays off ends up holding
+// none. Turned on again, they de-duplicate as before for what is left of
+// that window, then by the new window. A restart while the window is
+// off forgets them: recovery only rebuilds the keys of a route whose
+// window is on.
+//
 // A plain Append neither looks its key up nor keeps it (the proxy uses
 // it for keys it stamped itself, which never repeat); but recovery
 // cannot tell the records of the two apart, so after a restart it holds
@@ -57,6 +67,9 @@ type routeKeys struct {
 	byKey map[string]*dedupeEntry
 	queue []dedupeRef // in append order; queue[head:] are live
 	head  int
+	// window is the route's last window that was on: while the route's
+	// window is off, the keys expire by it.
+	window time.Duration
 }
 
 // expire drops the keys older than window at now.
@@ -95,6 +108,28 @@ func (s *FileStore) keysLocked(ri *routeIndex) *routeKeys {
 		ri.keys = &routeKeys{byKey: map[string]*dedupeEntry{}}
 	}
 	return ri.keys
+}
+
+// windowChangedLocked applies a change of ri's window from prev (see
+// above): keys turned off, or kept off, or on again after being off,
+// expire by the window they were added under; a route left off without
+// keys drops its routeKeys.
+func (s *FileStore) windowChangedLocked(ri *routeIndex, prev time.Duration) {
+	k := ri.keys
+	if k == nil {
+		return
+	}
+	next := ri.limits.DedupeWindow
+	if prev > 0 {
+		k.window = prev
+		if next > 0 {
+			return // they expire lazily, by next
+		}
+	}
+	k.expire(timeToNanos(s.now()), k.window)
+	if next <= 0 && len(k.byKey) == 0 && k.head == len(k.queue) {
+		ri.keys = nil
+	}
 }
 
 // dedupeLocked runs the de-duplication of an Append of m (see above). It

@@ -212,3 +212,92 @@ func TestDedupeKeysExpire(t *testing.T) {
 		t.Fatalf("keys after the window: %d in the map, %d queued; want 1", n, q)
 	}
 }
+
+// A window turned off by a reload and on again keeps the keys seen
+// before: within their window a repeat is still answered with the first
+// ID. While it is off nothing is de-duplicated, and no key is kept.
+func TestDedupeWindowOffAndOnAgain(t *testing.T) {
+	c := newTestClock()
+	s := open(t, t.TempDir(), dedupeOpts(c, time.Minute))
+	first, _ := appendID(t, s, keyed("r", "k1", "one"))
+
+	s.SetRouteLimits(map[string]Limits{"r": {}})
+	c.advance(10 * time.Second)
+	if id, dup := appendID(t, s, keyed("r", "k1", "off")); dup || id == first {
+		t.Errorf("AppendOnce(k1) with the window off = %s, duplicate %v; want a new message", id, dup)
+	}
+	if id, ok, err := s.Duplicate(t.Context(), "r", "k1"); err != nil || ok {
+		t.Errorf("Duplicate(k1) with the window off = %s, %v, %v; want not found", id, ok, err)
+	}
+	offID, _ := appendID(t, s, keyed("r", "k2", "off"))
+
+	s.SetRouteLimits(map[string]Limits{"r": {DedupeWindow: time.Minute}})
+	c.advance(10 * time.Second)
+	if id, dup := appendID(t, s, keyed("r", "k1", "on again")); !dup || id != first {
+		t.Errorf("AppendOnce(k1) on again within its window = %s, duplicate %v; want %s, true", id, dup, first)
+	}
+	if id, ok, err := s.Duplicate(t.Context(), "r", "k1"); err != nil || !ok || id != first {
+		t.Errorf("Duplicate(k1) on again within its window = %s, %v, %v; want %s, true", id, ok, err, first)
+	}
+	// k2 was appended while the window was off: not kept.
+	if id, dup := appendID(t, s, keyed("r", "k2", "on again")); dup || id == offID {
+		t.Errorf("AppendOnce(k2), first seen while off = %s, duplicate %v; want a new message", id, dup)
+	}
+	if n := s.Stats().Total.Pending; n != 4 {
+		t.Errorf("pending = %d, want 4 (k1, k1 while off, k2 while off, k2)", n)
+	}
+	// Past the window k1 stores a new message again.
+	c.advance(41 * time.Second)
+	if id, dup := appendID(t, s, keyed("r", "k1", "late")); dup || id == first {
+		t.Errorf("AppendOnce(k1) past its window = %s, duplicate %v; want a new message", id, dup)
+	}
+}
+
+// While a route's window is off its keys expire by the window they were
+// added under: a route left off ends up holding none, and a key past that
+// window is not answered when the window is turned on again, even a
+// longer one.
+func TestDedupeKeysExpireWhileOff(t *testing.T) {
+	c := newTestClock()
+	s := open(t, t.TempDir(), dedupeOpts(c, time.Minute))
+	for i := range 100 {
+		appendID(t, s, keyed("r", fmt.Sprint("k", i), "x"))
+	}
+	held := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		k := s.routeList[s.routeIdx["r"]].keys
+		if k == nil {
+			return 0
+		}
+		return len(k.byKey) + len(k.queue) - k.head
+	}
+	s.SetRouteLimits(map[string]Limits{"r": {}})
+	if n := held(); n != 200 {
+		t.Fatalf("keys held once the window is off = %d (map and queue), want 200", n)
+	}
+	c.advance(30 * time.Second)
+	for i := range 100 { // no key is added while off
+		appendID(t, s, keyed("r", fmt.Sprint("off", i), "x"))
+	}
+	s.SetRouteLimits(map[string]Limits{"r": {}})
+	if n := held(); n != 200 {
+		t.Fatalf("keys held within their window, off = %d, want 200", n)
+	}
+	c.advance(31 * time.Second)
+	s.SetRouteLimits(map[string]Limits{"r": {}}) // a reload while off
+	if n := held(); n != 0 {
+		t.Fatalf("keys held past their window, off = %d, want 0", n)
+	}
+
+	// Off past the key's window, with no reload in between, then on with
+	// a longer window: the key is not answered.
+	s.SetRouteLimits(map[string]Limits{"r": {DedupeWindow: time.Minute}})
+	first, _ := appendID(t, s, keyed("r", "a", "x"))
+	s.SetRouteLimits(map[string]Limits{"r": {}})
+	c.advance(2 * time.Minute)
+	s.SetRouteLimits(map[string]Limits{"r": {DedupeWindow: 10 * time.Minute}})
+	if id, dup := appendID(t, s, keyed("r", "a", "y")); dup || id == first {
+		t.Errorf("AppendOnce(a) on again past its 1m window = %s, duplicate %v; want a new message", id, dup)
+	}
+}

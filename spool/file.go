@@ -824,17 +824,18 @@ func (s *FileStore) closeFiles() error {
 }
 
 // SetRouteLimits replaces FileOptions.Routes, the per-route bounds, on an
-// open store: a reload applies async.max_messages and async.max_bytes
-// this way. Messages already stored over a new bound stay; Appends are
-// refused until the route is back under it.
+// open store: a reload applies async.max_messages, async.max_bytes and
+// async.dedupe_window this way. Messages already stored over a new bound
+// stay; Appends are refused until the route is back under it. A route's
+// idempotency keys survive a window turned off and on again (see
+// dedupe.go).
 func (s *FileStore) SetRouteLimits(routes map[string]Limits) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.opts.Routes = maps.Clone(routes)
 	for _, ri := range s.routeList {
+		prev := ri.limits.DedupeWindow
 		ri.limits = routes[ri.name]
-		if ri.limits.DedupeWindow <= 0 {
-			ri.keys = nil
-		}
+		s.windowChangedLocked(ri, prev)
 	}
 }

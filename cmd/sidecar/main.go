@@ -454,8 +454,11 @@ wait:
 		case err := <-drained:
 			adm.Shutdown(context.Background())
 			<-adminDone
-			if err != nil {
+			switch {
+			case errors.Is(err, context.DeadlineExceeded):
 				logger.Warn("shutdown grace ran out; remaining connections closed", "error", err)
+			case err != nil:
+				logger.Warn("shutdown", "error", err)
 			}
 			logger.Info("stopped")
 			return exitOK

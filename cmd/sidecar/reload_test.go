@@ -742,3 +742,54 @@ func TestReloadFirstAsyncRouteOpensTheSpool(t *testing.T) {
 		t.Errorf("spool dir after the first async route: %v", err)
 	}
 }
+
+// dedupeWindowConfig is an async route "ev" (when: always) on the file
+// spool in dir, with dedupe_window set to window unless it is empty.
+func dedupeWindowConfig(upstream, dir, window string) string {
+	c := fmt.Sprintf(`
+version: 1
+admin: {address: "127.0.0.1:0"}
+spool: {dir: %q}
+upstreams:
+  up: {endpoints: [%q]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - name: ev
+        upstream: up
+        async:
+          when: always
+          backoff: {base: 10ms, max: 50ms}
+`, dir, upstream)
+	if window != "" {
+		c += "          dedupe_window: " + window + "\n"
+	}
+	return c
+}
+
+// A reload that removes dedupe_window and one that sets it again keep the
+// keys seen before: a repeat gets the first 202's ID. While the window is
+// off the repeat is stored.
+func TestReloadDedupeWindowOffAndOn(t *testing.T) {
+	up := &keyUpstream{delivered: map[string]int{}, calls: map[string]int{}, hold: map[string]bool{}}
+	ups := httptest.NewServer(up)
+	defer ups.Close()
+	dir := filepath.Join(t.TempDir(), "spool")
+	cfg := writeConfig(t, dedupeWindowConfig(ups.URL, dir, "10m"))
+	r := startRunning(t, cfg, "-watch=false")
+	first, _ := postKey(t, r.addrs["app"], "k")
+
+	rewrite(t, cfg, dedupeWindowConfig(ups.URL, dir, ""))
+	r.mustReload(t)
+	if id, _ := postKey(t, r.addrs["app"], "k"); id == first {
+		t.Errorf("POST key k with dedupe_window removed = %s, the first request's ID; want a new message", id)
+	}
+
+	rewrite(t, cfg, dedupeWindowConfig(ups.URL, dir, "10m"))
+	r.mustReload(t)
+	if id, _ := postKey(t, r.addrs["app"], "k"); id != first {
+		t.Errorf("POST key k with dedupe_window set again = %s, want the first request's ID %s", id, first)
+	}
+	poll.Until(t, 10*time.Second, "the two messages of key k delivered", func() bool { return up.count("k") == 2 })
+}

@@ -115,6 +115,40 @@ func TestDedupeByKey(t *testing.T) {
 	}
 }
 
+// A route's window turned off by a reload and on again: while off nothing
+// is de-duplicated; on again, a key seen before is answered with its first
+// ID, whether its message is still stored or was delivered (the stream's
+// duplicate window, which the sidecar's reload does not touch, answers).
+func TestDedupeWindowOffAndOnAgain(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	on := map[string]jsstore.RouteOptions{"r": {DedupeWindow: 10 * time.Minute}}
+	s := openStore(t, srv, jsstore.Options{Stream: "TOGGLE", Routes: on})
+	delivered, _ := appendKeyed(t, s, "r", "k1")
+	if m := next(t, s, "r"); m.ID != delivered {
+		t.Fatalf("Next = %s, want %s", m.ID, delivered)
+	} else if err := s.Ack(m.ID); err != nil {
+		t.Fatal(err)
+	}
+	pending, _ := appendKeyed(t, s, "r", "k2")
+
+	s.SetRoutes(map[string]jsstore.RouteOptions{"r": {}})
+	for key, first := range map[string]string{"k1": delivered, "k2": pending} {
+		if id, dup := appendKeyed(t, s, "r", key); dup || id == first {
+			t.Errorf("AppendOnce(%s) with the window off = %s, duplicate %v; want a new message", key, id, dup)
+		}
+		if id, ok, err := s.Duplicate(t.Context(), "r", key); err != nil || ok {
+			t.Errorf("Duplicate(%s) with the window off = %s, %v, %v; want not found", key, id, ok, err)
+		}
+	}
+
+	s.SetRoutes(on)
+	for key, first := range map[string]string{"k1": delivered, "k2": pending} {
+		if id, dup := appendKeyed(t, s, "r", key); !dup || id != first {
+			t.Errorf("AppendOnce(%s) on again = %s, duplicate %v; want %s, true", key, id, dup, first)
+		}
+	}
+}
+
 // The stream's duplicate window is made as long as the longest dedupe
 // window with create; without, a shorter one makes Open fail.
 func TestDedupeWindowSetsStreamDuplicates(t *testing.T) {

@@ -77,6 +77,18 @@ func (p *Policy) finish() {
 	}
 }
 
+// RoutePolicy returns the policy route r uses and its name: the one it
+// names, else the file's "default", else the built-in one (named "").
+func (c *Config) RoutePolicy(r *Route) (*Policy, string) {
+	if r.Policy != "" {
+		return c.Policies[r.Policy], r.Policy
+	}
+	if p := c.Policies["default"]; p != nil {
+		return p, "default"
+	}
+	return DefaultPolicy(), ""
+}
+
 // DefaultPolicy returns the built-in policy routes use when they name none
 // and the file defines no policy called "default".
 func DefaultPolicy() *Policy {

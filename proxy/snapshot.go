@@ -188,13 +188,7 @@ func newRoute(cfg *config.Config, listener string, rc *config.Route, pool *Pool,
 	if pool == nil {
 		return nil, fmt.Errorf("route %s: unknown upstream %q", rc.Name, rc.Upstream)
 	}
-	pol, polName := cfg.Policies[rc.Policy], rc.Policy
-	if rc.Policy == "" {
-		pol, polName = cfg.Policies["default"], "default"
-		if pol == nil {
-			pol, polName = config.DefaultPolicy(), ""
-		}
-	}
+	pol, polName := cfg.RoutePolicy(rc)
 	r := &Route{
 		Name:         rc.Name,
 		Listener:     listener,

@@ -569,13 +569,16 @@ func openSpool(cfg *config.Config, logger *slog.Logger, ins *telemetry.Instrumen
 }
 
 // fileRouteLimits returns the file spool's per-route settings: the async
-// routes' max_messages, max_bytes and dedupe_window.
+// routes' max_messages, max_bytes and dedupe_window, and their policy's
+// timeout as the bound of an enqueue's wait for the disk (docs/spool.md,
+// "A disk that stalls").
 func fileRouteLimits(cfg *config.Config) map[string]spool.Limits {
 	routes := map[string]spool.Limits{}
 	for _, l := range cfg.Listeners {
 		for _, r := range l.Routes {
-			if a := r.Async; a != nil && (a.MaxMessages > 0 || a.MaxBytes > 0 || a.DedupeWindow > 0) {
-				routes[r.Name] = spool.Limits{MaxMessages: a.MaxMessages, MaxBytes: int64(a.MaxBytes), DedupeWindow: a.DedupeWindow.D()}
+			if a := r.Async; a != nil {
+				pol, _ := cfg.RoutePolicy(r)
+				routes[r.Name] = spool.Limits{MaxMessages: a.MaxMessages, MaxBytes: int64(a.MaxBytes), DedupeWindow: a.DedupeWindow.D(), AppendWait: pol.Timeout.D()}
 			}
 		}
 	}

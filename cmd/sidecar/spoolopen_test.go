@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/proxy/proxytest"
@@ -72,5 +73,48 @@ listeners:
 `), nil)
 	if err == nil || !strings.Contains(err.Error(), "routes[0].async.max_messages") {
 		t.Fatalf("Parse = %v, want an error naming async.max_messages", err)
+	}
+}
+
+// TestFileRouteLimitsAppendWait: each async route's enqueues wait for the
+// disk at most the route's timeout: its policy's, the "default" policy's,
+// or the built-in 15 s.
+func TestFileRouteLimitsAppendWait(t *testing.T) {
+	for _, tt := range []struct {
+		policies string
+		want     map[string]time.Duration
+	}{
+		{`{quick: {timeout: 700ms}, default: {timeout: 2s}}`, map[string]time.Duration{"named": 700 * time.Millisecond, "unnamed": 2 * time.Second}},
+		{`{quick: {timeout: 700ms}}`, map[string]time.Duration{"named": 700 * time.Millisecond, "unnamed": 15 * time.Second}},
+	} {
+		cfg, err := config.Parse("test.yaml", []byte(`
+version: 1
+spool: {dir: ./unused}
+upstreams:
+  up: {endpoints: ["http://127.0.0.1:1"]}
+policies: `+tt.policies+`
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: named, match: {path_prefix: /n}, upstream: up, policy: quick, async: {when: always}}
+      - {name: unnamed, match: {path_prefix: /u}, upstream: up, async: {when: always, max_messages: 5}}
+      - {name: sync, match: {path_prefix: /}, upstream: up}
+`), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := fileRouteLimits(cfg)
+		for route, want := range tt.want {
+			if got[route].AppendWait != want {
+				t.Errorf("policies %s: route %s AppendWait = %v, want %v", tt.policies, route, got[route].AppendWait, want)
+			}
+		}
+		if got["unnamed"].MaxMessages != 5 {
+			t.Errorf("route unnamed MaxMessages = %d, want 5", got["unnamed"].MaxMessages)
+		}
+		if _, ok := got["sync"]; ok {
+			t.Error("a sync route has spool limits")
+		}
 	}
 }

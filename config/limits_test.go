@@ -34,10 +34,16 @@ func aliasBomb(n int) string {
 	return b.String()
 }
 
-// parseErrors parses data and returns the Errors it must fail with.
+// parseErrors parses data and returns the Errors it must fail with. It
+// parses as Parse does, with more time than LoadTimeout: the bounds these
+// tests check keep the worst file to about a second, but a race build on
+// a loaded machine may take ten times that, and the time bound, a
+// backstop, has tests of its own.
 func parseErrors(t *testing.T, data string) Errors {
 	t.Helper()
-	cfg, err := Parse("b.yaml", []byte(data), noEnv)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*LoadTimeout)
+	defer cancel()
+	cfg, err := parse(ctx, "b.yaml", []byte(data), noEnv)
 	if err == nil {
 		t.Fatalf("Parse = %+v, nil error; want it refused", cfg)
 	}

@@ -796,6 +796,22 @@ func (c *conn) lockWrite() error {
 	}
 }
 
+// writeDataLocked writes a DATA frame (no padding) straight into the
+// connection's buffer: the framer would copy data into a buffer of its
+// own first, which would grow to the largest frame written and stay
+// with the connection while it is idle.
+func (c *conn) writeDataLocked(id uint32, endStream bool, data []byte) error {
+	var flags byte
+	if endStream {
+		flags = byte(http2.FlagDataEndStream)
+	}
+	n := len(data)
+	hdr := [9]byte{byte(n >> 16), byte(n >> 8), byte(n), byte(http2.FrameData), flags, byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}
+	pending, err := c.bc.QueueFrame(hdr[:], data)
+	c.pending = pending
+	return err
+}
+
 // writeHeaderBlockLocked writes block as HEADERS and CONTINUATIONs.
 func (c *conn) writeHeaderBlockLocked(id uint32, block []byte, endStream bool) error {
 	first := true

@@ -1,0 +1,54 @@
+package h2server
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"testing"
+)
+
+// BenchmarkRequests: requests over one h2c connection of net/http's
+// transport, client and server in the process, b.N in all from
+// parallel goroutines (RunParallel: GOMAXPROCS of them, so several
+// streams are open at once).
+func BenchmarkRequests(b *testing.B) {
+	small := []byte("hello, world: a small answer\n")
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<10) // 16 KiB
+	addr := start(b, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			io.Copy(w, r.Body)
+			return
+		}
+		w.Write(small)
+	})})
+	tests := []struct {
+		name string
+		body []byte // nil: GET
+	}{
+		{"GET", nil},
+		{"POST16K", big},
+	}
+	for _, tt := range tests {
+		b.Run(tt.name, func(b *testing.B) {
+			hc := client(b)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					var resp *http.Response
+					var err error
+					if tt.body == nil {
+						resp, err = hc.Get("http://" + addr + "/")
+					} else {
+						resp, err = hc.Post("http://"+addr+"/", "application/octet-stream", bytes.NewReader(tt.body))
+					}
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}

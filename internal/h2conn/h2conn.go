@@ -180,6 +180,26 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return m, err
 }
 
+// Buffered reports how many bytes were read from the socket and not yet
+// returned by Read (Server's; from the reading goroutine).
+func (c *Conn) Buffered() int { return c.w - c.r + len(c.rd.pre) }
+
+// Fill waits until Read has bytes to return without reading the socket,
+// reading the socket once if it has none buffered: a reader that holds
+// buffers of its own (a framer's) can give them up and wait here with
+// none (Server's; from the reading goroutine).
+func (c *Conn) Fill() error {
+	if !c.buffered || c.Buffered() > 0 {
+		return nil
+	}
+	n, err := c.fill()
+	c.r, c.w = 0, n
+	if n > 0 {
+		return nil // an error comes back with the next read
+	}
+	return err
+}
+
 // readDirect reads the socket into p, without the buffer, which holds
 // nothing.
 func (c *Conn) readDirect(p []byte) (int, error) {

@@ -16,7 +16,7 @@ import (
 // TestIdleConnectionsHoldNoBuffers: connections that have each sent a
 // 16 KiB body, been answered 16 KiB and sit idle keep no read or write
 // buffer: the live heap they add, client sockets included, stays under
-// 12 KiB each (before buffers were released while idle: about 74 KiB,
+// 12 KiB each (before buffers were released while idle: about 73 KiB,
 // 16 KiB of read buffer, the framer's 16 KiB for the body's frame, and
 // two copies of the answer in write buffers).
 func TestIdleConnectionsHoldNoBuffers(t *testing.T) {

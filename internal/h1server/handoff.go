@@ -43,6 +43,17 @@ func (r *replayConn) Read(p []byte) (int, error) {
 	return r.Conn.Read(p)
 }
 
+// Detach returns the bytes the server read first and not yet returned,
+// and the connection as the server accepted it, for a reader that reads
+// that connection itself from then on (internal/h2conn, which waits for
+// bytes on the socket beneath holding no buffer); r is not read again.
+func (r *replayConn) Detach() (buffered []byte, inner net.Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	buffered, r.buf = r.buf, nil
+	return buffered, r.Conn
+}
+
 // Unwrap returns the connection as the server accepted it, for a
 // ConnContext that needs it (h1guard.ConnContext looks for its *Conn):
 // c itself unless c is a handed-off connection.

@@ -11,6 +11,10 @@
 //   - Buffered reads (the app-facing side, Server). A frame is read as
 //     its 9-byte header and its payload; here a read takes what the
 //     socket holds, up to 16 KiB, and the frames are served from that.
+//     The buffer is held only while it holds bytes or the socket has
+//     more: a read that finds the socket empty gives it back to a pool
+//     and waits for bytes without one (on Unix, through the socket's
+//     syscall.RawConn), so that an idle connection holds no buffer.
 //
 // See docs/design.md, "HTTP/2 connections".
 package h2conn
@@ -45,15 +49,20 @@ const (
 type Conn struct {
 	net.Conn
 
-	// The reading goroutine's read buffer (Server's). Nothing reads one
-	// connection from two goroutines at once.
-	rbuf []byte
-	r, w int // rbuf[r:w] is read and not yet returned
+	// The reading side, Server's: the reading goroutine's alone (nothing
+	// reads one connection from two goroutines at once).
+	buffered bool
+	// rbuf[r:w] is read and not yet returned. rbuf is nil while the
+	// connection waits for bytes with none buffered (when rd.raw is
+	// set): it comes from rbufPool.
+	rbuf *[readBufSize]byte
+	r, w int
+	rd   rawReader
 
 	mu       sync.Mutex
 	cond     sync.Cond // L is &mu; signalled when the writer takes or ends
-	buf      []byte    // written, not yet taken by the writer
-	spare    []byte    // a taken buffer, for reuse
+	buf      *wbuf     // written, not yet taken by the writer; nil: nothing
+	spare    *wbuf     // a taken buffer, for reuse while the writer runs
 	writing  bool      // the writer goroutine runs
 	err      error     // sticky: the first failed write
 	closed   bool      // Close was called
@@ -71,10 +80,74 @@ func Client(c net.Conn) *Conn {
 // Server returns c with its writes batched and its reads buffered: an
 // app-facing connection of internal/h2server, which reads every frame
 // in two small reads.
+//
+// Where it can, it reads the socket beneath c itself, so as to wait for
+// bytes holding no buffer: beneath a wrapper that has read ahead
+// (Detach, internal/h1server's hand-off) and one that watches the bytes
+// read (NetConn and Feed, internal/h1guard), which is fed what is read.
+// c's other methods (deadlines, Close) are used as they are.
 func Server(c net.Conn) *Conn {
 	bc := Client(c)
-	bc.rbuf = make([]byte, readBufSize)
+	bc.buffered = true
+	bc.rd.init(c)
 	return bc
+}
+
+var rbufPool = sync.Pool{New: func() any { return new([readBufSize]byte) }}
+
+// wbuf is a write buffer. A connection holds its write buffers only
+// while it has bytes to write: when the writer has written them all,
+// they go back to wbufPool, so that an idle connection holds none.
+type wbuf struct{ b []byte }
+
+var wbufPool = sync.Pool{New: func() any { return new(wbuf) }}
+
+// queuedLocked is how many bytes wait for the writer.
+func (c *Conn) queuedLocked() int {
+	if c.buf == nil {
+		return 0
+	}
+	return len(c.buf.b)
+}
+
+// rawReader is how a Server connection reads: the bytes pre first, then
+// raw (the socket, see rawreader_unix.go), or src's Read when there is
+// no raw.
+type rawReader struct {
+	pre  []byte       // read ahead by a wrapper, not yet returned
+	src  net.Conn     // what is read when raw is nil
+	raw  rawConn      // the socket beneath, read directly
+	feed func([]byte) // a wrapper's, told every byte read beneath it
+	io   *rawIO       // raw's reading state
+}
+
+// detacher is a connection that has read ahead of its reader
+// (internal/h1server's hand-off): Detach returns those bytes and the
+// connection beneath, which the caller reads from then on.
+type detacher interface {
+	Detach() (buffered []byte, inner net.Conn)
+}
+
+// tap is a connection that watches the bytes read through it
+// (internal/h1guard's): a reader of NetConn tells it every byte through
+// Feed, in order.
+type tap interface {
+	NetConn() net.Conn
+	Feed([]byte)
+}
+
+func (rd *rawReader) init(c net.Conn) {
+	rd.src = c
+	if d, ok := c.(detacher); ok {
+		rd.pre, rd.src = d.Detach()
+	}
+	inner, feed := rd.src, func([]byte) {}
+	if t, ok := inner.(tap); ok {
+		inner, feed = t.NetConn(), t.Feed
+	}
+	if raw := newRawConn(inner); raw != nil {
+		rd.raw, rd.feed, rd.io = raw, feed, newRawIO(c)
+	}
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
@@ -83,24 +156,88 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.r += n
 		return n, nil
 	}
-	if c.rbuf == nil || len(p) >= len(c.rbuf) {
+	if !c.buffered {
 		return c.Conn.Read(p)
 	}
-	n, err := c.Conn.Read(c.rbuf)
+	if len(c.rd.pre) > 0 {
+		n := copy(p, c.rd.pre)
+		c.rd.pre = c.rd.pre[n:]
+		if len(c.rd.pre) == 0 {
+			c.rd.pre = nil
+		}
+		return n, nil
+	}
+	if len(p) >= readBufSize {
+		return c.readDirect(p)
+	}
+	n, err := c.fill()
 	c.r, c.w = 0, n
+	if n == 0 {
+		return 0, err
+	}
 	m := copy(p, c.rbuf[:n])
 	c.r = m
 	return m, err
+}
+
+// Buffered reports how many bytes were read from the socket and not yet
+// returned by Read (Server's; from the reading goroutine).
+func (c *Conn) Buffered() int { return c.w - c.r + len(c.rd.pre) }
+
+// Fill waits until Read has bytes to return without reading the socket,
+// reading the socket once if it has none buffered: a reader that holds
+// buffers of its own (a framer's) can give them up and wait here with
+// none (Server's; from the reading goroutine).
+func (c *Conn) Fill() error {
+	if !c.buffered || c.Buffered() > 0 {
+		return nil
+	}
+	n, err := c.fill()
+	c.r, c.w = 0, n
+	if n > 0 {
+		return nil // an error comes back with the next read
+	}
+	return err
+}
+
+// readDirect reads the socket into p, without the buffer, which holds
+// nothing.
+func (c *Conn) readDirect(p []byte) (int, error) {
+	if c.rd.raw == nil {
+		return c.rd.src.Read(p)
+	}
+	n, err := c.rd.io.read(c.rd.raw, p)
+	if n > 0 {
+		c.rd.feed(p[:n])
+	}
+	return n, err
+}
+
+// fill reads the socket into the buffer, which holds nothing. Reading
+// the socket directly, it takes the buffer only once the socket has
+// bytes, and gives it back when it has none.
+func (c *Conn) fill() (int, error) {
+	if c.rd.raw == nil {
+		if c.rbuf == nil {
+			c.rbuf = rbufPool.Get().(*[readBufSize]byte)
+		}
+		return c.rd.src.Read(c.rbuf[:])
+	}
+	n, err := c.rd.io.fill(c.rd.raw, &c.rbuf)
+	if n > 0 {
+		c.rd.feed(c.rbuf[:n])
+	}
+	return n, err
 }
 
 // Write queues p for the writer; it blocks only while maxPending bytes
 // wait already.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
-	for c.err == nil && !c.closed && len(c.buf) >= maxPending {
+	for c.err == nil && !c.closed && c.queuedLocked() >= maxPending {
 		c.cond.Wait()
 	}
-	if _, err := c.queueLocked(p); err != nil {
+	if _, err := c.queueLocked(p, nil); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -113,11 +250,18 @@ func (c *Conn) Write(p []byte) (int, error) {
 // queues itself.
 func (c *Conn) Queue(p []byte) (pending int, err error) {
 	c.mu.Lock()
-	return c.queueLocked(p)
+	return c.queueLocked(p, nil)
 }
 
-// queueLocked appends p to the buffer and unlocks c.mu.
-func (c *Conn) queueLocked(p []byte) (int, error) {
+// QueueFrame is Queue for a frame given as its header and its payload,
+// which are copied as one.
+func (c *Conn) QueueFrame(header, payload []byte) (pending int, err error) {
+	c.mu.Lock()
+	return c.queueLocked(header, payload)
+}
+
+// queueLocked appends p and then q to the buffer and unlocks c.mu.
+func (c *Conn) queueLocked(p, q []byte) (int, error) {
 	switch {
 	case c.err != nil:
 		err := c.err
@@ -127,12 +271,16 @@ func (c *Conn) queueLocked(p []byte) (int, error) {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	c.buf = append(c.buf, p...)
+	if c.buf == nil {
+		c.buf = wbufPool.Get().(*wbuf)
+	}
+	c.buf.b = append(c.buf.b, p...)
+	c.buf.b = append(c.buf.b, q...)
 	if !c.writing {
 		c.writing = true
 		go c.writeLoop()
 	}
-	n := len(c.buf)
+	n := len(c.buf.b)
 	c.mu.Unlock()
 	return n, nil
 }
@@ -148,7 +296,7 @@ func (c *Conn) Writable() (bool, error) {
 	case c.closed:
 		return false, net.ErrClosed
 	}
-	return len(c.buf) < maxPending, nil
+	return c.queuedLocked() < maxPending, nil
 }
 
 // WaitWritable blocks while maxPending bytes wait; it returns the error
@@ -156,7 +304,7 @@ func (c *Conn) Writable() (bool, error) {
 func (c *Conn) WaitWritable() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.err == nil && !c.closed && len(c.buf) >= maxPending {
+	for c.err == nil && !c.closed && c.queuedLocked() >= maxPending {
 		c.cond.Wait()
 	}
 	switch {
@@ -176,27 +324,45 @@ func (c *Conn) writeLoop() {
 	// Let every goroutine that is ready to run add its frames first.
 	runtime.Gosched()
 	c.mu.Lock()
-	for len(c.buf) > 0 && c.err == nil {
+	for c.queuedLocked() > 0 && c.err == nil {
 		b := c.buf
-		c.buf, c.spare = c.spare[:0], nil
+		c.buf, c.spare = c.spare, nil
 		c.cond.Broadcast()
 		c.mu.Unlock()
-		_, err := c.Conn.Write(b)
+		_, err := c.Conn.Write(b.b)
 		c.mu.Lock()
-		if cap(b) <= maxSpare {
-			c.spare = b[:0]
-		}
+		c.spare = b
+		release(&c.spare, false)
 		if err != nil && c.err == nil {
 			c.err = err
 		}
 	}
-	c.buf = c.buf[:0]
+	// Nothing waits (or nothing more will be written): the buffers go
+	// back to the pool until the next write.
+	release(&c.buf, true)
+	release(&c.spare, true)
 	c.writing = false
 	c.cond.Broadcast()
 	closeNow := c.closeNow
 	c.mu.Unlock()
 	if closeNow {
 		c.Conn.Close()
+	}
+}
+
+// release empties *b, dropping a buffer larger than maxSpare, and with
+// pool gives it back to wbufPool; c.mu is held.
+func release(b **wbuf, pool bool) {
+	if *b == nil {
+		return
+	}
+	if cap((*b).b) > maxSpare {
+		(*b).b = nil
+	}
+	(*b).b = (*b).b[:0]
+	if pool {
+		wbufPool.Put(*b)
+		*b = nil
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // pair is a loopback TCP connection: the accepted end through Server,
@@ -198,5 +199,138 @@ func TestWriteErrorSticks(t *testing.T) {
 	}
 	if _, err := c.Write([]byte("x")); err == nil {
 		t.Fatal("a write after a failed one succeeded")
+	}
+}
+
+// TestIdleReadHoldsNoBuffer: a read that finds the socket empty gives
+// the read buffer back before it waits, and the bytes that arrive then
+// are read whole and in order.
+func TestIdleReadHoldsNoBuffer(t *testing.T) {
+	c, peer := pair(t)
+	if c.rd.raw == nil {
+		t.Skip("no raw socket reads on this platform")
+	}
+	waiting := make(chan bool, 4)
+	c.rd.io.testHookWait = func() { waiting <- c.rbuf == nil }
+	got := make(chan string, 1)
+	go func() {
+		var b [5]byte
+		var s []byte
+		for range 2 {
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				t.Error(err)
+			}
+			s = append(s, b[:]...)
+		}
+		got <- string(s)
+	}()
+	// The bound only guards against a hang.
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case released := <-waiting:
+			if !released {
+				t.Fatalf("Read waits for %s holding its buffer", what)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Read never waited for %s", what)
+		}
+	}
+	wait("bytes")
+	peer.Write([]byte("hello"))
+	wait("more bytes")
+	peer.Write([]byte("world"))
+	if s := <-got; s != "helloworld" {
+		t.Fatalf("read %q, want %q", s, "helloworld")
+	}
+}
+
+// TestWriteBuffersReleased: once the writer has written everything, the
+// connection holds no write buffer; a frame queued as header and
+// payload leaves as one, after what was queued before.
+func TestWriteBuffersReleased(t *testing.T) {
+	c, peer := pair(t)
+	if _, err := c.Write([]byte("head:")); err != nil {
+		t.Fatal(err)
+	}
+	payload := bytes.Repeat([]byte("p"), 20<<10)
+	if _, err := c.QueueFrame([]byte("frame:"), payload); err != nil {
+		t.Fatal(err)
+	}
+	want := "head:frame:" + string(payload)
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != want {
+		t.Fatalf("peer read %d bytes (%v), want %d in order", len(got), err, len(want))
+	}
+	if err := c.wait(); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	held := c.buf != nil || c.spare != nil
+	c.mu.Unlock()
+	if held {
+		t.Fatal("an idle connection holds a write buffer")
+	}
+}
+
+// readAhead is a wrapper that read bytes ahead of its reader, as
+// internal/h1server's hand-off does, around one that watches what is
+// read beneath it, as internal/h1guard's.
+type readAhead struct {
+	net.Conn
+	ahead []byte
+}
+
+func (r *readAhead) Detach() ([]byte, net.Conn) {
+	b := r.ahead
+	r.ahead = nil
+	return b, r.Conn
+}
+
+type watched struct {
+	net.Conn
+	mu  sync.Mutex
+	fed []byte
+}
+
+func (w *watched) NetConn() net.Conn { return w.Conn }
+
+func (w *watched) Feed(b []byte) {
+	w.mu.Lock()
+	w.fed = append(w.fed, b...)
+	w.mu.Unlock()
+}
+
+// TestServerBeneathWrappers: a Server connection returns the bytes a
+// wrapper read ahead first, then reads the socket beneath, telling the
+// watching wrapper every byte read there and nothing else.
+func TestServerBeneathWrappers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	raw, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &watched{Conn: raw}
+	c := Server(&readAhead{Conn: w, ahead: []byte("ahead|")})
+	defer c.Close()
+	go peer.Write([]byte("socket"))
+	got := make([]byte, len("ahead|socket"))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "ahead|socket" {
+		t.Fatalf("read %q (%v), want %q", got, err, "ahead|socket")
+	}
+	w.mu.Lock()
+	fed := string(w.fed)
+	w.mu.Unlock()
+	if fed != "socket" {
+		t.Fatalf("the watching wrapper was fed %q, want %q", fed, "socket")
 	}
 }

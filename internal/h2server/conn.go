@@ -81,9 +81,10 @@ type conn struct {
 	ctx        context.Context // ConnContext's; cancelled when the connection ends
 	cancel     context.CancelFunc
 	remoteAddr string
-	framer     *http2.Framer
+	framer     *http2.Framer // writes, under wmu
 
 	// The reading goroutine's.
+	rf             *readFramer // nil while waiting for bytes
 	hdec           *hpack.Decoder
 	hb             headerBlock
 	sawSettings    bool
@@ -146,14 +147,52 @@ func newConn(s *Server, nc net.Conn, ctx context.Context) *conn {
 	c.maxHandlersQueue = 4 * int(c.advMaxStreams)
 	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.flowCond.L = &c.mu
-	c.framer = http2.NewFramer(frameSink{c}, c.bc)
-	c.framer.SetMaxReadFrameSize(s.maxReadFrameSize())
-	c.framer.SetReuseFrames()
+	c.framer = http2.NewFramer(frameSink{c}, nil)
 	c.hdec = hpack.NewDecoder(s.headerTableSize(), c.emit)
 	c.hdec.SetMaxStringLength(int(c.maxHeaderList))
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.henc.SetMaxDynamicTableSizeLimit(s.headerTableSize())
 	return c
+}
+
+// readFramer reads a connection's frames. It is pooled: while the
+// socket has nothing to read, and no header block is half read, the
+// reading goroutine gives it back and waits for bytes without it
+// (h2conn.Conn.Fill), and with it the buffer x/net's Framer grows to the
+// largest frame it has read (a request body's 16 KiB DATA), which would
+// otherwise stay with an idle connection.
+type readFramer struct {
+	fr  *http2.Framer
+	src frameSource
+}
+
+// frameSource is a pooled framer's reader: the connection it reads for
+// now.
+type frameSource struct{ r io.Reader }
+
+func (s *frameSource) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+var readFramerPool = sync.Pool{New: func() any {
+	rf := new(readFramer)
+	rf.fr = http2.NewFramer(nil, &rf.src)
+	rf.fr.SetReuseFrames()
+	return rf
+}}
+
+// takeReadFramer gives the connection a framer to read with.
+func (c *conn) takeReadFramer() {
+	rf := readFramerPool.Get().(*readFramer)
+	rf.src.r = c.bc
+	rf.fr.SetMaxReadFrameSize(c.srv.maxReadFrameSize())
+	c.rf = rf
+}
+
+// releaseReadFramer gives the connection's framer back: between frames,
+// outside a header block, it holds no state of the connection's.
+func (c *conn) releaseReadFramer() {
+	c.rf.src.r = nil
+	readFramerPool.Put(c.rf)
+	c.rf = nil
 }
 
 // frameSink is the framer's writer: frames go to the connection's
@@ -214,8 +253,17 @@ func (c *conn) serve() {
 		c.drain()
 		return
 	}
+	c.takeReadFramer()
 	for {
-		f, err := c.framer.ReadFrame()
+		if c.bc.Buffered() == 0 && !c.hb.active {
+			// Wait for bytes holding no framer.
+			c.releaseReadFramer()
+			if err := c.bc.Fill(); err != nil {
+				return
+			}
+			c.takeReadFramer()
+		}
+		f, err := c.rf.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			switch {
@@ -231,7 +279,7 @@ func (c *conn) serve() {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
 				reason := ""
-				if d := c.framer.ErrorDetail(); d != nil {
+				if d := c.rf.fr.ErrorDetail(); d != nil {
 					reason = d.Error()
 				}
 				c.goAway(http2.ErrCode(ce), reason)
@@ -794,6 +842,22 @@ func (c *conn) lockWrite() error {
 			return err
 		}
 	}
+}
+
+// writeDataLocked writes a DATA frame (no padding) straight into the
+// connection's buffer: the framer would copy data into a buffer of its
+// own first, which would grow to the largest frame written and stay
+// with the connection while it is idle.
+func (c *conn) writeDataLocked(id uint32, endStream bool, data []byte) error {
+	var flags byte
+	if endStream {
+		flags = byte(http2.FlagDataEndStream)
+	}
+	n := len(data)
+	hdr := [9]byte{byte(n >> 16), byte(n >> 8), byte(n), byte(http2.FrameData), flags, byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}
+	pending, err := c.bc.QueueFrame(hdr[:], data)
+	c.pending = pending
+	return err
 }
 
 // writeHeaderBlockLocked writes block as HEADERS and CONTINUATIONs.

@@ -15,6 +15,11 @@
 //   - Handlers run on goroutines the server reuses, so the stack a
 //     handler grew serves the next; streams, their buffers and header
 //     maps are pooled.
+//   - An idle connection holds no buffer: while its socket has nothing to
+//     read, the reading goroutine waits with no framer (they are
+//     pooled) and no read buffer (internal/h2conn gives it back), and
+//     the write buffers go back to h2conn's pool once written. What it
+//     keeps is its structures, its HPACK tables and that goroutine.
 //
 // Flow control, limits and protections are net/http's: SETTINGS as
 // configured, at most MaxConcurrentStreams handlers per connection with

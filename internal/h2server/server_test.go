@@ -33,7 +33,7 @@ type ctxKey struct{}
 
 // start serves s on a loopback socket until the test ends, and returns
 // its address.
-func start(t *testing.T, s *Server) string {
+func start(t testing.TB, s *Server) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,7 +60,7 @@ func start(t *testing.T, s *Server) string {
 }
 
 // client is net/http's transport speaking HTTP/2 with prior knowledge.
-func client(t *testing.T) *http.Client {
+func client(t testing.TB) *http.Client {
 	t.Helper()
 	tr := &http.Transport{Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)

@@ -858,7 +858,7 @@ func (st *stream) flush(data []byte, end bool) error {
 			}
 			chunk = chunk[len(frame):]
 			endFrame := endData && len(chunk) == 0
-			if err := c.framer.WriteData(st.id, endFrame, frame); err != nil {
+			if err := c.writeDataLocked(st.id, endFrame, frame); err != nil {
 				c.wmu.Unlock()
 				return err
 			}

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -27,12 +29,31 @@ type aioSyncer struct {
 	cb    iocb
 	cbs   [1]*iocb
 	ev    [1]ioEvent
-	buf   [8]byte
 	seq   uint64 // the data of the last iocb submitted
 	// broken is set when a wait failed with an fsync in flight: the
 	// store stops using the syncer.
 	broken bool
+
+	// The writer waits for an fsync on ready, which the reader
+	// goroutine signals when the eventfd counts a completion, or on
+	// kick, which poke signals when an Append sees one in the ring.
+	ready, kick chan struct{}
+	readErr     error         // the reader's, before it closed ready
+	reading     chan struct{} // closed when the reader ends
+	waiting     atomic.Bool   // an fsync is in flight
+	ring        *aioRing      // nil: poke does nothing
 }
+
+// aioRing is the head of the kernel's completion ring of an AIO context
+// (struct aio_ring), which the kernel maps into the process at the
+// context's address: completions wait between head and tail. libaio
+// reads it the same way.
+type aioRing struct {
+	_, _              uint32 // id, nr
+	head, tail, magic uint32
+}
+
+const aioRingMagic = 0xa10a10a1
 
 // iocb is the kernel's struct iocb (little-endian layout). An fsync uses
 // none of the fields named _: aio_key, aio_rw_flags, aio_reqprio,
@@ -86,6 +107,7 @@ func getAIOSyncer() *aioSyncer {
 		a := spareSyncers.list[n-1]
 		spareSyncers.list = spareSyncers.list[:n-1]
 		spareSyncers.Unlock()
+		a.startReader()
 		return a
 	}
 	spareSyncers.Unlock()
@@ -96,6 +118,7 @@ func getAIOSyncer() *aioSyncer {
 // is broken or enough are kept. Nothing of it may be in flight.
 func (a *aioSyncer) release() {
 	if !a.broken {
+		a.stopReader() // a spare syncer has no reader
 		spareSyncers.Lock()
 		if len(spareSyncers.list) < maxSpareSyncers {
 			spareSyncers.list = append(spareSyncers.list, a)
@@ -120,7 +143,58 @@ func newAIOSyncer() *aioSyncer {
 	a.efdNo = int(fd)
 	a.efd = os.NewFile(fd, "spool-fsync-eventfd") // non-blocking: in the poller
 	a.cbs[0] = &a.cb
+	a.kick = make(chan struct{}, 1)
+	// The context's value is the ring's address, in memory the kernel
+	// mapped, outside Go's heap.
+	if r := *(**aioRing)(unsafe.Pointer(&a.ctx)); r != nil && atomic.LoadUint32(&r.magic) == aioRingMagic {
+		a.ring = r
+	}
+	a.startReader()
 	return a
+}
+
+// startReader starts the goroutine that waits on the eventfd.
+func (a *aioSyncer) startReader() {
+	a.ready, a.reading, a.readErr = make(chan struct{}, 1), make(chan struct{}), nil
+	go func() {
+		defer close(a.reading)
+		var buf [8]byte
+		for {
+			if _, err := a.efd.Read(buf[:]); err != nil {
+				if !errors.Is(err, os.ErrDeadlineExceeded) { // not stopReader
+					a.readErr = err
+					close(a.ready)
+				}
+				return
+			}
+			select {
+			case a.ready <- struct{}{}:
+			default:
+			}
+		}
+	}()
+}
+
+// stopReader ends the reader: a read deadline in the past ends its wait.
+func (a *aioSyncer) stopReader() {
+	a.efd.SetReadDeadline(time.Unix(1, 0))
+	<-a.reading
+	a.efd.SetReadDeadline(time.Time{})
+}
+
+// poke wakes the writer when the fsync it waits for has ended: an Append
+// calls it before it waits for its own commit. A goroutine woken by the
+// network poller, as the writer is on the eventfd, runs only after every
+// runnable goroutine, and the poller is looked at only when none is left:
+// under load the writer would learn of the end late, and the disk idle
+// meanwhile. One woken by a channel runs next.
+func (a *aioSyncer) poke() {
+	if a.ring != nil && a.waiting.Load() && atomic.LoadUint32(&a.ring.head) != atomic.LoadUint32(&a.ring.tail) {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // sync fsyncs f and returns the fsync's result, or errAIOUnsupported
@@ -152,14 +226,20 @@ func (a *aioSyncer) sync(f *os.File) error {
 		return serr
 	}
 	// The fsync is in flight: wait for its completion, which the kernel
-	// counts on the eventfd, then reap it.
+	// counts on the eventfd, or an Append sees in the ring, then reap it.
+	a.waiting.Store(true)
+	defer a.waiting.Store(false)
 	for {
-		if _, err := a.efd.Read(a.buf[:]); err != nil {
-			a.broken = true
-			return err
+		select {
+		case _, ok := <-a.ready:
+			if !ok {
+				a.broken = true
+				return a.readErr
+			}
+		case <-a.kick:
 		}
 		ts := syscall.Timespec{}
-		n, _, e := syscall.Syscall6(syscall.SYS_IO_GETEVENTS, a.ctx, 1, 1, uintptr(unsafe.Pointer(&a.ev[0])), uintptr(unsafe.Pointer(&ts)), 0)
+		n, _, e := syscall.Syscall6(syscall.SYS_IO_GETEVENTS, a.ctx, 0, 1, uintptr(unsafe.Pointer(&a.ev[0])), uintptr(unsafe.Pointer(&ts)), 0)
 		switch {
 		case e == syscall.EINTR:
 		case e != 0:
@@ -174,7 +254,7 @@ func (a *aioSyncer) sync(f *os.File) error {
 	}
 }
 
-// close releases the AIO context and the eventfd.
+// close releases the AIO context and the eventfd, which ends the reader.
 func (a *aioSyncer) close() {
 	syscall.Syscall(syscall.SYS_IO_DESTROY, a.ctx, 0, 0)
 	a.efd.Close()

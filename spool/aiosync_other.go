@@ -19,3 +19,5 @@ func (a *aioSyncer) release() {}
 func (a *aioSyncer) sync(*os.File) error { return errAIOUnsupported }
 
 func (a *aioSyncer) close() {}
+
+func (a *aioSyncer) poke() {}

@@ -43,6 +43,7 @@ func (s *FileStore) run() {
 	defer close(s.done)
 	defer func() {
 		if s.aio != nil {
+			s.poker.Store(nil)
 			s.aio.release()
 		}
 	}()
@@ -233,6 +234,7 @@ func (s *FileStore) fsync(f File) error {
 		default:
 			return err
 		}
+		s.poker.Store(nil)
 		s.aio.broken = true // not to be used again
 		s.aio.release()
 		s.aio = nil

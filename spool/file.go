@@ -139,6 +139,8 @@ type FileStore struct {
 	// aio syncs segments without holding the writer's P; nil: fsync(2).
 	// Writer only.
 	aio *aioSyncer
+	// poker is aio while the writer uses it, for Appends to poke.
+	poker atomic.Pointer[aioSyncer]
 }
 
 var (
@@ -196,6 +198,9 @@ func OpenFile(dir string, opts FileOptions) (*FileStore, error) {
 	}
 	if _, ok := s.fs.(OSFS); ok && !s.opts.noAIO {
 		s.aio = getAIOSyncer()
+		if s.aio != nil {
+			s.poker.Store(s.aio)
+		}
 	}
 	go s.run()
 	return s, nil
@@ -365,6 +370,9 @@ func (s *FileStore) append(ctx context.Context, m *Message, dedupe bool) error {
 	mr.request = request{rec: &mr.rec, key: key, buf: buf, patched: !given, done: mr.done, dedupe: de}
 	s.enqueue(&mr.request)
 	s.mu.Unlock()
+	if a := s.poker.Load(); a != nil {
+		a.poke()
+	}
 	var expired <-chan time.Time
 	if wait > 0 {
 		t := getTimer(wait)

@@ -77,6 +77,7 @@ func TestAIOSync(t *testing.T) {
 func TestAIOLayout(t *testing.T) {
 	var cb iocb
 	var ev ioEvent
+	var ring aioRing
 	for _, c := range []struct {
 		name      string
 		got, want uintptr
@@ -88,6 +89,9 @@ func TestAIOLayout(t *testing.T) {
 		{"iocb.aio_resfd", unsafe.Offsetof(cb.resfd), 60},
 		{"sizeof(io_event)", unsafe.Sizeof(ev), 32},
 		{"io_event.res", unsafe.Offsetof(ev.res), 16},
+		{"aio_ring.head", unsafe.Offsetof(ring.head), 8},
+		{"aio_ring.tail", unsafe.Offsetof(ring.tail), 12},
+		{"aio_ring.magic", unsafe.Offsetof(ring.magic), 16},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)

@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// pair is a loopback TCP connection: the accepted end through Server,
-// and the dialled end.
-func pair(t *testing.T) (*Conn, net.Conn) {
+// rawPair is a loopback TCP connection: the accepted end and the
+// dialled end, both closed when the test ends.
+func rawPair(t *testing.T) (raw, peer net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -27,16 +27,25 @@ func pair(t *testing.T) (*Conn, net.Conn) {
 		}
 		dialled <- c
 	}()
-	raw, err := ln.Accept()
+	raw, err = ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := Server(raw)
-	peer := <-dialled
+	peer = <-dialled
 	if peer == nil {
+		raw.Close()
 		t.FailNow()
 	}
-	t.Cleanup(func() { c.Close(); peer.Close() })
+	t.Cleanup(func() { raw.Close(); peer.Close() })
+	return raw, peer
+}
+
+// pair is rawPair with the accepted end through Server.
+func pair(t *testing.T) (*Conn, net.Conn) {
+	t.Helper()
+	raw, peer := rawPair(t)
+	c := Server(raw)
+	t.Cleanup(func() { c.Close() })
 	return c, peer
 }
 
@@ -106,20 +115,7 @@ func TestQueueDoesNotWait(t *testing.T) {
 // leave in fewer syscalls than writes, in each writer's order, and
 // nothing is lost.
 func TestWritesBatch(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	raw, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, peer := rawPair(t)
 	cc := &countingConn{Conn: raw}
 	c := Client(cc)
 
@@ -305,20 +301,7 @@ func (w *watched) Feed(b []byte) {
 // wrapper read ahead first, then reads the socket beneath, telling the
 // watching wrapper every byte read there and nothing else.
 func TestServerBeneathWrappers(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	raw, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, peer := rawPair(t)
 	w := &watched{Conn: raw}
 	c := Server(&readAhead{Conn: w, ahead: []byte("ahead|")})
 	defer c.Close()

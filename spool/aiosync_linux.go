@@ -42,7 +42,7 @@ type aioSyncer struct {
 	readErr     error         // the reader's, before it closed ready
 	reading     chan struct{} // closed when the reader ends
 	waiting     atomic.Bool   // an fsync is in flight
-	ring        *aioRing      // nil: poke does nothing
+	ring        *aioRing      // nil: poke does nothing; see close
 	// pokers counts the pokes about to read the ring; dead is set
 	// before the context is destroyed, which unmaps the ring. A poke
 	// counts itself in, then looks at dead: close either sees it
@@ -199,7 +199,7 @@ func (a *aioSyncer) stopReader() {
 // under load the writer would learn of the end late, and the disk idle
 // meanwhile. One woken by a channel runs next.
 func (a *aioSyncer) poke() {
-	if a.ring == nil || !a.waiting.Load() {
+	if !a.waiting.Load() {
 		return
 	}
 	// The writer may release the syncer meanwhile, to be destroyed
@@ -209,10 +209,14 @@ func (a *aioSyncer) poke() {
 	if a.dead.Load() {
 		return
 	}
+	r := a.ring // after dead: close clears it once no poke counts
+	if r == nil {
+		return
+	}
 	if h := a.testHookPoke; h != nil {
 		h()
 	}
-	if atomic.LoadUint32(&a.ring.head) != atomic.LoadUint32(&a.ring.tail) {
+	if atomic.LoadUint32(&r.head) != atomic.LoadUint32(&r.tail) {
 		select {
 		case a.kick <- struct{}{}:
 		default:
@@ -284,6 +288,9 @@ func (a *aioSyncer) close() {
 	for a.pokers.Load() != 0 {
 		runtime.Gosched()
 	}
+	// No pointer to the unmapped ring is left for the garbage collector
+	// to meet (the heap could grow over its addresses).
+	a.ring = nil
 	syscall.Syscall(syscall.SYS_IO_DESTROY, a.ctx, 0, 0)
 	a.efd.Close()
 }

@@ -5,6 +5,7 @@ package spool
 import (
 	"errors"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,7 +42,16 @@ type aioSyncer struct {
 	readErr     error         // the reader's, before it closed ready
 	reading     chan struct{} // closed when the reader ends
 	waiting     atomic.Bool   // an fsync is in flight
-	ring        *aioRing      // nil: poke does nothing
+	ring        *aioRing      // nil: poke does nothing; see close
+	// pokers counts the pokes about to read the ring; dead is set
+	// before the context is destroyed, which unmaps the ring. A poke
+	// counts itself in, then looks at dead: close either sees it
+	// counted and waits, or it sees dead and reads nothing.
+	pokers atomic.Int32
+	dead   atomic.Bool
+	// testHookPoke, set by a test, runs in poke just before it reads
+	// the ring.
+	testHookPoke func()
 }
 
 // aioRing is the head of the kernel's completion ring of an AIO context
@@ -189,7 +199,24 @@ func (a *aioSyncer) stopReader() {
 // under load the writer would learn of the end late, and the disk idle
 // meanwhile. One woken by a channel runs next.
 func (a *aioSyncer) poke() {
-	if a.ring != nil && a.waiting.Load() && atomic.LoadUint32(&a.ring.head) != atomic.LoadUint32(&a.ring.tail) {
+	if !a.waiting.Load() {
+		return
+	}
+	// The writer may release the syncer meanwhile, to be destroyed
+	// (this Append loaded FileStore.poker before the writer cleared it).
+	a.pokers.Add(1)
+	defer a.pokers.Add(-1)
+	if a.dead.Load() {
+		return
+	}
+	r := a.ring // after dead: close clears it once no poke counts
+	if r == nil {
+		return
+	}
+	if h := a.testHookPoke; h != nil {
+		h()
+	}
+	if atomic.LoadUint32(&r.head) != atomic.LoadUint32(&r.tail) {
 		select {
 		case a.kick <- struct{}{}:
 		default:
@@ -255,7 +282,15 @@ func (a *aioSyncer) sync(f *os.File) error {
 }
 
 // close releases the AIO context and the eventfd, which ends the reader.
+// It waits for a poke that is reading the ring (a few instructions).
 func (a *aioSyncer) close() {
+	a.dead.Store(true)
+	for a.pokers.Load() != 0 {
+		runtime.Gosched()
+	}
+	// No pointer to the unmapped ring is left for the garbage collector
+	// to meet (the heap could grow over its addresses).
+	a.ring = nil
 	syscall.Syscall(syscall.SYS_IO_DESTROY, a.ctx, 0, 0)
 	a.efd.Close()
 }

@@ -138,3 +138,45 @@ func TestAIOPoke(t *testing.T) {
 		runtime.Gosched()
 	}
 }
+
+// TestAIOPokeWhileDestroyed: an Append's poke that loaded the store's
+// syncer while its fsync was in flight may read the completion ring after
+// the writer has released the syncer; the syncer must not be destroyed
+// (io_destroy unmaps the ring) until that read is done, or the process
+// faults.
+func TestAIOPokeWhileDestroyed(t *testing.T) {
+	a := newAIOSyncer()
+	if a == nil || a.ring == nil {
+		t.Skip("no AIO completion ring here")
+	}
+	inside, proceed := make(chan struct{}), make(chan struct{})
+	a.testHookPoke = func() {
+		close(inside)
+		<-proceed
+	}
+	a.waiting.Store(true) // an fsync in flight, as the poke sees it
+	poked := make(chan struct{})
+	go func() {
+		defer close(poked)
+		a.poke()
+	}()
+	<-inside
+	// The fsync ends, and the writer releases the syncer for good (a
+	// broken one, or one too many to keep).
+	a.waiting.Store(false)
+	a.broken = true
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		a.release()
+	}()
+	select {
+	case <-released:
+		// Letting the poke go on would fault: it stays blocked.
+		t.Fatal("the AIO context was destroyed, its ring unmapped, while a poke was about to read the ring")
+	case <-time.After(time.Second):
+	}
+	close(proceed)
+	<-poked
+	<-released
+}

@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -137,7 +138,13 @@ func (s *FileStore) windowChangedLocked(ri *routeIndex, prev time.Duration) {
 // returns the entry it added for m, being committed, which the commit
 // completes, or nil when m's route does not de-duplicate. It may release
 // and take s.mu while it waits for another Append's commit.
+//
+// That wait is bounded like an Append's wait for its commit, by the
+// route's AppendWait counted from when it starts: the other Append may be
+// held by a disk that stalls, and its message may still be stored, so
+// the result is ErrUnconfirmed.
 func (s *FileStore) dedupeLocked(ctx context.Context, m *Message) (*dedupeEntry, error) {
+	var expired <-chan time.Time
 	for {
 		if err := s.writableLocked(); err != nil {
 			return nil, err
@@ -167,6 +174,11 @@ func (s *FileStore) dedupeLocked(ctx context.Context, m *Message) (*dedupeEntry,
 			e.wait = make(chan struct{})
 		}
 		w := e.wait
+		if wait := ri.limits.AppendWait; wait > 0 && expired == nil {
+			t := getTimer(wait)
+			defer putTimer(t)
+			expired = t.C
+		}
 		s.mu.Unlock()
 		select {
 		case <-w:
@@ -174,6 +186,9 @@ func (s *FileStore) dedupeLocked(ctx context.Context, m *Message) (*dedupeEntry,
 		case <-ctx.Done():
 			s.mu.Lock()
 			return nil, ctx.Err()
+		case <-expired:
+			s.mu.Lock()
+			return nil, fmt.Errorf("%w: a message with the same idempotency key was not confirmed within the route's %v", ErrUnconfirmed, ri.limits.AppendWait)
 		}
 	}
 }

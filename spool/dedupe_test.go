@@ -301,3 +301,38 @@ func TestDedupeKeysExpireWhileOff(t *testing.T) {
 		t.Errorf("AppendOnce(a) on again past its 1m window = %s, duplicate %v; want a new message", id, dup)
 	}
 }
+
+// TestDedupeRepeatOnStalledDisk: the app's retry of a message its route's
+// AppendWait gave up on, with the same key, is bounded by AppendWait too
+// while the first copy still waits for the disk: it must not hold the
+// app for as long as the disk stalls (docs/spool.md, "A disk that
+// stalls").
+func TestDedupeRepeatOnStalledDisk(t *testing.T) {
+	ffs := &faultFS{}
+	c := newTestClock()
+	s := open(t, t.TempDir(), FileOptions{FS: ffs, Now: c.now,
+		Routes: map[string]Limits{"r": {DedupeWindow: time.Minute, AppendWait: 50 * time.Millisecond}}})
+	stalled, release := ffs.stallSyncs()
+	defer release()
+	first := keyed("r", "k", "one")
+	if err := s.AppendOnce(t.Context(), first); !errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("AppendOnce on a stalled disk = %v, want ErrUnconfirmed", err)
+	}
+	<-stalled
+	errc := make(chan error, 1)
+	go func() { errc <- s.AppendOnce(t.Context(), keyed("r", "k", "two")) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrUnconfirmed) {
+			t.Fatalf("repeat of an unconfirmed key on a stalled disk = %v, want ErrUnconfirmed", err)
+		}
+	case <-time.After(10 * time.Second):
+		release()
+		t.Fatalf("repeat of an unconfirmed key still waits 10s into the stall, past the route's AppendWait (50ms); returned %v once released", <-errc)
+	}
+	release()
+	id, dup := appendID(t, s, keyed("r", "k", "three"))
+	if !dup || id != first.ID {
+		t.Fatalf("repeat once the disk answered = %s, duplicate %v; want %s, true", id, dup, first.ID)
+	}
+}

@@ -162,7 +162,10 @@ type Deduper interface {
 	// appended with m.IdempotencyKey within the route's window, it stores
 	// nothing, sets m.ID to that message's ID and returns ErrDuplicate.
 	// On a route without a window, or for a message without a key, it is
-	// Append.
+	// Append. While an earlier message of the key is still being
+	// stored, it waits for it, and returns ErrUnconfirmed if that wait
+	// passes the store's bound for an Append (a FileStore's
+	// Limits.AppendWait).
 	AppendOnce(ctx context.Context, m *Message) error
 	// Duplicate returns the ID of the message of route that was appended
 	// with the idempotency key key within the route's dedupe window; ok is

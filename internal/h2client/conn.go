@@ -64,11 +64,19 @@ type conn struct {
 	idleArmed         bool
 	// The health PING (healthPing): outstanding, its payload, when it
 	// was sent, and why the connection closed when it went unanswered.
-	pingOut  bool
-	pingData [8]byte
-	pingAt   time.Time
-	pingSeq  uint64
-	lostErr  error
+	// pingFrames is frames when the PING was sent, or when its timer
+	// last found frames read since: frames arriving mean the upstream
+	// is there, busy (the ack may queue behind its DATA). pingTimer is
+	// the connection's one PING timer, made by the first PING.
+	pingOut    bool
+	pingData   [8]byte
+	pingAt     time.Time
+	pingSeq    uint64
+	pingFrames uint64
+	pingTimer  *time.Timer
+	lostErr    error
+	// frames counts the frames the reader read.
+	frames atomic.Uint64
 
 	// The reader's.
 	hdec  *hpack.Decoder
@@ -124,8 +132,10 @@ var errPingTimeout = errors.New("h2client: upstream did not answer a PING in tim
 // upstream unreachable on this connection, and TCP alone takes minutes to
 // tell (a peer gone without a reset, a dropped NAT entry): new requests
 // avoid the connection once the PING has waited a twentieth of the
-// transport's PingTimeout (250 ms by default), and without an answer by then the connection
-// is closed and its streams fail. Any answer makes it usable again.
+// transport's PingTimeout (250 ms by default), and without an answer
+// within PingTimeout the connection is closed and its streams fail
+// (unless frames came meanwhile: see pingExpired). Any answer makes it
+// usable again.
 func (cc *conn) healthPing() {
 	cc.mu.Lock()
 	if cc.closed || cc.pingOut || cc.nc == nil {
@@ -134,23 +144,35 @@ func (cc *conn) healthPing() {
 	}
 	cc.pingOut, cc.pingAt = true, time.Now()
 	cc.pingSeq++
-	seq := cc.pingSeq
-	binary.BigEndian.PutUint64(cc.pingData[:], seq)
+	cc.pingFrames = cc.frames.Load()
+	binary.BigEndian.PutUint64(cc.pingData[:], cc.pingSeq)
 	data := cc.pingData
+	if cc.pingTimer == nil {
+		cc.pingTimer = time.AfterFunc(cc.t.pingTimeout(), cc.pingExpired)
+	} else {
+		cc.pingTimer.Reset(cc.t.pingTimeout())
+	}
 	cc.mu.Unlock()
-	time.AfterFunc(cc.t.pingTimeout(), func() { cc.pingExpired(seq) })
 	cc.wmu.Lock()
 	cc.fr.WritePing(false, data)
 	cc.flushLocked()
 	cc.wmu.Unlock()
 }
 
-// pingExpired closes the connection if health PING seq is still
-// unanswered.
-func (cc *conn) pingExpired(seq uint64) {
+// pingExpired closes the connection if its health PING is still
+// unanswered and no frame came since it was sent (or since the last
+// look): a connection that frames arrive on is given another
+// PingTimeout.
+func (cc *conn) pingExpired() {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if cc.closed || !cc.pingOut || cc.pingSeq != seq {
+	timeout := cc.t.pingTimeout()
+	if cc.closed || !cc.pingOut || time.Since(cc.pingAt) < timeout {
+		return // answered, or a run of the timer that a new PING reset
+	}
+	if n := cc.frames.Load(); n != cc.pingFrames {
+		cc.pingFrames = n
+		cc.pingTimer.Reset(timeout)
 		return
 	}
 	cc.lostErr = errPingTimeout
@@ -162,6 +184,7 @@ func (cc *conn) pingAnswered(data [8]byte) {
 	cc.mu.Lock()
 	if cc.pingOut && data == cc.pingData {
 		cc.pingOut = false
+		cc.pingTimer.Stop()
 	}
 	cc.mu.Unlock()
 }
@@ -304,6 +327,7 @@ func (cc *conn) readLoop() {
 	for {
 		var f http2.Frame
 		f, err = cc.fr.ReadFrame()
+		cc.frames.Add(1)
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -401,6 +425,9 @@ func (cc *conn) fail(err error) {
 	cc.closed = true
 	if cc.idleTimer != nil {
 		cc.idleTimer.Stop()
+	}
+	if cc.pingTimer != nil {
+		cc.pingTimer.Stop()
 	}
 	for id, s := range cc.streams {
 		if s.err == nil {

@@ -68,9 +68,11 @@ type Transport struct {
 	ReadBufferSize int
 	// PingTimeout bounds the wait for the acknowledgement of the PING a
 	// connection sends when a stream's caller gives up on it (a per-try
-	// timeout, say): without it the connection is closed, its streams
-	// fail, and the next requests go to a new one. New requests avoid
-	// the connection after a twentieth of it. 0 means 5 seconds.
+	// timeout, say): without it, and without any frame read on the
+	// connection meanwhile (which gives it another PingTimeout), the
+	// connection is closed, its streams fail, and the next requests go
+	// to a new one. New requests avoid the connection after a twentieth
+	// of it. 0 means 5 seconds.
 	PingTimeout time.Duration
 
 	mu    sync.Mutex

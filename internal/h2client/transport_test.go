@@ -946,3 +946,65 @@ func TestUnansweredConnectionIsLeft(t *testing.T) {
 		t.Errorf("%d connections after requests on an answering one, want %d", n, before)
 	}
 }
+
+// TestPingWaitingBehindDataKeepsConnection: a connection whose PING
+// acknowledgement comes late because the upstream is busy sending on it
+// (the ack queued behind DATA) is alive: it is not closed when the PING
+// times out, and the stream it carries ends well.
+func TestPingWaitingBehindDataKeepsConnection(t *testing.T) {
+	const pingTimeout = 300 * time.Millisecond
+	s := newRawServer(t, func(n int, c *rawConn) {
+		a, err := c.readRequest(true)
+		if err != nil {
+			return
+		}
+		c.writeHeaders(a.id, false, ":status", "200")
+		if _, err := c.readRequest(true); err != nil { // the one that times out
+			return
+		}
+		var ping [8]byte
+		for {
+			f, err := c.fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+				ping = p.Data
+				break
+			}
+		}
+		// Busy on a: DATA for three times the PING's timeout, then the
+		// ack, then the end of a.
+		sent := 0
+		for start := time.Now(); time.Since(start) < 3*pingTimeout && sent < 1000; sent++ {
+			if c.fr.WriteData(a.id, false, []byte("x")) != nil {
+				return
+			}
+			time.Sleep(pingTimeout / 10) // the upstream's pace, not a synchronisation
+		}
+		c.fr.WritePing(true, ping)
+		c.fr.WriteData(a.id, true, nil)
+		c.drain()
+	})
+	tr := newTransport(t)
+	tr.PingTimeout = pingTimeout
+	req, _ := http.NewRequest("GET", s.url+"/download", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	req, _ = http.NewRequestWithContext(ctx, "GET", s.url+"/slow", nil)
+	if _, err := tr.RoundTrip(req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("unanswered request = %v, want the deadline", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("body of the stream the upstream kept sending on, after %d bytes: %v; want it whole", len(b), err)
+	}
+	if len(b) == 0 {
+		t.Fatal("empty body")
+	}
+}

@@ -96,7 +96,7 @@ func (s *Store) append(ctx context.Context, m *spool.Message, once bool) error {
 	msg.Data = encodeEnvelope(m)
 	dup, err := s.publish(ctx, msg, id)
 	if err != nil {
-		return err
+		return unconfirmed(err)
 	}
 	if dup && dedupe {
 		m.ID = id
@@ -224,6 +224,16 @@ func (s *Store) republish(ctx context.Context, msg *nats.Msg, what, id string) e
 }
 
 // publishError maps the server's refusals to spool errors.
+// unconfirmed marks the error of a publish that timed out: the server
+// may have stored the message all the same, as the file spool's
+// ErrUnconfirmed says (docs/spool.md, "A disk that stalls").
+func unconfirmed(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		return fmt.Errorf("%w: %w", spool.ErrUnconfirmed, err)
+	}
+	return err
+}
+
 func publishError(err error) error {
 	var apiErr *jetstream.APIError
 	switch {

@@ -2,6 +2,7 @@ package jsstore_test
 
 import (
 	"errors"
+	"net/url"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sidecar-proxy/sidecar/internal/poll"
+	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/spool"
 	"github.com/sidecar-proxy/sidecar/spool/jsstore"
 )
@@ -147,5 +149,33 @@ func TestRouteMaxMessages(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("Append after an Ack = %v, want room again", err)
+	}
+}
+
+// TestPublishTimeoutIsUnconfirmed: a publish whose acknowledgement never
+// comes (the connection to the server gone silent, as in a partition)
+// ends in spool.ErrUnconfirmed after the request timeout, tried twice:
+// the server may have stored the message, and the proxy says so.
+func TestPublishTimeoutIsUnconfirmed(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	u, err := url.Parse(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay := testnet.NewSilencer(t, u.Host)
+	s, err := jsstore.Open(t.Context(), jsstore.Options{URL: "nats://" + relay.Addr(), Stream: "UNCONFIRMED", Create: true,
+		ConnectTimeout: 5 * time.Second, RequestTimeout: time.Second})
+	if err != nil {
+		t.Fatalf("jsstore.Open = %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() }) // after the relay's cleanup, which closes its connections
+	// The route's consumer is made by a first Append, while the
+	// connection still answers (retried: one second may not be enough
+	// on a loaded machine).
+	poll.Until(t, 30*time.Second, "a first Append", func() bool { return s.Append(t.Context(), message("r", 1)) == nil })
+	relay.Silence()
+	err = s.Append(t.Context(), message("r", 2))
+	if !errors.Is(err, spool.ErrUnconfirmed) {
+		t.Fatalf("Append with its acknowledgement lost = %v, want spool.ErrUnconfirmed", err)
 	}
 }

@@ -367,14 +367,7 @@ listeners:
 		t.Fatalf("before the reload: state = %q, want unhealthy", st.Health.State)
 	}
 	y := strings.NewReplacer("PREFIX", "/x", "UPSTREAM0", a.URL, "UPSTREAM1", b.URL).Replace(yaml)
-	cfg, err := config.Parse("t.yaml", []byte(y), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := Build(cfg, sc.srv.Snapshot(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	next := buildFrom(t, y, sc.srv.Snapshot())
 	if err := sc.srv.Reload(next, 0); err != nil {
 		t.Fatal(err)
 	}

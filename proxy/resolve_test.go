@@ -5,7 +5,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,7 +20,6 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
-	"github.com/sidecar-proxy/sidecar/config"
 	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/policy"
 )
@@ -463,15 +461,7 @@ func TestResolveBreakerPerAddress(t *testing.T) {
 	// A reload that changes the policy but not the upstream nor the
 	// breaker settings keeps the pool, its endpoints and their breakers.
 	prev := sc.srv.Snapshot()
-	changed := strings.Replace(cfg, "{circuit_breaker:", "{timeout: 5s, circuit_breaker:", 1)
-	parsed, err := config.Parse("test.yaml", []byte(changed), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := Build(parsed, prev, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatalf("Build = %v", err)
-	}
+	next := buildFrom(t, strings.Replace(cfg, "{circuit_breaker:", "{timeout: 5s, circuit_breaker:", 1), prev)
 	if err := sc.srv.Reload(next, time.Second); err != nil {
 		t.Fatalf("Reload = %v", err)
 	}
@@ -557,14 +547,7 @@ func TestResolveEvery(t *testing.T) {
 	// A reload that changes the upstream makes a new pool, and the old
 	// one's resolver stops.
 	prev := sc.srv.Snapshot()
-	parsed, err := config.Parse("test.yaml", []byte(strings.Replace(cfg, "every: 1s", "every: 2s", 1)), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	next, err := Build(parsed, prev, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatalf("Build = %v", err)
-	}
+	next := buildFrom(t, strings.Replace(cfg, "every: 1s", "every: 2s", 1), prev)
 	if err := sc.srv.Reload(next, time.Second); err != nil {
 		t.Fatalf("Reload = %v", err)
 	}

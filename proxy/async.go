@@ -141,7 +141,9 @@ func (h *handler) serveAsync(sp *spooler, w http.ResponseWriter, r *http.Request
 		}
 		body = b
 	}
-	msg, once := newMessage(r, rt, body)
+	am, once := newMessage(r, rt, body)
+	defer am.release()
+	msg := &am.Message
 	if rt.obs.tracer() != nil {
 		// The message keeps the request's SERVER span as its origin:
 		// every delivery attempt links to it.
@@ -292,22 +294,50 @@ func (sp *spooler) answerDuplicate(w http.ResponseWriter, rt *Route, msg *spool.
 	writeSpooled(w, msg.ID, attempts)
 }
 
-// writeSpooled writes the 202 of a spooled message id.
+// writeSpooled writes the 202 of a spooled message id. Its body is
+// {"spooled":true,"id":"<id>"} and a newline; a spool's IDs are hex
+// digits, written as they are, and any other ID is encoded by
+// encoding/json.
 func writeSpooled(w http.ResponseWriter, id string, attempts int) {
-	body := spooledAnswer(id)
+	const head, tail = `{"spooled":true,"id":"`, "\"}\n"
+	var body []byte // an ID that needs encoding/json's escapes
+	n := len(head) + len(id) + len(tail)
+	if !plainID(id) {
+		body, _ = json.Marshal(struct {
+			Spooled bool   `json:"spooled"`
+			ID      string `json:"id"`
+		}{true, id})
+		body = append(body, '\n')
+		n = len(body)
+	}
 	hd := w.Header()
-	vals := make([]string, 2) // one allocation for both fields' values
-	vals[0], vals[1] = id, contentLength(len(body))
-	hd[HeaderSpoolID] = vals[0:1:1]
+	hd[HeaderSpoolID] = []string{id}
 	if attempts > 0 {
 		hd.Set(HeaderAttempts, strconv.Itoa(attempts))
 	}
 	// The constant values are shared: nothing changes a value in place.
 	hd["Content-Type"] = jsonContentType
 	hd["Cache-Control"] = noStore
-	hd["Content-Length"] = vals[1:2:2]
+	hd["Content-Length"] = contentLength(n)
 	w.WriteHeader(http.StatusAccepted)
-	w.Write(body)
+	if body != nil {
+		w.Write(body)
+		return
+	}
+	// In pieces, into the server's buffer: nothing to allocate.
+	io.WriteString(w, head)
+	io.WriteString(w, id)
+	io.WriteString(w, tail)
+}
+
+// plainID reports whether id's characters need no escape in JSON.
+func plainID(id string) bool {
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 var (
@@ -315,41 +345,21 @@ var (
 	noStore         = []string{"no-store"}
 )
 
-// contentLengths holds the decimal strings of the 202 bodies' usual
-// lengths (a spool ID's length is fixed per backend), made once.
-var contentLengths = func() (s [128]string) {
+// contentLengths holds the Content-Length values of the 202 bodies'
+// usual lengths (a spool ID's length is fixed per backend), made once.
+var contentLengths = func() (s [128][]string) {
 	for i := range s {
-		s[i] = strconv.Itoa(i)
+		s[i] = []string{strconv.Itoa(i)}
 	}
 	return s
 }()
 
-// contentLength is n in decimal, without allocating for the usual n.
-func contentLength(n int) string {
+// contentLength is the Content-Length value of n, shared for the usual n.
+func contentLength(n int) []string {
 	if n < len(contentLengths) {
 		return contentLengths[n]
 	}
-	return strconv.Itoa(n)
-}
-
-// spooledAnswer is the body of a 202: {"spooled":true,"id":"<id>"} and a
-// newline. A spool's IDs are hex digits, written as they are; any other
-// ID is encoded by encoding/json.
-func spooledAnswer(id string) []byte {
-	const head, tail = `{"spooled":true,"id":"`, "\"}\n"
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-' || c == '_') {
-			b, _ := json.Marshal(struct {
-				Spooled bool   `json:"spooled"`
-				ID      string `json:"id"`
-			}{true, id})
-			return append(b, '\n')
-		}
-	}
-	b := make([]byte, 0, len(head)+len(id)+len(tail))
-	b = append(b, head...)
-	b = append(b, id...)
-	return append(b, tail...)
+	return []string{strconv.Itoa(n)}
 }
 
 // newMessage is what the spool keeps of r: method, the target as it is
@@ -357,12 +367,18 @@ func spooledAnswer(id string) []byte {
 // Sidecar-* ones, with X-Forwarded-For appended as a proxied request gets
 // it, the body, and the idempotency key (the app's, or a new random one).
 // once reports that the route de-duplicates and the key is the app's.
-func newMessage(r *http.Request, rt *Route, body []byte) (msg *spool.Message, once bool) {
+// The message is pooled: the caller hands it back with release once the
+// request is answered.
+func newMessage(r *http.Request, rt *Route, body []byte) (m *asyncMessage, once bool) {
 	a := rt.async
+	m = asyncMessages.Get().(*asyncMessage)
 	// The value slices are the request's, shared: below, fields are only
 	// deleted or replaced, never changed in place, and the store encodes
 	// the message before Append returns, keeping none of it.
-	hd := make(http.Header, len(r.Header)+2)
+	hd := m.header
+	if hd == nil {
+		hd = make(http.Header, len(r.Header)+2)
+	}
 	for k, vv := range r.Header {
 		if !strings.HasPrefix(k, "Sidecar-") {
 			hd[k] = vv
@@ -373,16 +389,22 @@ func newMessage(r *http.Request, rt *Route, body []byte) (msg *spool.Message, on
 		if prior := hd["X-Forwarded-For"]; len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip
 		}
-		hd.Set("X-Forwarded-For", ip)
+		m.vals[0] = ip
+		hd["X-Forwarded-For"] = m.vals[0:1:1]
 	}
 	if rt.preserveHost {
-		hd.Set("Host", r.Host)
+		m.vals[1] = r.Host
+		hd["Host"] = m.vals[1:2:2]
 	}
-	key := hd.Get(a.idemHeader)
+	var key string
+	if v := hd[a.idemHeader]; len(v) > 0 {
+		key = v[0]
+	}
 	once = a.dedupe && key != "" // only the app's own keys repeat
 	if key == "" {
 		key = newIdempotencyKey()
-		hd.Set(a.idemHeader, key)
+		m.vals[2] = key
+		hd[a.idemHeader] = m.vals[2:3:3]
 	}
 	target := r.URL.RequestURI()
 	if p := cleanPath(r.URL.Path); p != r.URL.Path {
@@ -390,7 +412,8 @@ func newMessage(r *http.Request, rt *Route, body []byte) (msg *spool.Message, on
 		u.Path, u.RawPath = p, ""
 		target = u.RequestURI()
 	}
-	return &spool.Message{
+	m.header = hd
+	m.Message = spool.Message{
 		Route:          rt.Name,
 		Method:         r.Method,
 		Target:         target,
@@ -399,14 +422,44 @@ func newMessage(r *http.Request, rt *Route, body []byte) (msg *spool.Message, on
 		IdempotencyKey: key,
 		TraceParent:    r.Header.Get("Traceparent"),
 		Arrived:        time.Now(),
-	}, once
+	}
+	return m, once
+}
+
+// asyncMessage is a spooled request's message with its header map and
+// room for the values newMessage adds, pooled: a store keeps nothing of
+// a message's Header once Append returns (spool.Store).
+type asyncMessage struct {
+	spool.Message
+	header http.Header
+	vals   [3]string // X-Forwarded-For, Host, the idempotency key
+}
+
+var asyncMessages = sync.Pool{New: func() any { return new(asyncMessage) }}
+
+// maxPooledHeader is the most fields a pooled message's header map keeps
+// room for: a map grown past it by an unusual request is dropped.
+const maxPooledHeader = 32
+
+// release returns m to the pool; nothing of it may be used after.
+func (m *asyncMessage) release() {
+	if len(m.header) > maxPooledHeader {
+		m.header = nil
+	} else {
+		clear(m.header)
+	}
+	m.Message = spool.Message{}
+	m.vals = [3]string{}
+	asyncMessages.Put(m)
 }
 
 // newIdempotencyKey returns 32 random hex digits.
 func newIdempotencyKey() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	var s [2 * len(b)]byte
+	hex.Encode(s[:], b[:])
+	return string(s[:]) // one allocation, where EncodeToString makes two
 }
 
 // hopByHop are the headers that only concern one connection (RFC 9110

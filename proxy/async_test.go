@@ -7,7 +7,9 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -569,15 +571,58 @@ func TestAsyncStalledDisk(t *testing.T) {
 }
 
 // TestSpooledAnswer: the 202's body is the JSON encoding/json writes,
-// for a spool's hex IDs and for any other.
+// for a spool's hex IDs and for any other, and its Content-Length is the
+// body's.
 func TestSpooledAnswer(t *testing.T) {
 	for _, id := range []string{"0188d2a3b4c5d6e7f8a9b0c1", "a-b_C", "", `q"uote\</>&`, "é"} {
 		want, _ := json.Marshal(struct {
 			Spooled bool   `json:"spooled"`
 			ID      string `json:"id"`
 		}{true, id})
-		if got := string(spooledAnswer(id)); got != string(want)+"\n" {
-			t.Errorf("spooledAnswer(%q) = %q, want %q", id, got, want)
+		w := httptest.NewRecorder()
+		writeSpooled(w, id, 0)
+		if got := w.Body.String(); got != string(want)+"\n" {
+			t.Errorf("writeSpooled(%q) wrote %q, want %q", id, got, want)
 		}
+		if got, want := w.Header().Get("Content-Length"), strconv.Itoa(w.Body.Len()); got != want {
+			t.Errorf("writeSpooled(%q): Content-Length %s, want %s", id, got, want)
+		}
+		if w.Code != http.StatusAccepted || w.Header().Get(HeaderSpoolID) != id {
+			t.Errorf("writeSpooled(%q): status %d, %s %q", id, w.Code, HeaderSpoolID, w.Header().Get(HeaderSpoolID))
+		}
+	}
+}
+
+// TestPooledMessageHeaders: a message's header map is pooled, and the
+// next request's message holds only its own fields; releasing a message
+// leaves the request it was made from untouched.
+func TestPooledMessageHeaders(t *testing.T) {
+	rt := &Route{Name: "ev", async: &asyncPolicy{idemHeader: "Idempotency-Key"}}
+	first := httptest.NewRequest("POST", "/a", nil)
+	first.RemoteAddr = "127.0.0.1:5000"
+	first.Header.Set("X-First", "1")
+	first.Header.Set("Idempotency-Key", "k1")
+	m, _ := newMessage(first, rt, nil)
+	if got := m.Header.Get("X-First"); got != "1" || m.IdempotencyKey != "k1" {
+		t.Fatalf("first message: X-First %q, key %q", got, m.IdempotencyKey)
+	}
+	m.release()
+	if got := first.Header.Get("X-First"); got != "1" {
+		t.Errorf("release changed the request's header: X-First %q", got)
+	}
+	for range 10 { // the pool may hand out another message; try a few
+		second := httptest.NewRequest("POST", "/b", nil)
+		second.RemoteAddr = "127.0.0.2:5000"
+		m, _ := newMessage(second, rt, nil)
+		if _, ok := m.Header["X-First"]; ok {
+			t.Fatalf("second message holds the first's field: %v", m.Header)
+		}
+		if m.IdempotencyKey == "k1" || m.Header.Get("Idempotency-Key") != m.IdempotencyKey {
+			t.Fatalf("second message's key %q, header %q", m.IdempotencyKey, m.Header.Get("Idempotency-Key"))
+		}
+		if got := m.Header.Get("X-Forwarded-For"); got != "127.0.0.2" {
+			t.Fatalf("second message's X-Forwarded-For %q", got)
+		}
+		m.release()
 	}
 }

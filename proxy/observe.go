@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -118,6 +119,17 @@ func (x *exchange) Write(p []byte) (int, error) {
 		x.status = http.StatusOK
 	}
 	n, err := x.w.Write(p)
+	x.bytes += int64(n)
+	return n, err
+}
+
+// WriteString writes s as Write does, without converting it to bytes
+// when the app's writer takes strings.
+func (x *exchange) WriteString(s string) (int, error) {
+	if x.status == 0 {
+		x.status = http.StatusOK
+	}
+	n, err := io.WriteString(x.w, s)
 	x.bytes += int64(n)
 	return n, err
 }

@@ -223,7 +223,9 @@ func formatID(key uint64, lo uint32) string {
 		b[i] = byte(key >> (56 - 8*i))
 	}
 	b[8], b[9], b[10], b[11] = byte(lo>>24), byte(lo>>16), byte(lo>>8), byte(lo)
-	return hex.EncodeToString(b[:])
+	var s [2 * len(b)]byte
+	hex.Encode(s[:], b[:])
+	return string(s[:]) // one allocation, where EncodeToString makes two
 }
 
 // lookupLocked returns the live slot of id, or nil.

@@ -6,6 +6,12 @@
 //
 //	go run ./bench/fsyncrate -dir /var/tmp -duration 10s -size 1024
 //
+// With -prezero N the file is first filled with N bytes of zeros and
+// synced, and the records overwrite it from the start (wrapping around):
+// the file's size never changes, so an fdatasync has only the data to
+// persist, not the file's size, as a log written into preallocated,
+// zeroed segments would.
+//
 // The file is created in -dir (which must be on the disk under test) and
 // removed at the end. The result is one JSON
 // line on stdout: syncs per second and the p50/p99/max of one write+sync.
@@ -26,6 +32,7 @@ type result struct {
 	Dir       string  `json:"dir"`
 	Size      int     `json:"size"`
 	Sync      string  `json:"sync"`
+	Prezero   int64   `json:"prezero,omitempty"`
 	DurationS float64 `json:"duration_s"`
 	Syncs     int     `json:"syncs"`
 	PerSec    float64 `json:"syncs_per_s"`
@@ -41,16 +48,20 @@ func main() {
 	warmup := flag.Duration("warmup", time.Second, "unrecorded run first")
 	mode := flag.String("sync", "fdatasync", "fdatasync or fsync")
 	maxOps := flag.Int("max", 10_000_000, "upper bound on measured syncs")
+	prezero := flag.Int64("prezero", 0, "bytes of zeros written and synced first, then overwritten in place (0: append)")
 	flag.Parse()
-	if err := run(*dir, *size, *duration, *warmup, *mode, *maxOps); err != nil {
+	if err := run(*dir, *size, *duration, *warmup, *mode, *maxOps, *prezero); err != nil {
 		fmt.Fprintln(os.Stderr, "fsyncrate:", err)
 		os.Exit(2)
 	}
 }
 
-func run(dir string, size int, duration, warmup time.Duration, mode string, maxOps int) error {
+func run(dir string, size int, duration, warmup time.Duration, mode string, maxOps int, prezero int64) error {
 	if size <= 0 || duration <= 0 || maxOps <= 0 {
 		return fmt.Errorf("-size, -duration and -max must be positive")
+	}
+	if prezero != 0 && prezero < int64(size) {
+		return fmt.Errorf("-prezero %d: want 0 or at least -size (%d)", prezero, size)
 	}
 	var syncFn func(fd int) error
 	switch mode {
@@ -72,10 +83,31 @@ func run(dir string, size int, duration, warmup time.Duration, mode string, maxO
 	for i := range buf {
 		buf[i] = byte(i)
 	}
+	var off int64 // the next record's offset, with -prezero
+	if prezero > 0 {
+		zeros := make([]byte, 1<<20)
+		for n := int64(0); n < prezero; n += int64(len(zeros)) {
+			if _, err := f.Write(zeros[:min(int64(len(zeros)), prezero-n)]); err != nil {
+				return err
+			}
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
 	// One record: append, then sync; the file grows as a log does, so
-	// each fdatasync also has to persist the new size.
+	// each fdatasync also has to persist the new size. With -prezero the
+	// record overwrites zeros instead.
 	op := func() error {
-		if _, err := f.Write(buf); err != nil {
+		if prezero > 0 {
+			if off+int64(size) > prezero {
+				off = 0
+			}
+			if _, err := f.WriteAt(buf, off); err != nil {
+				return err
+			}
+			off += int64(size)
+		} else if _, err := f.Write(buf); err != nil {
 			return err
 		}
 		return syncFn(fd)
@@ -99,7 +131,7 @@ func run(dir string, size int, duration, warmup time.Duration, mode string, maxO
 		lat = append(lat, time.Since(t0))
 	}
 	elapsed := time.Since(start)
-	res := result{Dir: dir, Size: size, Sync: mode, DurationS: stats.Round1(elapsed.Seconds()), Syncs: len(lat)}
+	res := result{Dir: dir, Size: size, Sync: mode, Prezero: prezero, DurationS: stats.Round1(elapsed.Seconds()), Syncs: len(lat)}
 	if len(lat) > 0 {
 		res.PerSec = stats.Round1(float64(len(lat)) / elapsed.Seconds())
 		slices.Sort(lat)

@@ -160,13 +160,17 @@ func (s *FileStore) keepKeysLocked(k *routeKeys, now int64, kept, next time.Dura
 	var seg *segment // consecutive keys are mostly in one segment
 	for _, r := range k.queue[k.head:] {
 		e := r.e
-		if e.seg == 0 || k.byKey[r.key] != e {
-			continue // being committed, failed or replaced
-		}
-		if now-e.at > int64(kept) {
-			delete(k.byKey, r.key) // its queue entry expires at the head
+		switch {
+		case e.seg == 0:
+			continue // being committed
+		case now-e.at > int64(kept): // a failed commit's too (at 0)
+			if k.byKey[r.key] == e {
+				delete(k.byKey, r.key) // its queue entry expires at the head
+			}
 			continue
 		}
+		// A key replaced by a later message of it (past its window)
+		// keeps its segment too: harmless, and no map lookup per key.
 		if seg == nil || seg.seq != e.seg {
 			if seg = s.segBySeq(uint32(e.seg)); seg == nil {
 				continue

@@ -32,15 +32,22 @@ import (
 // Recovery rebuilds the keys from the message records. So a repeat within
 // the window is answered with the first ID after any restart or crash,
 // whether the first message is pending, dead, delivered or deleted.
-// A window changed by SetRouteLimits (a reload) applies to the keys held:
-// they expire by the new one. A window turned off (0) keeps the keys,
-// but no Append looks them up or adds one, and Duplicate reports none;
-// they expire by the window they were added under, at each
+// A window changed by SetRouteLimits (a reload) applies to the keys held
+// within the old one: they expire by the new one, on disk as in memory.
+// A longer window keeps the segments holding their records until it has
+// passed (a key already past the old window is dropped, not brought
+// back: its segment may be gone). A shorter one leaves those segments
+// kept until the old window has passed, which is harmless; a restart
+// keeps them for the new one only. A window turned off (0) keeps the
+// keys, but no Append looks them up or adds one, and Duplicate reports
+// none; they expire by the window they were added under, at each
 // SetRouteLimits, so a route whose window stays off ends up holding
-// none. Turned on again, they de-duplicate as before for what is left of
-// that window, then by the new window. A restart while the window is
-// off forgets them: recovery only rebuilds the keys of a route whose
-// window is on.
+// none, and their segments are kept for that window, also the segment
+// of a key whose commit ends after the window was turned off. Turned on
+// again, they de-duplicate as before for what is left of that window,
+// then by the new window (as for a changed window, a longer one keeps
+// their segments longer). A restart while the window is off forgets
+// them: recovery only rebuilds the keys of a route whose window is on.
 //
 // A plain Append neither looks its key up nor keeps it (the proxy uses
 // it for keys it stamped itself, which never repeat); but recovery
@@ -114,22 +121,62 @@ func (s *FileStore) keysLocked(ri *routeIndex) *routeKeys {
 // windowChangedLocked applies a change of ri's window from prev (see
 // above): keys turned off, or kept off, or on again after being off,
 // expire by the window they were added under; a route left off without
-// keys drops its routeKeys.
+// keys drops its routeKeys. A window that grows past the one the keys
+// were kept for (prev, or while off the window they were added under)
+// first drops the keys past that one, then keeps the segments holding
+// the others' records until the new window has passed, so that a restart
+// within it still finds them; the cost is proportional to the route's
+// keys. A shorter window leaves the segments kept for the longer one.
 func (s *FileStore) windowChangedLocked(ri *routeIndex, prev time.Duration) {
 	k := ri.keys
 	if k == nil {
 		return
 	}
 	next := ri.limits.DedupeWindow
+	kept := k.window // the window the keys' segments are kept for
 	if prev > 0 {
-		k.window = prev
-		if next > 0 {
+		k.window, kept = prev, prev
+		if next > 0 && next <= prev {
 			return // they expire lazily, by next
 		}
 	}
-	k.expire(timeToNanos(s.now()), k.window)
+	now := timeToNanos(s.now())
+	k.expire(now, kept)
+	if next > kept {
+		s.keepKeysLocked(k, now, kept, next)
+	}
 	if next <= 0 && len(k.byKey) == 0 && k.head == len(k.queue) {
 		ri.keys = nil
+	}
+}
+
+// keepKeysLocked keeps the segments holding the records of k's committed
+// keys until next has passed for each, and drops the keys past kept, the
+// window their segments were kept for so far: expire stops at a key
+// being committed, and the ones behind it may be past kept (their segment
+// may be gone). A key being committed is kept by its commit, under the
+// route's window then.
+func (s *FileStore) keepKeysLocked(k *routeKeys, now int64, kept, next time.Duration) {
+	var seg *segment // consecutive keys are mostly in one segment
+	for _, r := range k.queue[k.head:] {
+		e := r.e
+		switch {
+		case e.seg == 0:
+			continue // being committed
+		case now-e.at > int64(kept): // a failed commit's too (at 0)
+			if k.byKey[r.key] == e {
+				delete(k.byKey, r.key) // its queue entry expires at the head
+			}
+			continue
+		}
+		// A key replaced by a later message of it (past its window)
+		// keeps its segment too: harmless, and no map lookup per key.
+		if seg == nil || seg.seq != e.seg {
+			if seg = s.segBySeq(uint32(e.seg)); seg == nil {
+				continue
+			}
+		}
+		seg.keep = max(seg.keep, e.at+int64(next))
 	}
 }
 
@@ -201,7 +248,13 @@ func (s *FileStore) endDedupeLocked(e *dedupeEntry, m *Message, seg *segment) {
 	if seg != nil {
 		e.seg = seg.seq
 		_, ri, _ := s.routeLocked(m.Route)
-		seg.keep = max(seg.keep, e.at+int64(ri.limits.DedupeWindow))
+		window := ri.limits.DedupeWindow
+		if window <= 0 && ri.keys != nil {
+			// Turned off by a reload during the commit: the key is
+			// kept for the window it was added under (see above).
+			window = ri.keys.window
+		}
+		seg.keep = max(seg.keep, e.at+int64(window))
 	} else {
 		if _, ri, _ := s.routeLocked(m.Route); ri.keys != nil && ri.keys.byKey[m.IdempotencyKey] == e {
 			delete(ri.keys.byKey, m.IdempotencyKey)

@@ -336,3 +336,123 @@ func TestDedupeRepeatOnStalledDisk(t *testing.T) {
 		t.Fatalf("repeat once the disk answered = %s, duplicate %v; want %s, true", id, dup, first.ID)
 	}
 }
+
+// fillSettled appends and acks n messages without a key, about 1 KB each,
+// so that every earlier segment whose messages are settled would be
+// collected.
+func fillSettled(t *testing.T, s *FileStore, n int) {
+	t.Helper()
+	for i := range n {
+		m := &Message{Route: "r", Method: "POST", Target: "/e", Body: make([]byte, 1000)}
+		if err := s.Append(t.Context(), m); err != nil {
+			t.Fatalf("Append(fill %d) = %v", i, err)
+		}
+		if err := s.Ack(m.ID); err != nil {
+			t.Fatalf("Ack(fill %d) = %v", i, err)
+		}
+	}
+}
+
+// A window lengthened by a reload keeps the keys within the old window
+// until the new one has passed, on disk as in memory: a reopen after the
+// old window, with every message settled, still answers their repeats. A
+// key already past the old window when the reload comes is not brought
+// back.
+func TestDedupeLengthenedWindowSurvivesReopen(t *testing.T) {
+	c := newTestClock()
+	dir := t.TempDir()
+	s := open(t, dir, dedupeOpts(c, time.Minute))
+	past, _ := appendID(t, s, keyed("r", "past", "x"))
+	c.advance(50 * time.Second)
+	first, _ := appendID(t, s, keyed("r", "k", "one"))
+	for _, id := range []string{past, first} {
+		if err := s.Ack(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.advance(20 * time.Second) // "past" has left its 1m window, k has not
+
+	long := dedupeOpts(c, 10*time.Minute)
+	s.SetRouteLimits(long.Routes)
+	if id, dup := appendID(t, s, keyed("r", "past", "y")); dup || id == past {
+		t.Errorf("AppendOnce(past) after a reload that lengthens the window, the key 70s old = %s, duplicate %v; want a new message", id, dup)
+	}
+	c.advance(2 * time.Minute) // past the old window, within the new one
+	fillSettled(t, s, 20)
+	if id, dup := appendID(t, s, keyed("r", "k", "two")); !dup || id != first {
+		t.Fatalf("AppendOnce(k) within the lengthened window = %s, duplicate %v; want %s, true", id, dup, first)
+	}
+	s = reopen(t, s, long)
+	if id, dup := appendID(t, s, keyed("r", "k", "three")); !dup || id != first {
+		t.Fatalf("AppendOnce(k) after a reopen within the lengthened window = %s, duplicate %v; want %s, true", id, dup, first)
+	}
+	// Past the new window the segment goes.
+	c.advance(8 * time.Minute)
+	fillSettled(t, s, 20)
+	if id, dup := appendID(t, s, keyed("r", "k", "four")); dup || id == first {
+		t.Fatalf("AppendOnce(k) past the lengthened window = %s, duplicate %v; want a new message", id, dup)
+	}
+	s = reopen(t, s, long)
+	if id, ok, _ := s.Duplicate(t.Context(), "r", "k"); !ok || id == first {
+		t.Fatalf("Duplicate(k) after the last reopen = %s, %v; want the new message's ID", id, ok)
+	}
+}
+
+// A window turned off and on again with a longer one keeps the keys seen
+// before for the new window, on disk as in memory.
+func TestDedupeOnAgainLongerSurvivesReopen(t *testing.T) {
+	c := newTestClock()
+	dir := t.TempDir()
+	s := open(t, dir, dedupeOpts(c, time.Minute))
+	first, _ := appendID(t, s, keyed("r", "k", "one"))
+	if err := s.Ack(first); err != nil {
+		t.Fatal(err)
+	}
+	s.SetRouteLimits(map[string]Limits{"r": {}})
+	c.advance(30 * time.Second)
+	long := dedupeOpts(c, 10*time.Minute)
+	s.SetRouteLimits(long.Routes)
+	c.advance(2 * time.Minute)
+	fillSettled(t, s, 20)
+	s = reopen(t, s, long)
+	if id, dup := appendID(t, s, keyed("r", "k", "two")); !dup || id != first {
+		t.Fatalf("AppendOnce(k) after a reopen, on again with a longer window = %s, duplicate %v; want %s, true", id, dup, first)
+	}
+}
+
+// An AppendOnce being committed while a reload turns the window off keeps
+// its key, in memory and on disk, for the window it was added under:
+// turned on again, its repeat is answered with its ID, after a reopen
+// too, although every message was settled while the window was off.
+func TestDedupeCommitWhileTurnedOff(t *testing.T) {
+	ffs := &faultFS{}
+	c := newTestClock()
+	dir := t.TempDir()
+	opts := dedupeOpts(c, time.Minute)
+	opts.FS = ffs
+	s := open(t, dir, opts)
+	stalled, release := ffs.stallSyncs()
+	defer release()
+	first := keyed("r", "k", "one")
+	errc := make(chan error, 1)
+	go func() { errc <- s.AppendOnce(t.Context(), first) }()
+	<-stalled // being committed
+	s.SetRouteLimits(map[string]Limits{"r": {}})
+	release()
+	if err := <-errc; err != nil {
+		t.Fatalf("AppendOnce while the window was turned off = %v", err)
+	}
+	if err := s.Ack(first.ID); err != nil {
+		t.Fatal(err)
+	}
+	c.advance(10 * time.Second)
+	fillSettled(t, s, 20)
+	s.SetRouteLimits(opts.Routes)
+	if id, dup := appendID(t, s, keyed("r", "k", "two")); !dup || id != first.ID {
+		t.Fatalf("AppendOnce(k) on again = %s, duplicate %v; want %s, true", id, dup, first.ID)
+	}
+	s = reopen(t, s, opts)
+	if id, dup := appendID(t, s, keyed("r", "k", "three")); !dup || id != first.ID {
+		t.Fatalf("AppendOnce(k) after a reopen, on again = %s, duplicate %v; want %s, true", id, dup, first.ID)
+	}
+}

@@ -1,8 +1,10 @@
 package jsstore_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -178,6 +180,78 @@ func TestDedupeWindowSetsStreamDuplicates(t *testing.T) {
 		t.Fatalf("Open(create false, window 1h) = %v", err)
 	}
 	s.Close()
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written from several
+// goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// A reload that lengthens a route's dedupe window past the stream's
+// duplicate window makes the stream's as long with create; one that
+// shortens it leaves the stream's. Without create the stream is left as
+// it is and the shortfall is logged, naming dedupe_window.
+func TestDedupeReloadLengthensStreamDuplicates(t *testing.T) {
+	srv := startServer(t, t.TempDir(), 0)
+	routes := func(w time.Duration) map[string]jsstore.RouteOptions {
+		return map[string]jsstore.RouteOptions{"r": {DedupeWindow: w}}
+	}
+	s := openStore(t, srv, jsstore.Options{Stream: "RELOADW", Routes: routes(10 * time.Minute)})
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	duplicates := func() time.Duration {
+		t.Helper()
+		str, err := js.Stream(t.Context(), "RELOADW")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return str.CachedInfo().Config.Duplicates
+	}
+	if d := duplicates(); d != 10*time.Minute {
+		t.Fatalf("stream duplicate window at open = %v, want 10m", d)
+	}
+	s.SetRoutes(routes(time.Hour))
+	if d := duplicates(); d != time.Hour {
+		t.Fatalf("stream duplicate window after a reload to 1h = %v, want 1h", d)
+	}
+	s.SetRoutes(routes(5 * time.Minute))
+	if d := duplicates(); d != time.Hour {
+		t.Fatalf("stream duplicate window after a reload to 5m = %v, want 1h (not shortened)", d)
+	}
+
+	var logs lockedBuffer
+	fixed, err := jsstore.Open(t.Context(), jsstore.Options{URL: srv.ClientURL(), Stream: "RELOADW", Create: false,
+		Routes: routes(time.Hour), Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		ConnectTimeout: 5 * time.Second, RequestTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("Open(create false) = %v", err)
+	}
+	defer fixed.Close()
+	fixed.SetRoutes(routes(2 * time.Hour))
+	if d := duplicates(); d != time.Hour {
+		t.Fatalf("stream duplicate window after a reload to 2h without create = %v, want 1h", d)
+	}
+	if got := logs.String(); !strings.Contains(got, "dedupe_window") || !strings.Contains(got, "level=ERROR") {
+		t.Fatalf("log after a reload to 2h without create = %q, want an error naming dedupe_window", got)
+	}
 }
 
 // dedupeIDs differ per route and key.

@@ -75,8 +75,10 @@
 // sidecar, won a race) is answered alike. So the original's ID needs no
 // local state and no read of the removed message. The stream's duplicate
 // window (Duplicates, default 2 minutes) is made at least the longest
-// DedupeWindow at Open with Options.Create; without Create a shorter one
-// makes Open fail. IDs of de-duplicated messages repeat when a key is used
+// DedupeWindow at Open with Options.Create, and by SetRoutes (a reload)
+// when a window grows past it; it is never shortened. Without Create a
+// shorter one makes Open fail, and SetRoutes logs an error and leaves the
+// stream as it is. IDs of de-duplicated messages repeat when a key is used
 // again after its message is gone and the window has passed.
 //
 // # Consumers

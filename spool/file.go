@@ -861,8 +861,6 @@ func (s *FileStore) Shutdown(ctx context.Context) error {
 		e.Unconfirmed = s.resMsgs
 		s.mu.Unlock()
 	}
-	s.log.Error("spool: the disk did not finish writing before the close's deadline; leaving the writer to it",
-		"dir", s.dir, "waited", e.Waited.String(), "unconfirmed", e.Unconfirmed)
 	return e
 }
 

@@ -874,8 +874,8 @@ type StalledError struct {
 	Waited time.Duration
 	// Unconfirmed counts the messages whose Append had not been
 	// confirmed: their Appends returned ErrUnconfirmed, or still wait.
-	// They may still be stored. -1 means unknown: a read of the stalled
-	// disk held the store.
+	// They may still be stored. -1 means unknown: the store's lock was
+	// held at that moment, as a read of the stalled disk holds it.
 	Unconfirmed int64
 	// Err is the cause of the context's end.
 	Err error

@@ -570,6 +570,49 @@ func TestAsyncStalledDisk(t *testing.T) {
 	spooled(t, resp, body)
 }
 
+// TestShutdownWithDelivererOnStalledDisk: a deliverer whose Ack waits
+// for a disk that stalls does not hold Shutdown past its context and
+// cancelWait: Shutdown says so and returns; the deliverer is left to the
+// disk, and its Ack is committed once the disk answers.
+func TestShutdownWithDelivererOnStalledDisk(t *testing.T) {
+	sfs := &stallFS{}
+	st := openStore(t, t.TempDir(), spool.FileOptions{FS: sfs})
+	reached, answer := make(chan struct{}, 1), make(chan struct{})
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case reached <- struct{}{}:
+		default:
+		}
+		select {
+		case <-answer:
+		case <-r.Context().Done():
+		}
+	})
+	sc := startSidecarWith(t, asyncRoute(`when: always`), []Option{WithSpool(st)}, up)
+	resp, body := send(t, "POST", sc.url("/e"), []byte("x"))
+	spooled(t, resp, body)
+	<-reached // the deliverer has the message
+	release := sfs.start()
+	defer release()
+	close(answer) // the upstream answers 200: the deliverer acks it
+	<-sfs.stalled // and its Ack waits for the disk
+
+	const bound = 100 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	start := time.Now()
+	err := sc.srv.Shutdown(ctx)
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "waits for the spool") {
+		t.Errorf("Shutdown(%v) with an Ack on a stalled disk = %v, want an error saying a deliverer still waits for the spool", bound, err)
+	}
+	if limit := bound + cancelWait + 5*time.Second; took > limit {
+		t.Errorf("Shutdown(%v) with an Ack on a stalled disk took %v, want less than %v", bound, took, limit)
+	}
+	release()
+	poll.Until(t, 10*time.Second, "the Ack committed once the disk answers", func() bool { return depth(st) == 0 })
+}
+
 // TestSpooledAnswer: the 202's body is the JSON encoding/json writes,
 // for a spool's hex IDs and for any other, and its Content-Length is the
 // body's.

@@ -236,7 +236,10 @@ func (g *deliveryGroup) status() map[string]DeliveryStatus {
 // shutdown stops the deliverers: no new delivery starts, and those in
 // flight may finish until ctx ends; then they are canceled, and their
 // messages stay pending. It returns once every deliverer, retired ones
-// included, has returned.
+// included, has returned, or cancelWait after ctx ended: a deliverer
+// that the spool holds (an Ack waiting for a disk that stalls, or a read
+// of it) returns only when the disk answers, and must not keep the
+// process from exiting. It is left running; its message stays pending.
 func (g *deliveryGroup) shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	if g.closed {
@@ -254,16 +257,26 @@ func (g *deliveryGroup) shutdown(ctx context.Context) error {
 		g.wg.Wait()
 		close(done)
 	}()
-	var err error
 	select {
 	case <-done:
+		g.cancel()
+		return nil
 	case <-ctx.Done():
-		err = fmt.Errorf("spool deliveries canceled: %w", ctx.Err())
 	}
 	g.cancel()
-	<-done
-	return err
+	t := time.NewTimer(cancelWait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return fmt.Errorf("spool deliveries canceled: %w", ctx.Err())
+	case <-t.C:
+		return fmt.Errorf("spool deliveries canceled: %w; a deliverer still waits for the spool %v later (a disk that stalls?) and is left to it", ctx.Err(), cancelWait)
+	}
 }
+
+// cancelWait is how long shutdown waits for the deliverers it canceled:
+// a canceled delivery returns at once, unless the spool holds it.
+const cancelWait = time.Second
 
 // DeliveryStatus is a snapshot of one async route's deliverer. The counts
 // are since the Server started.

@@ -544,7 +544,10 @@ func (s *Server) retireLocked(b *boundListener, drain time.Duration) {
 }
 
 // Shutdown stops accepting, waits for requests in flight until ctx ends,
-// then closes what remains.
+// then closes what remains. The spool's deliverers stop likewise; one
+// that the spool holds (a disk that stalls) is left running a second
+// after ctx ends, and said so in the error. Shutdown does not close the
+// spool: its opener does.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true

@@ -38,7 +38,8 @@ func (s *FileStore) enqueue(req *request) {
 
 // run is the writer goroutine: it takes everything queued, writes it in
 // one write per segment, syncs once, applies it to the index and wakes the
-// waiters. It stops when Close closes s.stop, after draining the queue.
+// waiters. It stops when Shutdown closes s.stop, after draining the
+// queue, and closes the files.
 func (s *FileStore) run() {
 	defer close(s.done)
 	defer func() {
@@ -90,6 +91,10 @@ func (s *FileStore) run() {
 			if timer != nil {
 				timer.Stop()
 			}
+			// The writer closes the files, not Shutdown: one that gave
+			// up on a stalled disk leaves them, and the directory's
+			// lock, to the writer, which may still write.
+			s.closeErr = s.closeFiles()
 			return
 		}
 		if retry == nil && delay > 0 && s.isFailed() {

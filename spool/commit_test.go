@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -419,5 +420,132 @@ func TestLongOutageAddsNoSegments(t *testing.T) {
 	}
 	if got, want := ids(t, s, Pending), append(good, m.ID); !slices.Equal(got, want) {
 		t.Errorf("pending after the outage = %v, want %v", got, want)
+	}
+}
+
+// TestShutdownOnStalledDisk: Shutdown gives up on a stalled fsync when
+// its context ends, with a *StalledError naming the directory and the
+// unconfirmed message; the directory stays locked while the writer
+// waits for the disk, and once the disk answers a reopen recovers every
+// acknowledged message, and the unconfirmed one that was written.
+func TestShutdownOnStalledDisk(t *testing.T) {
+	dir := t.TempDir()
+	ffs := &faultFS{}
+	s, err := OpenFile(dir, FileOptions{FS: ffs})
+	if err != nil {
+		t.Fatalf("OpenFile(%q) = %v, want nil", dir, err)
+	}
+	acked := appendN(t, s, "r", 3, 100)
+	stalled, release := ffs.stallSyncs()
+	defer release()
+	m := &Message{Route: "r", Body: []byte("unconfirmed")}
+	appended := make(chan error, 1)
+	go func() { appended <- s.Append(context.Background(), m) }()
+	<-stalled // the writer waits for the disk with m
+
+	const bound = 100 * time.Millisecond
+	ctx, cancel := context.WithTimeout(t.Context(), bound)
+	defer cancel()
+	start := time.Now()
+	err = s.Shutdown(ctx)
+	took := time.Since(start)
+	var se *StalledError
+	if !errors.As(err, &se) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown(%v) on a stalled disk = %v, want a *StalledError wrapping the deadline", bound, err)
+	}
+	if se.Dir != dir || se.Unconfirmed != 1 || !strings.Contains(err.Error(), dir) {
+		t.Errorf("Shutdown(%v) = %+v (%q), want Dir %s and 1 unconfirmed message", bound, se, err, dir)
+	}
+	if took > bound+5*time.Second {
+		t.Errorf("Shutdown(%v) on a stalled disk took %v, want about its bound", bound, took)
+	}
+	if err := s.Close(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Close() after Shutdown = %v, want ErrClosed", err)
+	}
+	// The writer may still write: the directory is not free yet.
+	if s2, err := OpenFile(dir, FileOptions{}); !errors.Is(err, ErrLocked) {
+		if err == nil {
+			s2.Close()
+		}
+		t.Fatalf("OpenFile(%q) while the writer waits for the disk = %v, want ErrLocked", dir, err)
+	}
+	select {
+	case err := <-appended:
+		t.Fatalf("Append during the stall returned %v before the disk answered, want it to wait (no AppendWait)", err)
+	default:
+	}
+
+	release()
+	if err := <-appended; err != nil {
+		t.Fatalf("Append once the disk answers = %v, want nil: the writer commits it", err)
+	}
+	var s2 *FileStore
+	poll.Until(t, 10*time.Second, "the writer to release the directory", func() bool {
+		s2, err = OpenFile(dir, FileOptions{})
+		if err != nil && !errors.Is(err, ErrLocked) {
+			t.Fatalf("OpenFile(%q) after the stall = %v, want nil", dir, err)
+		}
+		return err == nil
+	})
+	defer s2.Close()
+	got := ids(t, s2, Pending)
+	for _, id := range append(acked, m.ID) {
+		if !slices.Contains(got, id) {
+			t.Errorf("reopened store lacks %s; pending = %v, want the 3 acknowledged messages and %s", id, got, m.ID)
+		}
+	}
+}
+
+// TestShutdownWhileReadStalls: a read of a stalled disk holds the store
+// (Next reads the body under its lock); Shutdown still returns at its
+// bound, with the unconfirmed count unknown.
+func TestShutdownWhileReadStalls(t *testing.T) {
+	ffs := &faultFS{}
+	s, err := OpenFile(t.TempDir(), FileOptions{FS: ffs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, "r", 1, 10)
+	stalled, release := ffs.stallReads()
+	defer release()
+	nexted := make(chan error, 1)
+	go func() {
+		_, _, err := s.Next("r", time.Now())
+		nexted <- err
+	}()
+	<-stalled
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	err = s.Shutdown(ctx)
+	var se *StalledError
+	if !errors.As(err, &se) || se.Unconfirmed != -1 || !strings.Contains(err.Error(), "unknown number") {
+		t.Fatalf("Shutdown while a read stalls = %v, want a *StalledError with Unconfirmed -1", err)
+	}
+	release()
+	if err := <-nexted; err != nil {
+		t.Errorf("Next once the disk answers = %v, want nil", err)
+	}
+}
+
+// TestShutdownInTime: on a disk that answers, Shutdown with a bound is
+// Close: it returns nil, and everything appended is there on reopen.
+func TestShutdownInTime(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenFile(dir, FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := appendN(t, s, "r", 5, 10)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown() = %v, want nil", err)
+	}
+	if err := s.Shutdown(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("second Shutdown() = %v, want ErrClosed", err)
+	}
+	s2 := open(t, dir, FileOptions{})
+	if got := ids(t, s2, Pending); !slices.Equal(got, acked) {
+		t.Errorf("reopened pending = %v, want %v", got, acked)
 	}
 }

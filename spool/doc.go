@@ -79,6 +79,13 @@
 // a failed batch; they were not acknowledged, so this can only cause a
 // duplicate delivery.
 //
+// A disk that stalls rather than fails (a write or fsync that does not
+// return) holds the writer in the kernel. An Append gives up on it after
+// its route's Limits.AppendWait with ErrUnconfirmed, and
+// FileStore.Shutdown when its context ends, with a *StalledError: the
+// writer is left to the disk, and closes the files and releases the
+// directory's lock once the disk answers (or the process ends).
+//
 // # Deleting segments
 //
 // A segment other than the last is deleted, and the directory fsynced after

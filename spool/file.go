@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -108,6 +109,11 @@ type FileStore struct {
 
 	appends, syncs, writeErrs, syncErrs, reopens atomic.Int64
 
+	// closing is set by the first Shutdown; closeErr is the writer's
+	// closing of the files, read once s.done is closed.
+	closing  atomic.Bool
+	closeErr error
+
 	mu         sync.Mutex
 	segs       []*segment // in sequence order; the last is written to
 	slab       slab       // unsettled messages in key order
@@ -125,7 +131,7 @@ type FileStore struct {
 	resBytes   int64
 	corrupt    int64
 	torn       bool
-	closed     bool
+	closed     bool // set by Shutdown, under s.mu
 	failed     bool
 	recovering bool
 
@@ -802,20 +808,93 @@ func (s *FileStore) Stats() Stats {
 }
 
 // Close implements Store: it commits what is queued, syncs, stops the
-// writer and closes the files.
+// writer and closes the files, for as long as the disk takes. It is
+// Shutdown without a bound.
 func (s *FileStore) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return ErrClosed
-	}
-	s.closed = true
-	s.mu.Unlock()
-	close(s.stop)
-	<-s.done
-	return s.closeFiles()
+	return s.Shutdown(context.Background())
 }
 
+// Shutdown closes the store as Close does, waiting for the disk at most
+// until ctx ends. A disk that stalls (a write or fsync that does not
+// return) holds the writer in the kernel, where nothing in the process
+// can end it: Shutdown then returns a *StalledError and leaves the
+// writer to finish when the disk answers; the writer then closes the
+// files and releases the directory's lock. Until then OpenFile on the
+// directory returns ErrLocked; once the process has exited, the next
+// OpenFile recovers the log, as after a crash. Later calls return
+// ErrClosed.
+//
+// Giving up loses nothing acknowledged: an Append returned nil only once
+// its record was written (with FsyncAlways, fsynced) and a state change
+// only once it was committed; Shutdown neither truncates nor removes a
+// file. The records the writer still holds come after every acknowledged
+// one in the log, so a record that the process's exit leaves half
+// written is the log's torn tail, which recovery cuts, and it holds
+// nothing that was acknowledged (docs/spool.md, "A disk that stalls").
+func (s *FileStore) Shutdown(ctx context.Context) error {
+	if !s.closing.CompareAndSwap(false, true) {
+		return ErrClosed
+	}
+	start := time.Now()
+	// s.mu may be held by a call reading the stalled disk (Next, Get):
+	// the store is marked closed and the writer stopped by a goroutine
+	// that waits for it, so that Shutdown does not. The writer closes
+	// s.done once it has stopped, which this goroutine precedes.
+	go func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		close(s.stop)
+	}()
+	select {
+	case <-s.done:
+		return s.closeErr
+	case <-ctx.Done():
+	}
+	select {
+	case <-s.done: // both were ready
+		return s.closeErr
+	default:
+	}
+	e := &StalledError{Dir: s.dir, Waited: time.Since(start), Unconfirmed: -1, Err: context.Cause(ctx)}
+	if s.mu.TryLock() {
+		e.Unconfirmed = s.resMsgs
+		s.mu.Unlock()
+	}
+	return e
+}
+
+// StalledError is returned by FileStore.Shutdown when the disk did not
+// finish the store's writes in time: a write or an fsync (or a read that
+// holds the store) had not returned.
+type StalledError struct {
+	// Dir is the store's directory.
+	Dir string
+	// Waited is how long Shutdown waited for the disk.
+	Waited time.Duration
+	// Unconfirmed counts the messages whose Append had not been
+	// confirmed: their Appends returned ErrUnconfirmed, or still wait.
+	// They may still be stored. -1 means unknown: the store's lock was
+	// held at that moment, as a read of the stalled disk holds it.
+	Unconfirmed int64
+	// Err is the cause of the context's end.
+	Err error
+}
+
+// Error implements error.
+func (e *StalledError) Error() string {
+	n := "an unknown number of"
+	if e.Unconfirmed >= 0 {
+		n = strconv.FormatInt(e.Unconfirmed, 10)
+	}
+	return fmt.Sprintf("spool: the disk under %s did not finish writing within %v; %s messages were not confirmed (they may still be stored)",
+		e.Dir, e.Waited.Round(time.Millisecond), n)
+}
+
+// Unwrap returns the context's cause.
+func (e *StalledError) Unwrap() error { return e.Err }
+
+// closeFiles closes the segments and releases the directory's lock.
 func (s *FileStore) closeFiles() error {
 	var err error
 	for _, seg := range s.segs {

@@ -26,6 +26,23 @@ type faultFS struct {
 	// With stall set, Sync sends on stalled and waits until stall is
 	// closed, like a disk that stops answering.
 	stall, stalled chan struct{}
+	// readStall and readStalled do the same for ReadAt.
+	readStall, readStalled chan struct{}
+}
+
+// stallReads makes the next ReadAt calls wait until the returned
+// release is called; stalled receives once per read that waits.
+func (f *faultFS) stallReads() (stalled <-chan struct{}, release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.readStall, f.readStalled = make(chan struct{}), make(chan struct{}, 16)
+	stall := f.readStall
+	return f.readStalled, sync.OnceFunc(func() {
+		f.mu.Lock()
+		f.readStall = nil
+		f.mu.Unlock()
+		close(stall)
+	})
 }
 
 // stallSyncs makes the next syncs wait until the returned release is
@@ -92,6 +109,17 @@ func (f *faultFile) Write(b []byte) (int, error) {
 		return n, err
 	}
 	return f.File.Write(b)
+}
+
+func (f *faultFile) ReadAt(b []byte, off int64) (int, error) {
+	f.fs.mu.Lock()
+	stall, stalled := f.fs.readStall, f.fs.readStalled
+	f.fs.mu.Unlock()
+	if stall != nil {
+		stalled <- struct{}{}
+		<-stall
+	}
+	return f.File.ReadAt(b, off)
 }
 
 func (f *faultFile) Sync() error {

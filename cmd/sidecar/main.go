@@ -12,9 +12,10 @@
 // Exit codes: 0 success; 1 invalid configuration (also one that cannot
 // be read and checked within config.LoadTimeout); 2 bad usage; 3 the
 // sidecar could not start (also when SIGTERM or SIGINT comes before it
-// serves, during "run" or "validate") or stopped on an error. For
-// "sidecar spool": 1 the admin API answered an error, 3 it could not be
-// reached.
+// serves, during "run" or "validate") or stopped on an error (also when
+// the spool did not close within its bound on the way out: a disk that
+// stalls). For "sidecar spool": 1 the admin API answered an error, 3 it
+// could not be reached.
 package main
 
 import (
@@ -295,6 +296,20 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 	if sig := st.interrupted(); sig != nil {
 		return stopped(sig)
 	}
+	// The spools are closed on the way out, after the proxy has shut
+	// down: on the drain's path within what is left of shutdown_grace
+	// (below), on an early return within spoolCloseFloor.
+	// A second signal leaves them, as kill -9 would: what was
+	// acknowledged is stored, and the next start recovers the log.
+	spools := &openSpools{logger: logger}
+	closeSpools := true
+	defer func() {
+		if closeSpools {
+			ctx, cancel := context.WithTimeout(context.Background(), spoolCloseFloor)
+			defer cancel()
+			spools.close(ctx)
+		}
+	}()
 	var opts []proxy.Option
 	if hasAsync(cfg) {
 		where := spoolWhere(cfg)
@@ -309,29 +324,10 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 			logger.Error("cannot open the spool", append(where, "error", err)...)
 			return exitFailure
 		}
-		defer func() {
-			if err := store.Close(); err != nil {
-				logger.Error("closing the spool", "error", err)
-			}
-		}()
+		spools.add(store, where)
 		opts = append(opts, proxy.WithSpool(store))
 	}
 	srv := proxy.NewServer(snap, logger, opts...)
-	// A spool that a reload opened (the first async route) is closed on
-	// the way out, after the proxy has shut down.
-	var lateSpool struct {
-		sync.Mutex
-		store spool.Store
-	}
-	defer func() {
-		lateSpool.Lock()
-		defer lateSpool.Unlock()
-		if lateSpool.store != nil {
-			if err := lateSpool.store.Close(); err != nil {
-				logger.Error("closing the spool", "error", err)
-			}
-		}
-	}()
 	// applySpool runs in a reload before the swap: it opens the spool for
 	// the first async route, or gives the open one the routes' limits.
 	applySpool := func(cfg *config.Config) error {
@@ -352,9 +348,7 @@ func serve(cfgPath string, changes *watch.Watcher, cfg *config.Config, logger *s
 			store.Close()
 			return err
 		}
-		lateSpool.Lock()
-		lateSpool.store = store
-		lateSpool.Unlock()
+		spools.add(store, spoolWhere(cfg))
 		logger.Info("spool opened for the first async route", spoolWhere(cfg)...)
 		return nil
 	}
@@ -439,7 +433,8 @@ wait:
 		}
 	}
 	adm.SetReady(false)
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownDelay.D()+cfg.ShutdownGrace.D())
+	deadline := time.Now().Add(cfg.ShutdownDelay.D() + cfg.ShutdownGrace.D())
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	drained := make(chan error, 1)
 	go func() {
@@ -449,6 +444,7 @@ wait:
 		}
 		drained <- srv.Shutdown(ctx)
 	}()
+	var closed chan error // the spools' close, once the drain is over
 	for {
 		select {
 		case err := <-drained:
@@ -460,6 +456,22 @@ wait:
 			case err != nil:
 				logger.Warn("shutdown", "error", err)
 			}
+			// The spool commits what is queued and syncs within what
+			// is left of the grace, and at least spoolCloseFloor: a
+			// disk that stalls does not keep the process from exiting
+			// (docs/spool.md, "A disk that stalls").
+			c := make(chan error, 1)
+			closed = c
+			go func() {
+				ctx, cancel := spoolCloseContext(deadline)
+				defer cancel()
+				c <- spools.close(ctx)
+			}()
+		case err := <-closed:
+			if err != nil { // logged by close, naming the spool
+				logger.Error("stopped; the spool did not close")
+				return exitFailure
+			}
 			logger.Info("stopped")
 			return exitOK
 		case sig := <-sigs:
@@ -467,7 +479,7 @@ wait:
 				continue
 			}
 			logger.Warn("second signal: exiting now", "signal", sig.String())
-			flush = false
+			flush, closeSpools = false, false
 			return exitFailure
 		}
 	}

@@ -13,8 +13,9 @@ import (
 	"unsafe"
 )
 
-// aioSyncer fsyncs a segment through Linux's native AIO (IOCB_CMD_FSYNC,
-// kernel 4.18 and later) and waits for it on an eventfd in Go's poller.
+// aioSyncer fdatasyncs a segment through Linux's native AIO
+// (IOCB_CMD_FDSYNC, kernel 4.18 and later) and waits for it on an
+// eventfd in Go's poller.
 //
 // A plain fsync(2) holds its goroutine's P for as long as the disk takes,
 // until the runtime's monitor notices and hands the P on: with one P (a
@@ -89,7 +90,7 @@ type ioEvent struct {
 }
 
 const (
-	iocbCmdFsync  = 2
+	iocbCmdFdsync = 3
 	iocbFlagResfd = 1 << 0
 )
 
@@ -235,7 +236,7 @@ func (a *aioSyncer) sync(f *os.File) error {
 	var serr syscall.Errno
 	cerr := rc.Control(func(fd uintptr) {
 		a.seq++
-		a.cb = iocb{data: a.seq, opcode: iocbCmdFsync, fildes: uint32(fd), flags: iocbFlagResfd, resfd: uint32(a.efdNo)}
+		a.cb = iocb{data: a.seq, opcode: iocbCmdFdsync, fildes: uint32(fd), flags: iocbFlagResfd, resfd: uint32(a.efdNo)}
 		for {
 			_, _, e := syscall.Syscall(syscall.SYS_IO_SUBMIT, a.ctx, 1, uintptr(unsafe.Pointer(&a.cbs[0])))
 			if e != syscall.EINTR {

@@ -167,7 +167,7 @@ func (s *FileStore) reopenFiles() error {
 	// segment, and an open file, per reopen.
 	if last := s.segs[len(s.segs)-1]; last.size > 0 {
 		name := filepath.Join(s.dir, segmentName(last.seq+1))
-		f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+		f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return fmt.Errorf("spool: create %s: %w", name, err)
 		}
@@ -223,9 +223,11 @@ func (s *FileStore) syncFile(seg *segment) error {
 	return nil
 }
 
-// fsync syncs a segment's file: through s.aio when the store has one,
-// so that the writer waits for the disk without holding its P, and with
-// fsync(2) otherwise, or from the first time the kernel refuses AIO's.
+// fsync syncs a segment's data (an fdatasync: the file's size with it,
+// not its times): through s.aio when the store has one, so that the
+// writer waits for the disk without holding its P, and with
+// fdatasync(2) otherwise, or from the first time the kernel refuses
+// AIO's.
 func (s *FileStore) fsync(f File) error {
 	if osf, ok := f.(*os.File); ok && s.aio != nil {
 		err := s.aio.sync(osf)
@@ -246,6 +248,9 @@ func (s *FileStore) fsync(f File) error {
 		if err != errAIOUnsupported {
 			return err
 		}
+	}
+	if osf, ok := f.(*os.File); ok {
+		return datasync(osf)
 	}
 	return f.Sync()
 }
@@ -359,8 +364,12 @@ func (s *FileStore) write(reqs []*request) error {
 
 func (s *FileStore) flush(seg *segment, buf []byte, sync bool) error {
 	if len(buf) > 0 {
-		n, err := seg.f.Write(buf)
+		n, err := seg.f.WriteAt(buf, seg.size)
 		seg.size += int64(n)
+		seg.zeroed = max(seg.zeroed, seg.size)
+		if err == nil && s.opts.ZeroAhead > 0 && seg.size > seg.zeroed-s.opts.ZeroAhead/2 {
+			err = s.zeroAhead(seg)
+		}
 		if err != nil {
 			s.writeErrs.Add(1)
 			return fmt.Errorf("%w: write %s: %v", ErrFailed, seg.path, err)
@@ -374,11 +383,33 @@ func (s *FileStore) flush(seg *segment, buf []byte, sync bool) error {
 	return nil
 }
 
+// zeroAhead writes zeros past seg's records, ZeroAhead bytes beyond its
+// end, in the same batch as the records that came close to the end of
+// the zeros written before: the batch's fdatasync persists the file's
+// new size once, and the batches after it write into zeros the disk
+// holds, each fdatasync with the data alone to write.
+func (s *FileStore) zeroAhead(seg *segment) error {
+	if s.zeros == nil {
+		s.zeros = make([]byte, s.opts.ZeroAhead)
+	}
+	// Not past the segment's size: the next batch that would be goes to
+	// a new segment.
+	end := min(seg.size+s.opts.ZeroAhead, max(s.opts.SegmentSize, seg.size))
+	for seg.zeroed < end {
+		n, err := seg.f.WriteAt(s.zeros[:min(end-seg.zeroed, int64(len(s.zeros)))], seg.zeroed)
+		seg.zeroed += int64(n)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // rotate creates the segment after cur and fsyncs the directory.
 func (s *FileStore) rotate(cur *segment) (*segment, error) {
 	seq := cur.seq + 1
 	name := filepath.Join(s.dir, segmentName(seq))
-	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		s.writeErrs.Add(1)
 		return nil, fmt.Errorf("%w: create %s: %v", ErrFailed, name, err)

@@ -16,19 +16,26 @@ import (
 const (
 	crashChildEnv  = "SPOOL_CRASH_CHILD_DIR"
 	crashAckAllEnv = "SPOOL_CRASH_ACK_ALL"
+	crashZeroEnv   = "SPOOL_CRASH_ZERO_AHEAD"
 )
 
 // TestCrashChild is the child of TestCrash: it appends from 16 goroutines
 // and prints "S id" once Append has returned; half of the goroutines (all
 // with SPOOL_CRASH_ACK_ALL set, so that settled segments are deleted while
 // the parent may kill the child) then Ack the message and print "A id" once
-// Ack has returned. It runs until it is killed.
+// Ack has returned. With SPOOL_CRASH_ZERO_AHEAD set it writes zeros ahead
+// of its records (FileOptions.ZeroAhead), as the sidecar does. It runs
+// until it is killed.
 func TestCrashChild(t *testing.T) {
 	dir := os.Getenv(crashChildEnv)
 	if dir == "" {
 		t.Skip("run by TestCrash only")
 	}
-	s, err := OpenFile(dir, FileOptions{SegmentSize: 64 << 10})
+	opts := FileOptions{SegmentSize: 64 << 10}
+	if os.Getenv(crashZeroEnv) != "" {
+		opts.ZeroAhead = 16 << 10
+	}
+	s, err := OpenFile(dir, opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		os.Exit(2)
@@ -74,6 +81,9 @@ func TestCrash(t *testing.T) {
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
 		if round%2 == 1 {
 			cmd.Env = append(cmd.Env, crashAckAllEnv+"=1")
+		}
+		if round != 1 { // one round appends as a store without it would
+			cmd.Env = append(cmd.Env, crashZeroEnv+"=1")
 		}
 		cmd.Stderr = os.Stderr
 		out, err := cmd.StdoutPipe()

@@ -24,6 +24,14 @@
 // would grow past FileOptions.SegmentSize the writer syncs it, creates the
 // next one and fsyncs the directory before writing to the new file.
 //
+// With FileOptions.ZeroAhead (the sidecar's, with fsync: always) the
+// writer keeps that many bytes of zeros written past the last record of
+// the segment, extending them in the batch that comes within half of it
+// of their end: the batches in between overwrite zeros the disk already
+// holds, and their fdatasync has the data alone to write, not the file's
+// size too. Zeros after the last record are the end of a segment's
+// records, at recovery as in the writer.
+//
 // # Records
 //
 // A segment is a sequence of records, each self-describing:

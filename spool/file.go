@@ -67,6 +67,15 @@ type FileOptions struct {
 	// OnFsync, when set, is told how long each successful data fsync
 	// took, from the writer goroutine: it must not block.
 	OnFsync func(time.Duration)
+	// ZeroAhead, when positive, is how many bytes of zeros the writer
+	// keeps written past the records of the segment it writes to: a batch
+	// then overwrites zeros the disk already holds, the file's size does
+	// not change, and its fdatasync has the data alone to write. The file
+	// grows by ZeroAhead bytes at a time, each byte is written twice, and
+	// recovery takes a tail of zeros for the end of a segment
+	// (docs/spool.md, "How the writer waits for the disk"). 0: the
+	// segments are appended to.
+	ZeroAhead int64
 
 	// noAIO makes the store sync with fsync(2) alone (tests).
 	noAIO bool
@@ -142,6 +151,7 @@ type FileStore struct {
 	done  chan struct{}
 	dirty bool   // written but not synced (FsyncInterval); writer only
 	wbuf  []byte // writer only
+	zeros []byte // ZeroAhead bytes of zeros, made on first use; writer only
 	// aio syncs segments without holding the writer's P; nil: fsync(2).
 	// Writer only.
 	aio *aioSyncer

@@ -29,6 +29,10 @@ type File interface {
 	io.Reader
 	io.ReaderAt
 	io.Writer
+	// WriteAt writes at an offset: the writer places each batch at its
+	// segment's end itself (segments are not opened O_APPEND, so that a
+	// batch can overwrite the zeros written ahead of it).
+	io.WriterAt
 	io.Closer
 	// Sync commits the file's data to stable storage.
 	Sync() error

@@ -111,6 +111,15 @@ func (f *faultFile) Write(b []byte) (int, error) {
 	return f.File.Write(b)
 }
 
+// WriteAt is Write at an offset: the writer's.
+func (f *faultFile) WriteAt(b []byte, off int64) (int, error) {
+	if err, _ := f.fs.errs(); err != nil {
+		n, _ := f.File.WriteAt(b[:len(b)/2], off)
+		return n, err
+	}
+	return f.File.WriteAt(b, off)
+}
+
 func (f *faultFile) ReadAt(b []byte, off int64) (int, error) {
 	f.fs.mu.Lock()
 	stall, stalled := f.fs.readStall, f.fs.readStalled

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,9 @@ import (
 // CorruptRecords. A damaged region that runs to the end of the last segment
 // is a torn tail, left by a crash during a write, and is truncated. A
 // damaged region at the end of an earlier segment is counted as corrupt.
+// Zeros to the end of a segment are neither: they were written ahead of
+// the records (FileOptions.ZeroAhead), or are a tail whose data never
+// reached the disk, and the records end where they begin.
 func (s *FileStore) recover() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -43,7 +47,7 @@ func (s *FileStore) recoverLocked() error {
 	s.rebuildQueuesLocked()
 	if len(s.segs) == 0 {
 		name := filepath.Join(s.dir, segmentName(1))
-		f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+		f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return fmt.Errorf("spool: create %s: %w", name, err)
 		}
@@ -63,7 +67,7 @@ func (s *FileStore) recoverLocked() error {
 // which it returns for the next segment.
 func (s *FileStore) recoverSegment(seq uint64, last bool, buf []byte) ([]byte, error) {
 	name := filepath.Join(s.dir, segmentName(seq))
-	f, err := s.fs.OpenFile(name, os.O_RDWR|os.O_APPEND, 0o600)
+	f, err := s.fs.OpenFile(name, os.O_RDWR, 0o600)
 	if err != nil {
 		return buf, fmt.Errorf("spool: open %s: %w", name, err)
 	}
@@ -103,6 +107,12 @@ func (s *FileStore) recoverSegment(seq uint64, last bool, buf []byte) ([]byte, e
 			off += n
 			continue
 		}
+		if allZero(data[off:]) {
+			// Zeros written ahead of the records (FileOptions.ZeroAhead),
+			// or a tail whose data never reached the disk: the segment's
+			// records end here, and writes go on over the zeros.
+			break
+		}
 		next := resync(data, off+1)
 		if next < 0 && last {
 			if err := f.Truncate(int64(off)); err != nil {
@@ -124,9 +134,26 @@ func (s *FileStore) recoverSegment(seq uint64, last bool, buf []byte) ([]byte, e
 		s.log.Error("spool: skipped corrupt region", "path", name, "offset", off, "bytes", end-off, "err", err)
 		off = end
 	}
-	seg.size = int64(len(data))
+	seg.zeroed = int64(len(data))
+	seg.size = min(int64(off), seg.zeroed)
 	seg.synced = seg.size
 	return buf, nil
+}
+
+// allZero reports whether b holds only zero bytes.
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // resync returns the offset of the first valid record at or after from, or

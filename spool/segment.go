@@ -20,6 +20,9 @@ type segment struct {
 	size int64
 	// synced is the size after the last successful fsync of the file.
 	synced int64
+	// zeroed is the file's size: size plus the zeros written ahead of
+	// the records (FileOptions.ZeroAhead). Writer only, and recovery.
+	zeroed int64
 	refs   int
 	// settled counts, per segment holding the ack or delete record, the
 	// settled messages whose message record is in this segment; deleting
@@ -46,5 +49,5 @@ func parseSegmentName(name string) (uint64, bool) {
 }
 
 func newSegment(dir string, seq uint64, f File, size int64) *segment {
-	return &segment{seq: seq, path: filepath.Join(dir, segmentName(seq)), f: f, size: size, settled: map[*segment]int{}}
+	return &segment{seq: seq, path: filepath.Join(dir, segmentName(seq)), f: f, size: size, zeroed: size, settled: map[*segment]int{}}
 }

@@ -559,6 +559,9 @@ func hasAsync(cfg *config.Config) bool {
 	return false
 }
 
+// zeroAhead is the file spool's FileOptions.ZeroAhead with fsync: always.
+var zeroAhead int64 = 1 << 20
+
 // openSpool opens the file spool that cfg describes, with the async
 // routes' own limits.
 // ins, when not nil, times each fsync.
@@ -575,6 +578,11 @@ func openSpool(cfg *config.Config, logger *slog.Logger, ins *telemetry.Instrumen
 	}
 	if sc.Fsync == "interval" {
 		opts.Fsync = spool.FsyncInterval
+	} else {
+		// Each batch's fdatasync then writes its data alone, not the
+		// file's new size as well (docs/spool.md, "How the writer waits
+		// for the disk").
+		opts.ZeroAhead = zeroAhead
 	}
 	opts.Routes = fileRouteLimits(cfg)
 	return spool.OpenFile(sc.Dir, opts)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -115,6 +117,53 @@ listeners:
 		}
 		if _, ok := got["sync"]; ok {
 			t.Error("a sync route has spool limits")
+		}
+	}
+}
+
+// TestOpenSpoolZeroAhead: with fsync: always the file spool writes zeros
+// ahead of its records (zeroAhead), with fsync: interval it appends.
+func TestOpenSpoolZeroAhead(t *testing.T) {
+	for _, tt := range []struct {
+		fsync string
+		ahead bool
+	}{{"always", true}, {"interval", false}} {
+		dir := t.TempDir()
+		yaml := fmt.Sprintf(`
+version: 1
+spool: {dir: %q, fsync: %s}
+upstreams:
+  up: {endpoints: ["http://127.0.0.1:1"]}
+listeners:
+  - name: app
+    address: 127.0.0.1:0
+    routes:
+      - {name: ev, match: {path_prefix: /}, upstream: up, async: {when: always}}
+`, dir, tt.fsync)
+		cfg, err := config.Parse("test.yaml", []byte(yaml), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := openSpool(cfg, proxytest.Discard, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Append(context.Background(), &spool.Message{Route: "ev", Method: "POST", Target: "/", Body: make([]byte, 100)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+		segs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+		if len(segs) != 1 {
+			t.Fatalf("fsync %s: segments %v, want one", tt.fsync, segs)
+		}
+		fi, err := os.Stat(segs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Size() >= zeroAhead; got != tt.ahead {
+			t.Errorf("fsync %s: segment of %d bytes after one message; zeros ahead %v, want %v", tt.fsync, fi.Size(), got, tt.ahead)
 		}
 	}
 }

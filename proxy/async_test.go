@@ -19,6 +19,7 @@ import (
 	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/internal/testnet"
 	"github.com/sidecar-proxy/sidecar/spool"
+	"github.com/sidecar-proxy/sidecar/spool/spooltest"
 )
 
 // asyncRoute is a config with one listener "app" whose only route "ev" is
@@ -487,65 +488,18 @@ func TestAsyncDiskFailure(t *testing.T) {
 	}
 }
 
-// stallFS is the real file system whose file syncs wait while stalled,
-// like a disk that stops answering; stalled gets a value per waiting sync.
-type stallFS struct {
-	spool.OSFS
-	mu      sync.Mutex
-	stall   chan struct{} // closed to end the stall
-	stalled chan struct{}
-}
-
-func (f *stallFS) OpenFile(name string, flag int, perm fs.FileMode) (spool.File, error) {
-	file, err := f.OSFS.OpenFile(name, flag, perm)
-	if err != nil {
-		return nil, err
-	}
-	return &stallFile{File: file, fs: f}, nil
-}
-
-// start stalls the next syncs until the returned func is called.
-func (f *stallFS) start() (release func()) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.stall, f.stalled = make(chan struct{}), make(chan struct{}, 16)
-	stall := f.stall
-	return sync.OnceFunc(func() {
-		f.mu.Lock()
-		f.stall = nil
-		f.mu.Unlock()
-		close(stall)
-	})
-}
-
-type stallFile struct {
-	spool.File
-	fs *stallFS
-}
-
-func (f *stallFile) Sync() error {
-	f.fs.mu.Lock()
-	stall, stalled := f.fs.stall, f.fs.stalled
-	f.fs.mu.Unlock()
-	if stall != nil {
-		stalled <- struct{}{}
-		<-stall
-	}
-	return f.File.Sync()
-}
-
 // TestAsyncStalledDisk: while the spool's disk does not answer, an async
 // request gets 503 spool_error with Retry-After once the route's
 // AppendWait has passed, not never; the message it carried may still be stored, and
 // is delivered once the disk answers.
 func TestAsyncStalledDisk(t *testing.T) {
-	sfs := &stallFS{}
+	sfs := &spooltest.StallFS{}
 	// The sidecar's command gives each async route's AppendWait the
 	// route's timeout (cmd/sidecar tests that).
 	st := openStore(t, t.TempDir(), spool.FileOptions{FS: sfs, Routes: map[string]spool.Limits{"ev": {AppendWait: 300 * time.Millisecond}}})
 	rec := newRecorder(t, nil)
 	sc := startSidecarWith(t, asyncRoute(`when: always`), []Option{WithSpool(st)}, rec.upstream)
-	release := sfs.start()
+	stalled, release := sfs.Stall()
 	defer release()
 	resp, body := send(t, "POST", sc.url("/stalled"), []byte("s"))
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(HeaderOutcome) != "spool_error" || resp.Header.Get("Retry-After") == "" ||
@@ -554,7 +508,7 @@ func TestAsyncStalledDisk(t *testing.T) {
 			resp.StatusCode, resp.Header.Get(HeaderOutcome), resp.Header.Get("Retry-After"), body)
 	}
 	select {
-	case <-sfs.stalled:
+	case <-stalled:
 	default:
 		t.Fatal("the request was answered without reaching the disk")
 	}
@@ -575,7 +529,7 @@ func TestAsyncStalledDisk(t *testing.T) {
 // cancelWait: Shutdown says so and returns; the deliverer is left to the
 // disk, and its Ack is committed once the disk answers.
 func TestShutdownWithDelivererOnStalledDisk(t *testing.T) {
-	sfs := &stallFS{}
+	sfs := &spooltest.StallFS{}
 	st := openStore(t, t.TempDir(), spool.FileOptions{FS: sfs})
 	reached, answer := make(chan struct{}, 1), make(chan struct{})
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
@@ -592,10 +546,10 @@ func TestShutdownWithDelivererOnStalledDisk(t *testing.T) {
 	resp, body := send(t, "POST", sc.url("/e"), []byte("x"))
 	spooled(t, resp, body)
 	<-reached // the deliverer has the message
-	release := sfs.start()
+	stalled, release := sfs.Stall()
 	defer release()
 	close(answer) // the upstream answers 200: the deliverer acks it
-	<-sfs.stalled // and its Ack waits for the disk
+	<-stalled     // and its Ack waits for the disk
 
 	const bound = 100 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), bound)

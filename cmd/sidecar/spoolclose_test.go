@@ -3,16 +3,14 @@ package main
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"log/slog"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sidecar-proxy/sidecar/internal/poll"
 	"github.com/sidecar-proxy/sidecar/spool"
+	"github.com/sidecar-proxy/sidecar/spool/spooltest"
 )
 
 // The spool's close on the way out of "sidecar run", in pieces: the
@@ -20,50 +18,13 @@ import (
 // stall from a test, so the close is run here on a store whose syncs
 // stall (docs/spool.md, "A disk that stalls").
 
-// stallFS is the real file system whose file syncs wait, once on is
-// set, until stall is closed, like a disk that stops answering; stalled
-// gets a value per waiting sync.
-type stallFS struct {
-	spool.OSFS
-	on      atomic.Bool
-	stall   chan struct{}
-	stalled chan struct{}
-}
-
-func newStallFS() *stallFS {
-	return &stallFS{stall: make(chan struct{}), stalled: make(chan struct{}, 16)}
-}
-
-func (f *stallFS) OpenFile(name string, flag int, perm fs.FileMode) (spool.File, error) {
-	file, err := f.OSFS.OpenFile(name, flag, perm)
-	if err != nil {
-		return nil, err
-	}
-	return &stallFile{File: file, fs: f}, nil
-}
-
-type stallFile struct {
-	spool.File
-	fs *stallFS
-}
-
-func (f *stallFile) Sync() error {
-	if f.fs.on.Load() {
-		f.fs.stalled <- struct{}{}
-		<-f.fs.stall
-	}
-	return f.File.Sync()
-}
-
 // TestCloseSpoolsOnStalledDisk: the close on the way out gives up on a
 // disk that stalls at its bound, logs an error naming the spool's
 // directory and the stall, and says so to serve (which exits 3); once
 // the disk answers, the message the writer held is stored.
 func TestCloseSpoolsOnStalledDisk(t *testing.T) {
 	dir := t.TempDir()
-	sfs := newStallFS()
-	release := sync.OnceFunc(func() { close(sfs.stall) })
-	defer release()
+	sfs := &spooltest.StallFS{}
 	st, err := spool.OpenFile(dir, spool.FileOptions{FS: sfs})
 	if err != nil {
 		t.Fatalf("OpenFile(%s) = %v", dir, err)
@@ -71,11 +32,12 @@ func TestCloseSpoolsOnStalledDisk(t *testing.T) {
 	var logs syncBuffer
 	spools := &openSpools{logger: slog.New(slog.NewTextHandler(&logs, nil))}
 	spools.add(st, []any{"backend", "file", "dir", dir})
-	sfs.on.Store(true)
+	stalled, release := sfs.Stall()
+	defer release()
 	m := &spool.Message{Route: "ev", Body: []byte("held")}
 	appended := make(chan error, 1)
 	go func() { appended <- st.Append(context.Background(), m) }()
-	<-sfs.stalled
+	<-stalled
 
 	const bound = 100 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), bound)

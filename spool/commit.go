@@ -368,7 +368,12 @@ func (s *FileStore) flush(seg *segment, buf []byte, sync bool) error {
 		seg.size += int64(n)
 		seg.zeroed = max(seg.zeroed, seg.size)
 		if err == nil && s.opts.ZeroAhead > 0 && seg.size > seg.zeroed-s.opts.ZeroAhead/2 {
-			err = s.zeroAhead(seg)
+			// The zeros are room taken ahead, not part of the batch: a
+			// full disk refuses them and the batch stands, and the
+			// batches after it write into the zeros left until the
+			// disk refuses their records. A write error the disk
+			// reports later fails the batch's fdatasync.
+			_ = s.zeroAhead(seg)
 		}
 		if err != nil {
 			s.writeErrs.Add(1)

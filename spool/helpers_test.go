@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -18,6 +19,9 @@ import (
 type faultFS struct {
 	OSFS
 	syncs atomic.Int64
+	// failZeros makes writes of zeros alone (the writer's zeros ahead)
+	// fail with ENOSPC, like a disk that has just filled up.
+	failZeros atomic.Bool
 
 	mu       sync.Mutex
 	writeErr error
@@ -113,6 +117,9 @@ func (f *faultFile) Write(b []byte) (int, error) {
 
 // WriteAt is Write at an offset: the writer's.
 func (f *faultFile) WriteAt(b []byte, off int64) (int, error) {
+	if f.fs.failZeros.Load() && allZero(b) {
+		return 0, syscall.ENOSPC
+	}
 	if err, _ := f.fs.errs(); err != nil {
 		n, _ := f.File.WriteAt(b[:len(b)/2], off)
 		return n, err

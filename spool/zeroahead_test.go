@@ -123,3 +123,29 @@ func TestZeroAheadTornRecord(t *testing.T) {
 		t.Errorf("reopened: torn tail %v, %d corrupt records, want none", st.TornTail, st.CorruptRecords)
 	}
 }
+
+// TestZeroAheadOnFullDisk: a disk that refuses the zeros written ahead
+// (full) does not fail the batch whose records it took: the records go
+// into the zeros left, and are refused only when the disk refuses them.
+func TestZeroAheadOnFullDisk(t *testing.T) {
+	const ahead = 64 << 10
+	ffs := &faultFS{}
+	dir := t.TempDir()
+	s := open(t, dir, FileOptions{FS: ffs, ZeroAhead: ahead, ReopenDelay: -1})
+	want := appendN(t, s, "r", 1, 1000) // the segment now holds 64 KiB of zeros
+	ffs.failZeros.Store(true)           // and the disk refuses more of them
+	for i := 1; ; i++ {
+		m := testMessage("r", i, 1000)
+		if err := s.Append(t.Context(), m); err != nil {
+			t.Fatalf("Append %d into the zeros left = %v, want nil", i, err)
+		}
+		want = append(want, m.ID)
+		if int64(len(want))*1100 > ahead*3/4 {
+			break // past the point where the zeros are extended
+		}
+	}
+	s = reopen(t, s, FileOptions{})
+	if got := ids(t, s, Pending); !slices.Equal(got, want) {
+		t.Errorf("reopened: %d messages, want %d", len(got), len(want))
+	}
+}

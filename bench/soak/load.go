@@ -351,14 +351,36 @@ func (l *load) doGRPC() {
 	l.rec.add(a, nil)
 }
 
-func (l *load) doAsync(kind string) {
+func (l *load) doAsync(kind string) { l.doAsyncPad(kind, 128+rand.IntN(256)) }
+
+// asyncBurst POSTs up to n async requests (when: always) of pad bytes
+// each, one at a time, until the sidecar refuses one with 503
+// spool_error or spool_full; it reports whether one was refused. The
+// disk-full fault sends it to use up what room the spool holds on the
+// full disk: the zeros it writes ahead of its records (docs/spool.md).
+func (l *load) asyncBurst(ctx context.Context, n, pad int) bool {
+	for range n {
+		if ctx.Err() != nil {
+			return false
+		}
+		status, outcome := l.doAsyncPad(kindAlways, pad)
+		if status == "503" && (outcome == "spool_error" || outcome == "spool_full") {
+			return true
+		}
+	}
+	return false
+}
+
+// doAsyncPad sends one async request whose body carries pad bytes of
+// padding, records it, and returns its status and outcome.
+func (l *load) doAsyncPad(kind string, pad int) (status, outcome string) {
 	n := l.seq.Add(1)
 	m := &asyncMsg{id: fmt.Sprintf("a-%d", n), kind: kind}
 	route := "/events/always"
 	if kind == kindFallback {
 		route = "/events/fallback"
 	}
-	body, _ := json.Marshal(asyncBody{ID: m.id, Pad: strings.Repeat("e", 128+rand.IntN(256))})
+	body, _ := json.Marshal(asyncBody{ID: m.id, Pad: strings.Repeat("e", pad)})
 	m.crc = crc32.ChecksumIEEE(body)
 	a := answer{kind: kind, deadline: l.deadlines[kind]}
 	ctx, cancel := context.WithTimeout(context.Background(), a.deadline+l.clientSlack)
@@ -389,4 +411,5 @@ func (l *load) doAsync(kind string) {
 	m.end = l.rec.since()
 	a.failed(err)
 	l.rec.add(a, m)
+	return a.status, a.outcome
 }

@@ -562,6 +562,19 @@ func (s *soak) fault(ctx context.Context, kind string, window time.Duration) (fa
 			_ = s.disk.free()
 			return f, ferr
 		}
+		// The spool still has room on the full disk: the zeros it
+		// writes ahead of its records (1 MiB). Use it up with 64 KiB
+		// messages, so that the window sees the refusals.
+		burst := 0
+		for range 3 {
+			burst++
+			if s.load.asyncBurst(ctx, 24, 64<<10) {
+				break
+			}
+			if _, ferr := s.disk.fill(); ferr != nil { // the room its reopen freed
+				break
+			}
+		}
 		// Keep it full: the spool frees room when it deletes a settled
 		// segment (after its reopen, say); take that room back every
 		// 200 ms until the window ends.
@@ -594,7 +607,7 @@ func (s *soak) fault(ctx context.Context, kind string, window time.Duration) (fa
 		if ferr := s.disk.free(); ferr != nil && err == nil {
 			err = ferr
 		}
-		f.Detail = fmt.Sprintf("spool tmpfs (%s) filled with %.1f MiB at %.1fs, kept full (%d top-ups, %.1f MiB: room the spool freed), freed at %.1fs", s.o.tmpfsSize, float64(n)/(1<<20), secs(full), topUps, float64(topped)/(1<<20), secs(free))
+		f.Detail = fmt.Sprintf("spool tmpfs (%s) filled with %.1f MiB at %.1fs, %d bursts of 64 KiB async messages, kept full (%d top-ups, %.1f MiB: room the spool freed), freed at %.1fs", s.o.tmpfsSize, float64(n)/(1<<20), secs(full), burst, topUps, float64(topped)/(1<<20), secs(free))
 		s.fmu.Lock()
 		s.sum.DiskFull.Windows = append(s.sum.DiskFull.Windows, window2{Full: secs(full), Free: secs(free)})
 		s.fmu.Unlock()

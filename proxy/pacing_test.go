@@ -141,7 +141,11 @@ func TestAsyncPacingCountsRetries(t *testing.T) {
 	if len(at) != 2*n {
 		t.Fatalf("%d attempts, want %d", len(at), 2*n)
 	}
-	if got := rateOf(at, 1); got > perSecond*1.01 {
+	// From the fifth arrival on: each of the first four (max_in_flight)
+	// may have waited for a connection of its own to be dialed, which
+	// shortens the span measured from it by as much, on a loaded
+	// machine more than the 1 % allowed for transit (20.3/s seen).
+	if got := rateOf(at[4:], 1); got > perSecond*1.01 {
 		t.Errorf("attempts, retries included: %.1f/s, over the set rate %d/s", got, perSecond)
 	}
 }

@@ -2,9 +2,15 @@ package spool
 
 import (
 	"bytes"
+	"errors"
+	"math/rand/v2"
 	"os"
 	"slices"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/sidecar-proxy/sidecar/internal/poll"
 )
 
 // fileSize is the size of the file at path.
@@ -147,5 +153,62 @@ func TestZeroAheadOnFullDisk(t *testing.T) {
 	s = reopen(t, s, FileOptions{})
 	if got := ids(t, s, Pending); !slices.Equal(got, want) {
 		t.Errorf("reopened: %d messages, want %d", len(got), len(want))
+	}
+}
+
+// TestZeroAheadFailures: failed writes and fsyncs in segments with zeros
+// written ahead, the writer reopening the store after each: a batch that
+// extends the zeros and fails its fsync, a record write cut short inside
+// or past the zeros, a disk that refuses the zeros. After the last
+// reopen, and after a clean close and open, the pending messages are
+// exactly those whose Append returned nil: the reopen cuts each segment
+// back to what was synced, and nothing acknowledged is behind zeros.
+func TestZeroAheadFailures(t *testing.T) {
+	for seed := range uint64(3) {
+		rng := rand.New(rand.NewPCG(seed, 15))
+		ffs := &faultFS{}
+		opts := FileOptions{FS: ffs, ZeroAhead: 8 << 10, SegmentSize: 32 << 10, ReopenDelay: time.Millisecond}
+		s := open(t, t.TempDir(), opts)
+		var want []string
+		failures := 0
+		for i := range 200 {
+			switch rng.IntN(16) {
+			case 0:
+				ffs.fail(syscall.ENOSPC, nil) // half of each write, then ENOSPC
+			case 1:
+				ffs.fail(nil, errors.New("injected fsync error"))
+			case 2:
+				ffs.failZeros.Store(!ffs.failZeros.Load())
+			}
+			m := testMessage("r", i, 100+rng.IntN(3000))
+			err := s.Append(t.Context(), m)
+			ffs.fail(nil, nil)
+			if err == nil {
+				want = append(want, m.ID)
+				continue
+			}
+			if !errors.Is(err, ErrFailed) {
+				t.Fatalf("seed %d: Append %d = %v, want nil or ErrFailed", seed, i, err)
+			}
+			failures++
+			var st Stats
+			if !poll.Within(10*time.Second, func() bool { st = s.Stats(); return !st.Failed && st.Reopens == int64(failures) }) {
+				t.Fatalf("seed %d: store did not reopen after failure %d: %+v", seed, failures, st)
+			}
+			if got := ids(t, s, Pending); !slices.Equal(got, want) {
+				t.Fatalf("seed %d: after reopen %d: %d pending, want the %d acknowledged", seed, failures, len(got), len(want))
+			}
+		}
+		if failures == 0 {
+			t.Fatalf("seed %d: no failure injected", seed)
+		}
+		ffs.failZeros.Store(false)
+		s = reopen(t, s, opts)
+		if got := ids(t, s, Pending); !slices.Equal(got, want) {
+			t.Errorf("seed %d: closed and opened: %d pending, want the %d acknowledged", seed, len(got), len(want))
+		}
+		if st := s.Stats(); st.TornTail || st.CorruptRecords != 0 {
+			t.Errorf("seed %d: closed and opened: torn tail %v, %d corrupt records, want none", seed, st.TornTail, st.CorruptRecords)
+		}
 	}
 }

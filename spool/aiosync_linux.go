@@ -95,7 +95,7 @@ const (
 )
 
 // errAIOUnsupported is sync's answer when the kernel or the file system
-// cannot fsync through AIO: the store falls back to fsync(2).
+// cannot sync through AIO: the store falls back to fdatasync(2).
 var errAIOUnsupported = errors.New("spool: fsync through AIO not supported")
 
 // spareSyncers are syncers of closed stores, kept for the next store:
@@ -225,7 +225,7 @@ func (a *aioSyncer) poke() {
 	}
 }
 
-// sync fsyncs f and returns the fsync's result, or errAIOUnsupported
+// sync fdatasyncs f and returns the result, or errAIOUnsupported
 // before anything was submitted. Only one sync runs at a time: the
 // writer's.
 func (a *aioSyncer) sync(f *os.File) error {

@@ -233,11 +233,11 @@ func (s *FileStore) fsync(f File) error {
 		err := s.aio.sync(osf)
 		switch {
 		case err == errAIOUnsupported:
-			s.log.Debug("spool: fsync through AIO refused; using fsync(2)", "dir", s.dir)
+			s.log.Debug("spool: fdatasync through AIO refused; using fdatasync(2)", "dir", s.dir)
 		case s.aio.broken:
 			// An fsync may still be in flight: its completion must not
 			// be taken for a later one's.
-			s.log.Warn("spool: waiting for an fsync through AIO failed; using fsync(2) from now on", "dir", s.dir, "err", err)
+			s.log.Warn("spool: waiting for an fdatasync through AIO failed; using fdatasync(2) from now on", "dir", s.dir, "err", err)
 		default:
 			return err
 		}

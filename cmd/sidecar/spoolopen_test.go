@@ -15,6 +15,21 @@ import (
 	"github.com/sidecar-proxy/sidecar/spool"
 )
 
+// openSpoolFrom opens the file spool that the configuration yaml
+// describes, as the command does.
+func openSpoolFrom(t *testing.T, yaml string) *spool.FileStore {
+	t.Helper()
+	cfg, err := config.Parse("test.yaml", []byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := openSpool(cfg, proxytest.Discard, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // TestOpenSpoolRouteLimits: an async route's max_messages and max_bytes
 // reach the store, and bound that route only.
 func TestOpenSpoolRouteLimits(t *testing.T) {
@@ -31,14 +46,7 @@ listeners:
       - {name: narrow, match: {path_prefix: /narrow}, upstream: up, async: {when: always, max_bytes: 200B}}
       - {name: free, match: {path_prefix: /}, upstream: up, async: {when: always}}
 `, t.TempDir())
-	cfg, err := config.Parse("test.yaml", []byte(yaml), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := openSpool(cfg, proxytest.Discard, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openSpoolFrom(t, yaml)
 	defer st.Close()
 	add := func(route string, body int) error {
 		return st.Append(context.Background(), &spool.Message{Route: route, Method: "POST", Target: "/", Body: make([]byte, body)})
@@ -140,14 +148,7 @@ listeners:
     routes:
       - {name: ev, match: {path_prefix: /}, upstream: up, async: {when: always}}
 `, dir, tt.fsync)
-		cfg, err := config.Parse("test.yaml", []byte(yaml), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := openSpool(cfg, proxytest.Discard, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := openSpoolFrom(t, yaml)
 		if err := st.Append(context.Background(), &spool.Message{Route: "ev", Method: "POST", Target: "/", Body: make([]byte, 100)}); err != nil {
 			t.Fatal(err)
 		}
